@@ -1,0 +1,350 @@
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, TokenData, Validation};
+use keygate_tenants::{AppId, StoreError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::material::{self, jwk, public_key_b64};
+use crate::{plan, verify, Jwk, Jwks, KeyId, KeyRecord, KeyState, KeyStore, KeyringError, MasterKey, VerifyError};
+
+#[derive(Debug, Clone)]
+pub struct KeyringConfig {
+    /// How long parsed keys are trusted before they are read again, so a rotation or
+    /// revocation made by another process is seen within this time.
+    pub cache_ttl: Duration,
+    /// The least time between two reloads caused by an unknown `kid`, so random kids
+    /// cannot turn every request into a database read.
+    pub reload_interval: Duration,
+}
+
+impl Default for KeyringConfig {
+    fn default() -> Self {
+        Self { cache_ttl: Duration::from_secs(5), reload_interval: Duration::from_secs(1) }
+    }
+}
+
+/// The active key of an app, parsed and ready to sign.
+pub struct Signer {
+    pub key_id: KeyId,
+    /// base64 of the SubjectPublicKeyInfo PEM, as token responses carry it.
+    pub public_key: String,
+    header: Header,
+    encoding: EncodingKey,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// An ES256 JWS with header `{"alg":"ES256","typ":"JWT","kid":…}`.
+    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyringError> {
+        jsonwebtoken::encode(&self.header, claims, &self.encoding)
+            .map_err(|e| KeyringError::Material(format!("signing failed: {e}")))
+    }
+}
+
+/// A key as published to app owners.
+#[derive(Debug, Clone, Serialize)]
+pub struct PublishedKey {
+    pub key_id: KeyId,
+    /// base64 of the SubjectPublicKeyInfo PEM.
+    pub public_key: String,
+    pub alg: &'static str,
+    pub status: KeyState,
+    pub created_at: i64,
+    pub activated_at: Option<i64>,
+    pub retired_at: Option<i64>,
+}
+
+/// Everything parsed from one app's keys.
+pub struct AppKeys {
+    loaded_at: Instant,
+    signer: Option<Arc<Signer>>,
+    verifiers: HashMap<KeyId, DecodingKey>,
+    published: Vec<PublishedKey>,
+    jwks: Jwks,
+}
+
+impl std::fmt::Debug for AppKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppKeys")
+            .field("signer", &self.signer)
+            .field("published", &self.published)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppKeys {
+    pub fn signer(&self) -> Result<&Arc<Signer>, KeyringError> {
+        self.signer.as_ref().ok_or(KeyringError::Missing(KeyState::Active))
+    }
+
+    /// The keys that verify tokens (next, active, retired), oldest first.
+    pub fn published(&self) -> &[PublishedKey] {
+        &self.published
+    }
+
+    pub fn jwks(&self) -> &Jwks {
+        &self.jwks
+    }
+
+    fn load(keys: &[KeyRecord], master: &MasterKey) -> Result<Self, KeyringError> {
+        let mut signer = None;
+        let mut verifiers = HashMap::new();
+        let mut published = Vec::new();
+        let mut jwks = Vec::new();
+        for key in keys.iter().filter(|k| k.state.is_published()) {
+            let jwk: Jwk = jwk(key.key_id, &key.public_pem)?;
+            let decoding = DecodingKey::from_ec_components(&jwk.x, &jwk.y)
+                .map_err(|e| KeyringError::Material(format!("public key of {}: {e}", key.key_id)))?;
+            verifiers.insert(key.key_id, decoding);
+            let public_key = public_key_b64(&key.public_pem);
+            if key.state == KeyState::Active {
+                signer = Some(Arc::new(Signer {
+                    key_id: key.key_id,
+                    public_key: public_key.clone(),
+                    header: Header {
+                        typ: Some("JWT".into()),
+                        kid: Some(key.key_id.to_string()),
+                        ..Header::new(Algorithm::ES256)
+                    },
+                    encoding: unseal(key, master)?,
+                }));
+            }
+            published.push(PublishedKey {
+                key_id: key.key_id,
+                public_key,
+                alg: "ES256",
+                status: key.state,
+                created_at: key.created_at,
+                activated_at: key.activated_at,
+                retired_at: key.retired_at,
+            });
+            jwks.push(jwk);
+        }
+        Ok(Self { loaded_at: Instant::now(), signer, verifiers, published, jwks: Jwks { keys: jwks } })
+    }
+}
+
+fn unseal(key: &KeyRecord, master: &MasterKey) -> Result<EncodingKey, KeyringError> {
+    if key.master_key_id != master.id() {
+        return Err(KeyringError::WrongMasterKey {
+            key_id: key.key_id,
+            sealed_with: key.master_key_id.clone(),
+            current: master.id().to_owned(),
+        });
+    }
+    let pkcs8 = master.open(key.key_id, &key.sealed_private)?;
+    Ok(EncodingKey::from_ec_der(&pkcs8))
+}
+
+/// The outcome of a planned rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Rotation {
+    pub retired_key_id: KeyId,
+    pub active_key_id: KeyId,
+    pub next_key_id: KeyId,
+}
+
+/// The outcome of a revocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Revocation {
+    pub revoked_key_id: KeyId,
+    pub previous_status: KeyState,
+    pub active_key_id: KeyId,
+    pub next_key_id: KeyId,
+}
+
+/// How often a plan is retried when another writer changed the keys in between.
+const PLAN_ATTEMPTS: usize = 3;
+
+/// The signing keys of every app, with a cache of parsed keys in front of the store.
+#[derive(Debug)]
+pub struct Keyring {
+    store: Arc<dyn KeyStore>,
+    master: MasterKey,
+    config: KeyringConfig,
+    cache: RwLock<HashMap<AppId, Arc<AppKeys>>>,
+}
+
+impl Keyring {
+    pub fn new(store: Arc<dyn KeyStore>, master: MasterKey, config: KeyringConfig) -> Self {
+        Self { store, master, config, cache: RwLock::default() }
+    }
+
+    pub fn master(&self) -> &MasterKey {
+        &self.master
+    }
+
+    /// The first two keys of a new app: an active one and a published next one.
+    pub async fn create_app_keys(&self, app_id: AppId, now: i64) -> Result<Arc<AppKeys>, KeyringError> {
+        let active = material::generate(app_id, KeyState::Active, &self.master, now)?;
+        let next = material::generate(app_id, KeyState::Next, &self.master, now)?;
+        self.store.apply(app_id, &[plan::KeyChange::Insert(active), plan::KeyChange::Insert(next)]).await?;
+        self.forget(app_id);
+        self.keys(app_id).await
+    }
+
+    /// Planned rotation: next becomes active, active retires, a new next is published.
+    pub async fn rotate(&self, app_id: AppId, now: i64) -> Result<Rotation, KeyringError> {
+        self.with_plan(app_id, now, |keys, fresh| {
+            let changes = plan::rotation(keys, fresh, now)?;
+            let ids = |i: usize| match &changes[i] {
+                plan::KeyChange::Transition { key_id, .. } => *key_id,
+                plan::KeyChange::Insert(key) => key.key_id,
+            };
+            let outcome =
+                Rotation { retired_key_id: ids(0), active_key_id: ids(1), next_key_id: ids(2) };
+            Ok((changes, outcome))
+        })
+        .await
+    }
+
+    /// Rotates only when [`plan::rotation_due`] says so.
+    pub async fn rotate_if_due(
+        &self,
+        app_id: AppId,
+        rotation_period: i64,
+        min_published: i64,
+        now: i64,
+    ) -> Result<Option<Rotation>, KeyringError> {
+        let keys = self.store.list_keys(app_id).await?;
+        if !plan::rotation_due(&keys, rotation_period, min_published, now) {
+            return Ok(None);
+        }
+        match self.rotate(app_id, now).await {
+            Ok(rotation) => Ok(Some(rotation)),
+            // Someone else rotated in between: that rotation counts.
+            Err(KeyringError::Store(StoreError::Conflict(_))) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Revokes a key at once. Revoking the active key promotes the published next key.
+    pub async fn revoke(&self, app_id: AppId, key_id: KeyId, now: i64) -> Result<Revocation, KeyringError> {
+        self.with_plan(app_id, now, |keys, fresh| {
+            let previous_status = keys
+                .iter()
+                .find(|k| k.key_id == key_id)
+                .map(|k| k.state)
+                .ok_or(KeyringError::KeyNotFound(key_id))?;
+            let changes = plan::revocation(keys, key_id, fresh, now)?;
+            let mut after = keys.to_vec();
+            plan::apply(&mut after, &changes)?;
+            let find = |state| {
+                after
+                    .iter()
+                    .find(|k| k.state == state)
+                    .map(|k| k.key_id)
+                    .ok_or(KeyringError::Missing(state))
+            };
+            let outcome = Revocation {
+                revoked_key_id: key_id,
+                previous_status,
+                active_key_id: find(KeyState::Active)?,
+                next_key_id: find(KeyState::Next)?,
+            };
+            Ok((changes, outcome))
+        })
+        .await
+    }
+
+    /// Reads the keys, plans with a freshly generated next key, and applies; retried when
+    /// a concurrent writer changed the keys first.
+    async fn with_plan<T>(
+        &self,
+        app_id: AppId,
+        now: i64,
+        make: impl Fn(&[KeyRecord], KeyRecord) -> Result<(Vec<plan::KeyChange>, T), KeyringError>,
+    ) -> Result<T, KeyringError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let keys = self.store.list_keys(app_id).await?;
+            let fresh = material::generate(app_id, KeyState::Next, &self.master, now)?;
+            let (changes, outcome) = make(&keys, fresh)?;
+            match self.store.apply(app_id, &changes).await {
+                Ok(()) => {
+                    self.forget(app_id);
+                    return Ok(outcome);
+                }
+                Err(StoreError::Conflict(_)) if attempt < PLAN_ATTEMPTS => continue,
+                Err(other) => return Err(other.into()),
+            }
+        }
+    }
+
+    /// Every key of the app as stored, revoked ones included.
+    pub async fn list(&self, app_id: AppId) -> Result<Vec<KeyRecord>, KeyringError> {
+        Ok(self.store.list_keys(app_id).await?)
+    }
+
+    /// The app's parsed keys, from the cache when fresh enough.
+    pub async fn keys(&self, app_id: AppId) -> Result<Arc<AppKeys>, KeyringError> {
+        if let Some(keys) = self.cached(app_id) {
+            if keys.loaded_at.elapsed() < self.config.cache_ttl {
+                return Ok(keys);
+            }
+        }
+        self.reload(app_id).await
+    }
+
+    fn cached(&self, app_id: AppId) -> Option<Arc<AppKeys>> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner()).get(&app_id).cloned()
+    }
+
+    async fn reload(&self, app_id: AppId) -> Result<Arc<AppKeys>, KeyringError> {
+        let records = self.store.list_keys(app_id).await?;
+        let keys = Arc::new(AppKeys::load(&records, &self.master)?);
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        if records.is_empty() {
+            cache.remove(&app_id);
+        } else {
+            cache.insert(app_id, keys.clone());
+        }
+        Ok(keys)
+    }
+
+    /// Drops the cached keys of an app, after a change.
+    pub fn forget(&self, app_id: AppId) {
+        self.cache.write().unwrap_or_else(|p| p.into_inner()).remove(&app_id);
+    }
+
+    /// Verifies a token of `app_id`: ES256 only, a `kid` of this app that is not revoked,
+    /// no key-bearing headers, and the claims checks of `validation`. A `kid` not in the
+    /// cache reloads the app's keys once before the token is refused.
+    pub async fn verify<T: DeserializeOwned>(
+        &self,
+        app_id: AppId,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<TokenData<T>, VerifyError> {
+        let kid = verify::inspect(token)?;
+        let mut keys = self.keys(app_id).await?;
+        if !keys.verifiers.contains_key(&kid) && keys.loaded_at.elapsed() >= self.config.reload_interval {
+            keys = self.reload(app_id).await?;
+        }
+        let key = keys.verifiers.get(&kid).ok_or(VerifyError::UnknownKey)?;
+        if validation.algorithms != [Algorithm::ES256] {
+            return Err(VerifyError::Header("validation must pin ES256"));
+        }
+        Ok(jsonwebtoken::decode::<T>(token, key, validation)?)
+    }
+}
+
+/// The validation keygate applies to its own tokens: ES256, no leeway, `exp` and `nbf`
+/// required and checked. Callers add audience and issuer checks as they need.
+pub fn strict_validation() -> Validation {
+    let mut validation = Validation::new(Algorithm::ES256);
+    validation.leeway = 0;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "nbf", "iat"]);
+    validation.validate_aud = false;
+    validation
+}

@@ -1,0 +1,32 @@
+//! Per-app ES256 signing keys.
+//!
+//! Keys are generated with `p256`, sealed at rest with AES-256-GCM under the master key,
+//! and move through the states of [`KeyState`]. Every state change is first planned as a
+//! list of [`KeyChange`]s by a pure function ([`plan`]), then applied by the store in one
+//! transaction with compare-and-set on the old state. The [`Keyring`] caches parsed keys,
+//! signs with `jsonwebtoken` (aws-lc backend) and verifies with the algorithm pinned.
+
+mod error;
+mod ids;
+mod keyring;
+mod master;
+mod material;
+pub mod plan;
+mod record;
+mod store;
+mod verify;
+
+pub use error::{KeyringError, VerifyError};
+pub use ids::KeyId;
+pub use keyring::{
+    strict_validation, AppKeys, Keyring, KeyringConfig, PublishedKey, Revocation, Rotation, Signer,
+};
+pub use master::MasterKey;
+pub use material::{Jwk, Jwks};
+pub use plan::KeyChange;
+pub use record::{KeyRecord, KeyState};
+pub use store::{key_store, KeyStore, PgKeyStore, SqliteKeyStore};
+pub use verify::{MAX_TOKEN_LEN, FORBIDDEN_HEADERS};
+
+/// Re-exported so callers build validations and decode claims with the same version.
+pub use jsonwebtoken;

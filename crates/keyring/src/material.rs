@@ -1,0 +1,82 @@
+//! Generating keys and exporting their public halves.
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use keygate_tenants::AppId;
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use p256::pkcs8::{DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
+use rand::rngs::OsRng;
+use serde::Serialize;
+
+use crate::{KeyId, KeyRecord, KeyState, KeyringError, MasterKey};
+
+/// One public key in RFC 7517 form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Jwk {
+    pub kty: &'static str,
+    pub crv: &'static str,
+    pub x: String,
+    pub y: String,
+    pub kid: KeyId,
+    pub alg: &'static str,
+    #[serde(rename = "use")]
+    pub use_: &'static str,
+}
+
+/// An RFC 7517 key set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Jwks {
+    pub keys: Vec<Jwk>,
+}
+
+/// A new P-256 key pair for `app_id`, the private half sealed under `master`.
+pub(crate) fn generate(
+    app_id: AppId,
+    state: KeyState,
+    master: &MasterKey,
+    now: i64,
+) -> Result<KeyRecord, KeyringError> {
+    let key_id = KeyId::new();
+    let secret = p256::SecretKey::random(&mut OsRng);
+    let pkcs8 = secret.to_pkcs8_der().map_err(|e| KeyringError::Material(e.to_string()))?;
+    let public_pem = secret
+        .public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .map_err(|e| KeyringError::Material(e.to_string()))?;
+    Ok(KeyRecord {
+        key_id,
+        app_id,
+        state,
+        public_pem,
+        sealed_private: master.seal(key_id, pkcs8.as_bytes())?,
+        master_key_id: master.id().to_owned(),
+        created_at: now,
+        activated_at: (state == KeyState::Active).then_some(now),
+        retired_at: None,
+        revoked_at: None,
+    })
+}
+
+/// The affine coordinates of a PEM public key, base64url, as a JWK carries them.
+pub(crate) fn jwk(key_id: KeyId, public_pem: &str) -> Result<Jwk, KeyringError> {
+    let public = p256::PublicKey::from_public_key_pem(public_pem)
+        .map_err(|e| KeyringError::Material(format!("public key of {key_id}: {e}")))?;
+    let point = public.to_encoded_point(false);
+    let (Some(x), Some(y)) = (point.x(), point.y()) else {
+        return Err(KeyringError::Material(format!("public key of {key_id} is the identity")));
+    };
+    Ok(Jwk {
+        kty: "EC",
+        crv: "P-256",
+        x: URL_SAFE_NO_PAD.encode(x),
+        y: URL_SAFE_NO_PAD.encode(y),
+        kid: key_id,
+        alg: "ES256",
+        use_: "sig",
+    })
+}
+
+/// The public key as the API publishes it: base64 of the PEM text.
+pub(crate) fn public_key_b64(public_pem: &str) -> String {
+    STANDARD.encode(public_pem)
+}

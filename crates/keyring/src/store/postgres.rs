@@ -1,0 +1,35 @@
+use async_trait::async_trait;
+use sqlx::PgPool;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub struct PgKeyStore {
+    pool: PgPool,
+}
+
+impl PgKeyStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait]
+impl KeyStore for PgKeyStore {
+    async fn list_keys(&self, app_id: AppId) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query_as::<_, KeyRow>(SELECT_KEYS)
+            .bind(app_id.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        into_records(rows)
+    }
+
+    async fn apply(&self, app_id: AppId, changes: &[KeyChange]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for change in changes {
+            apply_change!(tx, app_id, change);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,37 @@
+use async_trait::async_trait;
+use keygate_tenants::db::SqlitePools;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub struct SqliteKeyStore {
+    pools: SqlitePools,
+}
+
+impl SqliteKeyStore {
+    pub fn new(pools: SqlitePools) -> Self {
+        Self { pools }
+    }
+}
+
+#[async_trait]
+impl KeyStore for SqliteKeyStore {
+    async fn list_keys(&self, app_id: AppId) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = sqlx::query_as::<_, KeyRow>(SELECT_KEYS)
+            .bind(app_id.to_string())
+            .fetch_all(&self.pools.reader)
+            .await?;
+        into_records(rows)
+    }
+
+    async fn apply(&self, app_id: AppId, changes: &[KeyChange]) -> Result<(), StoreError> {
+        // IMMEDIATE takes the write lock up front, so a concurrent writer in another
+        // process waits (busy timeout) instead of failing on lock upgrade.
+        let mut tx = self.pools.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for change in changes {
+            apply_change!(tx, app_id, change);
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,106 @@
+/// The error of parsing any ULID-based id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a valid id: expected a 26-character ULID")]
+pub struct ParseIdError;
+
+#[doc(hidden)]
+pub mod __private {
+    pub use serde;
+    pub use ulid::Ulid;
+}
+
+/// Defines a ULID newtype id. Only the canonical (upper-case, 26-character) form parses,
+/// so one thing has exactly one spelling of its id.
+#[macro_export]
+macro_rules! ulid_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name($crate::__private::Ulid);
+
+        impl $name {
+            pub fn new() -> Self {
+                Self($crate::__private::Ulid::new())
+            }
+
+            pub fn ulid(self) -> $crate::__private::Ulid {
+                self.0
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl From<$crate::__private::Ulid> for $name {
+            fn from(value: $crate::__private::Ulid) -> Self {
+                Self(value)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $crate::ParseIdError;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                if s.len() != 26 {
+                    return Err($crate::ParseIdError);
+                }
+                let ulid = $crate::__private::Ulid::from_string(s).map_err(|_| $crate::ParseIdError)?;
+                if ulid.to_string() != s {
+                    return Err($crate::ParseIdError);
+                }
+                Ok(Self(ulid))
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.0)
+            }
+        }
+
+        impl $crate::__private::serde::Serialize for $name {
+            fn serialize<S: $crate::__private::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(&self.0)
+            }
+        }
+
+        impl<'de> $crate::__private::serde::Deserialize<'de> for $name {
+            fn deserialize<D: $crate::__private::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str> as $crate::__private::serde::Deserialize>::deserialize(d)?;
+                s.parse().map_err($crate::__private::serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+ulid_id!(
+    /// The id of an app (tenant).
+    AppId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_only_the_canonical_form() {
+        let id = AppId::new();
+        assert_eq!(id.to_string().parse::<AppId>(), Ok(id));
+        assert_eq!(id.to_string().to_lowercase().parse::<AppId>(), Err(ParseIdError));
+        assert_eq!("".parse::<AppId>(), Err(ParseIdError));
+        assert_eq!("../../etc/passwd".parse::<AppId>(), Err(ParseIdError));
+        assert_eq!("ZZZZZZZZZZZZZZZZZZZZZZZZZZ".parse::<AppId>(), Err(ParseIdError));
+        let json = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<AppId>(&json).unwrap(), id);
+        assert!(serde_json::from_str::<AppId>("\"nope\"").is_err());
+    }
+}

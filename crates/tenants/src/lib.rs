@@ -1,0 +1,25 @@
+//! Apps (tenants) and the secrets that authenticate them.
+//!
+//! This is the base crate of keygate: it owns the database connection ([`db`]), the shared
+//! [`StoreError`], the app model with its validated settings, and the app-key and root-key
+//! checks. The other domain crates (`keyring`, `sessions`) build on it.
+
+pub mod db;
+mod error;
+mod ids;
+mod model;
+mod secret;
+mod service;
+mod settings;
+mod store;
+mod verified;
+
+pub use error::{StoreError, TenantError};
+pub use ids::{AppId, ParseIdError};
+#[doc(hidden)]
+pub use ids::__private;
+pub use model::{App, AppRecord, AppKeyHashes};
+pub use secret::{hash_secret, AppKey, RootKey, Secret};
+pub use service::{AuthError, RotatedAppKey, Tenants, TenantsConfig};
+pub use settings::{AppSettings, FieldError, OnReuse, SettingsPatch};
+pub use store::{app_store, AppStore};

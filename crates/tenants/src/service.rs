@@ -1,0 +1,354 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use crate::secret::verify_secret;
+use crate::settings::{check_text, MAX_NAME_LEN};
+use crate::verified::{Subject, VerifiedCache};
+use crate::{
+    hash_secret, App, AppId, AppKey, AppKeyHashes, AppRecord, AppSettings, AppStore, FieldError,
+    RootKey, SettingsPatch, StoreError, TenantError,
+};
+
+const ROOT_KEY_SETTING: &str = "root_key_hash";
+
+/// The longest grace during which a rotated-away app key keeps working.
+pub const MAX_APP_KEY_GRACE: i64 = 7 * 24 * 3600;
+
+#[derive(Debug, Clone)]
+pub struct TenantsConfig {
+    /// How long an app read from the store is trusted before it is read again, so changes
+    /// made by another process (the CLI, another gateway) are seen within this time.
+    pub cache_ttl: Duration,
+}
+
+impl Default for TenantsConfig {
+    fn default() -> Self {
+        Self { cache_ttl: Duration::from_secs(5) }
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong or missing key, unknown app, malformed id: deliberately indistinguishable.
+    #[error("invalid app key or id")]
+    Denied,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A freshly rotated app key. The secret is shown once and never stored.
+#[derive(Debug)]
+pub struct RotatedAppKey {
+    pub app_id: AppId,
+    pub app_key: AppKey,
+    /// Until when the previous key is still accepted, if a grace was asked for.
+    pub previous_valid_until: Option<i64>,
+}
+
+type Cached<T> = (Instant, T);
+
+/// Apps and their authentication, with an in-memory cache in front of the store.
+#[derive(Debug)]
+pub struct Tenants {
+    store: Arc<dyn AppStore>,
+    config: TenantsConfig,
+    apps: RwLock<HashMap<AppId, Cached<Arc<AppRecord>>>>,
+    root_hash: RwLock<Option<Cached<Arc<str>>>>,
+    verified: VerifiedCache,
+    argon2_runs: AtomicU64,
+}
+
+impl Tenants {
+    pub fn new(store: Arc<dyn AppStore>, config: TenantsConfig) -> Self {
+        Self {
+            store,
+            config,
+            apps: RwLock::default(),
+            root_hash: RwLock::default(),
+            verified: VerifiedCache::new(),
+            argon2_runs: AtomicU64::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn AppStore> {
+        &self.store
+    }
+
+    /// How many argon2 verifications this process has run: a cache hit runs none.
+    pub fn argon2_runs(&self) -> u64 {
+        self.argon2_runs.load(Ordering::Relaxed)
+    }
+
+    /// The app, from the cache when it is fresh enough.
+    pub async fn app(&self, app_id: AppId) -> Result<Option<Arc<AppRecord>>, StoreError> {
+        if let Some((at, record)) = read(&self.apps).get(&app_id) {
+            if at.elapsed() < self.config.cache_ttl {
+                return Ok(Some(record.clone()));
+            }
+        }
+        let record = self.store.get_app(app_id).await?.map(Arc::new);
+        // Unknown ids are not remembered: anyone can send them, and the cache must stay
+        // bounded by the number of apps.
+        let mut apps = write(&self.apps);
+        match &record {
+            Some(record) => apps.insert(app_id, (Instant::now(), record.clone())),
+            None => apps.remove(&app_id),
+        };
+        Ok(record)
+    }
+
+    /// Drops what this process knows of an app, after it changed.
+    pub fn forget(&self, app_id: AppId) {
+        write(&self.apps).remove(&app_id);
+        self.verified.forget(Subject::App(app_id));
+    }
+
+    /// Checks an app key for the app named in the path. Every failure is the same `Denied`.
+    pub async fn authenticate_app(
+        &self,
+        app_id: &str,
+        presented: Option<&str>,
+        now: i64,
+    ) -> Result<Arc<AppRecord>, AuthError> {
+        let Ok(app_id) = app_id.parse::<AppId>() else { return Err(AuthError::Denied) };
+        let Some(presented) = presented.filter(|k| AppKey::well_formed(k)) else {
+            return Err(AuthError::Denied);
+        };
+        let Some(record) = self.app(app_id).await? else { return Err(AuthError::Denied) };
+        let accepted = record.key.accepted(now);
+        if self.check(Subject::App(app_id), presented, &accepted).await {
+            Ok(record)
+        } else {
+            Err(AuthError::Denied)
+        }
+    }
+
+    /// Checks the root key.
+    pub async fn authenticate_root(&self, presented: Option<&str>) -> Result<(), AuthError> {
+        let Some(presented) = presented.filter(|k| RootKey::well_formed(k)) else {
+            return Err(AuthError::Denied);
+        };
+        let Some(hash) = self.root_hash().await? else { return Err(AuthError::Denied) };
+        if self.check(Subject::Root, presented, &[&hash]).await {
+            Ok(())
+        } else {
+            Err(AuthError::Denied)
+        }
+    }
+
+    async fn root_hash(&self) -> Result<Option<Arc<str>>, StoreError> {
+        if let Some((at, hash)) = &*read(&self.root_hash) {
+            if at.elapsed() < self.config.cache_ttl {
+                return Ok(Some(hash.clone()));
+            }
+        }
+        let hash: Option<Arc<str>> = self.store.get_setting(ROOT_KEY_SETTING).await?.map(Arc::from);
+        *write(&self.root_hash) = hash.clone().map(|h| (Instant::now(), h));
+        Ok(hash)
+    }
+
+    /// The cached digest first; argon2 (off the async threads) only on a miss.
+    async fn check(&self, subject: Subject, presented: &str, accepted: &[&str]) -> bool {
+        let digest = self.verified.digest(presented);
+        if self.verified.contains(subject, &digest, accepted) {
+            return true;
+        }
+        self.argon2_runs.fetch_add(1, Ordering::Relaxed);
+        let secret = zeroize::Zeroizing::new(presented.to_owned());
+        let hashes: Vec<String> = accepted.iter().map(|h| (*h).to_owned()).collect();
+        let matched = tokio::task::spawn_blocking(move || {
+            hashes.into_iter().find(|hash| verify_secret(&secret, hash))
+        })
+        .await
+        .ok()
+        .flatten();
+        match matched {
+            Some(hash) => {
+                self.verified.insert(subject, &hash, digest);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Creates an app with a new app key. The key is returned once and stored only hashed.
+    pub async fn create_app(
+        &self,
+        name: &str,
+        patch: &SettingsPatch,
+        now: i64,
+    ) -> Result<(AppRecord, AppKey), TenantError> {
+        let mut errors = Vec::new();
+        check_text(&mut errors, "name", name, MAX_NAME_LEN);
+        let settings = patch.apply(&AppSettings::defaults_for(name.trim()));
+        match settings {
+            Ok(settings) if errors.is_empty() => {
+                let app_key = AppKey::generate();
+                let record = AppRecord {
+                    app: App {
+                        app_id: AppId::new(),
+                        name: name.to_owned(),
+                        settings,
+                        created_at: now,
+                        updated_at: now,
+                    },
+                    key: AppKeyHashes {
+                        current: hash(app_key.expose()).await?,
+                        previous: None,
+                        previous_expires_at: None,
+                    },
+                };
+                self.store.insert_app(&record).await.map_err(|e| name_taken(e, name))?;
+                Ok((record, app_key))
+            }
+            Ok(_) => Err(TenantError::Invalid(errors)),
+            Err(more) => {
+                errors.extend(more);
+                Err(TenantError::Invalid(errors))
+            }
+        }
+    }
+
+    pub async fn update_app(
+        &self,
+        app_id: AppId,
+        patch: &SettingsPatch,
+        now: i64,
+    ) -> Result<AppRecord, TenantError> {
+        let mut record = self.store.get_app(app_id).await?.ok_or(TenantError::NotFound)?;
+        record.app.settings = patch.apply(&record.app.settings).map_err(TenantError::Invalid)?;
+        if let Some(name) = &patch.name {
+            record.app.name = name.clone();
+        }
+        record.app.updated_at = now;
+        self.store.update_app(&record.app).await.map_err(|e| match e {
+            StoreError::NotFound => TenantError::NotFound,
+            other => name_taken(other, &record.app.name),
+        })?;
+        self.forget(app_id);
+        Ok(record)
+    }
+
+    pub async fn delete_app(&self, app_id: AppId) -> Result<(), TenantError> {
+        let deleted = self.store.delete_app(app_id).await?;
+        self.forget(app_id);
+        if deleted {
+            Ok(())
+        } else {
+            Err(TenantError::NotFound)
+        }
+    }
+
+    pub async fn list_apps(&self) -> Result<Vec<App>, StoreError> {
+        Ok(self.store.list_apps().await?.into_iter().map(|r| r.app).collect())
+    }
+
+    /// An app by id, or by its unique name (for the CLI).
+    pub async fn find(&self, id_or_name: &str) -> Result<AppRecord, TenantError> {
+        let by_id = match id_or_name.parse::<AppId>() {
+            Ok(id) => self.store.get_app(id).await?,
+            Err(_) => None,
+        };
+        match by_id {
+            Some(record) => Ok(record),
+            None => self.store.find_app_by_name(id_or_name).await?.ok_or(TenantError::NotFound),
+        }
+    }
+
+    /// Replaces the app key. With `grace` > 0 the old key keeps working that many seconds.
+    pub async fn rotate_app_key(
+        &self,
+        app_id: AppId,
+        grace: i64,
+        now: i64,
+    ) -> Result<RotatedAppKey, TenantError> {
+        if !(0..=MAX_APP_KEY_GRACE).contains(&grace) {
+            return Err(TenantError::Invalid(vec![FieldError::new(
+                "grace",
+                format!("must be between 0 and {MAX_APP_KEY_GRACE} seconds, got {grace}"),
+            )]));
+        }
+        let record = self.store.get_app(app_id).await?.ok_or(TenantError::NotFound)?;
+        let app_key = AppKey::generate();
+        let previous_valid_until = (grace > 0).then_some(now + grace);
+        let hashes = AppKeyHashes {
+            current: hash(app_key.expose()).await?,
+            previous: previous_valid_until.map(|_| record.key.current.clone()),
+            previous_expires_at: previous_valid_until,
+        };
+        self.store.set_app_key(app_id, &hashes, now).await.map_err(|e| match e {
+            StoreError::NotFound => TenantError::NotFound,
+            other => TenantError::Store(other),
+        })?;
+        self.forget(app_id);
+        Ok(RotatedAppKey { app_id, app_key, previous_valid_until })
+    }
+
+    /// Makes sure a root key exists. Returns the key when this call created it, so that
+    /// the caller can show it once. `supplied` (the operator's `KEYGATE_ROOT_KEY`) is used
+    /// instead of a random key; it is ignored, with a warning, once a root key exists.
+    pub async fn ensure_root_key(&self, supplied: Option<&str>) -> Result<Option<RootKey>, TenantError> {
+        if let Some(existing) = self.store.get_setting(ROOT_KEY_SETTING).await? {
+            if let Some(supplied) = supplied {
+                let supplied = zeroize::Zeroizing::new(supplied.to_owned());
+                let existing_matches =
+                    tokio::task::spawn_blocking(move || verify_secret(&supplied, &existing))
+                        .await
+                        .unwrap_or(false);
+                if !existing_matches {
+                    tracing::warn!(
+                        "KEYGATE_ROOT_KEY differs from the root key in the database and is \
+                         ignored; use `keygate root-key rotate` to change the root key"
+                    );
+                }
+            }
+            return Ok(None);
+        }
+        let key = match supplied {
+            Some(value) => RootKey::from_operator(value)
+                .map_err(|m| TenantError::Invalid(vec![FieldError::new("KEYGATE_ROOT_KEY", m)]))?,
+            None => RootKey::generate(),
+        };
+        let inserted = self.store.insert_setting(ROOT_KEY_SETTING, &hash(key.expose()).await?).await?;
+        // Another process may have bootstrapped first; then its key stands and ours is void.
+        Ok((inserted && supplied.is_none()).then_some(key))
+    }
+
+    /// Replaces the root key; the old one stops working at once in this process and within
+    /// the cache TTL elsewhere.
+    pub async fn rotate_root_key(&self) -> Result<RootKey, TenantError> {
+        let key = RootKey::generate();
+        self.store.put_setting(ROOT_KEY_SETTING, &hash(key.expose()).await?).await?;
+        *write(&self.root_hash) = None;
+        self.verified.forget(Subject::Root);
+        Ok(key)
+    }
+}
+
+async fn hash(secret: &str) -> Result<String, TenantError> {
+    let secret = zeroize::Zeroizing::new(secret.to_owned());
+    tokio::task::spawn_blocking(move || hash_secret(&secret))
+        .await
+        .map_err(|e| TenantError::Hash(e.to_string()))?
+}
+
+fn name_taken(err: StoreError, name: &str) -> TenantError {
+    match err {
+        StoreError::Conflict(_) => TenantError::Invalid(vec![FieldError::new(
+            "name",
+            format!("an app named {name:?} already exists"),
+        )]),
+        other => TenantError::Store(other),
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

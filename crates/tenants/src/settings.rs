@@ -1,0 +1,258 @@
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// One rejected input field, named as in the JSON body (`token_expire`) or the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// What `/renew` does when it detects a reused refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnReuse {
+    /// Revoke the session (refresh-token family) the reused token belongs to.
+    RevokeSession,
+    /// Revoke every session of the token's subject in this app.
+    RevokeSubject,
+}
+
+impl OnReuse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RevokeSession => "revoke_session",
+            Self::RevokeSubject => "revoke_subject",
+        }
+    }
+}
+
+impl FromStr for OnReuse {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "revoke_session" => Ok(Self::RevokeSession),
+            "revoke_subject" => Ok(Self::RevokeSubject),
+            other => Err(format!(
+                "must be \"revoke_session\" or \"revoke_subject\", not {other:?}"
+            )),
+        }
+    }
+}
+
+/// The settings of one app. Durations are whole seconds, as in the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AppSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub token_expire: i64,
+    pub token_notbefore: i64,
+    pub refresh_expire: i64,
+    pub refresh_notbefore: i64,
+    pub session_max_age: i64,
+    pub reuse_grace: i64,
+    pub rotation_period: i64,
+    pub max_sessions_per_sub: i64,
+    pub refresh_rotation: bool,
+    pub on_reuse: OnReuse,
+}
+
+const MINUTE: i64 = 60;
+const HOUR: i64 = 60 * MINUTE;
+const DAY: i64 = 24 * HOUR;
+
+/// Inclusive ranges of every duration setting: (name, min, max).
+const RANGES: &[(&str, i64, i64)] = &[
+    ("token_expire", 10, DAY),
+    ("token_notbefore", 0, HOUR),
+    ("refresh_expire", MINUTE, 400 * DAY),
+    ("refresh_notbefore", 0, DAY),
+    ("session_max_age", MINUTE, 5 * 365 * DAY),
+    ("reuse_grace", 0, 5 * MINUTE),
+    ("rotation_period", HOUR, 2 * 365 * DAY),
+    ("max_sessions_per_sub", 0, 100_000),
+];
+
+pub const MAX_NAME_LEN: usize = 100;
+pub const MAX_ISSUER_LEN: usize = 255;
+
+/// A partial set of settings, as sent to create or update an app. Absent fields keep
+/// their current value (or the default, on create).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsPatch {
+    pub name: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub token_expire: Option<i64>,
+    pub token_notbefore: Option<i64>,
+    pub refresh_expire: Option<i64>,
+    pub refresh_notbefore: Option<i64>,
+    pub session_max_age: Option<i64>,
+    pub reuse_grace: Option<i64>,
+    pub rotation_period: Option<i64>,
+    pub max_sessions_per_sub: Option<i64>,
+    pub refresh_rotation: Option<bool>,
+    pub on_reuse: Option<OnReuse>,
+}
+
+impl AppSettings {
+    /// The defaults of DESIGN.md; issuer and audience default to the app's name.
+    pub fn defaults_for(name: &str) -> Self {
+        Self {
+            issuer: name.to_owned(),
+            audience: name.to_owned(),
+            token_expire: 900,
+            token_notbefore: 0,
+            refresh_expire: 30 * DAY,
+            refresh_notbefore: 0,
+            session_max_age: 90 * DAY,
+            reuse_grace: 10,
+            rotation_period: 30 * DAY,
+            max_sessions_per_sub: 0,
+            refresh_rotation: true,
+            on_reuse: OnReuse::RevokeSession,
+        }
+    }
+
+    fn duration(&self, name: &str) -> i64 {
+        match name {
+            "token_expire" => self.token_expire,
+            "token_notbefore" => self.token_notbefore,
+            "refresh_expire" => self.refresh_expire,
+            "refresh_notbefore" => self.refresh_notbefore,
+            "session_max_age" => self.session_max_age,
+            "reuse_grace" => self.reuse_grace,
+            "rotation_period" => self.rotation_period,
+            "max_sessions_per_sub" => self.max_sessions_per_sub,
+            _ => 0,
+        }
+    }
+
+    /// Every problem with these settings, one entry per field.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        for &(name, min, max) in RANGES {
+            let value = self.duration(name);
+            if !(min..=max).contains(&value) {
+                errors.push(FieldError::new(
+                    name,
+                    format!("must be between {min} and {max}, got {value}"),
+                ));
+            }
+        }
+        if errors.iter().all(|e| e.field != "token_notbefore" && e.field != "token_expire")
+            && self.token_notbefore >= self.token_expire
+        {
+            errors.push(FieldError::new("token_notbefore", "must be less than token_expire"));
+        }
+        if errors.iter().all(|e| e.field != "refresh_notbefore" && e.field != "refresh_expire")
+            && self.refresh_notbefore >= self.refresh_expire
+        {
+            errors.push(FieldError::new(
+                "refresh_notbefore",
+                "must be less than refresh_expire",
+            ));
+        }
+        check_text(&mut errors, "issuer", &self.issuer, MAX_ISSUER_LEN);
+        check_text(&mut errors, "audience", &self.audience, MAX_ISSUER_LEN);
+        errors
+    }
+}
+
+/// Checks a name-like field: 1..=max bytes, no control characters, not blank.
+pub(crate) fn check_text(errors: &mut Vec<FieldError>, field: &str, value: &str, max: usize) {
+    if value.trim().is_empty() {
+        errors.push(FieldError::new(field, "must not be empty"));
+    } else if value.len() > max {
+        errors.push(FieldError::new(field, format!("must be at most {max} bytes")));
+    } else if value.chars().any(char::is_control) {
+        errors.push(FieldError::new(field, "must not contain control characters"));
+    }
+}
+
+impl SettingsPatch {
+    /// Applies this patch on top of `base` and validates the result.
+    pub fn apply(&self, base: &AppSettings) -> Result<AppSettings, Vec<FieldError>> {
+        let mut s = base.clone();
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { s.$f = v.clone(); } )* };
+        }
+        set!(
+            issuer,
+            audience,
+            token_expire,
+            token_notbefore,
+            refresh_expire,
+            refresh_notbefore,
+            session_max_age,
+            reuse_grace,
+            rotation_period,
+            max_sessions_per_sub,
+            refresh_rotation,
+            on_reuse
+        );
+        let mut errors = s.validate();
+        if let Some(name) = &self.name {
+            check_text(&mut errors, "name", name, MAX_NAME_LEN);
+        }
+        if errors.is_empty() {
+            Ok(s)
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert!(AppSettings::defaults_for("demo").validate().is_empty());
+    }
+
+    #[test]
+    fn a_negative_or_absurd_ttl_names_the_field() {
+        let base = AppSettings::defaults_for("demo");
+        let patch = SettingsPatch {
+            token_expire: Some(-5),
+            refresh_expire: Some(i64::MAX),
+            ..Default::default()
+        };
+        let errors = patch.apply(&base).unwrap_err();
+        let fields: Vec<_> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["token_expire", "refresh_expire"]);
+    }
+
+    #[test]
+    fn notbefore_must_precede_expiry() {
+        let base = AppSettings::defaults_for("demo");
+        let patch = SettingsPatch { token_expire: Some(60), token_notbefore: Some(60), ..Default::default() };
+        let errors = patch.apply(&base).unwrap_err();
+        assert_eq!(errors, [FieldError::new("token_notbefore", "must be less than token_expire")]);
+    }
+
+    #[test]
+    fn names_with_control_characters_are_rejected() {
+        let base = AppSettings::defaults_for("demo");
+        let patch = SettingsPatch { name: Some("a\u{1b}[31m".into()), ..Default::default() };
+        assert_eq!(patch.apply(&base).unwrap_err()[0].field, "name");
+    }
+}
