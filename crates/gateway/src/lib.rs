@@ -1,1 +1,15 @@
+//! keygate's gateway: configuration, startup, the HTTP API and the `keygate` CLI.
 
+pub mod admin;
+pub mod bootstrap;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+mod extract;
+mod routes;
+pub mod startup;
+
+pub use bootstrap::Services;
+pub use config::Settings;
+pub use startup::Application;

@@ -22,7 +22,7 @@ pub use keyring::{
     strict_validation, AppKeys, Keyring, KeyringConfig, PublishedKey, Revocation, Rotation, Signer,
 };
 pub use master::MasterKey;
-pub use material::{Jwk, Jwks};
+pub use material::{seal_new, Jwk, Jwks};
 pub use plan::KeyChange;
 pub use record::{KeyRecord, KeyState};
 pub use store::{key_store, KeyStore, PgKeyStore, SqliteKeyStore};

@@ -36,8 +36,19 @@ pub(crate) fn generate(
     master: &MasterKey,
     now: i64,
 ) -> Result<KeyRecord, KeyringError> {
+    seal_new(app_id, state, &p256::SecretKey::random(&mut OsRng), master, now)
+}
+
+/// A key record for an existing private key (imported from another system, or a test
+/// that needs to know the private bytes), sealed under `master`, with a new key id.
+pub fn seal_new(
+    app_id: AppId,
+    state: KeyState,
+    secret: &p256::SecretKey,
+    master: &MasterKey,
+    now: i64,
+) -> Result<KeyRecord, KeyringError> {
     let key_id = KeyId::new();
-    let secret = p256::SecretKey::random(&mut OsRng);
     let pkcs8 = secret.to_pkcs8_der().map_err(|e| KeyringError::Material(e.to_string()))?;
     let public_pem = secret
         .public_key()

@@ -1,0 +1,160 @@
+//! Opening everything a command needs: the database (migrated), the master key, the root
+//! key, and the domain services over them.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use keygate_keyring::{key_store, Keyring, KeyringConfig, MasterKey};
+use keygate_tenants::db::{redact_url, Database, PoolOptions};
+use keygate_tenants::{app_store, RootKey, Tenants, TenantsConfig};
+
+use crate::Settings;
+
+const MASTER_KEY_FILE: &str = "master.key";
+const MASTER_KEY_ID_SETTING: &str = "master_key_id";
+
+/// The domain services of one process.
+#[derive(Debug)]
+pub struct Services {
+    pub db: Database,
+    pub tenants: Arc<Tenants>,
+    pub keyring: Arc<Keyring>,
+    pub jwks_max_age: u64,
+}
+
+/// What bootstrapping did that the operator must hear about.
+#[derive(Debug, Default)]
+pub struct Bootstrap {
+    /// The root key, when this run created it. It is shown once and never again.
+    pub new_root_key: Option<RootKey>,
+}
+
+impl Services {
+    /// Opens the database, applies migrations, loads (or on first use generates) the master
+    /// key, and makes sure a root key exists.
+    pub async fn open(settings: &Settings) -> anyhow::Result<(Self, Bootstrap)> {
+        if settings.uses_embedded_database() {
+            create_private_dir(&settings.data_dir)?;
+        }
+        let url = settings.database_url();
+        let pool_options = PoolOptions {
+            postgres_connections: settings.postgres_max_connections,
+            ..PoolOptions::default()
+        };
+        let db = Database::connect(&url, &pool_options)
+            .await
+            .with_context(|| format!("database {}", redact_url(&url)))?;
+        db.migrate().await.with_context(|| format!("database {}", redact_url(&url)))?;
+
+        let master = load_master_key(settings)?;
+        let apps = app_store(&db);
+        check_master_key(apps.as_ref(), &master).await?;
+
+        let cache_ttl = Duration::from_secs(settings.cache_ttl);
+        let tenants = Arc::new(Tenants::new(apps, TenantsConfig { cache_ttl }));
+        let new_root_key = tenants
+            .ensure_root_key(settings.root_key.as_deref())
+            .await
+            .map_err(|e| anyhow::anyhow!("root key: {}", crate::error::describe_tenant_error(&e)))?;
+        let keyring = Arc::new(Keyring::new(
+            key_store(&db),
+            master,
+            KeyringConfig { cache_ttl, ..KeyringConfig::default() },
+        ));
+        let services = Self { db, tenants, keyring, jwks_max_age: settings.jwks_max_age };
+        Ok((services, Bootstrap { new_root_key }))
+    }
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).with_context(|| format!("creating data directory {}", dir.display()))
+}
+
+/// `KEYGATE_MASTER_KEY`, else `KEYGATE_MASTER_KEY_FILE`, else `DATA_DIR/master.key`, which
+/// is generated (mode 0600) on first use.
+fn load_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
+    if let Some(encoded) = &settings.master_key {
+        return MasterKey::from_base64(encoded).context("KEYGATE_MASTER_KEY");
+    }
+    if let Some(path) = &settings.master_key_file {
+        let encoded = fs::read_to_string(path)
+            .with_context(|| format!("reading the master key file {}", path.display()))?;
+        return MasterKey::from_base64(&encoded)
+            .with_context(|| format!("master key file {}", path.display()));
+    }
+    let path = settings.data_dir.join(MASTER_KEY_FILE);
+    if path.exists() {
+        warn_if_readable_by_others(&path);
+        let encoded = fs::read_to_string(&path)
+            .with_context(|| format!("reading the master key file {}", path.display()))?;
+        return MasterKey::from_base64(&encoded)
+            .with_context(|| format!("master key file {}", path.display()));
+    }
+    create_private_dir(&settings.data_dir)?;
+    let master = MasterKey::generate();
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("creating the master key file {}", path.display()))?;
+    file.write_all(master.to_base64().as_bytes())
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing the master key file {}", path.display()))?;
+    eprintln!(
+        "warning: generated a new master key in {} (mode 0600). It seals every private \
+         signing key: back it up, and in production supply your own with KEYGATE_MASTER_KEY \
+         or KEYGATE_MASTER_KEY_FILE.",
+        path.display()
+    );
+    Ok(master)
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                eprintln!(
+                    "warning: the master key file {} is readable by other users; run chmod 600 on it",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+/// A database remembers the id of the master key that sealed its keys, so that a wrong
+/// master key fails at startup with a clear message instead of at the first signature.
+async fn check_master_key(
+    apps: &dyn keygate_tenants::AppStore,
+    master: &MasterKey,
+) -> anyhow::Result<()> {
+    apps.insert_setting(MASTER_KEY_ID_SETTING, master.id()).await?;
+    let Some(expected) = apps.get_setting(MASTER_KEY_ID_SETTING).await? else {
+        bail!("the database lost its master key id");
+    };
+    if expected != master.id() {
+        bail!(
+            "the master key (id {}) is not the one this database's signing keys are sealed \
+             with (id {expected}). Supply the right key with KEYGATE_MASTER_KEY or \
+             KEYGATE_MASTER_KEY_FILE.",
+            master.id()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Settings: defaults, then an optional TOML file, then `KEYGATE_*` environment variables,
+//! then command-line flags.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use keygate_tenants::db::redact_url;
+use serde::Deserialize;
+
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// `sqlite://PATH` or `postgres://…`; by default a SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+    /// The address `serve` binds.
+    pub listen: String,
+    /// Where the embedded defaults live: the SQLite database and a generated master key.
+    pub data_dir: PathBuf,
+    /// base64 of the 32-byte master key that seals private signing keys.
+    pub master_key: Option<String>,
+    /// A file holding the master key in base64.
+    pub master_key_file: Option<PathBuf>,
+    /// The root key to install when the database has none yet.
+    pub root_key: Option<String>,
+    /// HTTP worker threads; by default one per CPU.
+    pub workers: Option<usize>,
+    /// `Cache-Control: max-age` of the JWKS, in seconds. A next key is published at least
+    /// this long before a scheduled rotation makes it active.
+    pub jwks_max_age: u64,
+    /// How long cached apps and keys are trusted before they are read again, in seconds.
+    pub cache_ttl: u64,
+    /// The most connections a gateway opens to Postgres.
+    pub postgres_max_connections: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./keygate-data"),
+            master_key: None,
+            master_key_file: None,
+            root_key: None,
+            workers: None,
+            jwks_max_age: 300,
+            cache_ttl: 5,
+            postgres_max_connections: 16,
+        }
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted = |set: bool| if set { "<redacted>" } else { "<unset>" };
+        f.debug_struct("Settings")
+            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("master_key", &redacted(self.master_key.is_some()))
+            .field("master_key_file", &self.master_key_file)
+            .field("root_key", &redacted(self.root_key.is_some()))
+            .field("workers", &self.workers)
+            .field("jwks_max_age", &self.jwks_max_age)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("postgres_max_connections", &self.postgres_max_connections)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+impl Settings {
+    /// Loads settings from `file` (if any) and the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::MissingFile(file.to_owned()));
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        let environment = config::Environment::with_prefix("KEYGATE")
+            .prefix_separator("_")
+            .ignore_empty(true);
+        let mut settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        settings.database_url = settings.database_url.filter(|url| !url.trim().is_empty());
+        Ok(settings)
+    }
+
+    /// The database URL in force: the configured one, or the embedded SQLite default.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("keygate.db").display()),
+        }
+    }
+
+    /// Whether the database is the embedded default inside `data_dir`.
+    pub fn uses_embedded_database(&self) -> bool {
+        self.database_url.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_secrets() {
+        let settings = Settings {
+            database_url: Some("postgres://u:hunter2@db/x".into()),
+            master_key: Some("bWFzdGVy".into()),
+            root_key: Some("kgr_secret_root".into()),
+            ..Settings::default()
+        };
+        let shown = format!("{settings:?}");
+        for secret in ["hunter2", "bWFzdGVy", "kgr_secret_root"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
+
+    #[test]
+    fn the_default_database_is_sqlite_in_the_data_dir() {
+        let settings = Settings::default();
+        assert_eq!(settings.database_url(), "sqlite://./keygate-data/keygate.db");
+        assert_eq!(settings.listen, "127.0.0.1:8080");
+    }
+}

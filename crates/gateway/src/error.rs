@@ -1,0 +1,190 @@
+//! The error contract of the HTTP API: `{"error": CODE, "message": TEXT}`, with `errors[]`
+//! naming each bad field on a validation failure.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use keygate_keyring::{KeyringError, VerifyError};
+use keygate_tenants::{AuthError, FieldError, StoreError, TenantError};
+use serde::Serialize;
+
+/// Seconds a client should wait before retrying a 503.
+const RETRY_AFTER: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Invalid { message: String, errors: Vec<FieldError> },
+    #[error("invalid refresh token")]
+    InvalidGrant,
+    #[error("invalid app key or id")]
+    InvalidClient,
+    #[error("invalid root key")]
+    InvalidRootKey,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("service unavailable, retry later")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'static str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<Vec<FieldEntry<'a>>>,
+}
+
+#[derive(Serialize)]
+struct FieldEntry<'a> {
+    error_field: &'a str,
+    error_message: &'a str,
+}
+
+impl ApiError {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            message: "invalid request".into(),
+            errors: vec![FieldError::new(field, message)],
+        }
+    }
+
+    pub fn fields(errors: Vec<FieldError>) -> Self {
+        Self::Invalid { message: "invalid request".into(), errors }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Invalid { .. } => "invalid_request",
+            Self::InvalidGrant => "invalid_grant",
+            Self::InvalidClient | Self::InvalidRootKey => "invalid_client",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unavailable(_) => "unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Self::InvalidGrant => StatusCode::UNAUTHORIZED,
+            Self::InvalidClient | Self::InvalidRootKey => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            Self::Internal(cause) => tracing::error!(error = %chain(cause.as_ref()), "internal error"),
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = %chain(cause.as_ref()), "answering 503")
+            }
+            _ => {}
+        }
+        let errors = match self {
+            Self::Invalid { errors, .. } => Some(
+                errors
+                    .iter()
+                    .map(|e| FieldEntry { error_field: &e.field, error_message: &e.message })
+                    .collect(),
+            ),
+            _ => None,
+        };
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, Self::Unavailable(_)) {
+            response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
+        }
+        response.json(Body { error: self.code(), message: self.to_string(), errors })
+    }
+}
+
+/// An error and its sources on one line, for the log.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::NotFound => Self::NotFound("not found".into()),
+            StoreError::Unavailable(_) => Self::Unavailable(Box::new(err)),
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(err: TenantError) -> Self {
+        match err {
+            TenantError::Invalid(errors) => Self::fields(errors),
+            TenantError::NotFound => Self::NotFound("app not found".into()),
+            TenantError::Store(e) => e.into(),
+            other @ TenantError::Hash(_) => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::Denied => Self::InvalidClient,
+            AuthError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<KeyringError> for ApiError {
+    fn from(err: KeyringError) -> Self {
+        match err {
+            KeyringError::KeyNotFound(id) => Self::NotFound(format!("key {id} not found")),
+            KeyringError::AlreadyRevoked(id) => {
+                Self::invalid("key_id", format!("key {id} is already revoked"))
+            }
+            KeyringError::Store(e) => e.into(),
+            other => Self::Internal(Box::new(other)),
+        }
+    }
+}
+
+impl From<VerifyError> for ApiError {
+    fn from(err: VerifyError) -> Self {
+        match err {
+            VerifyError::Keyring(e) => e.into(),
+            _ => Self::InvalidGrant,
+        }
+    }
+}
+
+/// A tenant error as one line for the CLI.
+pub fn describe_tenant_error(err: &TenantError) -> String {
+    match err {
+        TenantError::Invalid(errors) => {
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        }
+        other => chain(other),
+    }
+}

@@ -1,0 +1,191 @@
+//! Request extractors that answer in the API's error contract: JSON bodies with named
+//! field errors, and app-key and root-key authentication.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+use keygate_tenants::{AppRecord, FieldError};
+use serde::de::DeserializeOwned;
+
+use crate::clock;
+use crate::error::ApiError;
+use crate::Services;
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 16 * 1024;
+
+type Fut<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>>>>;
+
+/// A JSON body: `Content-Type: application/json` (415 otherwise), at most [`MAX_BODY`]
+/// bytes (413), and every field that fails to parse named in `errors[]` (400).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = Fut<Self>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let bytes = read_body(req, payload, true);
+        Box::pin(async move { parse(&bytes.await?).map(JsonBody) })
+    }
+}
+
+/// Like [`JsonBody`], but an empty body (with or without a content type) is `None`.
+#[derive(Debug)]
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<T: DeserializeOwned + 'static> FromRequest for OptionalJsonBody<T> {
+    type Error = ApiError;
+    type Future = Fut<Self>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let bytes = read_body(req, payload, false);
+        Box::pin(async move {
+            let bytes = bytes.await?;
+            if bytes.is_empty() {
+                return Ok(OptionalJsonBody(None));
+            }
+            parse(&bytes).map(|v| OptionalJsonBody(Some(v)))
+        })
+    }
+}
+
+fn is_json(req: &HttpRequest) -> bool {
+    let Some(value) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+fn read_body(req: &HttpRequest, payload: &mut Payload, required: bool) -> Fut<web::Bytes> {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let json = is_json(req);
+    let payload = web::Payload::from_request(req, payload);
+    Box::pin(async move {
+        let payload = payload
+            .await
+            .map_err(|e| ApiError::invalid("body", format!("could not read the body: {e}")))?;
+        if declared.is_some_and(|len| len > MAX_BODY as u64) {
+            return Err(ApiError::PayloadTooLarge(MAX_BODY));
+        }
+        let bytes = match payload.to_bytes_limited(MAX_BODY).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(_)) => return Err(ApiError::PayloadTooLarge(MAX_BODY)),
+            Err(e) => return Err(ApiError::invalid("body", format!("could not read the body: {e}"))),
+        };
+        if !json && (required || !bytes.is_empty()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        Ok(bytes)
+    })
+}
+
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would read a struct from an array by position; every body here is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ApiError::fields(vec![FieldError::new(field_name(&path, &inner), clean_message(&inner))])
+    })?;
+    de.end()
+        .map_err(|_| ApiError::invalid("body", "unexpected data after the JSON value"))?;
+    Ok(value)
+}
+
+/// The field a serde error is about: its path, or for a missing or unknown field at the top
+/// level, the name serde quotes in its message.
+fn field_name(path: &str, err: &serde_json::Error) -> String {
+    if path != "." && path != "?" {
+        return path.to_owned();
+    }
+    let message = err.to_string();
+    for prefix in ["missing field `", "unknown field `", "duplicate field `"] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            if let Some(name) = rest.split('`').next() {
+                return name.to_owned();
+            }
+        }
+    }
+    "body".to_owned()
+}
+
+fn clean_message(err: &serde_json::Error) -> String {
+    let message = err.to_string();
+    match message.find(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message,
+    }
+}
+
+/// The presented secret: `Authorization: KEY` or `Authorization: Bearer KEY`.
+fn presented_key(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let key = match value.split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => value,
+    };
+    Some(key.to_owned())
+}
+
+fn services(req: &HttpRequest) -> Result<web::Data<Services>, ApiError> {
+    req.app_data::<web::Data<Services>>()
+        .cloned()
+        .ok_or_else(|| ApiError::Internal("services are not registered".into()))
+}
+
+/// An app authenticated by its app key. Wrong key, unknown app and malformed id are all
+/// the same 403.
+#[derive(Debug)]
+pub struct AppAuth(pub Arc<AppRecord>);
+
+impl FromRequest for AppAuth {
+    type Error = ApiError;
+    type Future = Fut<Self>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let services = services(req);
+        let app_id = req.match_info().get("app_id").unwrap_or_default().to_owned();
+        let key = presented_key(req);
+        Box::pin(async move {
+            let services = services?;
+            let record =
+                services.tenants.authenticate_app(&app_id, key.as_deref(), clock::now()).await?;
+            Ok(AppAuth(record))
+        })
+    }
+}
+
+/// A request authenticated by the root key.
+#[derive(Debug)]
+pub struct RootAuth;
+
+impl FromRequest for RootAuth {
+    type Error = ApiError;
+    type Future = Fut<Self>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let services = services(req);
+        let key = presented_key(req);
+        Box::pin(async move {
+            services?.tenants.authenticate_root(key.as_deref()).await.map_err(|e| match e {
+                keygate_tenants::AuthError::Denied => ApiError::InvalidRootKey,
+                other => other.into(),
+            })?;
+            Ok(RootAuth)
+        })
+    }
+}

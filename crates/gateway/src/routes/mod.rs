@@ -1,0 +1,27 @@
+use actix_web::{web, HttpResponse};
+
+use crate::error::ApiError;
+
+mod health;
+mod root;
+mod tenant;
+
+/// Every route of the API. Each resource answers 405 to methods it does not serve.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    health::configure(cfg);
+    tenant::configure(cfg);
+    root::configure(cfg);
+}
+
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such endpoint".into()))
+}
+
+pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// A resource whose unserved methods answer 405.
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}

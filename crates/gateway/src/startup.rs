@@ -1,0 +1,54 @@
+//! Building the HTTP server on a bound listener, so tests can ask for port 0.
+
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
+use actix_web::{middleware, web, App, HttpServer};
+use anyhow::Context;
+
+use crate::routes;
+use crate::Services;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Binds `listen` and prepares the server; it serves once [`Self::run_until_stopped`]
+    /// is awaited.
+    pub fn build(listen: &str, workers: Option<usize>, services: Services) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+        let port = listener.local_addr()?.port();
+        let workers = workers
+            .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+            .unwrap_or(2)
+            .max(1);
+        let services = web::Data::new(services);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(services.clone())
+                .wrap(middleware::Logger::new(r#"%a "%r" %s %b %Dms"#))
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+        })
+        .workers(workers)
+        .listen(listener)?
+        .run();
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

@@ -1,0 +1,125 @@
+use std::sync::Arc;
+
+use keygate_gateway::{Application, Services, Settings};
+use keygate_tenants::db::testing;
+use keygate_tenants::Tenants;
+use reqwest::{Method, RequestBuilder, Response};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A running gateway on its own fresh database.
+#[derive(Debug)]
+pub struct TestApp {
+    pub address: String,
+    pub root_key: String,
+    pub tenants: Arc<Tenants>,
+    pub settings: Settings,
+    pub client: reqwest::Client,
+    _data_dir: tempfile::TempDir,
+}
+
+/// An app created through the root API.
+#[derive(Debug, Clone)]
+pub struct CreatedApp {
+    pub app_id: String,
+    pub app_key: String,
+    pub key_id: String,
+    pub public_key: String,
+}
+
+/// Starts a gateway, or `None` for Postgres when `TEST_DATABASE_URL` is unset.
+pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    let data_dir = tempfile::tempdir().unwrap();
+    let database_url = match backend {
+        // The embedded default: a SQLite file inside the data dir.
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(testing::postgres_url().await?),
+    };
+    let root_key = format!("kgr_test_{}", ulid::Ulid::new());
+    let settings = Settings {
+        database_url,
+        listen: "127.0.0.1:0".into(),
+        data_dir: data_dir.path().to_owned(),
+        root_key: Some(root_key.clone()),
+        workers: Some(2),
+        ..Settings::default()
+    };
+    let (services, bootstrap) = Services::open(&settings).await.unwrap();
+    assert!(bootstrap.new_root_key.is_none(), "a supplied root key is never printed");
+    let tenants = services.tenants.clone();
+    let app = Application::build(&settings.listen, settings.workers, services).unwrap();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    Some(TestApp {
+        address,
+        root_key,
+        tenants,
+        settings,
+        client: reqwest::Client::new(),
+        _data_dir: data_dir,
+    })
+}
+
+impl TestApp {
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.address))
+    }
+
+    pub fn root(&self, method: Method, path: &str) -> RequestBuilder {
+        self.request(method, path).header("Authorization", &self.root_key)
+    }
+
+    pub async fn create_app(&self, body: Value) -> CreatedApp {
+        let response = self.root(Method::POST, "/root/apps").json(&body).send().await.unwrap();
+        let (status, json) = parts(response).await;
+        assert_eq!(status, 201, "{json}");
+        CreatedApp {
+            app_id: json["app_id"].as_str().unwrap().to_owned(),
+            app_key: json["app_key"].as_str().unwrap().to_owned(),
+            key_id: json["key_id"].as_str().unwrap().to_owned(),
+            public_key: json["public_key"].as_str().unwrap().to_owned(),
+        }
+    }
+}
+
+/// Status and JSON body of a response (`Value::Null` for an empty body).
+pub async fn parts(response: Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let json = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")) };
+    (status, json)
+}
+
+/// Asserts the error contract: status, code, and a message.
+pub fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"], want_code, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+}
+
+/// Generates `sqlite` and `postgres` test variants of `async fn $case(app: TestApp)`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            use $crate::helpers::{spawn_app, Backend};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$case(spawn_app(Backend::Sqlite).await.unwrap()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = spawn_app(Backend::Postgres).await {
+                    super::$case(app).await;
+                }
+            }
+        }
+    )*};
+}

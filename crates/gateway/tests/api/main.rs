@@ -1,0 +1,11 @@
+//! HTTP integration tests: the real server on port 0, over SQLite and (when
+//! `TEST_DATABASE_URL` is set) Postgres. One test binary for the whole API: add modules
+//! here rather than new files under `tests/`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod auth;
+mod errors;
+mod keys;
+mod root;

@@ -1,0 +1,90 @@
+//! The root (platform admin) API for apps.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{assert_error, parts, TestApp};
+use crate::on_both_backends;
+
+on_both_backends!(app_lifecycle, unknown_apps_are_404_for_root);
+
+async fn app_lifecycle(app: TestApp) {
+    let created = app
+        .create_app(json!({"name": "shop", "issuer": "https://shop.example", "audience": "shop-web", "reuse_grace": 0}))
+        .await;
+    assert!(created.app_key.starts_with("kg_"));
+    assert_eq!(created.key_id.len(), 26);
+
+    let (status, got) = parts(app.root(Method::GET, &format!("/root/apps/{}", created.app_id)).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(got["issuer"], "https://shop.example");
+    assert_eq!(got["audience"], "shop-web");
+    assert_eq!(got["reuse_grace"], 0);
+    assert_eq!(got["token_expire"], 900);
+    assert_eq!(got["refresh_expire"], 2_592_000);
+    assert_eq!(got["session_max_age"], 7_776_000);
+    assert_eq!(got["rotation_period"], 2_592_000);
+    assert_eq!(got["refresh_rotation"], true);
+    assert_eq!(got["on_reuse"], "revoke_session");
+    assert_eq!(got["max_sessions_per_sub"], 0);
+
+    let response = app
+        .root(Method::PATCH, &format!("/root/apps/{}", created.app_id))
+        .json(&json!({"token_expire": 300, "on_reuse": "revoke_subject", "name": "shop2"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, updated) = parts(response).await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(updated["token_expire"], 300);
+    assert_eq!(updated["on_reuse"], "revoke_subject");
+    assert_eq!(updated["name"], "shop2");
+    assert_eq!(updated["issuer"], "https://shop.example", "untouched fields stay");
+
+    // A rejected update changes nothing.
+    let response = app
+        .root(Method::PATCH, &format!("/root/apps/{}", created.app_id))
+        .json(&json!({"token_expire": 120, "session_max_age": -1}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = parts(response).await;
+    assert_error(status, &body, 400, "invalid_request");
+    assert_eq!(body["errors"][0]["error_field"], "session_max_age");
+    let (_, got) = parts(app.root(Method::GET, &format!("/root/apps/{}", created.app_id)).send().await.unwrap()).await;
+    assert_eq!(got["token_expire"], 300);
+
+    let (status, list) = parts(app.root(Method::GET, "/root/apps").send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["apps"].as_array().unwrap().len(), 1);
+
+    let (status, body) = parts(app.root(Method::DELETE, &format!("/root/apps/{}", created.app_id)).send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["deleted"], created.app_id.as_str());
+    let (status, _) = parts(app.root(Method::GET, &format!("/root/apps/{}", created.app_id)).send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    let (status, _) = parts(app.request(Method::GET, &format!("/app/{}/jwks.json", created.app_id)).send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    let response = app
+        .request(Method::GET, &format!("/app/{}/pub-keys", created.app_id))
+        .header("Authorization", &created.app_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403, "a deleted app's key no longer works");
+}
+
+async fn unknown_apps_are_404_for_root(app: TestApp) {
+    let missing = ulid::Ulid::new().to_string();
+    for (method, path) in [
+        (Method::GET, format!("/root/apps/{missing}")),
+        (Method::DELETE, format!("/root/apps/{missing}")),
+        (Method::GET, "/root/apps/not-an-id".to_owned()),
+        (Method::POST, format!("/root/apps/{missing}/keys/rotate")),
+        (Method::GET, format!("/root/apps/{missing}/keys")),
+        (Method::POST, format!("/root/apps/{missing}/rotate-app-key")),
+    ] {
+        let (status, body) = parts(app.root(method, &path).send().await.unwrap()).await;
+        assert_error(status, &body, 404, "not_found");
+    }
+}
