@@ -60,7 +60,11 @@ pub struct RotateAppKeyRequest {
 }
 
 /// Creates an app with its first two signing keys.
-pub async fn create_app(services: &Services, patch: &SettingsPatch, now: i64) -> Result<CreatedApp, ApiError> {
+pub async fn create_app(
+    services: &Services,
+    patch: &SettingsPatch,
+    now: i64,
+) -> Result<CreatedApp, ApiError> {
     let Some(name) = patch.name.as_deref() else {
         return Err(ApiError::fields(vec![FieldError::new("name", "is required")]));
     };
@@ -99,7 +103,9 @@ pub async fn get_app(services: &Services, app_id: AppId) -> Result<AppRecord, Ap
 /// An app by id or by name (the CLI accepts either).
 pub async fn find_app(services: &Services, id_or_name: &str) -> Result<AppRecord, ApiError> {
     services.tenants.find(id_or_name).await.map_err(|e| match e {
-        TenantError::NotFound => ApiError::NotFound(format!("no app with id or name {id_or_name:?}")),
+        TenantError::NotFound => {
+            ApiError::NotFound(format!("no app with id or name {id_or_name:?}"))
+        }
         other => other.into(),
     })
 }
@@ -108,7 +114,12 @@ pub async fn list_apps(services: &Services) -> Result<Vec<App>, ApiError> {
     Ok(services.tenants.list_apps().await?)
 }
 
-pub async fn update_app(services: &Services, app_id: AppId, patch: &SettingsPatch, now: i64) -> Result<App, ApiError> {
+pub async fn update_app(
+    services: &Services,
+    app_id: AppId,
+    patch: &SettingsPatch,
+    now: i64,
+) -> Result<App, ApiError> {
     let record = services.tenants.update_app(app_id, patch, now).await?;
     tracing::info!(%app_id, "app updated");
     Ok(record.app)
@@ -121,7 +132,12 @@ pub async fn delete_app(services: &Services, app_id: AppId) -> Result<(), ApiErr
     Ok(())
 }
 
-pub async fn rotate_app_key(services: &Services, app_id: AppId, grace: i64, now: i64) -> Result<RotatedAppKey, ApiError> {
+pub async fn rotate_app_key(
+    services: &Services,
+    app_id: AppId,
+    grace: i64,
+    now: i64,
+) -> Result<RotatedAppKey, ApiError> {
     let rotated = services.tenants.rotate_app_key(app_id, grace, now).await?;
     tracing::info!(%app_id, grace, "app key rotated");
     Ok(RotatedAppKey {
@@ -136,14 +152,23 @@ pub async fn list_keys(services: &Services, app_id: AppId) -> Result<Vec<KeyView
     Ok(services.keyring.list(app_id).await?.iter().map(KeyView::from).collect())
 }
 
-pub async fn rotate_keys(services: &Services, app_id: AppId, now: i64) -> Result<Rotation, ApiError> {
+pub async fn rotate_keys(
+    services: &Services,
+    app_id: AppId,
+    now: i64,
+) -> Result<Rotation, ApiError> {
     get_app(services, app_id).await?;
     let rotation = services.keyring.rotate(app_id, now).await?;
     tracing::info!(%app_id, active = %rotation.active_key_id, "signing key rotated");
     Ok(rotation)
 }
 
-pub async fn revoke_key(services: &Services, app_id: AppId, key_id: KeyId, now: i64) -> Result<Revocation, ApiError> {
+pub async fn revoke_key(
+    services: &Services,
+    app_id: AppId,
+    key_id: KeyId,
+    now: i64,
+) -> Result<Revocation, ApiError> {
     get_app(services, app_id).await?;
     let revocation = services.keyring.revoke(app_id, key_id, now).await?;
     tracing::warn!(%app_id, %key_id, "signing key revoked");

@@ -56,10 +56,10 @@ impl Services {
 
         let cache_ttl = Duration::from_secs(settings.cache_ttl);
         let tenants = Arc::new(Tenants::new(apps, TenantsConfig { cache_ttl }));
-        let new_root_key = tenants
-            .ensure_root_key(settings.root_key.as_deref())
-            .await
-            .map_err(|e| anyhow::anyhow!("root key: {}", crate::error::describe_tenant_error(&e)))?;
+        let new_root_key =
+            tenants.ensure_root_key(settings.root_key.as_deref()).await.map_err(|e| {
+                anyhow::anyhow!("root key: {}", crate::error::describe_tenant_error(&e))
+            })?;
         let keyring = Arc::new(Keyring::new(
             key_store(&db),
             master,

@@ -213,7 +213,10 @@ fn report(err: &anyhow::Error, json: bool) {
                 .iter()
                 .map(|e| json!({"error_field": e.field, "error_message": e.message}))
                 .collect();
-            println!("{}", json!({"error": api.code(), "message": api.to_string(), "errors": errors}));
+            println!(
+                "{}",
+                json!({"error": api.code(), "message": api.to_string(), "errors": errors})
+            );
         } else if fields.is_empty() {
             eprintln!("error: {}", crate::error::chain(api));
         } else {
@@ -261,7 +264,10 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::RootKey(RootKeyCommand::Rotate) => {
             let key = services.tenants.rotate_root_key().await.map_err(ApiError::from)?;
             print_json_or(json, &json!({"root_key": key.expose()}), || {
-                println!("New root key (shown only now; the old one no longer works):\n\n  {}\n", key.expose());
+                println!(
+                    "New root key (shown only now; the old one no longer works):\n\n  {}\n",
+                    key.expose()
+                );
             });
             Ok(())
         }
@@ -287,9 +293,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let backend = services.db.backend();
     let app = Application::build(&settings.listen, settings.workers, services)?;
-    let shown = settings.listen.rsplit_once(':').map_or(settings.listen.clone(), |(host, _)| {
-        format!("{host}:{}", app.port())
-    });
+    let shown = settings
+        .listen
+        .rsplit_once(':')
+        .map_or(settings.listen.clone(), |(host, _)| format!("{host}:{}", app.port()));
     println!(
         "keygate listening on http://{shown} (database: {backend}, {})",
         keygate_tenants::db::redact_url(&settings.database_url())
@@ -324,7 +331,8 @@ async fn app_command(services: &Services, command: AppCommand, json: bool) -> an
     let now = clock::now();
     match command {
         AppCommand::Create { name, settings } => {
-            let created = admin::create_app(services, &settings.into_patch(Some(name)), now).await?;
+            let created =
+                admin::create_app(services, &settings.into_patch(Some(name)), now).await?;
             print_json_or(json, &created, || {
                 println!("Created app {}", created.app_id);
                 println!("  app_key     {}", created.app_key);
@@ -372,7 +380,9 @@ async fn app_command(services: &Services, command: AppCommand, json: bool) -> an
             print_json_or(json, &rotated, || {
                 println!("New app key for {app_id} (shown only now):\n\n  {}\n", rotated.app_key);
                 match rotated.previous_key_valid_until {
-                    Some(until) => println!("The previous key keeps working until {}.", format_time(until)),
+                    Some(until) => {
+                        println!("The previous key keeps working until {}.", format_time(until))
+                    }
                     None => println!("The previous key no longer works."),
                 }
             });
@@ -402,11 +412,17 @@ async fn keys_command(services: &Services, command: KeysCommand, json: bool) -> 
         KeysCommand::Revoke { app, key_id } => {
             let app_id = admin::find_app(services, &app).await?.app.app_id;
             let key_id: KeyId = key_id.parse().map_err(|_| {
-                ApiError::invalid("key_id", format!("{key_id:?} is not a key id (a 26-character ULID)"))
+                ApiError::invalid(
+                    "key_id",
+                    format!("{key_id:?} is not a key id (a 26-character ULID)"),
+                )
             })?;
             let revocation = admin::revoke_key(services, app_id, key_id, now).await?;
             print_json_or(json, &revocation, || {
-                println!("Revoked key {} (was {}).", revocation.revoked_key_id, revocation.previous_status);
+                println!(
+                    "Revoked key {} (was {}).",
+                    revocation.revoked_key_id, revocation.previous_status
+                );
                 println!("  active   {}", revocation.active_key_id);
                 println!("  next     {}", revocation.next_key_id);
             });
@@ -418,7 +434,12 @@ async fn keys_command(services: &Services, command: KeysCommand, json: bool) -> 
 fn format_time(unix: i64) -> String {
     u64::try_from(unix)
         .ok()
-        .map(|s| humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(s)).to_string())
+        .map(|s| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(s),
+            )
+            .to_string()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 

@@ -86,9 +86,8 @@ impl Settings {
             }
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
         }
-        let environment = config::Environment::with_prefix("KEYGATE")
-            .prefix_separator("_")
-            .ignore_empty(true);
+        let environment =
+            config::Environment::with_prefix("KEYGATE").prefix_separator("_").ignore_empty(true);
         let mut settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.database_url = settings.database_url.filter(|url| !url.trim().is_empty());
         Ok(settings)

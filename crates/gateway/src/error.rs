@@ -92,7 +92,9 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         match self {
-            Self::Internal(cause) => tracing::error!(error = %chain(cause.as_ref()), "internal error"),
+            Self::Internal(cause) => {
+                tracing::error!(error = %chain(cause.as_ref()), "internal error")
+            }
             Self::Unavailable(cause) => {
                 tracing::warn!(error = %chain(cause.as_ref()), "answering 503")
             }

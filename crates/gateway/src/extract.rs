@@ -81,7 +81,9 @@ fn read_body(req: &HttpRequest, payload: &mut Payload, required: bool) -> Fut<we
         let bytes = match payload.to_bytes_limited(MAX_BODY).await {
             Ok(Ok(bytes)) => bytes,
             Ok(Err(_)) => return Err(ApiError::PayloadTooLarge(MAX_BODY)),
-            Err(e) => return Err(ApiError::invalid("body", format!("could not read the body: {e}"))),
+            Err(e) => {
+                return Err(ApiError::invalid("body", format!("could not read the body: {e}")))
+            }
         };
         if !json && (required || !bytes.is_empty()) {
             return Err(ApiError::UnsupportedMediaType);
@@ -101,8 +103,7 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = e.into_inner();
         ApiError::fields(vec![FieldError::new(field_name(&path, &inner), clean_message(&inner))])
     })?;
-    de.end()
-        .map_err(|_| ApiError::invalid("body", "unexpected data after the JSON value"))?;
+    de.end().map_err(|_| ApiError::invalid("body", "unexpected data after the JSON value"))?;
     Ok(value)
 }
 

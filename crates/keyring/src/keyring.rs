@@ -8,7 +8,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::material::{self, jwk, public_key_b64};
-use crate::{plan, verify, Jwk, Jwks, KeyId, KeyRecord, KeyState, KeyStore, KeyringError, MasterKey, VerifyError};
+use crate::{
+    plan, verify, Jwk, Jwks, KeyId, KeyRecord, KeyState, KeyStore, KeyringError, MasterKey,
+    VerifyError,
+};
 
 #[derive(Debug, Clone)]
 pub struct KeyringConfig {
@@ -101,8 +104,9 @@ impl AppKeys {
         let mut jwks = Vec::new();
         for key in keys.iter().filter(|k| k.state.is_published()) {
             let jwk: Jwk = jwk(key.key_id, &key.public_pem)?;
-            let decoding = DecodingKey::from_ec_components(&jwk.x, &jwk.y)
-                .map_err(|e| KeyringError::Material(format!("public key of {}: {e}", key.key_id)))?;
+            let decoding = DecodingKey::from_ec_components(&jwk.x, &jwk.y).map_err(|e| {
+                KeyringError::Material(format!("public key of {}: {e}", key.key_id))
+            })?;
             verifiers.insert(key.key_id, decoding);
             let public_key = public_key_b64(&key.public_pem);
             if key.state == KeyState::Active {
@@ -128,7 +132,13 @@ impl AppKeys {
             });
             jwks.push(jwk);
         }
-        Ok(Self { loaded_at: Instant::now(), signer, verifiers, published, jwks: Jwks { keys: jwks } })
+        Ok(Self {
+            loaded_at: Instant::now(),
+            signer,
+            verifiers,
+            published,
+            jwks: Jwks { keys: jwks },
+        })
     }
 }
 
@@ -183,10 +193,16 @@ impl Keyring {
     }
 
     /// The first two keys of a new app: an active one and a published next one.
-    pub async fn create_app_keys(&self, app_id: AppId, now: i64) -> Result<Arc<AppKeys>, KeyringError> {
+    pub async fn create_app_keys(
+        &self,
+        app_id: AppId,
+        now: i64,
+    ) -> Result<Arc<AppKeys>, KeyringError> {
         let active = material::generate(app_id, KeyState::Active, &self.master, now)?;
         let next = material::generate(app_id, KeyState::Next, &self.master, now)?;
-        self.store.apply(app_id, &[plan::KeyChange::Insert(active), plan::KeyChange::Insert(next)]).await?;
+        self.store
+            .apply(app_id, &[plan::KeyChange::Insert(active), plan::KeyChange::Insert(next)])
+            .await?;
         self.forget(app_id);
         self.keys(app_id).await
     }
@@ -227,7 +243,12 @@ impl Keyring {
     }
 
     /// Revokes a key at once. Revoking the active key promotes the published next key.
-    pub async fn revoke(&self, app_id: AppId, key_id: KeyId, now: i64) -> Result<Revocation, KeyringError> {
+    pub async fn revoke(
+        &self,
+        app_id: AppId,
+        key_id: KeyId,
+        now: i64,
+    ) -> Result<Revocation, KeyringError> {
         self.with_plan(app_id, now, |keys, fresh| {
             let previous_status = keys
                 .iter()
@@ -327,7 +348,9 @@ impl Keyring {
     ) -> Result<TokenData<T>, VerifyError> {
         let kid = verify::inspect(token)?;
         let mut keys = self.keys(app_id).await?;
-        if !keys.verifiers.contains_key(&kid) && keys.loaded_at.elapsed() >= self.config.reload_interval {
+        if !keys.verifiers.contains_key(&kid)
+            && keys.loaded_at.elapsed() >= self.config.reload_interval
+        {
             keys = self.reload(app_id).await?;
         }
         let key = keys.verifiers.get(&kid).ok_or(VerifyError::UnknownKey)?;

@@ -83,7 +83,11 @@ impl MasterKey {
         Ok(out)
     }
 
-    pub(crate) fn open(&self, key_id: KeyId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+    pub(crate) fn open(
+        &self,
+        key_id: KeyId,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
         if sealed.len() <= NONCE_LEN {
             return Err(KeyringError::Unseal(key_id));
         }

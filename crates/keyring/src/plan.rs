@@ -25,7 +25,11 @@ fn transition(key: &KeyRecord, to: KeyState, at: i64) -> KeyChange {
 
 /// A planned rotation: the active key retires, `next` becomes active, and `new_next` (a
 /// freshly generated key) is published as the next one.
-pub fn rotation(keys: &[KeyRecord], new_next: KeyRecord, now: i64) -> Result<Vec<KeyChange>, KeyringError> {
+pub fn rotation(
+    keys: &[KeyRecord],
+    new_next: KeyRecord,
+    now: i64,
+) -> Result<Vec<KeyChange>, KeyringError> {
     let active = the(keys, KeyState::Active)?;
     let next = the(keys, KeyState::Next)?;
     Ok(vec![
@@ -59,7 +63,12 @@ pub fn revocation(
 /// Whether a scheduled rotation is due at `now`: the active key has signed for a whole
 /// `rotation_period`, and the next key has been published for at least `min_published`
 /// seconds (the JWKS max-age), so no verifier that caches the JWKS meets an unknown kid.
-pub fn rotation_due(keys: &[KeyRecord], rotation_period: i64, min_published: i64, now: i64) -> bool {
+pub fn rotation_due(
+    keys: &[KeyRecord],
+    rotation_period: i64,
+    min_published: i64,
+    now: i64,
+) -> bool {
     let (Ok(active), Ok(next)) = (the(keys, KeyState::Active), the(keys, KeyState::Next)) else {
         return false;
     };
@@ -118,7 +127,8 @@ mod tests {
         let master = MasterKey::generate();
         let (app, mut keys) = new_app(&master);
         let (old_active, old_next) = (keys[0].key_id, keys[1].key_id);
-        let plan = rotation(&keys, generate(app, KeyState::Next, &master, 10).unwrap(), 10).unwrap();
+        let plan =
+            rotation(&keys, generate(app, KeyState::Next, &master, 10).unwrap(), 10).unwrap();
         apply(&mut keys, &plan).unwrap();
         assert_eq!(keys[0].state, KeyState::Retired);
         assert_eq!(keys[0].key_id, old_active);
@@ -133,12 +143,14 @@ mod tests {
         let master = MasterKey::generate();
         let (app, mut keys) = new_app(&master);
         let active = keys[0].key_id;
-        let plan = revocation(&keys, active, generate(app, KeyState::Next, &master, 5).unwrap(), 5).unwrap();
+        let plan = revocation(&keys, active, generate(app, KeyState::Next, &master, 5).unwrap(), 5)
+            .unwrap();
         apply(&mut keys, &plan).unwrap();
         assert_eq!(keys[0].state, KeyState::Revoked);
         assert_eq!(keys[1].state, KeyState::Active);
         assert_eq!(count(&keys, KeyState::Next), 1);
-        let again = revocation(&keys, active, generate(app, KeyState::Next, &master, 6).unwrap(), 6);
+        let again =
+            revocation(&keys, active, generate(app, KeyState::Next, &master, 6).unwrap(), 6);
         assert!(matches!(again, Err(KeyringError::AlreadyRevoked(_))));
     }
 
@@ -163,7 +175,10 @@ mod tests {
     }
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
-        prop::collection::vec(prop_oneof![Just(Op::Rotate), any::<usize>().prop_map(Op::Revoke)], 1..40)
+        prop::collection::vec(
+            prop_oneof![Just(Op::Rotate), any::<usize>().prop_map(Op::Revoke)],
+            1..40,
+        )
     }
 
     proptest! {

@@ -65,9 +65,7 @@ macro_rules! apply_change {
                     .execute(&mut *$tx)
                     .await?;
                 if done.rows_affected() != 1 {
-                    return Err(StoreError::Conflict(format!(
-                        "key {key_id} is no longer {from}"
-                    )));
+                    return Err(StoreError::Conflict(format!("key {key_id} is no longer {from}")));
                 }
             }
             KeyChange::Insert(key) => {

@@ -19,7 +19,8 @@ pub(crate) fn inspect(token: &str) -> Result<KeyId, VerifyError> {
         return Err(VerifyError::TooLarge);
     }
     let mut parts = token.split('.');
-    let (Some(header), Some(_), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(VerifyError::Malformed);
     };

@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use keygate_keyring::jsonwebtoken::jwk::JwkSet;
-use keygate_keyring::jsonwebtoken::{self, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use keygate_keyring::jsonwebtoken::{
+    self, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use keygate_keyring::{
     key_store, plan, seal_new, strict_validation, KeyChange, KeyId, KeyRecord, KeyState, KeyStore,
     Keyring, KeyringConfig, KeyringError, MasterKey, VerifyError,
@@ -86,7 +88,8 @@ fn env(db: Database) -> Env {
 impl Env {
     /// An app row (the keys' foreign key needs it) without any signing key.
     async fn bare_app(&self, name: &str) -> AppId {
-        let (record, _) = self.tenants.create_app(name, &SettingsPatch::default(), NOW).await.unwrap();
+        let (record, _) =
+            self.tenants.create_app(name, &SettingsPatch::default(), NOW).await.unwrap();
         record.app.app_id
     }
 
@@ -165,7 +168,8 @@ fn published_ids(keys: &[KeyRecord]) -> BTreeSet<KeyId> {
 
 /// A next key for `app_id` whose private half the test never needs.
 fn fresh_next(app_id: AppId, master: &MasterKey, now: i64) -> KeyRecord {
-    seal_new(app_id, KeyState::Next, &p256::SecretKey::random(&mut rand::rngs::OsRng), master, now).unwrap()
+    seal_new(app_id, KeyState::Next, &p256::SecretKey::random(&mut rand::rngs::OsRng), master, now)
+        .unwrap()
 }
 
 /// Raw SQL on either backend, behind the store.
@@ -194,7 +198,8 @@ async fn execute(db: &Database, sql: &str, binds: &[&str]) {
 async fn every_cell_of_app_keys(db: &Database) -> Vec<(String, Vec<u8>)> {
     match db {
         Database::Sqlite(pools) => {
-            let rows = sqlx::query("SELECT * FROM app_keys").fetch_all(&pools.reader).await.unwrap();
+            let rows =
+                sqlx::query("SELECT * FROM app_keys").fetch_all(&pools.reader).await.unwrap();
             rows.iter().flat_map(cells).collect()
         }
         Database::Postgres(pool) => {
@@ -240,7 +245,8 @@ fn holds_a_private_key_document(bytes: &[u8]) -> bool {
     (0..bytes.len()).any(|start| {
         (start + 1..=bytes.len()).any(|end| {
             let part = &bytes[start..end];
-            p256::SecretKey::from_pkcs8_der(part).is_ok() || p256::SecretKey::from_sec1_der(part).is_ok()
+            p256::SecretKey::from_pkcs8_der(part).is_ok()
+                || p256::SecretKey::from_sec1_der(part).is_ok()
         })
     })
 }
@@ -312,7 +318,8 @@ async fn a_new_app_has_one_active_and_one_next_key(db: Database) {
 async fn rotation_promotes_next_retires_active_and_publishes_a_new_next(db: Database) {
     let env = env(db);
     let app_id = env.app("rotating").await;
-    let (active, next) = (env.the(app_id, KeyState::Active).await, env.the(app_id, KeyState::Next).await);
+    let (active, next) =
+        (env.the(app_id, KeyState::Active).await, env.the(app_id, KeyState::Next).await);
 
     let rotation = env.keyring.rotate(app_id, NOW + 10).await.unwrap();
     assert_eq!((rotation.retired_key_id, rotation.active_key_id), (active, next));
@@ -337,7 +344,8 @@ async fn rotation_promotes_next_retires_active_and_publishes_a_new_next(db: Data
 async fn revoking_the_active_key_promotes_next_at_once(db: Database) {
     let env = env(db);
     let app_id = env.app("compromised").await;
-    let (active, next) = (env.the(app_id, KeyState::Active).await, env.the(app_id, KeyState::Next).await);
+    let (active, next) =
+        (env.the(app_id, KeyState::Active).await, env.the(app_id, KeyState::Next).await);
 
     let revocation = env.keyring.revoke(app_id, active, NOW + 5).await.unwrap();
     assert_eq!(revocation.revoked_key_id, active);
@@ -357,7 +365,8 @@ async fn revoking_the_active_key_promotes_next_at_once(db: Database) {
 async fn revoking_the_next_key_replaces_it(db: Database) {
     let env = env(db);
     let app_id = env.app("leaky-next").await;
-    let (active, next) = (env.the(app_id, KeyState::Active).await, env.the(app_id, KeyState::Next).await);
+    let (active, next) =
+        (env.the(app_id, KeyState::Active).await, env.the(app_id, KeyState::Next).await);
 
     let revocation = env.keyring.revoke(app_id, next, NOW + 5).await.unwrap();
     assert_eq!(revocation.previous_status, KeyState::Next);
@@ -391,7 +400,10 @@ async fn revoking_twice_is_already_revoked(db: Database) {
     ));
     // An admin cannot reach another app's key through this app.
     let foreign = env.the(other_app, KeyState::Active).await;
-    assert!(matches!(env.keyring.revoke(app_id, foreign, NOW).await, Err(KeyringError::KeyNotFound(_))));
+    assert!(matches!(
+        env.keyring.revoke(app_id, foreign, NOW).await,
+        Err(KeyringError::KeyNotFound(_))
+    ));
     assert_eq!(env.the(other_app, KeyState::Active).await, foreign);
     assert_eq!(env.keys(app_id).await, after_first);
 }
@@ -404,7 +416,8 @@ async fn a_stale_plan_changes_nothing(db: Database) {
     // A rotation planned on what was read before someone else revoked the next key: its
     // first step (active → retired) still matches, its second (next → active) does not.
     let read_earlier = env.keys(app_id).await;
-    let stale = plan::rotation(&read_earlier, fresh_next(app_id, master, NOW + 1), NOW + 1).unwrap();
+    let stale =
+        plan::rotation(&read_earlier, fresh_next(app_id, master, NOW + 1), NOW + 1).unwrap();
     let old_next = env.the(app_id, KeyState::Next).await;
     env.keyring.revoke(app_id, old_next, NOW).await.unwrap();
     let before = env.keys(app_id).await;
@@ -418,7 +431,12 @@ async fn a_stale_plan_changes_nothing(db: Database) {
     let before = env.keys(app_id).await;
     let active = the(&before, KeyState::Active);
     let mixed = [
-        KeyChange::Transition { key_id: active, from: KeyState::Active, to: KeyState::Retired, at: NOW + 2 },
+        KeyChange::Transition {
+            key_id: active,
+            from: KeyState::Active,
+            to: KeyState::Retired,
+            at: NOW + 2,
+        },
         KeyChange::Insert(fresh_next(other_app, master, NOW + 2)),
     ];
     assert!(matches!(env.store.apply(app_id, &mixed).await, Err(StoreError::Conflict(_))));
@@ -431,7 +449,12 @@ async fn a_stale_plan_changes_nothing(db: Database) {
     assert_eq!(env.keys(app_id).await, before);
 
     // A transition of this app's key id under another app's name matches nothing.
-    let hijack = [KeyChange::Transition { key_id: active, from: KeyState::Active, to: KeyState::Revoked, at: NOW }];
+    let hijack = [KeyChange::Transition {
+        key_id: active,
+        from: KeyState::Active,
+        to: KeyState::Revoked,
+        at: NOW,
+    }];
     assert!(matches!(env.store.apply(other_app, &hijack).await, Err(StoreError::Conflict(_))));
     assert_eq!(env.keys(app_id).await, before);
 }
@@ -442,19 +465,34 @@ async fn scheduled_rotation_waits_for_the_period_and_the_publication(db: Databas
     let (period, min_published) = (1000, 300);
     let before = env.keys(app_id).await;
 
-    assert_eq!(env.keyring.rotate_if_due(app_id, period, min_published, NOW + 999).await.unwrap(), None);
+    assert_eq!(
+        env.keyring.rotate_if_due(app_id, period, min_published, NOW + 999).await.unwrap(),
+        None
+    );
     assert_eq!(env.keys(app_id).await, before, "not due: nothing changes");
 
-    let rotation = env.keyring.rotate_if_due(app_id, period, min_published, NOW + 1000).await.unwrap();
+    let rotation =
+        env.keyring.rotate_if_due(app_id, period, min_published, NOW + 1000).await.unwrap();
     let rotation = rotation.expect("due after a whole period");
     assert_eq!(rotation.active_key_id, the(&before, KeyState::Next));
-    assert_eq!(env.keyring.rotate_if_due(app_id, period, min_published, NOW + 1000).await.unwrap(), None);
+    assert_eq!(
+        env.keyring.rotate_if_due(app_id, period, min_published, NOW + 1000).await.unwrap(),
+        None
+    );
 
     // A next key published only 100 s ago is not promoted, even when the period is over.
     let next = env.the(app_id, KeyState::Next).await;
     env.keyring.revoke(app_id, next, NOW + 1900).await.unwrap();
-    assert_eq!(env.keyring.rotate_if_due(app_id, period, min_published, NOW + 2000).await.unwrap(), None);
-    assert!(env.keyring.rotate_if_due(app_id, period, min_published, NOW + 2200).await.unwrap().is_some());
+    assert_eq!(
+        env.keyring.rotate_if_due(app_id, period, min_published, NOW + 2000).await.unwrap(),
+        None
+    );
+    assert!(env
+        .keyring
+        .rotate_if_due(app_id, period, min_published, NOW + 2200)
+        .await
+        .unwrap()
+        .is_some());
 }
 
 // ---------------------------------------------------------------- sealing at rest
@@ -488,7 +526,8 @@ async fn the_database_holds_no_plaintext_private_key(db: Database) {
     for secret in &secrets {
         let (_, token) = env.sign(known_app, "known").await;
         let key = DecodingKey::from_ec_pem(public_pem(secret).as_bytes()).unwrap();
-        jsonwebtoken::decode::<Claims>(&token, &key, &owner_validation()).expect("signed with the known key");
+        jsonwebtoken::decode::<Claims>(&token, &key, &owner_validation())
+            .expect("signed with the known key");
         env.keyring.rotate(known_app, NOW + 3).await.unwrap();
     }
 
@@ -508,7 +547,10 @@ async fn the_database_holds_no_plaintext_private_key(db: Database) {
         assert!(!contains(bytes, b"PRIVATE KEY"), "{column} holds a PEM private key");
         for secret in &secrets {
             for (encoding, encoded) in encodings_of(secret) {
-                assert!(!contains(bytes, &encoded), "{column} holds the {encoding} of a private key");
+                assert!(
+                    !contains(bytes, &encoded),
+                    "{column} holds the {encoding} of a private key"
+                );
             }
         }
         if column == "sealed_private" {
@@ -521,12 +563,17 @@ async fn the_database_holds_no_plaintext_private_key(db: Database) {
 async fn sealed_keys_need_their_master_key_and_their_own_row(db: Database) {
     let env = env(db);
     let app_id = env.app("sealed").await;
-    let (active, next) = (env.the(app_id, KeyState::Active).await, env.the(app_id, KeyState::Next).await);
+    let (active, next) =
+        (env.the(app_id, KeyState::Active).await, env.the(app_id, KeyState::Next).await);
 
     // A gateway started with another master key cannot sign with these keys.
-    let stranger = Keyring::new(key_store(&env.db), MasterKey::generate(), KeyringConfig::default());
+    let stranger =
+        Keyring::new(key_store(&env.db), MasterKey::generate(), KeyringConfig::default());
     let err = stranger.keys(app_id).await.unwrap_err();
-    assert!(matches!(err, KeyringError::WrongMasterKey { key_id, .. } if key_id == active), "{err:?}");
+    assert!(
+        matches!(err, KeyringError::WrongMasterKey { key_id, .. } if key_id == active),
+        "{err:?}"
+    );
 
     // Relabelled as its own, the ciphertext still does not open under the wrong key.
     let sql = "UPDATE app_keys SET master_key_id = $1 WHERE app_id = $2";
@@ -602,7 +649,8 @@ async fn a_token_verifies_through_the_jwks_and_through_the_pem(db: Database) {
 async fn a_revoked_key_verifies_nothing_and_leaves_the_jwks(db: Database) {
     let env = env(db);
     let app_id = env.app("revocable").await;
-    let elsewhere = env.other_process(KeyringConfig { cache_ttl: Duration::ZERO, ..KeyringConfig::default() });
+    let elsewhere =
+        env.other_process(KeyringConfig { cache_ttl: Duration::ZERO, ..KeyringConfig::default() });
     let (kid, token) = env.sign(app_id, "dave").await;
     assert!(verify(&env.keyring, app_id, &token).await.is_ok());
     assert!(verify(&elsewhere, app_id, &token).await.is_ok()); // now cached there too
@@ -643,7 +691,10 @@ async fn verify_refuses_another_apps_key(db: Database) {
     let mine = env.app("mine").await;
     let theirs = env.app("theirs").await;
     // Reloading on every unknown kid: the refusal is not down to a stale cache.
-    let eager = env.other_process(KeyringConfig { reload_interval: Duration::ZERO, ..KeyringConfig::default() });
+    let eager = env.other_process(KeyringConfig {
+        reload_interval: Duration::ZERO,
+        ..KeyringConfig::default()
+    });
 
     let (_, their_token) = env.sign(theirs, "mallory").await;
     for keyring in [&env.keyring, &eager] {
@@ -657,8 +708,12 @@ async fn verify_refuses_another_apps_key(db: Database) {
     let forger = p256::SecretKey::random(&mut rand::rngs::OsRng);
     let header = Header { kid: Some(my_kid.to_string()), ..Header::new(Algorithm::ES256) };
     let pem = forger.to_pkcs8_pem(LineEnding::LF).unwrap();
-    let forged = jsonwebtoken::encode(&header, &claims("mallory"), &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap())
-        .unwrap();
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims("mallory"),
+        &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
     let result = verify(&env.keyring, mine, &forged).await;
     assert!(matches!(result, Err(VerifyError::Invalid(_))), "{result:?}");
     assert!(!result.unwrap_err().is_server_side());
@@ -671,9 +726,12 @@ async fn verify_checks_time_claims_and_pins_es256(db: Database) {
     let signer = keys.signer().unwrap();
     let now = real_now();
 
-    let expired = signer.sign(&Claims { sub: "x".into(), iat: now - 100, nbf: now - 100, exp: now - 1 }).unwrap();
+    let expired = signer
+        .sign(&Claims { sub: "x".into(), iat: now - 100, nbf: now - 100, exp: now - 1 })
+        .unwrap();
     assert!(matches!(verify(&env.keyring, app_id, &expired).await, Err(VerifyError::Invalid(_))));
-    let early = signer.sign(&Claims { sub: "x".into(), iat: now, nbf: now + 60, exp: now + 120 }).unwrap();
+    let early =
+        signer.sign(&Claims { sub: "x".into(), iat: now, nbf: now + 60, exp: now + 120 }).unwrap();
     assert!(matches!(verify(&env.keyring, app_id, &early).await, Err(VerifyError::Invalid(_))));
     let fine = signer.sign(&claims("x")).unwrap();
     assert!(verify(&env.keyring, app_id, &fine).await.is_ok());
@@ -701,7 +759,10 @@ async fn another_process_sees_new_keys(db: Database) {
 
     let app_id = env.app("shared").await;
     let (_, first) = env.sign(app_id, "frank").await;
-    assert!(verify(&patient, app_id, &first).await.is_ok(), "a new app's keys are loaded on demand");
+    assert!(
+        verify(&patient, app_id, &first).await.is_ok(),
+        "a new app's keys are loaded on demand"
+    );
     assert!(verify(&stubborn, app_id, &first).await.is_ok());
 
     // Two rotations: the active key is one neither process has seen.
@@ -735,7 +796,10 @@ mod sequences {
     }
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
-        prop::collection::vec(prop_oneof![Just(Op::Rotate), any::<usize>().prop_map(Op::Revoke)], 1..12)
+        prop::collection::vec(
+            prop_oneof![Just(Op::Rotate), any::<usize>().prop_map(Op::Revoke)],
+            1..12,
+        )
     }
 
     async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
@@ -751,14 +815,18 @@ mod sequences {
             match op {
                 Op::Rotate => {
                     let rotation = env.keyring.rotate(app_id, now).await.unwrap();
-                    prop_assert_eq!((rotation.retired_key_id, rotation.active_key_id), (active, next));
+                    prop_assert_eq!(
+                        (rotation.retired_key_id, rotation.active_key_id),
+                        (active, next)
+                    );
                 }
                 Op::Revoke(i) => {
                     let target = before[i % before.len()].clone();
                     match env.keyring.revoke(app_id, target.key_id, now).await {
                         Ok(revocation) => {
                             prop_assert_ne!(target.state, KeyState::Revoked);
-                            let expected_active = if target.key_id == active { next } else { active };
+                            let expected_active =
+                                if target.key_id == active { next } else { active };
                             prop_assert_eq!(revocation.active_key_id, expected_active);
                         }
                         Err(KeyringError::AlreadyRevoked(_)) => {
@@ -777,7 +845,11 @@ mod sequences {
             }
             for old in &before {
                 if old.state == KeyState::Revoked {
-                    prop_assert_eq!(state_of(&keys, old.key_id), KeyState::Revoked, "revoked stays revoked");
+                    prop_assert_eq!(
+                        state_of(&keys, old.key_id),
+                        KeyState::Revoked,
+                        "revoked stays revoked"
+                    );
                 }
             }
             let jwks = jwks_kids(&env.keyring, app_id).await;
@@ -795,7 +867,12 @@ mod sequences {
                         result
                     );
                 } else {
-                    prop_assert!(result.is_ok(), "a token of unrevoked key {} failed: {:?}", kid, result);
+                    prop_assert!(
+                        result.is_ok(),
+                        "a token of unrevoked key {} failed: {:?}",
+                        kid,
+                        result
+                    );
                 }
             }
         }

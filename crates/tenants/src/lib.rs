@@ -15,10 +15,10 @@ mod store;
 mod verified;
 
 pub use error::{StoreError, TenantError};
-pub use ids::{AppId, ParseIdError};
 #[doc(hidden)]
 pub use ids::__private;
-pub use model::{App, AppRecord, AppKeyHashes};
+pub use ids::{AppId, ParseIdError};
+pub use model::{App, AppKeyHashes, AppRecord};
 pub use secret::{hash_secret, AppKey, RootKey, Secret};
 pub use service::{AuthError, RotatedAppKey, Tenants, TenantsConfig};
 pub use settings::{AppSettings, FieldError, OnReuse, SettingsPatch};

@@ -290,7 +290,10 @@ impl Tenants {
     /// Makes sure a root key exists. Returns the key when this call created it, so that
     /// the caller can show it once. `supplied` (the operator's `KEYGATE_ROOT_KEY`) is used
     /// instead of a random key; it is ignored, with a warning, once a root key exists.
-    pub async fn ensure_root_key(&self, supplied: Option<&str>) -> Result<Option<RootKey>, TenantError> {
+    pub async fn ensure_root_key(
+        &self,
+        supplied: Option<&str>,
+    ) -> Result<Option<RootKey>, TenantError> {
         if let Some(existing) = self.store.get_setting(ROOT_KEY_SETTING).await? {
             if let Some(supplied) = supplied {
                 let supplied = zeroize::Zeroizing::new(supplied.to_owned());
@@ -312,7 +315,8 @@ impl Tenants {
                 .map_err(|m| TenantError::Invalid(vec![FieldError::new("KEYGATE_ROOT_KEY", m)]))?,
             None => RootKey::generate(),
         };
-        let inserted = self.store.insert_setting(ROOT_KEY_SETTING, &hash(key.expose()).await?).await?;
+        let inserted =
+            self.store.insert_setting(ROOT_KEY_SETTING, &hash(key.expose()).await?).await?;
         // Another process may have bootstrapped first; then its key stands and ours is void.
         Ok((inserted && supplied.is_none()).then_some(key))
     }

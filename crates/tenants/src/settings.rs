@@ -48,9 +48,9 @@ impl FromStr for OnReuse {
         match s {
             "revoke_session" => Ok(Self::RevokeSession),
             "revoke_subject" => Ok(Self::RevokeSubject),
-            other => Err(format!(
-                "must be \"revoke_session\" or \"revoke_subject\", not {other:?}"
-            )),
+            other => {
+                Err(format!("must be \"revoke_session\" or \"revoke_subject\", not {other:?}"))
+            }
         }
     }
 }
@@ -164,10 +164,7 @@ impl AppSettings {
         if errors.iter().all(|e| e.field != "refresh_notbefore" && e.field != "refresh_expire")
             && self.refresh_notbefore >= self.refresh_expire
         {
-            errors.push(FieldError::new(
-                "refresh_notbefore",
-                "must be less than refresh_expire",
-            ));
+            errors.push(FieldError::new("refresh_notbefore", "must be less than refresh_expire"));
         }
         check_text(&mut errors, "issuer", &self.issuer, MAX_ISSUER_LEN);
         check_text(&mut errors, "audience", &self.audience, MAX_ISSUER_LEN);
@@ -244,7 +241,11 @@ mod tests {
     #[test]
     fn notbefore_must_precede_expiry() {
         let base = AppSettings::defaults_for("demo");
-        let patch = SettingsPatch { token_expire: Some(60), token_notbefore: Some(60), ..Default::default() };
+        let patch = SettingsPatch {
+            token_expire: Some(60),
+            token_notbefore: Some(60),
+            ..Default::default()
+        };
         let errors = patch.apply(&base).unwrap_err();
         assert_eq!(errors, [FieldError::new("token_notbefore", "must be less than token_expire")]);
     }

@@ -22,7 +22,12 @@ pub trait AppStore: Send + Sync + std::fmt::Debug {
     /// Writes the name and settings. `NotFound` if the app is gone, `Conflict` when the new
     /// name is taken.
     async fn update_app(&self, app: &App) -> Result<(), StoreError>;
-    async fn set_app_key(&self, app_id: AppId, hashes: &AppKeyHashes, now: i64) -> Result<(), StoreError>;
+    async fn set_app_key(
+        &self,
+        app_id: AppId,
+        hashes: &AppKeyHashes,
+        now: i64,
+    ) -> Result<(), StoreError>;
     /// Deletes the app and, by cascade, everything it owns. False if there was no such app.
     async fn delete_app(&self, app_id: AppId) -> Result<bool, StoreError>;
     async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError>;

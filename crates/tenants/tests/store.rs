@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use keygate_tenants::db::Database;
 use keygate_tenants::{
-    app_store, App, AppId, AppKey, AppKeyHashes, AppRecord, AppSettings, AppStore,
-    AuthError, OnReuse, SettingsPatch, StoreError, TenantError, Tenants, TenantsConfig,
+    app_store, App, AppId, AppKey, AppKeyHashes, AppRecord, AppSettings, AppStore, AuthError,
+    OnReuse, SettingsPatch, StoreError, TenantError, Tenants, TenantsConfig,
 };
 
 /// A fixed "now" (Unix seconds): time is a parameter, never read by the code under test.
@@ -130,11 +130,13 @@ async fn insert_raw_key(db: &Database, app_id: AppId, state: &str) {
     let sealed = vec![1u8, 2, 3];
     match db {
         Database::Sqlite(pools) => {
-            let query = sqlx::query(sql).bind(key_id).bind(app_id.to_string()).bind(state).bind(sealed);
+            let query =
+                sqlx::query(sql).bind(key_id).bind(app_id.to_string()).bind(state).bind(sealed);
             query.execute(&pools.writer).await.unwrap();
         }
         Database::Postgres(pool) => {
-            let query = sqlx::query(sql).bind(key_id).bind(app_id.to_string()).bind(state).bind(sealed);
+            let query =
+                sqlx::query(sql).bind(key_id).bind(app_id.to_string()).bind(state).bind(sealed);
             query.execute(pool).await.unwrap();
         }
     }
@@ -188,7 +190,8 @@ async fn apps_round_trip_through_the_store(db: Database) {
     assert_eq!(stored.app.created_at, NOW);
     assert_eq!(store.find_app_by_name("first").await.unwrap(), None, "the old name is free");
 
-    let hashes = AppKeyHashes { current: "$argon2id$new".into(), previous: None, previous_expires_at: None };
+    let hashes =
+        AppKeyHashes { current: "$argon2id$new".into(), previous: None, previous_expires_at: None };
     store.set_app_key(first.app.app_id, &hashes, NOW + 60).await.unwrap();
     let stored = store.get_app(first.app.app_id).await.unwrap().unwrap();
     assert_eq!(stored.key, hashes);
@@ -212,7 +215,10 @@ async fn unknown_apps_are_absent(db: Database) {
     assert_eq!(store.get_app(AppId::new()).await.unwrap(), None);
     assert_eq!(store.find_app_by_name("nobody").await.unwrap(), None);
     assert_eq!(store.list_apps().await.unwrap(), vec![]);
-    assert!(matches!(tenants(&db).find(&AppId::new().to_string()).await, Err(TenantError::NotFound)));
+    assert!(matches!(
+        tenants(&db).find(&AppId::new().to_string()).await,
+        Err(TenantError::NotFound)
+    ));
 }
 
 async fn a_taken_name_is_a_validation_error_naming_name(db: Database) {
@@ -233,7 +239,8 @@ async fn a_taken_name_is_a_validation_error_naming_name(db: Database) {
     let err = tenants.update_app(blog.app.app_id, &rename, NOW + 1).await.unwrap_err();
     assert_eq!(fields(&err), ["name"]);
 
-    let names: Vec<String> = tenants.list_apps().await.unwrap().into_iter().map(|a| a.name).collect();
+    let names: Vec<String> =
+        tenants.list_apps().await.unwrap().into_iter().map(|a| a.name).collect();
     assert_eq!(names.iter().filter(|n| *n == "shop").count(), 1);
     assert!(names.contains(&"blog".to_owned()), "the failed rename left blog as it was");
     assert_eq!(tenants.find("shop").await.unwrap().app.app_id, shop.app.app_id);
@@ -244,13 +251,19 @@ async fn changing_a_missing_app_is_not_found(db: Database) {
     let ghost = record("ghost");
     let store = tenants.store();
     assert!(matches!(store.update_app(&ghost.app).await, Err(StoreError::NotFound)));
-    assert!(matches!(store.set_app_key(ghost.app.app_id, &ghost.key, NOW).await, Err(StoreError::NotFound)));
+    assert!(matches!(
+        store.set_app_key(ghost.app.app_id, &ghost.key, NOW).await,
+        Err(StoreError::NotFound)
+    ));
     assert!(matches!(
         tenants.update_app(ghost.app.app_id, &SettingsPatch::default(), NOW).await,
         Err(TenantError::NotFound)
     ));
     assert!(matches!(tenants.delete_app(ghost.app.app_id).await, Err(TenantError::NotFound)));
-    assert!(matches!(tenants.rotate_app_key(ghost.app.app_id, 0, NOW).await, Err(TenantError::NotFound)));
+    assert!(matches!(
+        tenants.rotate_app_key(ghost.app.app_id, 0, NOW).await,
+        Err(TenantError::NotFound)
+    ));
     assert_eq!(store.list_apps().await.unwrap(), vec![], "nothing was created on the way");
 }
 
@@ -303,7 +316,10 @@ async fn create_app_applies_defaults_and_stores_only_a_hash(db: Database) {
         (900, 0, 2_592_000, 0)
     );
     assert_eq!((s.session_max_age, s.reuse_grace, s.rotation_period), (7_776_000, 10, 2_592_000));
-    assert_eq!((s.max_sessions_per_sub, s.refresh_rotation, s.on_reuse), (0, true, OnReuse::RevokeSession));
+    assert_eq!(
+        (s.max_sessions_per_sub, s.refresh_rotation, s.on_reuse),
+        (0, true, OnReuse::RevokeSession)
+    );
     assert_eq!((stored.app.created_at, stored.app.updated_at), (NOW, NOW));
 
     assert!(key.expose().starts_with("kg_"));
@@ -353,11 +369,14 @@ async fn create_app_names_every_bad_field(db: Database) {
     got.sort_unstable();
     assert_eq!(got, ["name", "reuse_grace"], "one entry per bad field, all at once");
 
-    let inverted = SettingsPatch { token_expire: Some(60), token_notbefore: Some(120), ..Default::default() };
+    let inverted =
+        SettingsPatch { token_expire: Some(60), token_notbefore: Some(120), ..Default::default() };
     let err = tenants.create_app("inverted", &inverted, NOW).await.unwrap_err();
     assert_eq!(fields(&err), ["token_notbefore"]);
     match &err {
-        TenantError::Invalid(errors) => assert!(!errors[0].message.is_empty(), "a message says why"),
+        TenantError::Invalid(errors) => {
+            assert!(!errors[0].message.is_empty(), "a message says why")
+        }
         other => panic!("{other:?}"),
     }
 
@@ -370,8 +389,15 @@ async fn update_app_validates_and_persists(db: Database) {
     let app_id = app.app.app_id;
 
     let bad = SettingsPatch { session_max_age: Some(0), ..Default::default() };
-    assert_eq!(fields(&tenants.update_app(app_id, &bad, NOW + 5).await.unwrap_err()), ["session_max_age"]);
-    assert_eq!(tenants.store().get_app(app_id).await.unwrap().unwrap(), app, "a refused update changes nothing");
+    assert_eq!(
+        fields(&tenants.update_app(app_id, &bad, NOW + 5).await.unwrap_err()),
+        ["session_max_age"]
+    );
+    assert_eq!(
+        tenants.store().get_app(app_id).await.unwrap().unwrap(),
+        app,
+        "a refused update changes nothing"
+    );
 
     let patch = SettingsPatch {
         name: Some("renamed".into()),
@@ -397,12 +423,16 @@ async fn the_app_key_authenticates_and_nothing_else_does(db: Database) {
     let (other, other_key) = create(&tenants, "neighbour").await;
     let app_id = app.app.app_id;
 
-    let record = tenants.authenticate_app(&app_id.to_string(), Some(key.expose()), NOW).await.unwrap();
+    let record =
+        tenants.authenticate_app(&app_id.to_string(), Some(key.expose()), NOW).await.unwrap();
     assert_eq!(*record, app);
 
     assert_denied(auth(&tenants, app_id, AppKey::generate().expose(), NOW).await, "a wrong key");
     assert_denied(auth(&tenants, app_id, other_key.expose(), NOW).await, "another app's key");
-    assert_denied(auth(&tenants, other.app.app_id, key.expose(), NOW).await, "this key for another app");
+    assert_denied(
+        auth(&tenants, other.app.app_id, key.expose(), NOW).await,
+        "this key for another app",
+    );
     assert_denied(auth(&tenants, AppId::new(), key.expose(), NOW).await, "an unknown app");
 
     let runs = tenants.argon2_runs();
@@ -461,8 +491,14 @@ async fn a_rotated_app_key_keeps_the_old_one_only_during_the_grace(db: Database)
     auth(&tenants, app_id, new.expose(), NOW).await.unwrap();
     auth(&tenants, app_id, old.expose(), NOW).await.unwrap();
     auth(&tenants, app_id, old.expose(), NOW + 599).await.unwrap();
-    assert_denied(auth(&tenants, app_id, old.expose(), NOW + 600).await, "the old key at the end of the grace");
-    assert_denied(auth(&tenants, app_id, old.expose(), NOW + 601).await, "the old key after the grace");
+    assert_denied(
+        auth(&tenants, app_id, old.expose(), NOW + 600).await,
+        "the old key at the end of the grace",
+    );
+    assert_denied(
+        auth(&tenants, app_id, old.expose(), NOW + 601).await,
+        "the old key after the grace",
+    );
     auth(&tenants, app_id, new.expose(), NOW + 100_000).await.unwrap();
 
     let stored = tenants.store().get_app(app_id).await.unwrap().unwrap();
@@ -473,7 +509,10 @@ async fn a_rotated_app_key_keeps_the_old_one_only_during_the_grace(db: Database)
     // A fresh process (empty caches) agrees.
     let fresh = self::tenants(&db);
     auth(&fresh, app_id, old.expose(), NOW + 10).await.unwrap();
-    assert_denied(auth(&fresh, app_id, old.expose(), NOW + 600).await, "the old key, fresh process");
+    assert_denied(
+        auth(&fresh, app_id, old.expose(), NOW + 600).await,
+        "the old key, fresh process",
+    );
 }
 
 async fn a_rotation_without_grace_stops_the_old_key_at_once(db: Database) {
@@ -515,7 +554,11 @@ async fn app_key_rotation_validates_the_grace(db: Database) {
         let err = tenants.rotate_app_key(app_id, grace, NOW).await.unwrap_err();
         assert_eq!(fields(&err), ["grace"], "grace {grace}");
     }
-    assert_eq!(tenants.store().get_app(app_id).await.unwrap().unwrap().key, app.key, "no rotation happened");
+    assert_eq!(
+        tenants.store().get_app(app_id).await.unwrap().unwrap().key,
+        app.key,
+        "no rotation happened"
+    );
     auth(&tenants, app_id, key.expose(), NOW).await.unwrap();
     let longest = tenants.rotate_app_key(app_id, 7 * 24 * 3600, NOW).await.unwrap();
     assert_eq!(longest.previous_valid_until, Some(NOW + 7 * 24 * 3600));
@@ -529,7 +572,10 @@ async fn another_process_sees_a_rotated_app_key(db: Database) {
     auth(&gateway, app_id, old.expose(), NOW).await.unwrap();
 
     let rotated = admin.rotate_app_key(app_id, 0, NOW).await.unwrap();
-    assert_denied(auth(&gateway, app_id, old.expose(), NOW).await, "the old key in the other process");
+    assert_denied(
+        auth(&gateway, app_id, old.expose(), NOW).await,
+        "the old key in the other process",
+    );
     auth(&gateway, app_id, rotated.app_key.expose(), NOW).await.unwrap();
 }
 
@@ -556,12 +602,18 @@ async fn a_generated_root_key_is_returned_once(db: Database) {
     assert!(tenants.ensure_root_key(None).await.unwrap().is_none(), "never shown twice");
     let supplied = "operator-chosen-root-key-0123456789";
     assert!(tenants.ensure_root_key(Some(supplied)).await.unwrap().is_none());
-    assert_denied(tenants.authenticate_root(Some(supplied)).await, "a late KEYGATE_ROOT_KEY is ignored");
+    assert_denied(
+        tenants.authenticate_root(Some(supplied)).await,
+        "a late KEYGATE_ROOT_KEY is ignored",
+    );
     tenants.authenticate_root(Some(key.expose())).await.unwrap();
 
     assert_denied(tenants.authenticate_root(None).await, "no root key presented");
     assert_denied(tenants.authenticate_root(Some("kgr_wrong")).await, "a wrong root key");
-    assert_denied(tenants.authenticate_root(Some(&"k".repeat(10 * 1024))).await, "a 10 KB root key");
+    assert_denied(
+        tenants.authenticate_root(Some(&"k".repeat(10 * 1024))).await,
+        "a 10 KB root key",
+    );
 
     // Stored only hashed.
     let settings = raw_settings(&db).await;
@@ -577,12 +629,18 @@ async fn a_generated_root_key_is_returned_once(db: Database) {
 async fn a_supplied_root_key_is_used_and_not_returned(db: Database) {
     let tenants = tenants(&db);
     let supplied = "operator-chosen-root-key-0123456789";
-    assert!(tenants.ensure_root_key(Some(supplied)).await.unwrap().is_none(), "the operator knows it");
+    assert!(
+        tenants.ensure_root_key(Some(supplied)).await.unwrap().is_none(),
+        "the operator knows it"
+    );
     tenants.authenticate_root(Some(supplied)).await.unwrap();
     assert!(tenants.ensure_root_key(None).await.unwrap().is_none(), "a root key exists");
     tenants.authenticate_root(Some(supplied)).await.unwrap();
     let settings = raw_settings(&db).await;
-    assert!(settings.iter().all(|(_, value)| !value.contains(supplied)), "never stored in the clear");
+    assert!(
+        settings.iter().all(|(_, value)| !value.contains(supplied)),
+        "never stored in the clear"
+    );
 }
 
 async fn a_malformed_supplied_root_key_is_refused(db: Database) {
@@ -607,6 +665,9 @@ async fn rotating_the_root_key_voids_the_old_one(db: Database) {
     assert!(tenants.ensure_root_key(None).await.unwrap().is_none());
 
     let fresh = self::tenants(&db);
-    assert_denied(fresh.authenticate_root(Some(old.expose())).await, "the old root key, fresh process");
+    assert_denied(
+        fresh.authenticate_root(Some(old.expose())).await,
+        "the old root key, fresh process",
+    );
     fresh.authenticate_root(Some(new.expose())).await.unwrap();
 }

@@ -12,9 +12,7 @@ use crate::Services;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        resource("/root/apps")
-            .route(web::get().to(list_apps))
-            .route(web::post().to(create_app)),
+        resource("/root/apps").route(web::get().to(list_apps)).route(web::post().to(create_app)),
     )
     .service(
         resource("/root/apps/{app_id}")

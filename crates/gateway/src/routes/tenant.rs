@@ -15,13 +15,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The app's published keys as an RFC 7517 key set; public, and cacheable.
-async fn jwks(services: web::Data<Services>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+async fn jwks(
+    services: web::Data<Services>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let unknown = || ApiError::NotFound("no such app".into());
     let app_id: AppId = path.parse().map_err(|_| unknown())?;
     services.tenants.app(app_id).await?.ok_or_else(unknown)?;
     let keys = services.keyring.keys(app_id).await?;
     Ok(HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, format!("public, max-age={}", services.jwks_max_age)))
+        .insert_header((
+            header::CACHE_CONTROL,
+            format!("public, max-age={}", services.jwks_max_age),
+        ))
         .json(keys.jwks()))
 }
 

@@ -100,7 +100,8 @@ async fn bearer_and_bare_keys_both_work(app: TestApp) {
 
 async fn root_endpoints_need_the_root_key(app: TestApp) {
     let created = app.create_app(json!({"name": "epsilon"})).await;
-    let wrong = [None, Some("kgr_not_the_root_key_at_all_000000000"), Some(created.app_key.as_str())];
+    let wrong =
+        [None, Some("kgr_not_the_root_key_at_all_000000000"), Some(created.app_key.as_str())];
     for key in wrong {
         let mut request = app.request(Method::GET, "/root/apps");
         if let Some(key) = key {
@@ -119,19 +120,24 @@ async fn root_endpoints_need_the_root_key(app: TestApp) {
         .unwrap();
     assert_eq!(response.status(), 403);
     let (_, list) = parts(app.root(Method::GET, "/root/apps").send().await.unwrap()).await;
-    let names: Vec<_> = list["apps"].as_array().unwrap().iter().map(|a| a["name"].clone()).collect();
+    let names: Vec<_> =
+        list["apps"].as_array().unwrap().iter().map(|a| a["name"].clone()).collect();
     assert_eq!(names, [json!("epsilon")]);
 }
 
 async fn a_rotated_app_key_honours_its_grace(app: TestApp) {
     let created = app.create_app(json!({"name": "zeta"})).await;
     let get = |key: String| {
-        app.request(Method::GET, &format!("/app/{}", created.app_id)).header("Authorization", key).send()
+        app.request(Method::GET, &format!("/app/{}", created.app_id))
+            .header("Authorization", key)
+            .send()
     };
     assert_eq!(get(created.app_key.clone()).await.unwrap().status(), 200);
 
     let rotate = |body: serde_json::Value| {
-        app.root(Method::POST, &format!("/root/apps/{}/rotate-app-key", created.app_id)).json(&body).send()
+        app.root(Method::POST, &format!("/root/apps/{}/rotate-app-key", created.app_id))
+            .json(&body)
+            .send()
     };
     let (status, rotated) = parts(rotate(json!({"grace": 600})).await.unwrap()).await;
     assert_eq!(status, 200, "{rotated}");

@@ -35,7 +35,8 @@ async fn bodies_must_be_json(app: TestApp) {
 
 async fn oversized_bodies_get_413(app: TestApp) {
     let big = json!({"name": "x".repeat(17 * 1024)});
-    let (status, body) = parts(app.root(Method::POST, "/root/apps").json(&big).send().await.unwrap()).await;
+    let (status, body) =
+        parts(app.root(Method::POST, "/root/apps").json(&big).send().await.unwrap()).await;
     assert_error(status, &body, 413, "payload_too_large");
     let (_, list) = parts(app.root(Method::GET, "/root/apps").send().await.unwrap()).await;
     assert_eq!(list["apps"], json!([]), "nothing was created");
@@ -99,11 +100,13 @@ async fn settings_out_of_range_name_the_field(app: TestApp) {
         .unwrap();
     let (status, body) = parts(response).await;
     assert_error(status, &body, 400, "invalid_request");
-    let fields: Vec<_> = body["errors"].as_array().unwrap().iter().map(|e| e["error_field"].clone()).collect();
+    let fields: Vec<_> =
+        body["errors"].as_array().unwrap().iter().map(|e| e["error_field"].clone()).collect();
     assert_eq!(fields, [json!("token_expire"), json!("refresh_expire")]);
 
     app.create_app(json!({"name": "taken"})).await;
-    let response = app.root(Method::POST, "/root/apps").json(&json!({"name": "taken"})).send().await.unwrap();
+    let response =
+        app.root(Method::POST, "/root/apps").json(&json!({"name": "taken"})).send().await.unwrap();
     let (status, body) = parts(response).await;
     assert_error(status, &body, 400, "invalid_request");
     assert_eq!(body["errors"][0]["error_field"], "name");

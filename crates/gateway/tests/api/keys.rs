@@ -13,7 +13,11 @@ use crate::on_both_backends;
 on_both_backends!(jwks_and_pub_keys_publish_the_same_keys, rotation_and_revocation);
 
 async fn jwks(app: &TestApp, created: &CreatedApp) -> Value {
-    let response = app.request(Method::GET, &format!("/app/{}/jwks.json", created.app_id)).send().await.unwrap();
+    let response = app
+        .request(Method::GET, &format!("/app/{}/jwks.json", created.app_id))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["cache-control"], "public, max-age=300");
     let (status, body) = parts(response).await;
     assert_eq!(status, 200);
@@ -53,7 +57,9 @@ async fn jwks_and_pub_keys_publish_the_same_keys(app: TestApp) {
         assert_eq!(listed["key_id"], jwk["kid"]);
         assert_eq!(listed["alg"], "ES256");
         // The base64 PEM and the JWK are the same point.
-        let pem = String::from_utf8(STANDARD.decode(listed["public_key"].as_str().unwrap()).unwrap()).unwrap();
+        let pem =
+            String::from_utf8(STANDARD.decode(listed["public_key"].as_str().unwrap()).unwrap())
+                .unwrap();
         assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
         let point = p256::PublicKey::from_public_key_pem(&pem).unwrap().to_encoded_point(false);
         assert_eq!(jwk["x"], URL_SAFE_NO_PAD.encode(point.x().unwrap()));
@@ -64,8 +70,13 @@ async fn jwks_and_pub_keys_publish_the_same_keys(app: TestApp) {
 async fn rotation_and_revocation(app: TestApp) {
     let created = app.create_app(json!({"name": "rotating"})).await;
     let before = kids(&jwks(&app, &created).await);
-    let (status, rotation) =
-        parts(app.root(Method::POST, &format!("/root/apps/{}/keys/rotate", created.app_id)).send().await.unwrap()).await;
+    let (status, rotation) = parts(
+        app.root(Method::POST, &format!("/root/apps/{}/keys/rotate", created.app_id))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 200, "{rotation}");
     assert_eq!(rotation["retired_key_id"], created.key_id.as_str());
     assert_eq!(rotation["active_key_id"], before[1].as_str(), "the published next key is promoted");
@@ -91,10 +102,17 @@ async fn rotation_and_revocation(app: TestApp) {
     let (status, body) = parts(app.root(Method::POST, &unknown).send().await.unwrap()).await;
     assert_error(status, &body, 404, "not_found");
 
-    let (status, listed) =
-        parts(app.root(Method::GET, &format!("/root/apps/{}/keys", created.app_id)).send().await.unwrap()).await;
+    let (status, listed) = parts(
+        app.root(Method::GET, &format!("/root/apps/{}/keys", created.app_id)).send().await.unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
-    let states: Vec<_> = listed["keys"].as_array().unwrap().iter().map(|k| k["status"].as_str().unwrap().to_owned()).collect();
+    let states: Vec<_> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["status"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(states.iter().filter(|s| *s == "active").count(), 1);
     assert_eq!(states.iter().filter(|s| *s == "next").count(), 1);
     assert_eq!(states.iter().filter(|s| *s == "revoked").count(), 1);

@@ -15,7 +15,10 @@ async fn app_lifecycle(app: TestApp) {
     assert!(created.app_key.starts_with("kg_"));
     assert_eq!(created.key_id.len(), 26);
 
-    let (status, got) = parts(app.root(Method::GET, &format!("/root/apps/{}", created.app_id)).send().await.unwrap()).await;
+    let (status, got) = parts(
+        app.root(Method::GET, &format!("/root/apps/{}", created.app_id)).send().await.unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(got["issuer"], "https://shop.example");
     assert_eq!(got["audience"], "shop-web");
@@ -51,19 +54,34 @@ async fn app_lifecycle(app: TestApp) {
     let (status, body) = parts(response).await;
     assert_error(status, &body, 400, "invalid_request");
     assert_eq!(body["errors"][0]["error_field"], "session_max_age");
-    let (_, got) = parts(app.root(Method::GET, &format!("/root/apps/{}", created.app_id)).send().await.unwrap()).await;
+    let (_, got) = parts(
+        app.root(Method::GET, &format!("/root/apps/{}", created.app_id)).send().await.unwrap(),
+    )
+    .await;
     assert_eq!(got["token_expire"], 300);
 
     let (status, list) = parts(app.root(Method::GET, "/root/apps").send().await.unwrap()).await;
     assert_eq!(status, 200);
     assert_eq!(list["apps"].as_array().unwrap().len(), 1);
 
-    let (status, body) = parts(app.root(Method::DELETE, &format!("/root/apps/{}", created.app_id)).send().await.unwrap()).await;
+    let (status, body) = parts(
+        app.root(Method::DELETE, &format!("/root/apps/{}", created.app_id)).send().await.unwrap(),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(body["deleted"], created.app_id.as_str());
-    let (status, _) = parts(app.root(Method::GET, &format!("/root/apps/{}", created.app_id)).send().await.unwrap()).await;
+    let (status, _) = parts(
+        app.root(Method::GET, &format!("/root/apps/{}", created.app_id)).send().await.unwrap(),
+    )
+    .await;
     assert_eq!(status, 404);
-    let (status, _) = parts(app.request(Method::GET, &format!("/app/{}/jwks.json", created.app_id)).send().await.unwrap()).await;
+    let (status, _) = parts(
+        app.request(Method::GET, &format!("/app/{}/jwks.json", created.app_id))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, 404);
     let response = app
         .request(Method::GET, &format!("/app/{}/pub-keys", created.app_id))

@@ -63,7 +63,12 @@ impl AppStore for PgAppStore {
         Ok(())
     }
 
-    async fn set_app_key(&self, app_id: AppId, hashes: &AppKeyHashes, now: i64) -> Result<(), StoreError> {
+    async fn set_app_key(
+        &self,
+        app_id: AppId,
+        hashes: &AppKeyHashes,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let done = sqlx::query(SET_APP_KEY)
             .bind(app_id.to_string())
             .bind(&hashes.current)
@@ -79,10 +84,7 @@ impl AppStore for PgAppStore {
     }
 
     async fn delete_app(&self, app_id: AppId) -> Result<bool, StoreError> {
-        let done = sqlx::query(DELETE_APP)
-            .bind(app_id.to_string())
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(DELETE_APP).bind(app_id.to_string()).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -91,11 +93,7 @@ impl AppStore for PgAppStore {
     }
 
     async fn insert_setting(&self, name: &str, value: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(INSERT_SETTING)
-            .bind(name)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(INSERT_SETTING).bind(name).bind(value).execute(&self.pool).await?;
         Ok(done.rows_affected() > 0)
     }
 

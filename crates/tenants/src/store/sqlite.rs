@@ -69,7 +69,12 @@ impl AppStore for SqliteAppStore {
         Ok(())
     }
 
-    async fn set_app_key(&self, app_id: AppId, hashes: &AppKeyHashes, now: i64) -> Result<(), StoreError> {
+    async fn set_app_key(
+        &self,
+        app_id: AppId,
+        hashes: &AppKeyHashes,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let done = sqlx::query(SET_APP_KEY)
             .bind(app_id.to_string())
             .bind(&hashes.current)
@@ -85,10 +90,8 @@ impl AppStore for SqliteAppStore {
     }
 
     async fn delete_app(&self, app_id: AppId) -> Result<bool, StoreError> {
-        let done = sqlx::query(DELETE_APP)
-            .bind(app_id.to_string())
-            .execute(&self.pools.writer)
-            .await?;
+        let done =
+            sqlx::query(DELETE_APP).bind(app_id.to_string()).execute(&self.pools.writer).await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -97,11 +100,8 @@ impl AppStore for SqliteAppStore {
     }
 
     async fn insert_setting(&self, name: &str, value: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(INSERT_SETTING)
-            .bind(name)
-            .bind(value)
-            .execute(&self.pools.writer)
-            .await?;
+        let done =
+            sqlx::query(INSERT_SETTING).bind(name).bind(value).execute(&self.pools.writer).await?;
         Ok(done.rows_affected() > 0)
     }
 

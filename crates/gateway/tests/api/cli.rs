@@ -1,0 +1,252 @@
+//! The `keygate` binary as a new user meets it: `serve` on the embedded default in an
+//! empty directory, then admin commands from another process on the same data.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_keygate");
+
+/// A `keygate serve` child process, killed on drop.
+struct Server {
+    child: Child,
+    address: String,
+    stdout: Vec<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygate(dir: &Path) -> Command {
+    let mut command = Command::new(BIN);
+    command.current_dir(dir).env_remove("KEYGATE_DATABASE_URL").env_remove("KEYGATE_ROOT_KEY");
+    command
+}
+
+/// Starts `serve` and reads its stdout up to the "listening" line.
+fn serve(dir: &Path, extra: &[&str]) -> Server {
+    let mut child = keygate(dir)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut stdout = Vec::new();
+    let address = loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "serve exited early: {stdout:?}");
+        stdout.push(line.clone());
+        if let Some(rest) = line.strip_prefix("keygate listening on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    Server { child, address, stdout }
+}
+
+fn json_of(output: &Output) -> Value {
+    let text = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(text.trim())
+        .unwrap_or_else(|_| panic!("stdout is not one JSON object: {text}"))
+}
+
+fn root_key_in(lines: &[String]) -> Option<String> {
+    lines.iter().map(|l| l.trim()).find(|l| l.starts_with("kgr_")).map(str::to_owned)
+}
+
+#[tokio::test]
+async fn a_new_user_serves_creates_an_app_and_fetches_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]);
+    let root_key = root_key_in(&server.stdout).expect("the first start prints the root key");
+    assert!(dir.path().join("keygate-data/keygate.db").exists());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("keygate-data/master.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Another process, same data dir: the CLI.
+    let output =
+        keygate(dir.path()).args(["app", "create", "--name", "demo", "--json"]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let created = json_of(&output);
+    let (app_id, app_key) =
+        (created["app_id"].as_str().unwrap(), created["app_key"].as_str().unwrap());
+    assert!(app_key.starts_with("kg_"));
+    assert!(created["key_id"].is_string() && created["public_key"].is_string());
+
+    let client = reqwest::Client::new();
+    let mut status = 0;
+    // The gateway sees an app created by another process within its cache TTL (5 s); a
+    // brand-new app is not cached yet, so it is seen at once.
+    for _ in 0..50 {
+        let response = client
+            .get(format!("{}/app/{app_id}/pub-keys", server.address))
+            .header("Authorization", app_key)
+            .send()
+            .await
+            .unwrap();
+        status = response.status().as_u16();
+        if status == 200 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["keys"][0]["key_id"], created["key_id"]);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200);
+
+    // The root key works over HTTP.
+    let response = client
+        .get(format!("{}/root/apps", server.address))
+        .header("Authorization", &root_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // A restart does not print the root key again.
+    drop(server);
+    let again = serve(dir.path(), &[]);
+    assert_eq!(root_key_in(&again.stdout), None);
+}
+
+#[test]
+fn admin_commands_print_json_and_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| keygate(dir.path()).args(args).output().unwrap();
+
+    let created = run(&[
+        "app",
+        "create",
+        "--name",
+        "shop",
+        "--auth-ttl",
+        "5m",
+        "--refresh-ttl",
+        "7d",
+        "--json",
+    ]);
+    assert!(created.status.success());
+    // The one-time root key goes to stderr, so stdout stays one JSON object.
+    assert!(String::from_utf8_lossy(&created.stderr).contains("kgr_"));
+    let app_id = json_of(&created)["app_id"].as_str().unwrap().to_owned();
+
+    let shown = json_of(&run(&["app", "show", "shop", "--json"]));
+    assert_eq!(shown["app"]["token_expire"], 300);
+    assert_eq!(shown["app"]["refresh_expire"], 604_800);
+    assert_eq!(shown["keys"].as_array().unwrap().len(), 2);
+
+    let listed = run(&["app", "list"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.starts_with("APP_ID"), "{text}");
+    assert!(text.contains(&app_id) && text.contains("shop") && text.contains("5m"), "{text}");
+
+    let rotation = json_of(&run(&["keys", "rotate", &app_id, "--json"]));
+    let active = rotation["active_key_id"].as_str().unwrap().to_owned();
+    let revoked = json_of(&run(&["keys", "revoke", &app_id, &active, "--json"]));
+    assert_eq!(revoked["previous_status"], "active");
+    let keys = json_of(&run(&["keys", "list", &app_id, "--json"]));
+    let states: Vec<_> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states.iter().filter(|s| *s == "active").count(), 1);
+    assert!(states.contains(&"revoked".to_owned()));
+
+    let rotated = json_of(&run(&["app", "rotate-key", &app_id, "--grace", "10m", "--json"]));
+    assert!(rotated["app_key"].as_str().unwrap().starts_with("kg_"));
+    assert!(rotated["previous_key_valid_until"].is_i64());
+
+    let updated = json_of(&run(&[
+        "app",
+        "update",
+        &app_id,
+        "--reuse-grace",
+        "0",
+        "--on-reuse",
+        "revoke_subject",
+        "--json",
+    ]));
+    assert_eq!(updated["reuse_grace"], 0);
+    assert_eq!(updated["on_reuse"], "revoke_subject");
+
+    let root = json_of(&run(&["root-key", "rotate", "--json"]));
+    assert!(root["root_key"].as_str().unwrap().starts_with("kgr_"));
+
+    let refused = run(&["app", "delete", &app_id]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    let deleted = json_of(&run(&["app", "delete", &app_id, "--yes", "--json"]));
+    assert_eq!(deleted["deleted"], app_id.as_str());
+    assert_eq!(json_of(&run(&["app", "list", "--json"]))["apps"], serde_json::json!([]));
+}
+
+#[test]
+fn bad_arguments_fail_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| keygate(dir.path()).args(args).output().unwrap();
+
+    let bad = run(&["app", "create", "--name", "x", "--refresh-ttl", "100000d"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("refresh_expire (--refresh-ttl)"), "{stderr}");
+
+    let bad = run(&["app", "create", "--name", "x", "--auth-ttl=-5", "--json"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("negative"));
+
+    let bad = run(&["app", "create", "--name", "x", "--token-expire", "5", "--json"]);
+    assert!(!bad.status.success(), "unknown flags are refused");
+
+    let missing = run(&["app", "show", "nope", "--json"]);
+    assert!(!missing.status.success());
+    assert_eq!(json_of(&missing)["error"], "not_found");
+
+    let bad_url = keygate(dir.path())
+        .args(["--database-url", "mysql://u:hunter2@db/x", "app", "list"])
+        .output()
+        .unwrap();
+    assert!(!bad_url.status.success());
+    let stderr = String::from_utf8_lossy(&bad_url.stderr);
+    assert!(stderr.contains("unsupported database URL") && !stderr.contains("hunter2"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_cli_works_on_postgres_too() {
+    let Some(url) = keygate_tenants::db::testing::postgres_url().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let output = keygate(dir.path())
+        .args(["--database-url", &url, "app", "create", "--name", "pg-demo", "--json"])
+        .env("KEYGATE_ROOT_KEY", "kgr_supplied_root_key_for_the_pg_test_0001")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        !String::from_utf8_lossy(&output.stderr).contains("kgr_supplied"),
+        "a supplied root key is never printed"
+    );
+    let created = json_of(&output);
+    let listed = keygate(dir.path())
+        .args(["--database-url", &url, "app", "list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(json_of(&listed)["apps"][0]["app_id"], created["app_id"]);
+}
