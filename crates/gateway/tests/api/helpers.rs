@@ -18,7 +18,6 @@ pub struct TestApp {
     pub address: String,
     pub root_key: String,
     pub tenants: Arc<Tenants>,
-    pub settings: Settings,
     pub client: reqwest::Client,
     _data_dir: tempfile::TempDir,
 }
@@ -59,7 +58,6 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         address,
         root_key,
         tenants,
-        settings,
         client: reqwest::Client::new(),
         _data_dir: data_dir,
     })
