@@ -2,6 +2,7 @@
 //! same.
 
 use keygate_keyring::{KeyId, KeyRecord, KeyState, Revocation, Rotation};
+use keygate_sessions::{RevokeScope, SessionId, SessionView};
 use keygate_tenants::{App, AppId, AppRecord, FieldError, SettingsPatch, TenantError};
 use serde::{Deserialize, Serialize};
 
@@ -173,4 +174,37 @@ pub async fn revoke_key(
     let revocation = services.keyring.revoke(app_id, key_id, now).await?;
     tracing::warn!(%app_id, %key_id, "signing key revoked");
     Ok(revocation)
+}
+
+/// Revokes one session, a subject's sessions, or (with neither) every session of the app.
+pub async fn revoke_sessions(
+    services: &Services,
+    app_id: AppId,
+    target: Option<SessionTarget<'_>>,
+    now: i64,
+) -> Result<u64, ApiError> {
+    get_app(services, app_id).await?;
+    let scope = match target {
+        Some(SessionTarget::Session(id)) => RevokeScope::Session(id),
+        Some(SessionTarget::Subject(sub)) => RevokeScope::Subject(sub),
+        None => RevokeScope::App,
+    };
+    Ok(services.sessions.revoke(app_id, scope, "revoked by an admin", now).await?)
+}
+
+/// The sessions an admin revokes.
+#[derive(Debug, Clone, Copy)]
+pub enum SessionTarget<'a> {
+    Session(SessionId),
+    Subject(&'a str),
+}
+
+pub async fn list_sessions(
+    services: &Services,
+    app_id: AppId,
+    sub: &str,
+    now: i64,
+) -> Result<Vec<SessionView>, ApiError> {
+    get_app(services, app_id).await?;
+    Ok(services.sessions.list(app_id, Some(sub), now).await?)
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use keygate_keyring::{key_store, Keyring, KeyringConfig, MasterKey};
+use keygate_sessions::{session_store, Sessions};
 use keygate_tenants::db::{redact_url, Database, PoolOptions};
 use keygate_tenants::{app_store, RootKey, Tenants, TenantsConfig};
 
@@ -23,6 +24,7 @@ pub struct Services {
     pub db: Database,
     pub tenants: Arc<Tenants>,
     pub keyring: Arc<Keyring>,
+    pub sessions: Arc<Sessions>,
     pub jwks_max_age: u64,
 }
 
@@ -65,7 +67,8 @@ impl Services {
             master,
             KeyringConfig { cache_ttl, ..KeyringConfig::default() },
         ));
-        let services = Self { db, tenants, keyring, jwks_max_age: settings.jwks_max_age };
+        let sessions = Arc::new(Sessions::new(session_store(&db), keyring.clone()));
+        let services = Self { db, tenants, keyring, sessions, jwks_max_age: settings.jwks_max_age };
         Ok((services, Bootstrap { new_root_key }))
     }
 }

@@ -46,6 +46,9 @@ enum Command {
     /// Manage an app's ES256 signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// List or revoke an app's sessions.
+    #[command(subcommand)]
+    Sessions(SessionsCommand),
     /// Manage the root (platform admin) key.
     #[command(subcommand, name = "root-key")]
     RootKey(RootKeyCommand),
@@ -97,6 +100,37 @@ enum KeysCommand {
     Rotate { app: String },
     /// Revoke a key at once; revoking the active key promotes the next key.
     Revoke { app: String, key_id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// A subject's live sessions.
+    List {
+        app: String,
+        #[arg(long)]
+        sub: String,
+    },
+    /// Revoke sessions at once: their refresh tokens stop renewing and their auth tokens
+    /// stop verifying.
+    Revoke {
+        app: String,
+        #[command(flatten)]
+        target: RevokeTarget,
+    },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct RevokeTarget {
+    /// One session, by id.
+    #[arg(long, value_name = "SESSION_ID")]
+    session: Option<String>,
+    /// Every session of this subject.
+    #[arg(long)]
+    sub: Option<String>,
+    /// Every session of the app.
+    #[arg(long)]
+    all: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -261,6 +295,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         Command::App(command) => app_command(&services, command, json).await,
         Command::Keys(command) => keys_command(&services, command, json).await,
+        Command::Sessions(command) => sessions_command(&services, command, json).await,
         Command::RootKey(RootKeyCommand::Rotate) => {
             let key = services.tenants.rotate_root_key().await.map_err(ApiError::from)?;
             print_json_or(json, &json!({"root_key": key.expose()}), || {
@@ -292,7 +327,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         println!("{}", root_key_banner(root_key.expose()));
     }
     let backend = services.db.backend();
-    let app = Application::build(&settings.listen, settings.workers, services)?;
+    let app = Application::build(&settings, services)?;
     let shown = settings
         .listen
         .rsplit_once(':')
@@ -425,6 +460,62 @@ async fn keys_command(services: &Services, command: KeysCommand, json: bool) -> 
                 );
                 println!("  active   {}", revocation.active_key_id);
                 println!("  next     {}", revocation.next_key_id);
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn sessions_command(
+    services: &Services,
+    command: SessionsCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    let now = clock::now();
+    match command {
+        SessionsCommand::List { app, sub } => {
+            let app_id = admin::find_app(services, &app).await?.app.app_id;
+            let sessions = admin::list_sessions(services, app_id, &sub, now).await?;
+            print_json_or(json, &json!({"sessions": sessions}), || {
+                let rows: Vec<Vec<String>> = sessions
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.session_id.to_string(),
+                            s.sub.clone(),
+                            format_time(s.created_at),
+                            format_time(s.last_renewed_at),
+                            format_time(s.expires_at),
+                            s.ip.clone(),
+                            s.useragent.escape_debug().to_string(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["SESSION_ID", "SUB", "CREATED", "LAST_RENEWED", "EXPIRES", "IP", "USERAGENT"],
+                    &rows,
+                );
+            });
+        }
+        SessionsCommand::Revoke { app, target } => {
+            let app_id = admin::find_app(services, &app).await?.app.app_id;
+            let session_id = match &target.session {
+                Some(id) => Some(id.parse().map_err(|_| {
+                    ApiError::invalid(
+                        "session",
+                        format!("{id:?} is not a session id (a 26-character ULID)"),
+                    )
+                })?),
+                None => None,
+            };
+            let target = match (session_id, target.sub.as_deref()) {
+                (Some(id), _) => Some(admin::SessionTarget::Session(id)),
+                (None, Some(sub)) => Some(admin::SessionTarget::Subject(sub)),
+                (None, None) => None,
+            };
+            let revoked = admin::revoke_sessions(services, app_id, target, now).await?;
+            print_json_or(json, &json!({"revoked": revoked}), || {
+                println!("Revoked {revoked} session(s).")
             });
         }
     }

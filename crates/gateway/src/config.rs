@@ -31,6 +31,9 @@ pub struct Settings {
     pub cache_ttl: u64,
     /// The most connections a gateway opens to Postgres.
     pub postgres_max_connections: u32,
+    /// Seconds between janitor passes (deleting ended sessions and expired retired keys);
+    /// 0 turns the janitor off.
+    pub janitor_interval: u64,
 }
 
 impl Default for Settings {
@@ -46,6 +49,7 @@ impl Default for Settings {
             jwks_max_age: 300,
             cache_ttl: 5,
             postgres_max_connections: 16,
+            janitor_interval: 300,
         }
     }
 }
@@ -64,6 +68,7 @@ impl fmt::Debug for Settings {
             .field("jwks_max_age", &self.jwks_max_age)
             .field("cache_ttl", &self.cache_ttl)
             .field("postgres_max_connections", &self.postgres_max_connections)
+            .field("janitor_interval", &self.janitor_interval)
             .finish()
     }
 }

@@ -4,6 +4,7 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use keygate_keyring::{KeyringError, VerifyError};
+use keygate_sessions::SessionError;
 use keygate_tenants::{AuthError, FieldError, StoreError, TenantError};
 use serde::Serialize;
 
@@ -16,6 +17,8 @@ pub enum ApiError {
     Invalid { message: String, errors: Vec<FieldError> },
     #[error("invalid refresh token")]
     InvalidGrant,
+    #[error("invalid token")]
+    InvalidToken,
     #[error("invalid app key or id")]
     InvalidClient,
     #[error("invalid root key")]
@@ -63,7 +66,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Invalid { .. } => "invalid_request",
-            Self::InvalidGrant => "invalid_grant",
+            Self::InvalidGrant | Self::InvalidToken => "invalid_grant",
             Self::InvalidClient | Self::InvalidRootKey => "invalid_client",
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
@@ -79,7 +82,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             Self::Invalid { .. } => StatusCode::BAD_REQUEST,
-            Self::InvalidGrant => StatusCode::UNAUTHORIZED,
+            Self::InvalidGrant | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::InvalidClient | Self::InvalidRootKey => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -133,7 +136,10 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => Self::NotFound("not found".into()),
-            StoreError::Unavailable(_) => Self::Unavailable(Box::new(err)),
+            // A conflict that survived its retries: concurrent writers, so try again.
+            StoreError::Unavailable(_) | StoreError::Conflict(_) => {
+                Self::Unavailable(Box::new(err))
+            }
             other => Self::Internal(Box::new(other)),
         }
     }
@@ -177,6 +183,20 @@ impl From<VerifyError> for ApiError {
         match err {
             VerifyError::Keyring(e) => e.into(),
             _ => Self::InvalidGrant,
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    /// A rejected token is `invalid_grant`; callers other than `/renew` turn it into
+    /// [`ApiError::InvalidToken`] for a fitting message.
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::Invalid(errors) => Self::fields(errors),
+            SessionError::Rejected(_) => Self::InvalidGrant,
+            SessionError::Store(e) => e.into(),
+            SessionError::Keyring(e) => e.into(),
+            other @ SessionError::Corrupt(_) => Self::Internal(Box::new(other)),
         }
     }
 }

@@ -1,13 +1,13 @@
 //! Building the HTTP server on a bound listener, so tests can ask for port 0.
 
 use std::net::TcpListener;
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 
-use crate::routes;
-use crate::Services;
+use crate::{janitor, routes, Services, Settings};
 
 pub struct Application {
     port: u16,
@@ -23,14 +23,20 @@ impl std::fmt::Debug for Application {
 impl Application {
     /// Binds `listen` and prepares the server; it serves once [`Self::run_until_stopped`]
     /// is awaited.
-    pub fn build(listen: &str, workers: Option<usize>, services: Services) -> anyhow::Result<Self> {
+    /// Also starts the janitor, when `settings.janitor_interval` is not 0.
+    pub fn build(settings: &Settings, services: Services) -> anyhow::Result<Self> {
+        let listen = &settings.listen;
         let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
         let port = listener.local_addr()?.port();
-        let workers = workers
+        let workers = settings
+            .workers
             .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
             .unwrap_or(2)
             .max(1);
         let services = web::Data::new(services);
+        if settings.janitor_interval > 0 {
+            janitor::spawn(services.clone(), Duration::from_secs(settings.janitor_interval));
+        }
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(services.clone())

@@ -301,6 +301,20 @@ impl Keyring {
         }
     }
 
+    /// Deletes keys retired before `retired_before`, once no token they signed can still be
+    /// valid. Returns how many.
+    pub async fn purge_retired(
+        &self,
+        app_id: AppId,
+        retired_before: i64,
+    ) -> Result<u64, KeyringError> {
+        let deleted = self.store.delete_retired(app_id, retired_before).await?;
+        if deleted > 0 {
+            self.forget(app_id);
+        }
+        Ok(deleted)
+    }
+
     /// Every key of the app as stored, revoked ones included.
     pub async fn list(&self, app_id: AppId) -> Result<Vec<KeyRecord>, KeyringError> {
         Ok(self.store.list_keys(app_id).await?)

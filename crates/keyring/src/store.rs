@@ -20,6 +20,8 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     /// Applies a plan in one transaction. A transition whose key is no longer in its `from`
     /// state fails the whole plan with `Conflict`, and nothing changes.
     async fn apply(&self, app_id: AppId, changes: &[KeyChange]) -> Result<(), StoreError>;
+    /// Deletes the app's keys retired before `retired_before`; returns how many.
+    async fn delete_retired(&self, app_id: AppId, retired_before: i64) -> Result<u64, StoreError>;
 }
 
 pub fn key_store(db: &Database) -> Arc<dyn KeyStore> {
@@ -32,6 +34,9 @@ pub fn key_store(db: &Database) -> Arc<dyn KeyStore> {
 const SELECT_KEYS: &str = "SELECT key_id, app_id, state, public_pem, sealed_private, \
     master_key_id, created_at, activated_at, retired_at, revoked_at FROM app_keys \
     WHERE app_id = $1 ORDER BY key_id";
+
+const DELETE_RETIRED: &str = "DELETE FROM app_keys WHERE app_id = $1 AND state = 'retired' \
+    AND retired_at < $2";
 
 const INSERT_KEY: &str = "INSERT INTO app_keys (key_id, app_id, state, public_pem, \
     sealed_private, master_key_id, created_at, activated_at, retired_at, revoked_at) \

@@ -426,6 +426,17 @@ async fn a_stale_plan_changes_nothing(db: Database) {
     assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
     assert_eq!(env.keys(app_id).await, before, "the first step was rolled back too");
 
+    // The same without the insert: only the compare-and-set on `from` can stop it, and
+    // it must, or a revoked key would sign again.
+    let transitions_only = &stale[..2];
+    assert!(
+        matches!(transitions_only[1], KeyChange::Transition { key_id, .. } if key_id == old_next)
+    );
+    let result = env.store.apply(app_id, transitions_only).await;
+    assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
+    assert_eq!(env.keys(app_id).await, before);
+    assert_eq!(state_of(&env.keys(app_id).await, old_next), KeyState::Revoked);
+
     // A plan that inserts a key of another app is refused as a whole.
     let other_app = env.bare_app("other").await;
     let before = env.keys(app_id).await;

@@ -176,6 +176,11 @@ async fn apps_round_trip_through_the_store(db: Database) {
     assert_eq!(store.find_app_by_name("second").await.unwrap(), Some(second.clone()));
 
     let mut expected = vec![first.clone(), second.clone()];
+    for name in ["e", "d", "c", "b", "a"] {
+        let extra = record(name);
+        store.insert_app(&extra).await.unwrap();
+        expected.push(extra);
+    }
     expected.sort_by_key(|r| r.app.app_id);
     assert_eq!(store.list_apps().await.unwrap(), expected, "list is every app, by id");
 
@@ -200,11 +205,13 @@ async fn apps_round_trip_through_the_store(db: Database) {
     assert!(store.delete_app(first.app.app_id).await.unwrap());
     assert_eq!(store.get_app(first.app.app_id).await.unwrap(), None);
     assert!(!store.delete_app(first.app.app_id).await.unwrap(), "a second delete finds nothing");
-    assert_eq!(store.list_apps().await.unwrap(), vec![second.clone()]);
+    expected.retain(|r| r.app.app_id != first.app.app_id);
+    assert_eq!(store.list_apps().await.unwrap(), expected);
 
     // The service reads through the same store.
     let tenants = Tenants::new(store, TenantsConfig::default());
-    assert_eq!(tenants.list_apps().await.unwrap(), vec![second.app.clone()]);
+    let apps: Vec<App> = expected.iter().map(|r| r.app.clone()).collect();
+    assert_eq!(tenants.list_apps().await.unwrap(), apps);
     assert_eq!(tenants.find(&second.app.app_id.to_string()).await.unwrap(), second);
     assert_eq!(tenants.find("second").await.unwrap(), second);
     assert!(matches!(tenants.find("first").await, Err(TenantError::NotFound)));

@@ -4,12 +4,14 @@ use crate::error::ApiError;
 
 mod health;
 mod root;
+mod sessions;
 mod tenant;
 
 /// Every route of the API. Each resource answers 405 to methods it does not serve.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
     tenant::configure(cfg);
+    sessions::configure(cfg);
     root::configure(cfg);
 }
 

@@ -20,6 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::patch().to(update_app))
             .route(web::delete().to(delete_app)),
     )
+    .service(resource("/root/apps/{app_id}/sessions").route(web::delete().to(revoke_sessions)))
     .service(resource("/root/apps/{app_id}/rotate-app-key").route(web::post().to(rotate_app_key)))
     .service(resource("/root/apps/{app_id}/keys").route(web::get().to(list_keys)))
     .service(resource("/root/apps/{app_id}/keys/rotate").route(web::post().to(rotate_keys)))
@@ -113,4 +114,13 @@ async fn revoke_key(
         raw_key.parse().map_err(|_| ApiError::NotFound(format!("key {raw_key:?} not found")))?;
     let revocation = admin::revoke_key(&services, app_id(&raw_app)?, key_id, clock::now()).await?;
     Ok(HttpResponse::Ok().json(revocation))
+}
+
+async fn revoke_sessions(
+    _: RootAuth,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let revoked = admin::revoke_sessions(&services, app_id(&path)?, None, clock::now()).await?;
+    Ok(HttpResponse::Ok().json(json!({"revoked": revoked})))
 }

@@ -51,7 +51,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
     let (services, bootstrap) = Services::open(&settings).await.unwrap();
     assert!(bootstrap.new_root_key.is_none(), "a supplied root key is never printed");
     let tenants = services.tenants.clone();
-    let app = Application::build(&settings.listen, settings.workers, services).unwrap();
+    let app = Application::build(&settings, services).unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
     Some(TestApp {

@@ -32,4 +32,13 @@ impl KeyStore for PgKeyStore {
         tx.commit().await?;
         Ok(())
     }
+
+    async fn delete_retired(&self, app_id: AppId, retired_before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(DELETE_RETIRED)
+            .bind(app_id.to_string())
+            .bind(retired_before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }

@@ -34,4 +34,13 @@ impl KeyStore for SqliteKeyStore {
         tx.commit().await?;
         Ok(())
     }
+
+    async fn delete_retired(&self, app_id: AppId, retired_before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(DELETE_RETIRED)
+            .bind(app_id.to_string())
+            .bind(retired_before)
+            .execute(&self.pools.writer)
+            .await?;
+        Ok(done.rows_affected())
+    }
 }

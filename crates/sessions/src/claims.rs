@@ -1,0 +1,96 @@
+use jsonwebtoken::Validation;
+use keygate_keyring::{jsonwebtoken, strict_validation};
+use keygate_tenants::App;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::{Jid, SessionId};
+
+/// Claim names `/sign` does not accept as custom claims.
+pub const RESERVED_CLAIMS: &[&str] = &[
+    "iss",
+    "sub",
+    "aud",
+    "exp",
+    "nbf",
+    "iat",
+    "jid",
+    "jti",
+    "sid",
+    "type",
+    "kid",
+    "typ",
+    "alg",
+    "ip",
+    "useragent",
+];
+
+/// The only value of a refresh token's `type` claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenType {
+    Refresh,
+}
+
+/// The claims of a refresh token. It has no `sub` and no `aud`, so a verifier that checks
+/// `aud` cannot take it for an auth token; unknown claims make it invalid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshClaims {
+    pub iss: String,
+    pub jid: Jid,
+    pub sid: SessionId,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    #[serde(rename = "type")]
+    pub token_type: TokenType,
+}
+
+/// The claims of an auth token: the reserved ones typed, the custom ones as given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthClaims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: Value,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+    pub jid: Jid,
+    pub sid: SessionId,
+    pub ip: String,
+    pub useragent: String,
+    #[serde(flatten)]
+    pub custom: Map<String, Value>,
+}
+
+impl AuthClaims {
+    /// Whether decoded claims really are an auth token's: a custom claim may never carry a
+    /// reserved name (a refresh token's `type`, for one).
+    pub fn is_auth_token(&self) -> bool {
+        !self.custom.keys().any(|k| RESERVED_CLAIMS.contains(&k.as_str()))
+    }
+}
+
+/// The minimum needed to find a token's session, for logout.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AnyTokenClaims {
+    pub sid: SessionId,
+}
+
+/// ES256, `exp`/`nbf`/`iat` required and checked with no leeway, and the app's issuer.
+pub(crate) fn validation(app: &App) -> Validation {
+    let mut validation = strict_validation();
+    validation.set_issuer(&[&app.settings.issuer]);
+    validation
+}
+
+/// For logout: the signature and issuer must hold, but an expired or not-yet-valid token
+/// may still end its session.
+pub(crate) fn lenient_validation(app: &App) -> Validation {
+    let mut validation = validation(app);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.set_required_spec_claims(&["iss"]);
+    validation
+}

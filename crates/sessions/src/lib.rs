@@ -1,0 +1,28 @@
+//! Sessions: refresh-token families.
+//!
+//! `sign` opens a session and issues an auth token and a refresh token. `renew` trades the
+//! session's current refresh token for a new pair by a compare-and-swap on `current_jid`:
+//! of N concurrent renews of one token exactly one rotates. The previous token, presented
+//! again within the app's `reuse_grace` by the same user agent, is an idempotent retry;
+//! any other replay is reuse, and revokes the session (or the subject's sessions).
+//!
+//! Crypto never runs inside a transaction, and tokens are signed before the rotation
+//! commits, so a failure on our side never consumes a client's token.
+
+mod claims;
+mod error;
+mod ids;
+mod input;
+mod model;
+mod service;
+mod store;
+
+pub use claims::{AuthClaims, RefreshClaims, RESERVED_CLAIMS};
+pub use error::{Rejection, SessionError};
+pub use ids::{Jid, SessionId};
+pub use input::{token_field, RenewInput, SignInput, MAX_CUSTOM_CLAIMS, MAX_SUB, MAX_USERAGENT};
+pub use model::{Session, SessionView};
+pub use service::{Issued, RenewOutcome, Renewed, Sessions, Verified, JANITOR_REVOKED_RETENTION};
+pub use store::{
+    session_store, PgSessionStore, RevokeScope, Rotation, SessionStore, SqliteSessionStore,
+};

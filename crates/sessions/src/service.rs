@@ -1,0 +1,383 @@
+use std::sync::Arc;
+
+use keygate_keyring::{jsonwebtoken, KeyId, Keyring, Signer, VerifyError};
+use keygate_tenants::{App, AppId, OnReuse, StoreError};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::claims::{lenient_validation, validation, AnyTokenClaims, TokenType};
+use crate::{
+    AuthClaims, Jid, RefreshClaims, Rejection, RenewInput, RevokeScope, Rotation, Session,
+    SessionError, SessionId, SessionStore, SessionView, SignInput,
+};
+
+/// Sessions stay in the database this long after they ended (expired or revoked), so that
+/// no auth token of theirs (at most a day long) is still valid when they are deleted.
+pub const JANITOR_REVOKED_RETENTION: i64 = 24 * 3600;
+
+/// How often a renew looks at its session again after losing the compare-and-swap.
+const RENEW_ATTEMPTS: usize = 3;
+
+/// The token response of `/sign` and `/renew`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Issued {
+    pub auth_token: String,
+    pub refresh_token: String,
+    /// The key that signed both tokens.
+    pub key_id: KeyId,
+    /// base64 of that key's SubjectPublicKeyInfo PEM.
+    pub public_key: String,
+    pub token_type: &'static str,
+    pub expires_in: i64,
+    pub refresh_expires_in: i64,
+    pub session_id: SessionId,
+}
+
+/// What a successful renew did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewOutcome {
+    /// The refresh token rotated.
+    Rotated,
+    /// The previous token came back within the grace: the current one was re-issued.
+    GraceRetry,
+    /// The app does not rotate: only a new auth token was minted.
+    NotRotating,
+}
+
+#[derive(Debug, Clone)]
+pub struct Renewed {
+    pub issued: Issued,
+    pub outcome: RenewOutcome,
+}
+
+/// The answer of `/verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    pub verified: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub claims: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+}
+
+impl Verified {
+    fn no(reason: &'static str) -> Self {
+        Self { verified: false, claims: None, reason: Some(reason) }
+    }
+}
+
+/// Sessions over a store, signing with the keyring.
+#[derive(Debug)]
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    keyring: Arc<Keyring>,
+}
+
+impl Sessions {
+    pub fn new(store: Arc<dyn SessionStore>, keyring: Arc<Keyring>) -> Self {
+        Self { store, keyring }
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    async fn signer(&self, app_id: AppId) -> Result<Arc<Signer>, SessionError> {
+        Ok(self.keyring.keys(app_id).await?.signer()?.clone())
+    }
+
+    /// Opens a session. The tokens are signed before the session commits, and returned
+    /// only after it has.
+    pub async fn sign(
+        &self,
+        app: &App,
+        input: SignInput,
+        now: i64,
+    ) -> Result<Issued, SessionError> {
+        let s = &app.settings;
+        let signer = self.signer(app.app_id).await?;
+        let mut claims = input.custom;
+        claims.insert("aud".into(), input.aud.unwrap_or_else(|| Value::String(s.audience.clone())));
+        let expires_at = now.saturating_add(s.session_max_age);
+        let session = Session {
+            session_id: SessionId::new(),
+            app_id: app.app_id,
+            sub: input.sub,
+            claims,
+            created_at: now,
+            expires_at,
+            current_jid: Jid::new(),
+            current_iat: now,
+            current_exp: now.saturating_add(s.refresh_expire).min(expires_at),
+            key_id: signer.key_id.to_string(),
+            prev_jid: None,
+            rotated_at: None,
+            ip: input.ip,
+            useragent: input.useragent,
+            last_renewed_at: now,
+            revoked_at: None,
+            revoked_reason: None,
+        };
+        let refresh =
+            refresh_claims(app, session.session_id, session.current_jid, now, session.current_exp);
+        let issued = issue(app, &signer, &session, &session.ip, &session.useragent, &refresh, now)?;
+        let evicted = self.store.create(&session, s.max_sessions_per_sub).await?;
+        if evicted > 0 {
+            tracing::info!(app_id = %app.app_id, evicted, "session limit reached: oldest sessions revoked");
+        }
+        Ok(issued)
+    }
+
+    /// Trades a refresh token for a new pair, as DESIGN.md "Sessions" describes.
+    pub async fn renew(
+        &self,
+        app: &App,
+        input: RenewInput,
+        now: i64,
+    ) -> Result<Renewed, SessionError> {
+        let presented: RefreshClaims =
+            self.verify_token(app.app_id, &input.refresh_token, &validation(app)).await?;
+        let signer = self.signer(app.app_id).await?;
+        let s = &app.settings;
+        for _ in 0..RENEW_ATTEMPTS {
+            let session = match self.store.get(app.app_id, presented.sid).await? {
+                Some(session) if session.is_live(now) => session,
+                _ => return Err(SessionError::Rejected(Rejection::SessionGone)),
+            };
+            if !s.refresh_rotation {
+                if presented.jid != session.current_jid {
+                    return Err(SessionError::Rejected(Rejection::InvalidToken));
+                }
+                let mut issued = issue_auth(app, &signer, &session, &input, now)?;
+                issued.refresh_token = input.refresh_token.clone();
+                issued.refresh_expires_in = presented.exp - now;
+                if !self
+                    .store
+                    .touch(app.app_id, session.session_id, &input.ip, &input.useragent, now)
+                    .await?
+                {
+                    return Err(SessionError::Rejected(Rejection::SessionGone));
+                }
+                return Ok(Renewed { issued, outcome: RenewOutcome::NotRotating });
+            }
+            if presented.jid == session.current_jid {
+                let new_jid = Jid::new();
+                let exp = now.saturating_add(s.refresh_expire).min(session.expires_at);
+                let refresh = refresh_claims(app, session.session_id, new_jid, now, exp);
+                let issued =
+                    issue(app, &signer, &session, &input.ip, &input.useragent, &refresh, now)?;
+                let rotation = Rotation {
+                    new_jid,
+                    iat: now,
+                    exp,
+                    key_id: &signer.key_id.to_string(),
+                    ip: &input.ip,
+                    useragent: &input.useragent,
+                };
+                if self
+                    .store
+                    .rotate(app.app_id, session.session_id, presented.jid, &rotation, now)
+                    .await?
+                {
+                    return Ok(Renewed { issued, outcome: RenewOutcome::Rotated });
+                }
+                // Another renew of this token won the swap: look at the session again.
+                continue;
+            }
+            let within_grace = session.rotated_at.is_some_and(|at| now - at < s.reuse_grace);
+            if Some(presented.jid) == session.prev_jid
+                && within_grace
+                && input.useragent == session.useragent
+            {
+                let current = refresh_claims(
+                    app,
+                    session.session_id,
+                    session.current_jid,
+                    session.current_iat,
+                    session.current_exp,
+                );
+                let issued =
+                    issue(app, &signer, &session, &input.ip, &input.useragent, &current, now)?;
+                return Ok(Renewed { issued, outcome: RenewOutcome::GraceRetry });
+            }
+            let (scope, scope_name) = match s.on_reuse {
+                OnReuse::RevokeSession => (RevokeScope::Session(session.session_id), "session"),
+                OnReuse::RevokeSubject => (RevokeScope::Subject(&session.sub), "subject"),
+            };
+            let revoked = self.store.revoke(app.app_id, scope, "refresh token reuse", now).await?;
+            tracing::warn!(
+                app_id = %app.app_id,
+                session_id = %session.session_id,
+                scope = scope_name,
+                revoked,
+                "refresh token reuse detected"
+            );
+            return Err(SessionError::Rejected(Rejection::ReuseDetected));
+        }
+        Err(SessionError::Store(StoreError::Conflict(
+            "the session kept changing during the renew".into(),
+        )))
+    }
+
+    async fn verify_token<T: serde::de::DeserializeOwned>(
+        &self,
+        app_id: AppId,
+        token: &str,
+        validation: &jsonwebtoken::Validation,
+    ) -> Result<T, SessionError> {
+        match self.keyring.verify::<T>(app_id, token, validation).await {
+            Ok(data) => Ok(data.claims),
+            Err(VerifyError::Keyring(e)) => Err(SessionError::Keyring(e)),
+            Err(_) => Err(SessionError::Rejected(Rejection::InvalidToken)),
+        }
+    }
+
+    /// Checks an auth token: signature, key, issuer, times, and that its session is still
+    /// live (a revoked session's tokens no longer verify, even before they expire).
+    pub async fn verify(&self, app: &App, token: &str, now: i64) -> Result<Verified, SessionError> {
+        let claims =
+            match self.keyring.verify::<AuthClaims>(app.app_id, token, &validation(app)).await {
+                Ok(data) => data.claims,
+                Err(VerifyError::Keyring(e)) => return Err(SessionError::Keyring(e)),
+                Err(e) => return Ok(Verified::no(reason(&e))),
+            };
+        if !claims.is_auth_token() {
+            return Ok(Verified::no("not an auth token"));
+        }
+        match self.store.get(app.app_id, claims.sid).await? {
+            Some(session) if session.revoked_at.is_none() && now < session.expires_at => {}
+            Some(session) if session.revoked_at.is_some() => {
+                return Ok(Verified::no("session revoked"))
+            }
+            _ => return Ok(Verified::no("session expired or unknown")),
+        }
+        let claims =
+            serde_json::to_value(&claims).map_err(|e| SessionError::Corrupt(e.to_string()))?;
+        Ok(Verified { verified: true, claims: Some(claims), reason: None })
+    }
+
+    /// Ends the session of an auth or refresh token of this app, even an expired one.
+    /// Returns how many sessions were revoked (0 when it already was).
+    pub async fn logout(&self, app: &App, token: &str, now: i64) -> Result<u64, SessionError> {
+        let claims: AnyTokenClaims =
+            self.verify_token(app.app_id, token, &lenient_validation(app)).await?;
+        Ok(self.store.revoke(app.app_id, RevokeScope::Session(claims.sid), "logout", now).await?)
+    }
+
+    pub async fn revoke(
+        &self,
+        app_id: AppId,
+        scope: RevokeScope<'_>,
+        reason: &str,
+        now: i64,
+    ) -> Result<u64, SessionError> {
+        let revoked = self.store.revoke(app_id, scope, reason, now).await?;
+        tracing::info!(%app_id, revoked, reason, "sessions revoked");
+        Ok(revoked)
+    }
+
+    pub async fn list(
+        &self,
+        app_id: AppId,
+        sub: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<SessionView>, SessionError> {
+        Ok(self.store.list_live(app_id, sub, now).await?.iter().map(SessionView::from).collect())
+    }
+
+    /// Deletes sessions that ended more than [`JANITOR_REVOKED_RETENTION`] ago.
+    pub async fn purge(&self, now: i64) -> Result<u64, SessionError> {
+        Ok(self.store.purge(now - JANITOR_REVOKED_RETENTION).await?)
+    }
+}
+
+fn reason(err: &VerifyError) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match err {
+        VerifyError::TooLarge => "token too large",
+        VerifyError::Malformed => "malformed token",
+        VerifyError::Header(_) => "unacceptable token header",
+        VerifyError::UnknownKey => "unknown signing key",
+        VerifyError::Invalid(e) => match e.kind() {
+            ErrorKind::ExpiredSignature => "token expired",
+            ErrorKind::ImmatureSignature => "token not yet valid",
+            ErrorKind::InvalidSignature => "invalid signature",
+            ErrorKind::InvalidIssuer => "wrong issuer",
+            _ => "invalid token",
+        },
+        VerifyError::Keyring(_) => "key store unavailable",
+    }
+}
+
+fn refresh_claims(app: &App, sid: SessionId, jid: Jid, iat: i64, exp: i64) -> RefreshClaims {
+    RefreshClaims {
+        iss: app.settings.issuer.clone(),
+        jid,
+        sid,
+        iat,
+        nbf: iat.saturating_add(app.settings.refresh_notbefore),
+        exp,
+        token_type: TokenType::Refresh,
+    }
+}
+
+fn auth_claims(app: &App, session: &Session, ip: &str, useragent: &str, now: i64) -> AuthClaims {
+    let s = &app.settings;
+    let mut custom: Map<String, Value> = session.claims.clone();
+    let aud = custom.remove("aud").unwrap_or_else(|| Value::String(s.audience.clone()));
+    AuthClaims {
+        iss: s.issuer.clone(),
+        sub: session.sub.clone(),
+        aud,
+        iat: now,
+        nbf: now.saturating_add(s.token_notbefore),
+        exp: now.saturating_add(s.token_expire),
+        jid: Jid::new(),
+        sid: session.session_id,
+        ip: ip.to_owned(),
+        useragent: useragent.to_owned(),
+        custom,
+    }
+}
+
+fn issue(
+    app: &App,
+    signer: &Signer,
+    session: &Session,
+    ip: &str,
+    useragent: &str,
+    refresh: &RefreshClaims,
+    now: i64,
+) -> Result<Issued, SessionError> {
+    let auth = auth_claims(app, session, ip, useragent, now);
+    Ok(Issued {
+        auth_token: signer.sign(&auth)?,
+        refresh_token: signer.sign(refresh)?,
+        key_id: signer.key_id,
+        public_key: signer.public_key.clone(),
+        token_type: "Bearer",
+        expires_in: app.settings.token_expire,
+        refresh_expires_in: refresh.exp - now,
+        session_id: session.session_id,
+    })
+}
+
+fn issue_auth(
+    app: &App,
+    signer: &Signer,
+    session: &Session,
+    input: &RenewInput,
+    now: i64,
+) -> Result<Issued, SessionError> {
+    let auth = auth_claims(app, session, &input.ip, &input.useragent, now);
+    Ok(Issued {
+        auth_token: signer.sign(&auth)?,
+        refresh_token: String::new(),
+        key_id: signer.key_id,
+        public_key: signer.public_key.clone(),
+        token_type: "Bearer",
+        expires_in: app.settings.token_expire,
+        refresh_expires_in: 0,
+        session_id: session.session_id,
+    })
+}

@@ -1,0 +1,249 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keygate_tenants::db::Database;
+use keygate_tenants::{AppId, StoreError};
+use serde_json::{Map, Value};
+
+use crate::{Jid, Session, SessionId};
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgSessionStore;
+pub use sqlite::SqliteSessionStore;
+
+/// Which sessions a revocation covers.
+#[derive(Debug, Clone, Copy)]
+pub enum RevokeScope<'a> {
+    Session(SessionId),
+    Subject(&'a str),
+    App,
+}
+
+/// The new state of a session after a rotation.
+#[derive(Debug, Clone, Copy)]
+pub struct Rotation<'a> {
+    pub new_jid: Jid,
+    pub iat: i64,
+    pub exp: i64,
+    pub key_id: &'a str,
+    pub ip: &'a str,
+    pub useragent: &'a str,
+}
+
+/// Persistence of sessions.
+#[async_trait]
+pub trait SessionStore: Send + Sync + std::fmt::Debug {
+    /// Inserts a session. With `max_per_sub` > 0, first revokes the subject's oldest live
+    /// sessions so that at most that many remain; returns how many were revoked.
+    async fn create(&self, session: &Session, max_per_sub: i64) -> Result<u64, StoreError>;
+    async fn get(
+        &self,
+        app_id: AppId,
+        session_id: SessionId,
+    ) -> Result<Option<Session>, StoreError>;
+    /// The compare-and-swap of a renew: rotates only if `current_jid` is still `expected`
+    /// and the session is live at `now`. False when another renew (or a revoke) won.
+    async fn rotate(
+        &self,
+        app_id: AppId,
+        session_id: SessionId,
+        expected: Jid,
+        rotation: &Rotation<'_>,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Records a renew of a non-rotating session. False if it is no longer live.
+    async fn touch(
+        &self,
+        app_id: AppId,
+        session_id: SessionId,
+        ip: &str,
+        useragent: &str,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+    /// Revokes the live sessions in `scope`; returns how many.
+    async fn revoke(
+        &self,
+        app_id: AppId,
+        scope: RevokeScope<'_>,
+        reason: &str,
+        now: i64,
+    ) -> Result<u64, StoreError>;
+    /// Live sessions (not revoked, not past their absolute expiry), oldest first.
+    async fn list_live(
+        &self,
+        app_id: AppId,
+        sub: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<Session>, StoreError>;
+    /// Deletes sessions that ended before `ended_before` (expired, or revoked). Returns how
+    /// many.
+    async fn purge(&self, ended_before: i64) -> Result<u64, StoreError>;
+}
+
+pub fn session_store(db: &Database) -> Arc<dyn SessionStore> {
+    match db {
+        Database::Sqlite(pools) => Arc::new(SqliteSessionStore::new(pools.clone())),
+        Database::Postgres(pool) => Arc::new(PgSessionStore::new(pool.clone())),
+    }
+}
+
+const COLUMNS: &str = "session_id, app_id, sub, claims, created_at, expires_at, current_jid, \
+    current_iat, current_exp, key_id, prev_jid, rotated_at, ip, useragent, last_renewed_at, \
+    revoked_at, revoked_reason";
+
+const INSERT: &str = "INSERT INTO sessions (session_id, app_id, sub, claims, created_at, \
+    expires_at, current_jid, current_iat, current_exp, key_id, prev_jid, rotated_at, ip, \
+    useragent, last_renewed_at, revoked_at, revoked_reason) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+
+/// The live sessions of a subject, oldest first: the ones a session limit evicts first.
+const LIVE_OF_SUBJECT: &str = "SELECT session_id FROM sessions WHERE app_id = $1 AND sub = $2 \
+    AND revoked_at IS NULL AND expires_at > $3 ORDER BY created_at, session_id";
+
+const ROTATE: &str = "UPDATE sessions SET prev_jid = current_jid, current_jid = $3, \
+    current_iat = $4, current_exp = $5, key_id = $6, rotated_at = $7, ip = $8, useragent = $9, \
+    last_renewed_at = $7 \
+    WHERE session_id = $1 AND app_id = $2 AND current_jid = $10 AND revoked_at IS NULL \
+    AND expires_at > $7";
+
+const TOUCH: &str = "UPDATE sessions SET ip = $3, useragent = $4, last_renewed_at = $5 \
+    WHERE session_id = $1 AND app_id = $2 AND revoked_at IS NULL AND expires_at > $5";
+
+const REVOKE_ONE: &str = "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+    WHERE app_id = $1 AND session_id = $2 AND revoked_at IS NULL AND expires_at > $3";
+const REVOKE_SUBJECT: &str = "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+    WHERE app_id = $1 AND sub = $2 AND revoked_at IS NULL AND expires_at > $3";
+const REVOKE_APP: &str = "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+    WHERE app_id = $1 AND revoked_at IS NULL AND expires_at > $2";
+
+const PURGE: &str = "DELETE FROM sessions WHERE expires_at < $1 OR current_exp < $1 \
+    OR revoked_at < $1";
+
+fn select_one() -> String {
+    format!("SELECT {COLUMNS} FROM sessions WHERE app_id = $1 AND session_id = $2")
+}
+
+fn select_live(by_sub: bool) -> String {
+    let sub = if by_sub { " AND sub = $3" } else { "" };
+    format!(
+        "SELECT {COLUMNS} FROM sessions WHERE app_id = $1 AND revoked_at IS NULL \
+         AND expires_at > $2{sub} ORDER BY created_at, session_id"
+    )
+}
+
+/// Binds a session's columns in the order of `INSERT`.
+macro_rules! bind_session {
+    ($query:expr, $s:expr, $claims:expr) => {{
+        let s: &$crate::Session = $s;
+        $query
+            .bind(s.session_id.to_string())
+            .bind(s.app_id.to_string())
+            .bind(&s.sub)
+            .bind($claims)
+            .bind(s.created_at)
+            .bind(s.expires_at)
+            .bind(s.current_jid.to_string())
+            .bind(s.current_iat)
+            .bind(s.current_exp)
+            .bind(&s.key_id)
+            .bind(s.prev_jid.map(|j| j.to_string()))
+            .bind(s.rotated_at)
+            .bind(&s.ip)
+            .bind(&s.useragent)
+            .bind(s.last_renewed_at)
+            .bind(s.revoked_at)
+            .bind(&s.revoked_reason)
+    }};
+}
+use bind_session;
+
+/// Binds a rotation in the order of `ROTATE`.
+macro_rules! bind_rotation {
+    ($query:expr, $app_id:expr, $session_id:expr, $expected:expr, $r:expr, $now:expr) => {{
+        let r: &$crate::Rotation<'_> = $r;
+        $query
+            .bind($session_id.to_string())
+            .bind($app_id.to_string())
+            .bind(r.new_jid.to_string())
+            .bind(r.iat)
+            .bind(r.exp)
+            .bind(r.key_id)
+            .bind($now)
+            .bind(r.ip)
+            .bind(r.useragent)
+            .bind($expected.to_string())
+    }};
+}
+use bind_rotation;
+
+fn claims_json(session: &Session) -> Result<String, StoreError> {
+    serde_json::to_string(&session.claims).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionRow {
+    session_id: String,
+    app_id: String,
+    sub: String,
+    claims: String,
+    created_at: i64,
+    expires_at: i64,
+    current_jid: String,
+    current_iat: i64,
+    current_exp: i64,
+    key_id: String,
+    prev_jid: Option<String>,
+    rotated_at: Option<i64>,
+    ip: String,
+    useragent: String,
+    last_renewed_at: i64,
+    revoked_at: Option<i64>,
+    revoked_reason: Option<String>,
+}
+
+impl TryFrom<SessionRow> for Session {
+    type Error = StoreError;
+
+    fn try_from(row: SessionRow) -> Result<Self, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("sessions.{what} is invalid"));
+        let claims: Map<String, Value> =
+            serde_json::from_str(&row.claims).map_err(|_| corrupt("claims"))?;
+        Ok(Session {
+            session_id: row.session_id.parse().map_err(|_| corrupt("session_id"))?,
+            app_id: row.app_id.parse().map_err(|_| corrupt("app_id"))?,
+            sub: row.sub,
+            claims,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            current_jid: row.current_jid.parse().map_err(|_| corrupt("current_jid"))?,
+            current_iat: row.current_iat,
+            current_exp: row.current_exp,
+            key_id: row.key_id,
+            prev_jid: row
+                .prev_jid
+                .map(|j| j.parse())
+                .transpose()
+                .map_err(|_| corrupt("prev_jid"))?,
+            rotated_at: row.rotated_at,
+            ip: row.ip,
+            useragent: row.useragent,
+            last_renewed_at: row.last_renewed_at,
+            revoked_at: row.revoked_at,
+            revoked_reason: row.revoked_reason,
+        })
+    }
+}
+
+fn into_sessions(rows: Vec<SessionRow>) -> Result<Vec<Session>, StoreError> {
+    rows.into_iter().map(Session::try_from).collect()
+}
+
+/// How many of `live` sessions to evict so that a new one fits under `max_per_sub`.
+fn evictions(live: usize, max_per_sub: i64) -> usize {
+    match usize::try_from(max_per_sub) {
+        Ok(max) if max > 0 => (live + 1).saturating_sub(max),
+        _ => 0,
+    }
+}

@@ -1,0 +1,128 @@
+use async_trait::async_trait;
+use keygate_tenants::db::SqlitePools;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub struct SqliteSessionStore {
+    pools: SqlitePools,
+}
+
+impl SqliteSessionStore {
+    pub fn new(pools: SqlitePools) -> Self {
+        Self { pools }
+    }
+}
+
+#[async_trait]
+impl SessionStore for SqliteSessionStore {
+    async fn create(&self, session: &Session, max_per_sub: i64) -> Result<u64, StoreError> {
+        let claims = claims_json(session)?;
+        let mut tx = self.pools.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut evicted = 0;
+        if max_per_sub > 0 {
+            let live: Vec<String> = sqlx::query_scalar(LIVE_OF_SUBJECT)
+                .bind(session.app_id.to_string())
+                .bind(&session.sub)
+                .bind(session.created_at)
+                .fetch_all(&mut *tx)
+                .await?;
+            for id in live.iter().take(evictions(live.len(), max_per_sub)) {
+                evicted += sqlx::query(REVOKE_ONE)
+                    .bind(session.app_id.to_string())
+                    .bind(id)
+                    .bind(session.created_at)
+                    .bind("session limit")
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
+        }
+        bind_session!(sqlx::query(INSERT), session, &claims).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(evicted)
+    }
+
+    async fn get(
+        &self,
+        app_id: AppId,
+        session_id: SessionId,
+    ) -> Result<Option<Session>, StoreError> {
+        let row = sqlx::query_as::<_, SessionRow>(&select_one())
+            .bind(app_id.to_string())
+            .bind(session_id.to_string())
+            .fetch_optional(&self.pools.reader)
+            .await?;
+        row.map(Session::try_from).transpose()
+    }
+
+    async fn rotate(
+        &self,
+        app_id: AppId,
+        session_id: SessionId,
+        expected: Jid,
+        rotation: &Rotation<'_>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = bind_rotation!(sqlx::query(ROTATE), app_id, session_id, expected, rotation, now)
+            .execute(&self.pools.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn touch(
+        &self,
+        app_id: AppId,
+        session_id: SessionId,
+        ip: &str,
+        useragent: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(TOUCH)
+            .bind(session_id.to_string())
+            .bind(app_id.to_string())
+            .bind(ip)
+            .bind(useragent)
+            .bind(now)
+            .execute(&self.pools.writer)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke(
+        &self,
+        app_id: AppId,
+        scope: RevokeScope<'_>,
+        reason: &str,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let query = match scope {
+            RevokeScope::Session(id) => {
+                sqlx::query(REVOKE_ONE).bind(app_id.to_string()).bind(id.to_string())
+            }
+            RevokeScope::Subject(sub) => {
+                sqlx::query(REVOKE_SUBJECT).bind(app_id.to_string()).bind(sub)
+            }
+            RevokeScope::App => sqlx::query(REVOKE_APP).bind(app_id.to_string()),
+        };
+        Ok(query.bind(now).bind(reason).execute(&self.pools.writer).await?.rows_affected())
+    }
+
+    async fn list_live(
+        &self,
+        app_id: AppId,
+        sub: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<Session>, StoreError> {
+        let sql = select_live(sub.is_some());
+        let mut query = sqlx::query_as::<_, SessionRow>(&sql).bind(app_id.to_string()).bind(now);
+        if let Some(sub) = sub {
+            query = query.bind(sub);
+        }
+        into_sessions(query.fetch_all(&self.pools.reader).await?)
+    }
+
+    async fn purge(&self, ended_before: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(PURGE).bind(ended_before).execute(&self.pools.writer).await?.rows_affected())
+    }
+}
