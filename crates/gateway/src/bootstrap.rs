@@ -45,6 +45,7 @@ impl Services {
         let url = settings.database_url();
         let pool_options = PoolOptions {
             postgres_connections: settings.postgres_max_connections,
+            busy_timeout: Duration::from_millis(settings.database_busy_timeout_ms.max(1)),
             ..PoolOptions::default()
         };
         let db = Database::connect(&url, &pool_options)

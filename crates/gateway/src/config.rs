@@ -31,6 +31,9 @@ pub struct Settings {
     pub cache_ttl: u64,
     /// The most connections a gateway opens to Postgres.
     pub postgres_max_connections: u32,
+    /// Milliseconds a database statement waits for a lock before the request is answered
+    /// 503 (nothing is changed, and the client's token is not consumed).
+    pub database_busy_timeout_ms: u64,
     /// Seconds between janitor passes (deleting ended sessions and expired retired keys);
     /// 0 turns the janitor off.
     pub janitor_interval: u64,
@@ -50,6 +53,7 @@ impl Default for Settings {
             cache_ttl: 5,
             postgres_max_connections: 16,
             janitor_interval: 300,
+            database_busy_timeout_ms: 5000,
         }
     }
 }
@@ -69,6 +73,7 @@ impl fmt::Debug for Settings {
             .field("cache_ttl", &self.cache_ttl)
             .field("postgres_max_connections", &self.postgres_max_connections)
             .field("janitor_interval", &self.janitor_interval)
+            .field("database_busy_timeout_ms", &self.database_busy_timeout_ms)
             .finish()
     }
 }

@@ -29,6 +29,15 @@ pub struct Jwks {
     pub keys: Vec<Jwk>,
 }
 
+/// Key ids increase in creation order within this process, even within one millisecond,
+/// so listing keys by id lists them oldest first.
+fn next_key_id() -> KeyId {
+    static GENERATOR: std::sync::Mutex<ulid::Generator> =
+        std::sync::Mutex::new(ulid::Generator::new());
+    let mut generator = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    generator.generate().map(KeyId::from).unwrap_or_else(|_| KeyId::new())
+}
+
 /// A new P-256 key pair for `app_id`, the private half sealed under `master`.
 pub(crate) fn generate(
     app_id: AppId,
@@ -48,7 +57,7 @@ pub fn seal_new(
     master: &MasterKey,
     now: i64,
 ) -> Result<KeyRecord, KeyringError> {
-    let key_id = KeyId::new();
+    let key_id = next_key_id();
     let pkcs8 = secret.to_pkcs8_der().map_err(|e| KeyringError::Material(e.to_string()))?;
     let public_pem = secret
         .public_key()

@@ -62,11 +62,14 @@ impl fmt::Debug for Database {
 pub struct PoolOptions {
     pub sqlite_readers: u32,
     pub postgres_connections: u32,
+    /// How long a statement waits for a lock (SQLite's busy timeout, Postgres'
+    /// `lock_timeout`) or a request for a pooled connection, before failing as unavailable.
+    pub busy_timeout: Duration,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        Self { sqlite_readers: 4, postgres_connections: 16 }
+        Self { sqlite_readers: 4, postgres_connections: 16, busy_timeout: BUSY_TIMEOUT }
     }
 }
 
@@ -79,25 +82,28 @@ impl Database {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
-                .busy_timeout(BUSY_TIMEOUT);
+                .busy_timeout(options.busy_timeout);
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
-                .acquire_timeout(BUSY_TIMEOUT)
+                .acquire_timeout(options.busy_timeout)
                 .connect_with(connect.clone())
                 .await
                 .map_err(DbError::Connect)?;
             let reader = SqlitePoolOptions::new()
                 .max_connections(options.sqlite_readers.max(1))
-                .acquire_timeout(BUSY_TIMEOUT)
+                .acquire_timeout(options.busy_timeout)
                 .connect_with(connect.create_if_missing(false))
                 .await
                 .map_err(DbError::Connect)?;
             Ok(Self::Sqlite(SqlitePools { writer, reader }))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            let connect = PgConnectOptions::from_str(url).map_err(DbError::Connect)?;
+            let lock_timeout = format!("{}ms", options.busy_timeout.as_millis());
+            let connect = PgConnectOptions::from_str(url)
+                .map_err(DbError::Connect)?
+                .options([("lock_timeout", lock_timeout.as_str())]);
             let pool = PgPoolOptions::new()
                 .max_connections(options.postgres_connections.max(1))
-                .acquire_timeout(BUSY_TIMEOUT)
+                .acquire_timeout(options.busy_timeout)
                 .connect_with(connect)
                 .await
                 .map_err(DbError::Connect)?;

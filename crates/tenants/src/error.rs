@@ -28,18 +28,26 @@ impl From<sqlx::Error> for StoreError {
                 if db.is_unique_violation() {
                     return Self::Conflict(db.message().to_owned());
                 }
-                // SQLITE_BUSY (5) / SQLITE_LOCKED (6), and Postgres admin shutdown,
-                // "cannot connect now" and serialization/lock failures: all transient.
-                match db.code().as_deref() {
-                    Some("5" | "6" | "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300") => {
-                        Self::Unavailable(err)
-                    }
-                    _ => Self::Other(err),
+                if is_transient(db.code().as_deref()) {
+                    Self::Unavailable(err)
+                } else {
+                    Self::Other(err)
                 }
             }
             _ => Self::Other(err),
         }
     }
+}
+
+/// SQLite's BUSY and LOCKED (with their extended codes), and Postgres' shutdown, "cannot
+/// connect now", too many connections, serialization, deadlock, lock timeout and statement
+/// timeout: all mean "try again", never "your input is bad".
+fn is_transient(code: Option<&str>) -> bool {
+    let Some(code) = code else { return false };
+    if let Ok(sqlite) = code.parse::<i32>() {
+        return matches!(sqlite & 0xff, 5 | 6);
+    }
+    matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "55P03" | "57014")
 }
 
 impl StoreError {

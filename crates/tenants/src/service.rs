@@ -181,35 +181,37 @@ impl Tenants {
         patch: &SettingsPatch,
         now: i64,
     ) -> Result<(AppRecord, AppKey), TenantError> {
+        let name = name.trim();
         let mut errors = Vec::new();
         check_text(&mut errors, "name", name, MAX_NAME_LEN);
-        let settings = patch.apply(&AppSettings::defaults_for(name.trim()));
-        match settings {
-            Ok(settings) if errors.is_empty() => {
-                let app_key = AppKey::generate();
-                let record = AppRecord {
-                    app: App {
-                        app_id: AppId::new(),
-                        name: name.to_owned(),
-                        settings,
-                        created_at: now,
-                        updated_at: now,
-                    },
-                    key: AppKeyHashes {
-                        current: hash(app_key.expose()).await?,
-                        previous: None,
-                        previous_expires_at: None,
-                    },
-                };
-                self.store.insert_app(&record).await.map_err(|e| name_taken(e, name))?;
-                Ok((record, app_key))
-            }
-            Ok(_) => Err(TenantError::Invalid(errors)),
+        // Issuer and audience default to the name; a bad name must not also be reported
+        // as a bad issuer or audience the caller never sent.
+        let base = AppSettings::defaults_for(if errors.is_empty() { name } else { "app" });
+        let settings = match patch.apply(&base) {
+            Ok(settings) if errors.is_empty() => settings,
+            Ok(_) => return Err(TenantError::Invalid(errors)),
             Err(more) => {
-                errors.extend(more);
-                Err(TenantError::Invalid(errors))
+                errors.extend(more.into_iter().filter(|e| e.field != "name"));
+                return Err(TenantError::Invalid(errors));
             }
-        }
+        };
+        let app_key = AppKey::generate();
+        let record = AppRecord {
+            app: App {
+                app_id: AppId::new(),
+                name: name.to_owned(),
+                settings,
+                created_at: now,
+                updated_at: now,
+            },
+            key: AppKeyHashes {
+                current: hash(app_key.expose()).await?,
+                previous: None,
+                previous_expires_at: None,
+            },
+        };
+        self.store.insert_app(&record).await.map_err(|e| name_taken(e, name))?;
+        Ok((record, app_key))
     }
 
     pub async fn update_app(
@@ -221,7 +223,7 @@ impl Tenants {
         let mut record = self.store.get_app(app_id).await?.ok_or(TenantError::NotFound)?;
         record.app.settings = patch.apply(&record.app.settings).map_err(TenantError::Invalid)?;
         if let Some(name) = &patch.name {
-            record.app.name = name.clone();
+            record.app.name = name.trim().to_owned();
         }
         record.app.updated_at = now;
         self.store.update_app(&record.app).await.map_err(|e| match e {

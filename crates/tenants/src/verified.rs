@@ -25,7 +25,8 @@ struct Entry {
     digest: [u8; 32],
 }
 
-/// Two entries per subject cover a key and its predecessor during a rotation grace.
+/// Room for a key and its predecessor during a rotation grace, with slack for a rotation
+/// that happens while the old entries are still here.
 const ENTRIES_PER_SUBJECT: usize = 4;
 
 pub(crate) struct VerifiedCache {
