@@ -111,6 +111,46 @@ async fn a_new_user_serves_creates_an_app_and_fetches_its_keys() {
     }
     assert_eq!(status, 200);
 
+    // Sessions opened over HTTP are listed and revoked by the CLI, and the gateway sees
+    // the revocation at once.
+    let signed: Value = client
+        .post(format!("{}/app/{app_id}/sign", server.address))
+        .header("Authorization", app_key)
+        .json(&serde_json::json!({"sub": "u1", "ip": "192.0.2.1", "useragent": "cli-test"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = json_of(
+        &keygate(dir.path())
+            .args(["sessions", "list", "demo", "--sub", "u1", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(listed["sessions"][0]["session_id"], signed["session_id"]);
+    let table =
+        keygate(dir.path()).args(["sessions", "list", "demo", "--sub", "u1"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains("cli-test"));
+    let none = keygate(dir.path()).args(["sessions", "revoke", "demo"]).output().unwrap();
+    assert!(!none.status.success(), "revoke needs --session, --sub or --all");
+    let revoked = json_of(
+        &keygate(dir.path())
+            .args(["sessions", "revoke", "demo", "--sub", "u1", "--json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(revoked["revoked"], 1);
+    let response = client
+        .post(format!("{}/app/{app_id}/renew", server.address))
+        .header("Authorization", app_key)
+        .json(&serde_json::json!({"refresh_token": signed["refresh_token"], "ip": "192.0.2.1", "useragent": "cli-test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+
     // The root key works over HTTP.
     let response = client
         .get(format!("{}/root/apps", server.address))

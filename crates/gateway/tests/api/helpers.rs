@@ -18,6 +18,8 @@ pub struct TestApp {
     pub address: String,
     pub root_key: String,
     pub tenants: Arc<Tenants>,
+    /// The database this gateway runs on.
+    pub database_url: String,
     pub client: reqwest::Client,
     _data_dir: tempfile::TempDir,
 }
@@ -33,6 +35,14 @@ pub struct CreatedApp {
 
 /// Starts a gateway, or `None` for Postgres when `TEST_DATABASE_URL` is unset.
 pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
+    spawn_app_with(backend, |_| {}).await
+}
+
+/// Like [`spawn_app`], with settings adjusted by `adjust`.
+pub async fn spawn_app_with(
+    backend: Backend,
+    adjust: impl FnOnce(&mut Settings),
+) -> Option<TestApp> {
     let data_dir = tempfile::tempdir().unwrap();
     let database_url = match backend {
         // The embedded default: a SQLite file inside the data dir.
@@ -48,6 +58,8 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         workers: Some(2),
         ..Settings::default()
     };
+    let mut settings = settings;
+    adjust(&mut settings);
     let (services, bootstrap) = Services::open(&settings).await.unwrap();
     assert!(bootstrap.new_root_key.is_none(), "a supplied root key is never printed");
     let tenants = services.tenants.clone();
@@ -58,6 +70,7 @@ pub async fn spawn_app(backend: Backend) -> Option<TestApp> {
         address,
         root_key,
         tenants,
+        database_url: settings.database_url(),
         client: reqwest::Client::new(),
         _data_dir: data_dir,
     })
@@ -124,4 +137,67 @@ macro_rules! on_both_backends {
             }
         }
     )*};
+}
+
+impl TestApp {
+    /// POSTs JSON to an app endpoint with the app key; returns status and body.
+    pub async fn app_post(&self, app: &CreatedApp, endpoint: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .request(Method::POST, &format!("/app/{}/{endpoint}", app.app_id))
+            .header("Authorization", &app.app_key)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        parts(response).await
+    }
+
+    /// Opens a session for `sub`; returns the token response.
+    pub async fn sign(&self, app: &CreatedApp, sub: &str) -> Value {
+        let body = serde_json::json!({"sub": sub, "ip": "203.0.113.7", "useragent": "test-agent"});
+        let (status, body) = self.app_post(app, "sign", &body).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Renews with `refresh_token` from the test user agent.
+    pub async fn renew(&self, app: &CreatedApp, refresh_token: &Value) -> (u16, Value) {
+        self.renew_as(app, refresh_token, "test-agent").await
+    }
+
+    pub async fn renew_as(
+        &self,
+        app: &CreatedApp,
+        refresh_token: &Value,
+        useragent: &str,
+    ) -> (u16, Value) {
+        let body = serde_json::json!({"refresh_token": refresh_token, "ip": "203.0.113.7", "useragent": useragent});
+        self.app_post(app, "renew", &body).await
+    }
+
+    /// Whether `/verify` accepts an auth token.
+    pub async fn verified(&self, app: &CreatedApp, auth_token: &Value) -> bool {
+        let (status, body) =
+            self.app_post(app, "verify", &serde_json::json!({"token": auth_token})).await;
+        assert_eq!(status, 200, "{body}");
+        body["verified"].as_bool().unwrap()
+    }
+}
+
+/// The decoded payload of a JWT, without verifying it (tests inspect what was issued).
+pub fn payload(token: &Value) -> Value {
+    use base64::Engine;
+    let token = token.as_str().unwrap();
+    let part = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// The decoded header of a JWT.
+pub fn header(token: &Value) -> Value {
+    use base64::Engine;
+    let token = token.as_str().unwrap();
+    let part = token.split('.').next().unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap();
+    serde_json::from_slice(&bytes).unwrap()
 }

@@ -5,8 +5,12 @@
 
 mod helpers;
 
+mod janitor;
+
 mod auth;
 mod cli;
 mod errors;
 mod keys;
+mod outage;
 mod root;
+mod sessions;
