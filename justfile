@@ -27,6 +27,11 @@ lint:
 fmt:
     cargo fmt --all
 
+# Verify issued tokens with independent verifiers (PyJWT, npm jose).
+interop:
+    cargo build --bin keygate
+    bash interop/run.sh target/debug/keygate
+
 # What CI runs.
 ci:
     bash .ci/run
