@@ -38,6 +38,9 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     /// Inserts a session. With `max_per_sub` > 0, first revokes the subject's oldest live
     /// sessions so that at most that many remain; returns how many were revoked.
     async fn create(&self, session: &Session, max_per_sub: i64) -> Result<u64, StoreError>;
+    /// Inserts many sessions in one transaction, without session limits: for loading
+    /// (benchmarks, imports), not for serving.
+    async fn bulk_insert(&self, sessions: &[Session]) -> Result<u64, StoreError>;
     async fn get(
         &self,
         app_id: AppId,
@@ -158,6 +161,38 @@ macro_rules! bind_session {
     }};
 }
 use bind_session;
+
+/// Rows per multi-row INSERT of `bulk_insert`, well under SQLite's bound-parameter limit.
+const BULK_ROWS: usize = 500;
+
+const BULK_INSERT: &str = "INSERT INTO sessions (session_id, app_id, sub, claims, created_at, \
+    expires_at, current_jid, current_iat, current_exp, key_id, prev_jid, rotated_at, ip, \
+    useragent, last_renewed_at, revoked_at, revoked_reason) ";
+
+/// Pushes one session's values onto a `QueryBuilder` in the column order of `BULK_INSERT`.
+macro_rules! push_session {
+    ($b:expr, $s:expr, $claims:expr) => {{
+        let s: &$crate::Session = $s;
+        $b.push_bind(s.session_id.to_string())
+            .push_bind(s.app_id.to_string())
+            .push_bind(s.sub.clone())
+            .push_bind($claims)
+            .push_bind(s.created_at)
+            .push_bind(s.expires_at)
+            .push_bind(s.current_jid.to_string())
+            .push_bind(s.current_iat)
+            .push_bind(s.current_exp)
+            .push_bind(s.key_id.clone())
+            .push_bind(s.prev_jid.map(|j| j.to_string()))
+            .push_bind(s.rotated_at)
+            .push_bind(s.ip.clone())
+            .push_bind(s.useragent.clone())
+            .push_bind(s.last_renewed_at)
+            .push_bind(s.revoked_at)
+            .push_bind(s.revoked_reason.clone());
+    }};
+}
+use push_session;
 
 /// Binds a rotation in the order of `ROTATE`.
 macro_rules! bind_rotation {

@@ -43,6 +43,21 @@ impl SessionStore for SqliteSessionStore {
         Ok(evicted)
     }
 
+    async fn bulk_insert(&self, sessions: &[Session]) -> Result<u64, StoreError> {
+        let mut tx = self.pools.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut inserted = 0;
+        for chunk in sessions.chunks(BULK_ROWS) {
+            let claims: Vec<String> = chunk.iter().map(claims_json).collect::<Result<_, _>>()?;
+            let mut builder = sqlx::QueryBuilder::<sqlx::Sqlite>::new(BULK_INSERT);
+            builder.push_values(chunk.iter().zip(claims), |mut b, (s, claims)| {
+                push_session!(b, s, claims)
+            });
+            inserted += builder.build().execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
     async fn get(
         &self,
         app_id: AppId,

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# `just bench`: renew and sign at c = 1, 8, 32, 128 against a release keygate, first on
+# SQLite (synchronous=FULL), then on Postgres; one table at the end.
+#   BENCH_DURATION=10s BENCH_CONNS="1 8 32 128" BENCH_BACKENDS="sqlite postgres" bash bench/bench.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+build_release
+work=$(mktemp -d)
+trap 'stop_gateway; rm -rf "$work"; drop_pg_schemas' EXIT
+results="$work/results.jsonl"
+: >"$results"
+
+for backend in ${BENCH_BACKENDS:-sqlite postgres}; do
+    url=""
+    [[ "$backend" == postgres ]] && url=$(fresh_pg_url)
+    start_gateway "$work/$backend" "$url"
+    create_app "bench-$backend"
+    say "== $backend: gateway pid $GATEWAY_PID at $GATEWAY_URL"
+    for mode in ${BENCH_MODES:-renew sign}; do
+        for conns in ${BENCH_CONNS:-1 8 32 128}; do
+            say "-- $backend $mode c=$conns"
+            load "$mode" "$conns" "$backend" | tee -a "$results" >&2
+        done
+    done
+    stop_gateway
+done
+
+echo
+echo "keygate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
+table <"$results"

@@ -1,0 +1,120 @@
+//! `keygate-bench`: drives a running keygate over HTTP.
+//!
+//! Each connection opens its own session and keeps renewing with the refresh token it
+//! received last, since a refresh token is single-use: these are rotating chains. Closed
+//! loop runs C connections back to back for D seconds; open loop sends at a fixed rate and
+//! measures latency from each request's intended start, so a slow server cannot hide its
+//! queueing (coordinated omission).
+
+mod client;
+mod load;
+mod preload;
+mod procstat;
+mod report;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+pub use report::Report;
+
+#[derive(Debug, Parser)]
+#[command(name = "keygate-bench", version, about = "Load generator for keygate", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Drive load against a running gateway and report throughput and latency.
+    Run(RunArgs),
+    /// Insert many live sessions for an app directly through the store, in bulk.
+    Preload(preload::PreloadArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Rotate refresh tokens: each connection renews its own chain.
+    Renew,
+    /// Open sessions.
+    Sign,
+    /// Verify an auth token.
+    Verify,
+    /// 50% renew, 40% verify, 10% sign.
+    Mixed,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The gateway's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// The app to drive.
+    #[arg(long)]
+    app: String,
+    /// The app key.
+    #[arg(long, env = "KEYGATE_BENCH_APP_KEY", hide_env_values = true)]
+    app_key: String,
+    #[arg(long, value_enum, default_value = "renew")]
+    mode: Mode,
+    /// Concurrent connections (closed loop), or the most requests in flight (open loop).
+    #[arg(long, short = 'c', default_value_t = 32)]
+    connections: usize,
+    /// How long to measure.
+    #[arg(long, short = 'd', value_parser = humantime::parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Unmeasured load before the measurement.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    warmup: Duration,
+    /// Open loop: requests per second, sent on schedule whatever the server does.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// The server's PID, to report its CPU use and peak RSS.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// A label for the report (for example the database).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Print only the JSON line.
+    #[arg(long)]
+    json: bool,
+    /// Client worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+impl Cli {
+    /// Threads for the client's runtime: few, so the client leaves the CPU to the server.
+    pub fn client_threads(&self) -> usize {
+        match &self.command {
+            Command::Run(args) => args.threads.max(1),
+            Command::Preload(_) => 2,
+        }
+    }
+}
+
+/// Runs the command. A load run with any failed request exits 2.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let report = load::run(&args).await?;
+            if args.json {
+                println!("{}", report.json_line());
+            } else {
+                print!("{}", report.table());
+                println!("{}", report.json_line());
+            }
+            if report.failures() > 0 {
+                eprintln!("{}", report.failure_banner());
+                return Ok(ExitCode::from(2));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Preload(args) => {
+            preload::run(&args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,174 @@
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use crate::Mode;
+
+/// Latencies in microseconds, from 1 µs to 60 s, with 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("valid bounds"))
+}
+
+/// What one task observed.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    pub latency: Histogram<u64>,
+    /// Responses by status; 0 = no answer (connection error or timeout), 298 = an
+    /// unparseable token response, 299 = a 200 from /verify that did not verify.
+    pub statuses: BTreeMap<u16, u64>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self { latency: histogram(), statuses: BTreeMap::new() }
+    }
+}
+
+impl Tally {
+    pub fn record(&mut self, status: u16, micros: u64) {
+        let _ = self.latency.record(micros.max(1));
+        *self.statuses.entry(status).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        let _ = self.latency.add(&other.latency);
+        for (status, n) in &other.statuses {
+            *self.statuses.entry(*status).or_default() += n;
+        }
+    }
+}
+
+/// The result of a run.
+#[derive(Debug)]
+pub struct Report {
+    pub label: String,
+    pub mode: Mode,
+    pub connections: usize,
+    pub rate: Option<u64>,
+    pub seconds: f64,
+    pub tally: Tally,
+    pub server_cpu_pct: Option<f64>,
+    pub server_peak_rss_mib: Option<f64>,
+}
+
+fn ms(micros: u64) -> f64 {
+    micros as f64 / 1000.0
+}
+
+impl Report {
+    pub fn requests(&self) -> u64 {
+        self.tally.statuses.values().sum()
+    }
+
+    pub fn failures(&self) -> u64 {
+        self.tally
+            .statuses
+            .iter()
+            .filter(|(s, _)| !(200..300).contains(*s) || **s >= 298)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    pub fn rps(&self) -> f64 {
+        let ok = self.requests() - self.failures();
+        ok as f64 / self.seconds.max(f64::EPSILON)
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        ms(self.tally.latency.value_at_quantile(q))
+    }
+
+    fn mode_name(&self) -> &'static str {
+        match self.mode {
+            Mode::Renew => "renew",
+            Mode::Sign => "sign",
+            Mode::Verify => "verify",
+            Mode::Mixed => "mixed",
+        }
+    }
+
+    pub fn json_line(&self) -> String {
+        let statuses: BTreeMap<String, u64> =
+            self.tally.statuses.iter().map(|(s, n)| (s.to_string(), *n)).collect();
+        json!({
+            "label": self.label,
+            "mode": self.mode_name(),
+            "connections": self.connections,
+            "rate": self.rate,
+            "seconds": (self.seconds * 100.0).round() / 100.0,
+            "requests": self.requests(),
+            "failures": self.failures(),
+            "rps": self.rps().round(),
+            "p50_ms": self.quantile(0.50),
+            "p90_ms": self.quantile(0.90),
+            "p99_ms": self.quantile(0.99),
+            "p999_ms": self.quantile(0.999),
+            "max_ms": ms(self.tally.latency.max()),
+            "statuses": statuses,
+            "server_cpu_pct": self.server_cpu_pct.map(|v| v.round()),
+            "server_peak_rss_mib": self.server_peak_rss_mib.map(|v| (v * 10.0).round() / 10.0),
+        })
+        .to_string()
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.0}{unit}"));
+        let _ = writeln!(
+            out,
+            "{:<10} {:<7} {:>5} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8}",
+            "label",
+            "mode",
+            "conns",
+            "rate",
+            "requests",
+            "req/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9",
+            "max ms",
+            "errors",
+            "cpu",
+            "rss MiB"
+        );
+        let _ = writeln!(
+            out,
+            "{:<10} {:<7} {:>5} {:>7} {:>9} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>6} {:>8}",
+            self.label,
+            self.mode_name(),
+            self.connections,
+            self.rate.map_or("closed".to_owned(), |r| r.to_string()),
+            self.requests(),
+            self.rps(),
+            self.quantile(0.50),
+            self.quantile(0.90),
+            self.quantile(0.99),
+            self.quantile(0.999),
+            ms(self.tally.latency.max()),
+            self.failures(),
+            opt(self.server_cpu_pct, "%"),
+            self.server_peak_rss_mib.map_or("-".to_owned(), |v| format!("{v:.1}")),
+        );
+        out
+    }
+
+    pub fn failure_banner(&self) -> String {
+        let failed: Vec<String> = self
+            .tally
+            .statuses
+            .iter()
+            .filter(|(s, _)| !(200..300).contains(*s) || **s >= 298)
+            .map(|(s, n)| match s {
+                0 => format!("{n} without an answer"),
+                298 => format!("{n} unreadable token responses"),
+                299 => format!("{n} tokens that did not verify"),
+                s => format!("{n} × HTTP {s}"),
+            })
+            .collect();
+        format!("!!! THIS RUN HAD {} FAILED REQUESTS: {} !!!", self.failures(), failed.join(", "))
+    }
+}
