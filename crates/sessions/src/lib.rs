@@ -6,8 +6,10 @@
 //! again within the app's `reuse_grace` by the same user agent, is an idempotent retry;
 //! any other replay is reuse, and revokes the session (or the subject's sessions).
 //!
-//! Crypto never runs inside a transaction, and tokens are signed before the rotation
-//! commits, so a failure on our side never consumes a client's token.
+//! Crypto never runs inside a transaction: a renew is one compare-and-swap statement that
+//! returns the rotated session, then the tokens are signed. Nothing is answered before the
+//! commit, and a rotation whose tokens could not be issued is undone, so a failure on our
+//! side never consumes a client's token.
 
 mod claims;
 mod error;
@@ -24,5 +26,5 @@ pub use input::{token_field, RenewInput, SignInput, MAX_CUSTOM_CLAIMS, MAX_SUB, 
 pub use model::{Session, SessionView};
 pub use service::{Issued, RenewOutcome, Renewed, Sessions, Verified, JANITOR_REVOKED_RETENTION};
 pub use store::{
-    session_store, PgSessionStore, RevokeScope, Rotation, SessionStore, SqliteSessionStore,
+    session_store, PgSessionStore, Restore, RevokeScope, Rotation, SessionStore, SqliteSessionStore,
 };

@@ -7,16 +7,13 @@ use serde_json::{Map, Value};
 
 use crate::claims::{lenient_validation, validation, AnyTokenClaims, TokenType};
 use crate::{
-    AuthClaims, Jid, RefreshClaims, Rejection, RenewInput, RevokeScope, Rotation, Session,
+    AuthClaims, Jid, RefreshClaims, Rejection, RenewInput, Restore, RevokeScope, Rotation, Session,
     SessionError, SessionId, SessionStore, SessionView, SignInput,
 };
 
 /// Sessions stay in the database this long after they ended (expired or revoked), so that
 /// no auth token of theirs (at most a day long) is still valid when they are deleted.
 pub const JANITOR_REVOKED_RETENTION: i64 = 24 * 3600;
-
-/// How often a renew looks at its session again after losing the compare-and-swap.
-const RENEW_ATTEMPTS: usize = 3;
 
 /// The token response of `/sign` and `/renew`.
 #[derive(Debug, Clone, Serialize)]
@@ -129,6 +126,10 @@ impl Sessions {
     }
 
     /// Trades a refresh token for a new pair, as DESIGN.md "Sessions" describes.
+    ///
+    /// The common case costs one statement: the compare-and-swap that rotates and returns
+    /// the session. Only when it does not rotate is the session read, to tell a retry
+    /// within the grace from reuse.
     pub async fn renew(
         &self,
         app: &App,
@@ -139,84 +140,101 @@ impl Sessions {
             self.verify_token(app.app_id, &input.refresh_token, &validation(app)).await?;
         let signer = self.signer(app.app_id).await?;
         let s = &app.settings;
-        for _ in 0..RENEW_ATTEMPTS {
-            let session = match self.store.get(app.app_id, presented.sid).await? {
-                Some(session) if session.is_live(now) => session,
-                _ => return Err(SessionError::Rejected(Rejection::SessionGone)),
+        if s.refresh_rotation {
+            let new_jid = Jid::new();
+            let key_id = signer.key_id.to_string();
+            let rotation = Rotation {
+                new_jid,
+                refresh_expire: s.refresh_expire,
+                key_id: &key_id,
+                ip: &input.ip,
+                useragent: &input.useragent,
             };
-            if !s.refresh_rotation {
-                if presented.jid != session.current_jid {
-                    return Err(SessionError::Rejected(Rejection::InvalidToken));
-                }
-                let mut issued = issue_auth(app, &signer, &session, &input, now)?;
-                issued.refresh_token = input.refresh_token.clone();
-                issued.refresh_expires_in = presented.exp - now;
-                if !self
-                    .store
-                    .touch(app.app_id, session.session_id, &input.ip, &input.useragent, now)
-                    .await?
-                {
-                    return Err(SessionError::Rejected(Rejection::SessionGone));
-                }
-                return Ok(Renewed { issued, outcome: RenewOutcome::NotRotating });
-            }
-            if presented.jid == session.current_jid {
-                let new_jid = Jid::new();
-                let exp = now.saturating_add(s.refresh_expire).min(session.expires_at);
-                let refresh = refresh_claims(app, session.session_id, new_jid, now, exp);
-                let issued =
-                    issue(app, &signer, &session, &input.ip, &input.useragent, &refresh, now)?;
-                let rotation = Rotation {
-                    new_jid,
-                    iat: now,
-                    exp,
-                    key_id: &signer.key_id.to_string(),
-                    ip: &input.ip,
-                    useragent: &input.useragent,
-                };
-                if self
-                    .store
-                    .rotate(app.app_id, session.session_id, presented.jid, &rotation, now)
-                    .await?
-                {
-                    return Ok(Renewed { issued, outcome: RenewOutcome::Rotated });
-                }
-                // Another renew of this token won the swap: look at the session again.
-                continue;
-            }
-            let within_grace = session.rotated_at.is_some_and(|at| now - at < s.reuse_grace);
-            if Some(presented.jid) == session.prev_jid
-                && within_grace
-                && input.useragent == session.useragent
-            {
-                let current = refresh_claims(
+            let rotated =
+                self.store.rotate(app.app_id, presented.sid, presented.jid, &rotation, now).await?;
+            if let Some(session) = rotated {
+                let refresh =
+                    refresh_claims(app, session.session_id, new_jid, now, session.current_exp);
+                return match issue(
                     app,
-                    session.session_id,
-                    session.current_jid,
-                    session.current_iat,
-                    session.current_exp,
-                );
-                let issued =
-                    issue(app, &signer, &session, &input.ip, &input.useragent, &current, now)?;
-                return Ok(Renewed { issued, outcome: RenewOutcome::GraceRetry });
+                    &signer,
+                    &session,
+                    &input.ip,
+                    &input.useragent,
+                    &refresh,
+                    now,
+                ) {
+                    Ok(issued) => Ok(Renewed { issued, outcome: RenewOutcome::Rotated }),
+                    Err(err) => {
+                        // Our failure must not consume the client's token.
+                        let restore =
+                            Restore { jid: presented.jid, iat: presented.iat, exp: presented.exp };
+                        if let Err(undo) = self
+                            .store
+                            .unrotate(app.app_id, session.session_id, new_jid, &restore)
+                            .await
+                        {
+                            tracing::error!(session_id = %session.session_id, error = %undo, "could not undo a rotation");
+                        }
+                        Err(err)
+                    }
+                };
             }
-            let (scope, scope_name) = match s.on_reuse {
-                OnReuse::RevokeSession => (RevokeScope::Session(session.session_id), "session"),
-                OnReuse::RevokeSubject => (RevokeScope::Subject(&session.sub), "subject"),
-            };
-            let revoked = self.store.revoke(app.app_id, scope, "refresh token reuse", now).await?;
-            tracing::warn!(
-                app_id = %app.app_id,
-                session_id = %session.session_id,
-                scope = scope_name,
-                revoked,
-                "refresh token reuse detected"
-            );
-            return Err(SessionError::Rejected(Rejection::ReuseDetected));
         }
-        Err(SessionError::Store(StoreError::Conflict(
-            "the session kept changing during the renew".into(),
-        )))
+        let session = match self.store.get(app.app_id, presented.sid).await? {
+            Some(session) if session.is_live(now) => session,
+            _ => return Err(SessionError::Rejected(Rejection::SessionGone)),
+        };
+        if !s.refresh_rotation {
+            if presented.jid != session.current_jid {
+                return Err(SessionError::Rejected(Rejection::InvalidToken));
+            }
+            let mut issued = issue_auth(app, &signer, &session, &input, now)?;
+            issued.refresh_token = input.refresh_token.clone();
+            issued.refresh_expires_in = presented.exp - now;
+            if !self
+                .store
+                .touch(app.app_id, session.session_id, &input.ip, &input.useragent, now)
+                .await?
+            {
+                return Err(SessionError::Rejected(Rejection::SessionGone));
+            }
+            return Ok(Renewed { issued, outcome: RenewOutcome::NotRotating });
+        }
+        if presented.jid == session.current_jid {
+            // The swap failed, yet the token is current again: a rotation was just undone.
+            return Err(SessionError::Store(StoreError::Conflict(
+                "the session changed during the renew".into(),
+            )));
+        }
+        let within_grace = session.rotated_at.is_some_and(|at| now - at < s.reuse_grace);
+        if Some(presented.jid) == session.prev_jid
+            && within_grace
+            && input.useragent == session.useragent
+        {
+            let current = refresh_claims(
+                app,
+                session.session_id,
+                session.current_jid,
+                session.current_iat,
+                session.current_exp,
+            );
+            let issued = issue(app, &signer, &session, &input.ip, &input.useragent, &current, now)?;
+            return Ok(Renewed { issued, outcome: RenewOutcome::GraceRetry });
+        }
+        let (scope, scope_name) = match s.on_reuse {
+            OnReuse::RevokeSession => (RevokeScope::Session(session.session_id), "session"),
+            OnReuse::RevokeSubject => (RevokeScope::Subject(&session.sub), "subject"),
+        };
+        let revoked = self.store.revoke(app.app_id, scope, "refresh token reuse", now).await?;
+        tracing::warn!(
+            app_id = %app.app_id,
+            session_id = %session.session_id,
+            scope = scope_name,
+            revoked,
+            "refresh token reuse detected"
+        );
+        Err(SessionError::Rejected(Rejection::ReuseDetected))
     }
 
     async fn verify_token<T: serde::de::DeserializeOwned>(

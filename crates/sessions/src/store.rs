@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::{Jid, Session, SessionId};
 
+mod group_commit;
 mod postgres;
 mod sqlite;
 
@@ -21,15 +22,24 @@ pub enum RevokeScope<'a> {
     App,
 }
 
-/// The new state of a session after a rotation.
+/// What a rotation writes, besides the new jid.
 #[derive(Debug, Clone, Copy)]
 pub struct Rotation<'a> {
     pub new_jid: Jid,
-    pub iat: i64,
-    pub exp: i64,
+    /// The app's refresh lifetime: the new token expires at
+    /// min(now + refresh_expire, the session's absolute expiry).
+    pub refresh_expire: i64,
     pub key_id: &'a str,
     pub ip: &'a str,
     pub useragent: &'a str,
+}
+
+/// The token a failed rotation gives back to the client.
+#[derive(Debug, Clone, Copy)]
+pub struct Restore {
+    pub jid: Jid,
+    pub iat: i64,
+    pub exp: i64,
 }
 
 /// Persistence of sessions.
@@ -46,8 +56,9 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
         app_id: AppId,
         session_id: SessionId,
     ) -> Result<Option<Session>, StoreError>;
-    /// The compare-and-swap of a renew: rotates only if `current_jid` is still `expected`
-    /// and the session is live at `now`. False when another renew (or a revoke) won.
+    /// The compare-and-swap of a renew, as one statement: rotates only if `current_jid` is
+    /// still `expected` and the session is live at `now`, and returns the session as
+    /// rotated. `None` when another renew (or a revoke, or expiry) came first.
     async fn rotate(
         &self,
         app_id: AppId,
@@ -55,6 +66,16 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
         expected: Jid,
         rotation: &Rotation<'_>,
         now: i64,
+    ) -> Result<Option<Session>, StoreError>;
+    /// Undoes a rotation whose tokens could not be issued: the session's current token is
+    /// `restore` again, so our failure does not consume the client's token. False if the
+    /// session moved on meanwhile.
+    async fn unrotate(
+        &self,
+        app_id: AppId,
+        session_id: SessionId,
+        new_jid: Jid,
+        restore: &Restore,
     ) -> Result<bool, StoreError>;
     /// Records a renew of a non-rotating session. False if it is no longer live.
     async fn touch(
@@ -105,11 +126,22 @@ const INSERT: &str = "INSERT INTO sessions (session_id, app_id, sub, claims, cre
 const LIVE_OF_SUBJECT: &str = "SELECT session_id FROM sessions WHERE app_id = $1 AND sub = $2 \
     AND revoked_at IS NULL AND expires_at > $3 ORDER BY created_at, session_id";
 
-const ROTATE: &str = "UPDATE sessions SET prev_jid = current_jid, current_jid = $3, \
-    current_iat = $4, current_exp = $5, key_id = $6, rotated_at = $7, ip = $8, useragent = $9, \
-    last_renewed_at = $7 \
-    WHERE session_id = $1 AND app_id = $2 AND current_jid = $10 AND revoked_at IS NULL \
-    AND expires_at > $7";
+/// The single-statement compare-and-swap of a renew. Parameters: $1 session_id,
+/// $2 app_id, $3 new_jid, $4 refresh_expire, $5 key_id, $6 ip, $7 useragent, $8 now,
+/// $9 the expected current_jid.
+fn rotate_sql() -> String {
+    format!(
+        "UPDATE sessions SET prev_jid = current_jid, current_jid = $3, current_iat = $8, \
+         current_exp = CASE WHEN $8 + $4 < expires_at THEN $8 + $4 ELSE expires_at END, \
+         key_id = $5, rotated_at = $8, ip = $6, useragent = $7, last_renewed_at = $8 \
+         WHERE session_id = $1 AND app_id = $2 AND current_jid = $9 AND revoked_at IS NULL \
+         AND expires_at > $8 RETURNING {COLUMNS}"
+    )
+}
+
+const UNROTATE: &str = "UPDATE sessions SET current_jid = $4, current_iat = $5, \
+    current_exp = $6, prev_jid = NULL, rotated_at = NULL \
+    WHERE session_id = $1 AND app_id = $2 AND current_jid = $3";
 
 const TOUCH: &str = "UPDATE sessions SET ip = $3, useragent = $4, last_renewed_at = $5 \
     WHERE session_id = $1 AND app_id = $2 AND revoked_at IS NULL AND expires_at > $5";
@@ -194,7 +226,7 @@ macro_rules! push_session {
 }
 use push_session;
 
-/// Binds a rotation in the order of `ROTATE`.
+/// Binds a rotation in the order of [`rotate_sql`].
 macro_rules! bind_rotation {
     ($query:expr, $app_id:expr, $session_id:expr, $expected:expr, $r:expr, $now:expr) => {{
         let r: &$crate::Rotation<'_> = $r;
@@ -202,16 +234,30 @@ macro_rules! bind_rotation {
             .bind($session_id.to_string())
             .bind($app_id.to_string())
             .bind(r.new_jid.to_string())
-            .bind(r.iat)
-            .bind(r.exp)
+            .bind(r.refresh_expire)
             .bind(r.key_id)
-            .bind($now)
             .bind(r.ip)
             .bind(r.useragent)
+            .bind($now)
             .bind($expected.to_string())
     }};
 }
 use bind_rotation;
+
+/// Binds an undo in the order of `UNROTATE`.
+macro_rules! bind_unrotate {
+    ($query:expr, $app_id:expr, $session_id:expr, $new_jid:expr, $restore:expr) => {{
+        let restore: &$crate::store::Restore = $restore;
+        $query
+            .bind($session_id.to_string())
+            .bind($app_id.to_string())
+            .bind($new_jid.to_string())
+            .bind(restore.jid.to_string())
+            .bind(restore.iat)
+            .bind(restore.exp)
+    }};
+}
+use bind_unrotate;
 
 fn claims_json(session: &Session) -> Result<String, StoreError> {
     serde_json::to_string(&session.claims).map_err(|e| StoreError::Corrupt(e.to_string()))

@@ -84,8 +84,29 @@ impl SessionStore for PgSessionStore {
         expected: Jid,
         rotation: &Rotation<'_>,
         now: i64,
+    ) -> Result<Option<Session>, StoreError> {
+        let sql = rotate_sql();
+        let row = bind_rotation!(
+            sqlx::query_as::<_, SessionRow>(&sql),
+            app_id,
+            session_id,
+            expected,
+            rotation,
+            now
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Session::try_from).transpose()
+    }
+
+    async fn unrotate(
+        &self,
+        app_id: AppId,
+        session_id: SessionId,
+        new_jid: Jid,
+        restore: &Restore,
     ) -> Result<bool, StoreError> {
-        let done = bind_rotation!(sqlx::query(ROTATE), app_id, session_id, expected, rotation, now)
+        let done = bind_unrotate!(sqlx::query(UNROTATE), app_id, session_id, new_jid, restore)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected() == 1)

@@ -3,14 +3,22 @@ use keygate_tenants::db::SqlitePools;
 
 use super::*;
 
+use super::group_commit::{lost, GroupCommit, InsertJob, Job, RotateJob};
+
+/// Reads use the reader pool. Renews and signs go through group commit (see
+/// [`super::group_commit`]); other writes use the single writer connection directly.
 #[derive(Debug, Clone)]
 pub struct SqliteSessionStore {
     pools: SqlitePools,
+    group: Option<GroupCommit>,
 }
 
 impl SqliteSessionStore {
+    /// Inside a Tokio runtime this starts the group-commit task; outside one, every write
+    /// commits on its own.
     pub fn new(pools: SqlitePools) -> Self {
-        Self { pools }
+        let group = GroupCommit::start(pools.writer.clone());
+        Self { pools, group }
     }
 }
 
@@ -18,6 +26,14 @@ impl SqliteSessionStore {
 impl SessionStore for SqliteSessionStore {
     async fn create(&self, session: &Session, max_per_sub: i64) -> Result<u64, StoreError> {
         let claims = claims_json(session)?;
+        if let (Some(group), 0) = (&self.group, max_per_sub) {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            group
+                .submit(Job::Insert(InsertJob { session: session.clone(), claims, reply }))
+                .await?;
+            answer.await.map_err(lost)??;
+            return Ok(0);
+        }
         let mut tx = self.pools.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut evicted = 0;
         if max_per_sub > 0 {
@@ -78,8 +94,35 @@ impl SessionStore for SqliteSessionStore {
         expected: Jid,
         rotation: &Rotation<'_>,
         now: i64,
+    ) -> Result<Option<Session>, StoreError> {
+        let job = RotateJob {
+            app_id,
+            session_id,
+            expected,
+            new_jid: rotation.new_jid,
+            refresh_expire: rotation.refresh_expire,
+            key_id: rotation.key_id.to_owned(),
+            ip: rotation.ip.to_owned(),
+            useragent: rotation.useragent.to_owned(),
+            now,
+            reply: tokio::sync::oneshot::channel().0,
+        };
+        let Some(group) = &self.group else {
+            return super::group_commit::rotate_one(&self.pools.writer, &job).await;
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        group.submit(Job::Rotate(RotateJob { reply, ..job })).await?;
+        answer.await.map_err(lost)?
+    }
+
+    async fn unrotate(
+        &self,
+        app_id: AppId,
+        session_id: SessionId,
+        new_jid: Jid,
+        restore: &Restore,
     ) -> Result<bool, StoreError> {
-        let done = bind_rotation!(sqlx::query(ROTATE), app_id, session_id, expected, rotation, now)
+        let done = bind_unrotate!(sqlx::query(UNROTATE), app_id, session_id, new_jid, restore)
             .execute(&self.pools.writer)
             .await?;
         Ok(done.rows_affected() == 1)

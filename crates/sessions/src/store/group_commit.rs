@@ -1,0 +1,189 @@
+//! Group commit for SQLite: concurrent renews and signs share one statement, and so one
+//! commit (one WAL fsync with `synchronous=FULL`), instead of paying one each.
+//!
+//! A single task owns the batching. It takes every job that is waiting, writes all inserts
+//! as one multi-row INSERT and all rotations as one `UPDATE … FROM (VALUES …) RETURNING`,
+//! each a statement of its own in autocommit: the write lock is held only while SQLite runs
+//! that statement, never across other work. Each rotation keeps compare-and-swap semantics:
+//! a row updates only if its `current_jid` is still the expected one, and when several
+//! renews of one token share a batch, exactly one of them wins.
+
+use std::collections::HashMap;
+
+use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+/// The most jobs one statement carries (9 bound values per rotation).
+const MAX_BATCH: usize = 256;
+/// Jobs waiting for the batcher before senders wait too.
+const QUEUE: usize = 4096;
+
+pub(super) struct RotateJob {
+    pub app_id: AppId,
+    pub session_id: SessionId,
+    pub expected: Jid,
+    pub new_jid: Jid,
+    pub refresh_expire: i64,
+    pub key_id: String,
+    pub ip: String,
+    pub useragent: String,
+    pub now: i64,
+    pub reply: oneshot::Sender<Result<Option<Session>, StoreError>>,
+}
+
+pub(super) struct InsertJob {
+    pub session: Session,
+    pub claims: String,
+    pub reply: oneshot::Sender<Result<(), StoreError>>,
+}
+
+pub(super) enum Job {
+    Rotate(RotateJob),
+    Insert(InsertJob),
+}
+
+/// The sending side; cloning it is cheap.
+#[derive(Debug, Clone)]
+pub(super) struct GroupCommit {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl GroupCommit {
+    /// Starts the batcher on the current Tokio runtime; `None` outside one.
+    pub(super) fn start(writer: SqlitePool) -> Option<Self> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        runtime.spawn(run(writer, queue));
+        Some(Self { jobs })
+    }
+
+    pub(super) async fn submit(&self, job: Job) -> Result<(), StoreError> {
+        self.jobs.send(job).await.map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))
+    }
+}
+
+/// A reply channel that closed without an answer: the batcher is gone.
+pub(super) fn lost(_: oneshot::error::RecvError) -> StoreError {
+    StoreError::Unavailable(sqlx::Error::PoolClosed)
+}
+
+async fn run(writer: SqlitePool, mut queue: mpsc::Receiver<Job>) {
+    while let Some(first) = queue.recv().await {
+        let mut rotations = Vec::new();
+        let mut inserts = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Rotate(job) => rotations.push(job),
+                Job::Insert(job) => inserts.push(job),
+            }
+            if rotations.len() + inserts.len() < MAX_BATCH {
+                next = queue.try_recv().ok();
+            }
+        }
+        if !inserts.is_empty() {
+            insert_batch(&writer, inserts).await;
+        }
+        if !rotations.is_empty() {
+            rotate_batch(&writer, rotations).await;
+        }
+    }
+}
+
+async fn insert_batch(writer: &SqlitePool, jobs: Vec<InsertJob>) {
+    let mut builder = QueryBuilder::<Sqlite>::new(BULK_INSERT);
+    builder.push_values(&jobs, |mut b, job| push_session!(b, &job.session, job.claims.clone()));
+    match builder.build().execute(writer).await {
+        Ok(_) => {
+            for job in jobs {
+                let _ = job.reply.send(Ok(()));
+            }
+        }
+        // Nothing of the batch was written: give each job its own attempt and error.
+        Err(_) => {
+            for job in jobs {
+                let result = bind_session!(sqlx::query(INSERT), &job.session, &job.claims)
+                    .execute(writer)
+                    .await
+                    .map(|_| ())
+                    .map_err(StoreError::from);
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+}
+
+async fn rotate_batch(writer: &SqlitePool, jobs: Vec<RotateJob>) {
+    let mut builder = QueryBuilder::<Sqlite>::new(
+        "WITH batch (session_id, app_id, new_jid, refresh_expire, key_id, ip, useragent, now, expected) AS (",
+    );
+    builder.push_values(&jobs, |mut b, job| {
+        b.push_bind(job.session_id.to_string())
+            .push_bind(job.app_id.to_string())
+            .push_bind(job.new_jid.to_string())
+            .push_bind(job.refresh_expire)
+            .push_bind(job.key_id.clone())
+            .push_bind(job.ip.clone())
+            .push_bind(job.useragent.clone())
+            .push_bind(job.now)
+            .push_bind(job.expected.to_string());
+    });
+    builder.push(format!(
+        ") UPDATE sessions SET prev_jid = sessions.current_jid, current_jid = batch.new_jid, \
+         current_iat = batch.now, \
+         current_exp = CASE WHEN batch.now + batch.refresh_expire < sessions.expires_at \
+         THEN batch.now + batch.refresh_expire ELSE sessions.expires_at END, \
+         key_id = batch.key_id, rotated_at = batch.now, ip = batch.ip, \
+         useragent = batch.useragent, last_renewed_at = batch.now \
+         FROM batch WHERE sessions.session_id = batch.session_id \
+         AND sessions.app_id = batch.app_id AND sessions.current_jid = batch.expected \
+         AND sessions.revoked_at IS NULL AND sessions.expires_at > batch.now \
+         RETURNING {COLUMNS}"
+    ));
+    match builder.build_query_as::<SessionRow>().fetch_all(writer).await {
+        Ok(rows) => {
+            // Each updated row carries the jid of the job that won it.
+            let mut won: HashMap<String, SessionRow> =
+                rows.into_iter().map(|row| (row.current_jid.clone(), row)).collect();
+            for job in jobs {
+                let result =
+                    won.remove(&job.new_jid.to_string()).map(Session::try_from).transpose();
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(_) => {
+            for job in jobs {
+                let result = rotate_one(writer, &job).await;
+                let _ = job.reply.send(result);
+            }
+        }
+    }
+}
+
+/// One rotation on its own, as the unbatched path does it.
+pub(super) async fn rotate_one(
+    writer: &SqlitePool,
+    job: &RotateJob,
+) -> Result<Option<Session>, StoreError> {
+    let rotation = Rotation {
+        new_jid: job.new_jid,
+        refresh_expire: job.refresh_expire,
+        key_id: &job.key_id,
+        ip: &job.ip,
+        useragent: &job.useragent,
+    };
+    let sql = rotate_sql();
+    let row = bind_rotation!(
+        sqlx::query_as::<_, SessionRow>(&sql),
+        job.app_id,
+        job.session_id,
+        job.expected,
+        &rotation,
+        job.now
+    )
+    .fetch_optional(writer)
+    .await?;
+    row.map(Session::try_from).transpose()
+}
