@@ -78,19 +78,34 @@ pub(crate) struct AnyTokenClaims {
     pub sid: SessionId,
 }
 
-/// ES256, `exp`/`nbf`/`iat` required and checked with no leeway, and the app's issuer.
+/// ES256, `exp`/`nbf`/`iat` required, and the app's issuer.
+///
+/// `exp` and `nbf` must be present, but are compared with the caller's `now` by
+/// [`within_lifetime`], not with the wall clock inside `jsonwebtoken`: time is a parameter.
 pub(crate) fn validation(app: &App) -> Validation {
     let mut validation = strict_validation();
     validation.set_issuer(&[&app.settings.issuer]);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
     validation
+}
+
+/// Why a token is outside its lifetime at `now`, if it is: valid from `nbf` (inclusive)
+/// until `exp` (exclusive).
+pub(crate) fn outside_lifetime(nbf: i64, exp: i64, now: i64) -> Option<&'static str> {
+    if now >= exp {
+        Some("token expired")
+    } else if now < nbf {
+        Some("token not yet valid")
+    } else {
+        None
+    }
 }
 
 /// For logout: the signature and issuer must hold, but an expired or not-yet-valid token
 /// may still end its session.
 pub(crate) fn lenient_validation(app: &App) -> Validation {
     let mut validation = validation(app);
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
     validation.set_required_spec_claims(&["iss"]);
     validation
 }

@@ -5,7 +5,7 @@ use keygate_tenants::{App, AppId, OnReuse, StoreError};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::claims::{lenient_validation, validation, AnyTokenClaims, TokenType};
+use crate::claims::{lenient_validation, outside_lifetime, validation, AnyTokenClaims, TokenType};
 use crate::{
     AuthClaims, Jid, RefreshClaims, Rejection, RenewInput, Restore, RevokeScope, Rotation, Session,
     SessionError, SessionId, SessionStore, SessionView, SignInput,
@@ -138,6 +138,9 @@ impl Sessions {
     ) -> Result<Renewed, SessionError> {
         let presented: RefreshClaims =
             self.verify_token(app.app_id, &input.refresh_token, &validation(app)).await?;
+        if outside_lifetime(presented.nbf, presented.exp, now).is_some() {
+            return Err(SessionError::Rejected(Rejection::InvalidToken));
+        }
         let signer = self.signer(app.app_id).await?;
         let s = &app.settings;
         if s.refresh_rotation {
@@ -166,7 +169,8 @@ impl Sessions {
                 ) {
                     Ok(issued) => Ok(Renewed { issued, outcome: RenewOutcome::Rotated }),
                     Err(err) => {
-                        // Our failure must not consume the client's token.
+                        // Our failure must not consume the client's token: the presented
+                        // token is made current again (its predecessor's grace is cleared).
                         let restore =
                             Restore { jid: presented.jid, iat: presented.iat, exp: presented.exp };
                         if let Err(undo) = self
@@ -261,6 +265,9 @@ impl Sessions {
             };
         if !claims.is_auth_token() {
             return Ok(Verified::no("not an auth token"));
+        }
+        if let Some(reason) = outside_lifetime(claims.nbf, claims.exp, now) {
+            return Ok(Verified::no(reason));
         }
         match self.store.get(app.app_id, claims.sid).await? {
             Some(session) if session.revoked_at.is_none() && now < session.expires_at => {}

@@ -59,6 +59,9 @@ pub struct Tenants {
     root_hash: RwLock<Option<Cached<Arc<str>>>>,
     verified: VerifiedCache,
     argon2_runs: AtomicU64,
+    /// argon2id takes ~19 MiB and ~12 ms a run: at most one run per core at a time, so a
+    /// burst of cold or wrong keys can neither exhaust memory nor starve the workers.
+    argon2_slots: tokio::sync::Semaphore,
 }
 
 impl Tenants {
@@ -70,6 +73,9 @@ impl Tenants {
             root_hash: RwLock::default(),
             verified: VerifiedCache::new(),
             argon2_runs: AtomicU64::new(0),
+            argon2_slots: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, usize::from),
+            ),
         }
     }
 
@@ -153,6 +159,12 @@ impl Tenants {
     /// The cached digest first; argon2 (off the async threads) only on a miss.
     async fn check(&self, subject: Subject, presented: &str, accepted: &[&str]) -> bool {
         let digest = self.verified.digest(presented);
+        if self.verified.contains(subject, &digest, accepted) {
+            return true;
+        }
+        let Ok(_slot) = self.argon2_slots.acquire().await else { return false };
+        // Concurrent requests with the same new key queue here; the first one verifies it,
+        // and the others find it in the cache.
         if self.verified.contains(subject, &digest, accepted) {
             return true;
         }

@@ -95,7 +95,8 @@ async fn run(writer: SqlitePool, mut queue: mpsc::Receiver<Job>) {
 async fn insert_batch(writer: &SqlitePool, jobs: Vec<InsertJob>) {
     let mut builder = QueryBuilder::<Sqlite>::new(BULK_INSERT);
     builder.push_values(&jobs, |mut b, job| push_session!(b, &job.session, job.claims.clone()));
-    match builder.build().execute(writer).await {
+    // Batches differ in size, so their statements are not worth keeping prepared.
+    match builder.build().persistent(false).execute(writer).await {
         Ok(_) => {
             for job in jobs {
                 let _ = job.reply.send(Ok(()));
@@ -142,7 +143,7 @@ async fn rotate_batch(writer: &SqlitePool, jobs: Vec<RotateJob>) {
          AND sessions.revoked_at IS NULL AND sessions.expires_at > batch.now \
          RETURNING {COLUMNS}"
     ));
-    match builder.build_query_as::<SessionRow>().fetch_all(writer).await {
+    match builder.build_query_as::<SessionRow>().persistent(false).fetch_all(writer).await {
         Ok(rows) => {
             // Each updated row carries the jid of the job that won it.
             let mut won: HashMap<String, SessionRow> =
