@@ -32,6 +32,18 @@ interop:
     cargo build --bin keygate
     bash interop/run.sh target/debug/keygate
 
+# Benchmark: renew and sign at c = 1, 8, 32, 128 on SQLite (FULL) and Postgres.
+bench:
+    bash bench/bench.sh
+
+# Benchmark: renew with 1M live sessions against 10k.
+bench-scale:
+    bash bench/scale.sh
+
+# Benchmark: keygate against panva's oidc-provider, interleaved (ABBA).
+bench-peer:
+    bash bench/peer.sh
+
 # What CI runs.
 ci:
     bash .ci/run
