@@ -97,3 +97,182 @@ fn chain(status: Status, bytes: &[u8]) -> Result<Chain, Status> {
     let parsed: TokenResponse = serde_json::from_slice(bytes).map_err(|_| 298u16)?;
     Ok(Chain { refresh_token: parsed.refresh_token, auth_token: parsed.auth_token })
 }
+
+/// How an OAuth client authenticates at the token endpoint.
+#[derive(Debug, Clone)]
+enum ClientAuth {
+    /// `Authorization: Basic …`, computed once.
+    Basic(reqwest::header::HeaderValue),
+    /// `client_id` and `client_secret` in the form body, already encoded.
+    Post(String),
+}
+
+/// The pre-minted refresh tokens and the client that owns them, from a `--chains` file.
+#[derive(Debug, Clone)]
+pub struct OidcChains {
+    pub client_id: String,
+    pub client_secret: String,
+    /// `client_secret_basic` (the default) or `client_secret_post`.
+    pub auth: String,
+    /// The token endpoint's path, `/token` unless told.
+    pub token_path: String,
+    pub refresh_tokens: Vec<String>,
+}
+
+impl OidcChains {
+    /// Reads `key=value` settings (client_id, client_secret, auth, token_path) and one
+    /// refresh token a line; blank lines and lines starting with `#` are skipped.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut chains = Self {
+            client_id: String::new(),
+            client_secret: String::new(),
+            auth: "client_secret_basic".into(),
+            token_path: "/token".into(),
+            refresh_tokens: Vec::new(),
+        };
+        for line in text.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let setting = line.split_once('=').and_then(|(key, value)| match key {
+                "client_id" => Some((&mut chains.client_id, value)),
+                "client_secret" => Some((&mut chains.client_secret, value)),
+                "auth" => Some((&mut chains.auth, value)),
+                "token_path" => Some((&mut chains.token_path, value)),
+                _ => None,
+            });
+            match setting {
+                Some((field, value)) => *field = value.to_owned(),
+                None => chains.refresh_tokens.push(line.to_owned()),
+            }
+        }
+        if chains.client_id.is_empty() {
+            anyhow::bail!("the chains file has no client_id= line");
+        }
+        if !matches!(chains.auth.as_str(), "client_secret_basic" | "client_secret_post") {
+            anyhow::bail!(
+                "auth={} is not supported: use client_secret_basic or client_secret_post",
+                chains.auth
+            );
+        }
+        Ok(chains)
+    }
+}
+
+/// `application/x-www-form-urlencoded` for one name or value.
+fn form_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char);
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct OAuthTokenResponse {
+    access_token: String,
+    refresh_token: String,
+}
+
+/// An OAuth 2.0 client doing the refresh_token grant against a token endpoint.
+#[derive(Debug, Clone)]
+pub struct OidcClient {
+    http: reqwest::Client,
+    token_url: String,
+    auth: ClientAuth,
+}
+
+impl OidcClient {
+    pub fn new(base: &str, chains: &OidcChains, connections: usize) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(connections.max(1))
+            .tcp_nodelay(true)
+            .build()
+            .context("building the HTTP client")?;
+        let token_url =
+            format!("{}/{}", base.trim_end_matches('/'), chains.token_path.trim_start_matches('/'));
+        let (id, secret) = (form_encode(&chains.client_id), form_encode(&chains.client_secret));
+        let auth = if chains.auth == "client_secret_post" {
+            ClientAuth::Post(format!("&client_id={id}&client_secret={secret}"))
+        } else {
+            // reqwest's basic_auth does the base64; the header is made once, here.
+            let request = http
+                .post(&token_url)
+                .basic_auth(id, Some(secret))
+                .build()
+                .context("building the Authorization header")?;
+            let header = request
+                .headers()
+                .get(reqwest::header::AUTHORIZATION)
+                .cloned()
+                .context("no Authorization header")?;
+            ClientAuth::Basic(header)
+        };
+        Ok(Self { http, token_url, auth })
+    }
+
+    /// A chain that starts from a pre-minted refresh token.
+    pub fn chain(refresh_token: &str) -> Chain {
+        Chain { refresh_token: refresh_token.to_owned(), auth_token: String::new() }
+    }
+
+    /// The refresh_token grant with the chain's latest refresh token, which is then spent.
+    pub async fn renew(&self, current: &Chain) -> Result<Chain, Status> {
+        let mut body = format!(
+            "grant_type=refresh_token&refresh_token={}",
+            form_encode(&current.refresh_token)
+        );
+        let mut request = self
+            .http
+            .post(&self.token_url)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(reqwest::header::ACCEPT, "application/json");
+        match &self.auth {
+            ClientAuth::Basic(header) => {
+                request = request.header(reqwest::header::AUTHORIZATION, header.clone());
+            }
+            ClientAuth::Post(credentials) => body.push_str(credentials),
+        }
+        let response = request.body(body).send().await.map_err(|_| 0u16)?;
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.map_err(|_| 0u16)?;
+        if status != 200 {
+            return Err(status);
+        }
+        let parsed: OAuthTokenResponse = serde_json::from_slice(&bytes).map_err(|_| 298u16)?;
+        Ok(Chain { refresh_token: parsed.refresh_token, auth_token: parsed.access_token })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_file_settings_and_tokens() {
+        let text = "# comment\nclient_id=bench\nclient_secret=s3=cr%t\nauth=client_secret_post\n\nAAA-b_c\nDDD\n";
+        let chains = OidcChains::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(chains.client_id, "bench");
+        assert_eq!(chains.client_secret, "s3=cr%t");
+        assert_eq!(chains.auth, "client_secret_post");
+        assert_eq!(chains.token_path, "/token");
+        assert_eq!(chains.refresh_tokens, ["AAA-b_c", "DDD"]);
+    }
+
+    #[test]
+    fn chains_file_needs_a_client_and_a_known_auth() {
+        assert!(OidcChains::parse("AAA\n").is_err());
+        assert!(OidcChains::parse("client_id=x\nauth=private_key_jwt\n").is_err());
+    }
+
+    #[test]
+    fn form_encoding_keeps_unreserved_bytes_only() {
+        assert_eq!(form_encode("aZ09-._~"), "aZ09-._~");
+        assert_eq!(form_encode("a b+c/=é"), "a%20b%2Bc%2F%3D%C3%A9");
+    }
+}

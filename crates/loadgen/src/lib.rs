@@ -5,6 +5,14 @@
 //! loop runs C connections back to back for D seconds; open loop sends at a fixed rate and
 //! measures latency from each request's intended start, so a slow server cannot hide its
 //! queueing (coordinated omission).
+//!
+//! `--target oidc` drives an OAuth 2.0 server's refresh_token grant instead (the benchmark
+//! peer, see bench/peer.sh): each connection takes its own pre-minted refresh token from
+//! `--chains FILE` and keeps renewing with the latest one via `POST /token`.
+//!
+//! For both targets every chain checks that it never sends the same refresh token twice
+//! (`resent`), and renews that fail are counted (`failed_renews`); both over the whole run,
+//! warmup included. Either one makes the run exit 2, like any failed request.
 
 mod client;
 mod load;
@@ -12,6 +20,7 @@ mod preload;
 mod procstat;
 mod report;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -46,17 +55,40 @@ pub enum Mode {
     Mixed,
 }
 
+/// What the load drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// A keygate gateway (`/app/{app}/renew`, `/sign`, `/verify`).
+    Keygate,
+    /// An OAuth 2.0 server's refresh_token grant (`POST /token`), renew only, from
+    /// pre-minted refresh tokens (`--chains`).
+    Oidc,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// The gateway's base URL.
+    /// What to drive.
+    #[arg(long, value_enum, default_value = "keygate")]
+    target: Target,
+    /// The server's base URL.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     url: String,
-    /// The app to drive.
-    #[arg(long)]
-    app: String,
-    /// The app key.
-    #[arg(long, env = "KEYGATE_BENCH_APP_KEY", hide_env_values = true)]
-    app_key: String,
+    /// The app to drive (keygate).
+    #[arg(long, required_unless_present = "chains")]
+    app: Option<String>,
+    /// The app key (keygate).
+    #[arg(
+        long,
+        env = "KEYGATE_BENCH_APP_KEY",
+        hide_env_values = true,
+        required_unless_present = "chains"
+    )]
+    app_key: Option<String>,
+    /// The pre-minted chains (oidc): `client_id=`, `client_secret=`, optional
+    /// `auth=client_secret_basic|client_secret_post` and `token_path=/token` lines, then one
+    /// refresh token a line; `#` starts a comment. Each connection takes its own token.
+    #[arg(long, required_if_eq("target", "oidc"))]
+    chains: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "renew")]
     mode: Mode,
     /// Concurrent connections (closed loop), or the most requests in flight (open loop).
@@ -106,7 +138,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", report.table());
                 println!("{}", report.json_line());
             }
-            if report.failures() > 0 {
+            if report.failures() > 0 || report.tally.failed_renews > 0 || report.tally.resent > 0 {
                 eprintln!("{}", report.failure_banner());
                 return Ok(ExitCode::from(2));
             }

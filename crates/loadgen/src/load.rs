@@ -1,3 +1,4 @@
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -6,10 +7,10 @@ use anyhow::{bail, Context};
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-use crate::client::{Chain, Client, Status};
+use crate::client::{Chain, Client, OidcChains, OidcClient, Status};
 use crate::procstat::{peak_rss_mib, CpuMeter};
 use crate::report::{Report, Tally};
-use crate::{Mode, RunArgs};
+use crate::{Mode, RunArgs, Target};
 
 /// Subjects are numbered across the whole run, so every session is distinct.
 static SUBJECTS: AtomicU64 = AtomicU64::new(0);
@@ -18,8 +19,48 @@ fn next_subject() -> u64 {
     SUBJECTS.fetch_add(1, Ordering::Relaxed)
 }
 
-/// One request of the run's mode on `chain`, which a renew advances.
-async fn one(client: &Client, mode: Mode, chain: &mut Chain) -> Status {
+/// What the load talks to.
+#[derive(Debug, Clone)]
+enum Driver {
+    Keygate(Client),
+    Oidc(OidcClient),
+}
+
+/// A chain the load drives, and every refresh token it has sent: a refresh token is
+/// single-use, so sending one twice is a bug of the run (or of the server, if it handed the
+/// same token out again).
+#[derive(Debug)]
+struct Driven {
+    chain: Chain,
+    sent: HashSet<String>,
+}
+
+impl Driven {
+    fn new(chain: Chain) -> Self {
+        Self { chain, sent: HashSet::new() }
+    }
+}
+
+/// The outcome of one request; `renew` is `Some(resent)` for a renew.
+struct Outcome {
+    status: Status,
+    renew: Option<bool>,
+}
+
+impl Outcome {
+    /// Counts it: the correctness counters always, the latency and status when measured.
+    fn count(&self, tally: &mut Tally, measured: bool, micros: u64) {
+        if let Some(resent) = self.renew {
+            tally.renewed(self.status == 200, resent);
+        }
+        if measured {
+            tally.record(self.status, micros);
+        }
+    }
+}
+
+/// One request of the run's mode on `driven`, which a renew advances.
+async fn one(driver: &Driver, mode: Mode, driven: &mut Driven) -> Outcome {
     let mode = match mode {
         Mode::Mixed => match rand::thread_rng().gen_range(0..10) {
             0..=4 => Mode::Renew,
@@ -28,20 +69,31 @@ async fn one(client: &Client, mode: Mode, chain: &mut Chain) -> Status {
         },
         other => other,
     };
-    match mode {
-        Mode::Renew => match client.renew(chain).await {
+    if mode == Mode::Renew {
+        let resent = !driven.sent.insert(driven.chain.refresh_token.clone());
+        let result = match driver {
+            Driver::Keygate(client) => client.renew(&driven.chain).await,
+            Driver::Oidc(client) => client.renew(&driven.chain).await,
+        };
+        let status = match result {
             Ok(next) => {
-                *chain = next;
+                driven.chain = next;
                 200
             }
             Err(status) => status,
-        },
-        Mode::Verify => client.verify(chain).await,
-        Mode::Sign | Mode::Mixed => match client.sign(next_subject()).await {
+        };
+        return Outcome { status, renew: Some(resent) };
+    }
+    // `run` lets only renew through for the oidc target.
+    let Driver::Keygate(client) = driver else { return Outcome { status: 0, renew: None } };
+    let status = match mode {
+        Mode::Verify => client.verify(&driven.chain).await,
+        _ => match client.sign(next_subject()).await {
             Ok(_) => 200,
             Err(status) => status,
         },
-    }
+    };
+    Outcome { status, renew: None }
 }
 
 /// Opens one session per connection before the clock starts.
@@ -61,17 +113,56 @@ async fn open_chains(client: &Client, n: usize) -> anyhow::Result<Vec<Chain>> {
     Ok(chains)
 }
 
+/// The client and one chain per connection, for the target.
+async fn connect(args: &RunArgs) -> anyhow::Result<(Driver, Vec<Chain>)> {
+    match args.target {
+        Target::Keygate => {
+            let (Some(app), Some(app_key)) = (&args.app, &args.app_key) else {
+                bail!("the keygate target needs --app and --app-key");
+            };
+            let client = Client::new(&args.url, app, app_key, args.connections)?;
+            let chains = open_chains(&client, args.connections).await?;
+            Ok((Driver::Keygate(client), chains))
+        }
+        Target::Oidc => {
+            if args.mode != Mode::Renew {
+                bail!("the oidc target drives --mode renew only");
+            }
+            let Some(path) = &args.chains else { bail!("the oidc target needs --chains FILE") };
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading the chains file {}", path.display()))?;
+            let file = OidcChains::parse(&text)
+                .with_context(|| format!("the chains file {}", path.display()))?;
+            if file.refresh_tokens.len() < args.connections {
+                bail!(
+                    "the chains file {} holds {} refresh tokens; {} connections need one each",
+                    path.display(),
+                    file.refresh_tokens.len(),
+                    args.connections
+                );
+            }
+            let client = OidcClient::new(&args.url, &file, args.connections)?;
+            let chains = file.refresh_tokens[..args.connections]
+                .iter()
+                .map(|token| OidcClient::chain(token))
+                .collect();
+            Ok((Driver::Oidc(client), chains))
+        }
+    }
+}
+
 pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
     }
-    let client = Client::new(&args.url, &args.app, &args.app_key, args.connections)?;
-    let chains = open_chains(&client, args.connections).await?;
+    let (driver, chains) = connect(args).await?;
+    let chains: Vec<Driven> = chains.into_iter().map(Driven::new).collect();
     let (tally, seconds, cpu) = match args.rate {
-        None => closed_loop(args, &client, chains).await?,
-        Some(rate) => open_loop(args, &client, chains, rate).await?,
+        None => closed_loop(args, &driver, chains).await?,
+        Some(rate) => open_loop(args, &driver, chains, rate).await?,
     };
     Ok(Report {
+        target: args.target,
         label: args.label.clone(),
         mode: args.mode,
         connections: args.connections,
@@ -88,15 +179,15 @@ type Measured = (Tally, f64, Option<f64>);
 /// C connections, each sending its next request as soon as the last one is answered.
 async fn closed_loop(
     args: &RunArgs,
-    client: &Client,
-    chains: Vec<Chain>,
+    driver: &Driver,
+    chains: Vec<Driven>,
 ) -> anyhow::Result<Measured> {
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
     let mut tasks = tokio::task::JoinSet::new();
-    for mut chain in chains {
-        let client = client.clone();
+    for mut driven in chains {
+        let driver = driver.clone();
         let mode = args.mode;
         tasks.spawn(async move {
             let mut tally = Tally::default();
@@ -105,11 +196,9 @@ async fn closed_loop(
                 if sent >= end {
                     break;
                 }
-                let status = one(&client, mode, &mut chain).await;
-                if sent >= measure_from {
-                    tally.record(status, sent.elapsed().as_micros() as u64);
-                }
-                if status == 0 {
+                let outcome = one(&driver, mode, &mut driven).await;
+                outcome.count(&mut tally, sent >= measure_from, sent.elapsed().as_micros() as u64);
+                if outcome.status == 0 {
                     // No answer: don't spin on a dead server.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -132,8 +221,8 @@ async fn closed_loop(
 /// waiting for a free chain or connection is part of it.
 async fn open_loop(
     args: &RunArgs,
-    client: &Client,
-    chains: Vec<Chain>,
+    driver: &Driver,
+    chains: Vec<Driven>,
     rate: u64,
 ) -> anyhow::Result<Measured> {
     if rate == 0 {
@@ -157,18 +246,17 @@ async fn open_loop(
             cpu = Some(args.pid.and_then(CpuMeter::start));
         }
         tokio::time::sleep_until(due.into()).await;
-        let (client, pool, slots, tally, mode) =
-            (client.clone(), pool.clone(), slots.clone(), tally.clone(), args.mode);
+        let (driver, pool, slots, tally, mode) =
+            (driver.clone(), pool.clone(), slots.clone(), tally.clone(), args.mode);
         tasks.spawn(async move {
             let Ok(_permit) = slots.acquire_owned().await else { return };
             let taken = pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let Some(mut chain) = taken else { return };
-            let status = one(&client, mode, &mut chain).await;
+            let Some(mut driven) = taken else { return };
+            let outcome = one(&driver, mode, &mut driven).await;
             let micros = due.elapsed().as_micros() as u64;
-            pool.lock().unwrap_or_else(|p| p.into_inner()).push(chain);
-            if due >= measure_from {
-                tally.lock().unwrap_or_else(|p| p.into_inner()).record(status, micros);
-            }
+            pool.lock().unwrap_or_else(|p| p.into_inner()).push(driven);
+            let mut tally = tally.lock().unwrap_or_else(|p| p.into_inner());
+            outcome.count(&mut tally, due >= measure_from, micros);
         });
         // Reap finished tasks as we go so the set stays small.
         while tasks.try_join_next().is_some() {}

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use crate::Mode;
+use crate::{Mode, Target};
 
 /// Latencies in microseconds, from 1 µs to 60 s, with 3 significant digits.
 pub fn histogram() -> Histogram<u64> {
@@ -18,11 +18,24 @@ pub struct Tally {
     /// Responses by status; 0 = no answer (connection error or timeout), 298 = an
     /// unparseable token response, 299 = a 200 from /verify that did not verify.
     pub statuses: BTreeMap<u16, u64>,
+    /// Renews sent over the whole run, warmup included.
+    pub renews: u64,
+    /// Renews that did not return a new token (any status but 200, or no answer), over the
+    /// whole run.
+    pub failed_renews: u64,
+    /// Refresh tokens a chain sent a second time (it must never happen), over the whole run.
+    pub resent: u64,
 }
 
 impl Default for Tally {
     fn default() -> Self {
-        Self { latency: histogram(), statuses: BTreeMap::new() }
+        Self {
+            latency: histogram(),
+            statuses: BTreeMap::new(),
+            renews: 0,
+            failed_renews: 0,
+            resent: 0,
+        }
     }
 }
 
@@ -32,17 +45,28 @@ impl Tally {
         *self.statuses.entry(status).or_default() += 1;
     }
 
+    /// A renew, measured or not: whether it failed, and whether its token had been sent before.
+    pub fn renewed(&mut self, ok: bool, resent: bool) {
+        self.renews += 1;
+        self.failed_renews += u64::from(!ok);
+        self.resent += u64::from(resent);
+    }
+
     pub fn merge(&mut self, other: &Tally) {
         let _ = self.latency.add(&other.latency);
         for (status, n) in &other.statuses {
             *self.statuses.entry(*status).or_default() += n;
         }
+        self.renews += other.renews;
+        self.failed_renews += other.failed_renews;
+        self.resent += other.resent;
     }
 }
 
 /// The result of a run.
 #[derive(Debug)]
 pub struct Report {
+    pub target: Target,
     pub label: String,
     pub mode: Mode,
     pub connections: usize,
@@ -109,6 +133,13 @@ impl Report {
             "statuses": statuses,
             "server_cpu_pct": self.server_cpu_pct.map(|v| v.round()),
             "server_peak_rss_mib": self.server_peak_rss_mib.map(|v| (v * 10.0).round() / 10.0),
+            "target": match self.target {
+                Target::Keygate => "keygate",
+                Target::Oidc => "oidc",
+            },
+            "renews": self.tally.renews,
+            "failed_renews": self.tally.failed_renews,
+            "resent": self.tally.resent,
         })
         .to_string()
     }
@@ -169,6 +200,20 @@ impl Report {
                 s => format!("{n} × HTTP {s}"),
             })
             .collect();
-        format!("!!! THIS RUN HAD {} FAILED REQUESTS: {} !!!", self.failures(), failed.join(", "))
+        let mut lines = Vec::new();
+        if self.failures() > 0 {
+            lines.push(format!(
+                "!!! THIS RUN HAD {} FAILED REQUESTS: {} !!!",
+                self.failures(),
+                failed.join(", ")
+            ));
+        }
+        if self.tally.failed_renews > 0 || self.tally.resent > 0 {
+            lines.push(format!(
+                "!!! OVER THE WHOLE RUN (WARMUP INCLUDED): {} FAILED RENEWS, {} REFRESH TOKENS SENT TWICE !!!",
+                self.tally.failed_renews, self.tally.resent
+            ));
+        }
+        lines.join("\n")
     }
 }
