@@ -2,7 +2,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, TokenData, Validation};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, TokenData, Validation};
 use keygate_tenants::{AppId, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -29,13 +33,18 @@ impl Default for KeyringConfig {
     }
 }
 
-/// The active key of an app, parsed and ready to sign.
+/// The active key of an app, parsed once and ready to sign.
+///
+/// It signs with aws-lc directly: `jsonwebtoken`'s `EncodingKey` keeps the PKCS#8 bytes
+/// and parses (and checks) the key again on every signature, which costs as much as the
+/// signature itself.
 pub struct Signer {
     pub key_id: KeyId,
     /// base64 of the SubjectPublicKeyInfo PEM, as token responses carry it.
     pub public_key: String,
-    header: Header,
-    encoding: EncodingKey,
+    /// base64url of `{"alg":"ES256","typ":"JWT","kid":…}`, the same for every token.
+    header: String,
+    key_pair: EcdsaKeyPair,
 }
 
 impl std::fmt::Debug for Signer {
@@ -45,10 +54,22 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// An ES256 JWS with header `{"alg":"ES256","typ":"JWT","kid":…}`.
+    /// An ES256 JWS (RFC 7515 compact form) with header
+    /// `{"alg":"ES256","typ":"JWT","kid":…}`.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyringError> {
-        jsonwebtoken::encode(&self.header, claims, &self.encoding)
-            .map_err(|e| KeyringError::Material(format!("signing failed: {e}")))
+        let payload = serde_json::to_vec(claims)
+            .map_err(|e| KeyringError::Material(format!("claims: {e}")))?;
+        let mut token = String::with_capacity(self.header.len() + payload.len() * 4 / 3 + 92);
+        token.push_str(&self.header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
+        let signature = self
+            .key_pair
+            .sign(&SystemRandom::new(), token.as_bytes())
+            .map_err(|_| KeyringError::Material("signing failed".into()))?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+        Ok(token)
     }
 }
 
@@ -110,15 +131,12 @@ impl AppKeys {
             verifiers.insert(key.key_id, decoding);
             let public_key = public_key_b64(&key.public_pem);
             if key.state == KeyState::Active {
+                let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": key.key_id});
                 signer = Some(Arc::new(Signer {
                     key_id: key.key_id,
                     public_key: public_key.clone(),
-                    header: Header {
-                        typ: Some("JWT".into()),
-                        kid: Some(key.key_id.to_string()),
-                        ..Header::new(Algorithm::ES256)
-                    },
-                    encoding: unseal(key, master)?,
+                    header: URL_SAFE_NO_PAD.encode(header.to_string()),
+                    key_pair: unseal(key, master)?,
                 }));
             }
             published.push(PublishedKey {
@@ -142,7 +160,7 @@ impl AppKeys {
     }
 }
 
-fn unseal(key: &KeyRecord, master: &MasterKey) -> Result<EncodingKey, KeyringError> {
+fn unseal(key: &KeyRecord, master: &MasterKey) -> Result<EcdsaKeyPair, KeyringError> {
     if key.master_key_id != master.id() {
         return Err(KeyringError::WrongMasterKey {
             key_id: key.key_id,
@@ -151,7 +169,8 @@ fn unseal(key: &KeyRecord, master: &MasterKey) -> Result<EncodingKey, KeyringErr
         });
     }
     let pkcs8 = master.open(key.key_id, &key.sealed_private)?;
-    Ok(EncodingKey::from_ec_der(&pkcs8))
+    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
+        .map_err(|e| KeyringError::Material(format!("private key of {}: {e}", key.key_id)))
 }
 
 /// The outcome of a planned rotation.

@@ -8,10 +8,11 @@ mod sessions;
 mod tenant;
 
 /// Every route of the API. Each resource answers 405 to methods it does not serve.
+/// The token endpoints come first: the router tries resources in this order.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    health::configure(cfg);
-    tenant::configure(cfg);
     sessions::configure(cfg);
+    tenant::configure(cfg);
+    health::configure(cfg);
     root::configure(cfg);
 }
 
