@@ -35,5 +35,6 @@ python3 -c '
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 small, large = rows[0]["rps"], rows[1]["rps"]
-print(f"\nrenew at {rows[1][\"label\"]} is {100 * large / small:.1f}% of its 10k figure ({large:.0f} vs {small:.0f} req/s)")
+label = rows[1]["label"]
+print(f"\nrenew at {label} is {100 * large / small:.1f}% of its 10k figure ({large:.0f} vs {small:.0f} req/s)")
 ' "$results"
