@@ -226,6 +226,33 @@ macro_rules! push_session {
 }
 use push_session;
 
+/// Inside a session-creating transaction of either backend: revokes the subject's oldest
+/// live sessions so that the new one fits under `max_per_sub`; evaluates to how many.
+macro_rules! evict_oldest {
+    ($tx:expr, $session:expr, $max_per_sub:expr) => {{
+        let session: &$crate::Session = $session;
+        let live: Vec<String> = sqlx::query_scalar(LIVE_OF_SUBJECT)
+            .bind(session.app_id.to_string())
+            .bind(&session.sub)
+            .bind(session.created_at)
+            .fetch_all(&mut *$tx)
+            .await?;
+        let mut evicted = 0;
+        for id in live.iter().take(evictions(live.len(), $max_per_sub)) {
+            evicted += sqlx::query(REVOKE_ONE)
+                .bind(session.app_id.to_string())
+                .bind(id)
+                .bind(session.created_at)
+                .bind("session limit")
+                .execute(&mut *$tx)
+                .await?
+                .rows_affected();
+        }
+        evicted
+    }};
+}
+use evict_oldest;
+
 /// Binds a rotation in the order of [`rotate_sql`].
 macro_rules! bind_rotation {
     ($query:expr, $app_id:expr, $session_id:expr, $expected:expr, $r:expr, $now:expr) => {{

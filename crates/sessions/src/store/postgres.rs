@@ -27,22 +27,7 @@ impl SessionStore for PgSessionStore {
                 .bind(format!("{}/{}", session.app_id, session.sub))
                 .execute(&mut *tx)
                 .await?;
-            let live: Vec<String> = sqlx::query_scalar(LIVE_OF_SUBJECT)
-                .bind(session.app_id.to_string())
-                .bind(&session.sub)
-                .bind(session.created_at)
-                .fetch_all(&mut *tx)
-                .await?;
-            for id in live.iter().take(evictions(live.len(), max_per_sub)) {
-                evicted += sqlx::query(REVOKE_ONE)
-                    .bind(session.app_id.to_string())
-                    .bind(id)
-                    .bind(session.created_at)
-                    .bind("session limit")
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-            }
+            evicted = evict_oldest!(tx, session, max_per_sub);
         }
         bind_session!(sqlx::query(INSERT), session, &claims).execute(&mut *tx).await?;
         tx.commit().await?;
