@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use keygate_keyring::KeyId;
 use keygate_tenants::{App, OnReuse, SettingsPatch};
@@ -322,6 +323,9 @@ fn root_key_banner(root_key: &str) -> String {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     init_tracing();
+    // Checked before the database is touched, so a bad route fails fast.
+    let compat_routes = crate::compat::compile(&settings.compat)
+        .context("invalid compatibility route configuration")?;
     let (services, bootstrap) = Services::open(&settings).await?;
     if let Some(root_key) = &bootstrap.new_root_key {
         println!("{}", root_key_banner(root_key.expose()));
@@ -332,6 +336,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .listen
         .rsplit_once(':')
         .map_or(settings.listen.clone(), |(host, _)| format!("{host}:{}", app.port()));
+    for route in &compat_routes {
+        println!("compatibility route {}: {} {}", route.name, route.method, route.path);
+    }
     println!(
         "keygate listening on http://{shown} (database: {backend}, {})",
         keygate_tenants::db::redact_url(&settings.database_url())

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use keygate_tenants::db::redact_url;
 use serde::Deserialize;
 
+use crate::compat::CompatSettings;
+
 #[derive(Clone, Deserialize)]
 #[serde(default)]
 pub struct Settings {
@@ -37,6 +39,8 @@ pub struct Settings {
     /// Seconds between janitor passes (deleting ended sessions and expired retired keys);
     /// 0 turns the janitor off.
     pub janitor_interval: u64,
+    /// Extra refresh routes that speak other systems' contracts (`[[compat.routes]]`).
+    pub compat: CompatSettings,
 }
 
 impl Default for Settings {
@@ -54,6 +58,7 @@ impl Default for Settings {
             postgres_max_connections: 16,
             janitor_interval: 300,
             database_busy_timeout_ms: 5000,
+            compat: CompatSettings::default(),
         }
     }
 }
@@ -74,6 +79,7 @@ impl fmt::Debug for Settings {
             .field("postgres_max_connections", &self.postgres_max_connections)
             .field("janitor_interval", &self.janitor_interval)
             .field("database_busy_timeout_ms", &self.database_busy_timeout_ms)
+            .field("compat_routes", &self.compat.routes.len())
             .finish()
     }
 }

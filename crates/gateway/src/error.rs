@@ -9,7 +9,7 @@ use keygate_tenants::{AuthError, FieldError, StoreError, TenantError};
 use serde::Serialize;
 
 /// Seconds a client should wait before retrying a 503.
-const RETRY_AFTER: &str = "1";
+pub(crate) const RETRY_AFTER: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -63,7 +63,11 @@ fn is_json(req: &HttpRequest) -> bool {
     essence.eq_ignore_ascii_case("application/json")
 }
 
-fn read_body(req: &HttpRequest, payload: &mut Payload, required: bool) -> Fut<web::Bytes> {
+pub(crate) fn read_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+    required: bool,
+) -> Fut<web::Bytes> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

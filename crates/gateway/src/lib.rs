@@ -4,6 +4,7 @@ pub mod admin;
 pub mod bootstrap;
 pub mod cli;
 pub mod clock;
+pub mod compat;
 pub mod config;
 pub mod error;
 mod extract;

@@ -7,7 +7,7 @@ use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 
-use crate::{janitor, routes, Services, Settings};
+use crate::{compat, janitor, routes, Services, Settings};
 
 pub struct Application {
     port: u16,
@@ -23,8 +23,11 @@ impl std::fmt::Debug for Application {
 impl Application {
     /// Binds `listen` and prepares the server; it serves once [`Self::run_until_stopped`]
     /// is awaited.
+    /// Refuses compatibility routes that do not check out, naming the key at fault.
     /// Also starts the janitor, when `settings.janitor_interval` is not 0.
     pub fn build(settings: &Settings, services: Services) -> anyhow::Result<Self> {
+        let compat = compat::compile(&settings.compat)
+            .context("invalid compatibility route configuration")?;
         let listen = &settings.listen;
         let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
         let port = listener.local_addr()?.port();
@@ -42,6 +45,7 @@ impl Application {
                 .app_data(services.clone())
                 .wrap(middleware::Logger::new(r#"%a "%r" %s %b %Dms"#))
                 .configure(routes::configure)
+                .configure(|cfg| compat::configure(cfg, &compat))
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)

@@ -200,11 +200,16 @@ pub struct Keyring {
     master: MasterKey,
     config: KeyringConfig,
     cache: RwLock<HashMap<AppId, Arc<AppKeys>>>,
+    /// The app of each key id looked up so far. A key never changes app.
+    owners: RwLock<HashMap<KeyId, AppId>>,
 }
+
+/// The most key owners remembered; past it the map starts again empty.
+const MAX_OWNERS: usize = 100_000;
 
 impl Keyring {
     pub fn new(store: Arc<dyn KeyStore>, master: MasterKey, config: KeyringConfig) -> Self {
-        Self { store, master, config, cache: RwLock::default() }
+        Self { store, master, config, cache: RwLock::default(), owners: RwLock::default() }
     }
 
     pub fn master(&self) -> &MasterKey {
@@ -368,6 +373,25 @@ impl Keyring {
     /// Drops the cached keys of an app, after a change.
     pub fn forget(&self, app_id: AppId) {
         self.cache.write().unwrap_or_else(|p| p.into_inner()).remove(&app_id);
+    }
+
+    /// The app whose key the token names in its `kid`, if the key exists. The header is
+    /// checked as by [`Self::verify`], and nothing is verified yet: the caller then
+    /// verifies the token as that app's. An unknown `kid` costs one indexed read.
+    pub async fn owner_of_token(&self, token: &str) -> Result<Option<AppId>, VerifyError> {
+        let kid = verify::inspect(token)?;
+        if let Some(app_id) = self.owners.read().unwrap_or_else(|p| p.into_inner()).get(&kid) {
+            return Ok(Some(*app_id));
+        }
+        let owner = self.store.owner_of(kid).await.map_err(KeyringError::Store)?;
+        if let Some(app_id) = owner {
+            let mut owners = self.owners.write().unwrap_or_else(|p| p.into_inner());
+            if owners.len() >= MAX_OWNERS {
+                owners.clear();
+            }
+            owners.insert(kid, app_id);
+        }
+        Ok(owner)
     }
 
     /// Verifies a token of `app_id`: ES256 only, a `kid` of this app that is not revoked,

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use keygate_tenants::db::Database;
 use keygate_tenants::{AppId, StoreError};
 
-use crate::{KeyChange, KeyRecord, KeyState};
+use crate::{KeyChange, KeyId, KeyRecord, KeyState};
 
 mod postgres;
 mod sqlite;
@@ -22,6 +22,8 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     async fn apply(&self, app_id: AppId, changes: &[KeyChange]) -> Result<(), StoreError>;
     /// Deletes the app's keys retired before `retired_before`; returns how many.
     async fn delete_retired(&self, app_id: AppId, retired_before: i64) -> Result<u64, StoreError>;
+    /// The app a key belongs to, whatever the key's state. Key ids are unique across apps.
+    async fn owner_of(&self, key_id: KeyId) -> Result<Option<AppId>, StoreError>;
 }
 
 pub fn key_store(db: &Database) -> Arc<dyn KeyStore> {
@@ -34,6 +36,17 @@ pub fn key_store(db: &Database) -> Arc<dyn KeyStore> {
 const SELECT_KEYS: &str = "SELECT key_id, app_id, state, public_pem, sealed_private, \
     master_key_id, created_at, activated_at, retired_at, revoked_at FROM app_keys \
     WHERE app_id = $1 ORDER BY key_id";
+
+const SELECT_OWNER: &str = "SELECT app_id FROM app_keys WHERE key_id = $1";
+
+/// The app id read by [`SELECT_OWNER`], checked.
+fn owner(app_id: Option<String>) -> Result<Option<AppId>, StoreError> {
+    app_id
+        .map(|id| {
+            id.parse().map_err(|_| StoreError::Corrupt("app_keys.app_id is not a ULID".into()))
+        })
+        .transpose()
+}
 
 const DELETE_RETIRED: &str = "DELETE FROM app_keys WHERE app_id = $1 AND state = 'retired' \
     AND retired_at < $2";

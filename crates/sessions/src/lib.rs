@@ -24,7 +24,9 @@ pub use error::{Rejection, SessionError};
 pub use ids::{Jid, SessionId};
 pub use input::{token_field, RenewInput, SignInput, MAX_CUSTOM_CLAIMS, MAX_SUB, MAX_USERAGENT};
 pub use model::{Session, SessionView};
-pub use service::{Issued, RenewOutcome, Renewed, Sessions, Verified, JANITOR_REVOKED_RETENTION};
+pub use service::{
+    Issued, RenewMode, RenewOutcome, Renewed, Sessions, Verified, JANITOR_REVOKED_RETENTION,
+};
 pub use store::{
     session_store, PgSessionStore, Restore, RevokeScope, Rotation, SessionStore, SqliteSessionStore,
 };

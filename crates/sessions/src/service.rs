@@ -30,6 +30,15 @@ pub struct Issued {
     pub session_id: SessionId,
 }
 
+/// Whether a renew rotates the refresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewMode {
+    /// As the app's `refresh_rotation` says.
+    FollowApp,
+    /// Never: only a new auth token is issued (a non-rotating compatibility route).
+    KeepRefreshToken,
+}
+
 /// What a successful renew did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RenewOutcome {
@@ -136,14 +145,61 @@ impl Sessions {
         input: RenewInput,
         now: i64,
     ) -> Result<Renewed, SessionError> {
+        let presented = self.verify_refresh(app, &input.refresh_token, now).await?;
+        self.renew_presented(app, &presented, &input, RenewMode::FollowApp, now).await
+    }
+
+    /// Checks a refresh token of `app`: signature by a key of the app that is not revoked,
+    /// issuer, claims, and lifetime at `now`. Nothing is read from or written to the
+    /// sessions.
+    pub async fn verify_refresh(
+        &self,
+        app: &App,
+        token: &str,
+        now: i64,
+    ) -> Result<RefreshClaims, SessionError> {
         let presented: RefreshClaims =
-            self.verify_token(app.app_id, &input.refresh_token, &validation(app)).await?;
+            self.verify_token(app.app_id, token, &validation(app)).await?;
         if outside_lifetime(presented.nbf, presented.exp, now).is_some() {
             return Err(SessionError::Rejected(Rejection::InvalidToken));
         }
+        Ok(presented)
+    }
+
+    /// Whether `token` is an auth token of `app`'s session `sid`, signed by a key of the app
+    /// that is not revoked. Its lifetime is not checked: a client renews because its auth
+    /// token expired.
+    pub async fn is_auth_token_of(
+        &self,
+        app: &App,
+        token: &str,
+        sid: SessionId,
+    ) -> Result<bool, SessionError> {
+        match self.keyring.verify::<AuthClaims>(app.app_id, token, &lenient_validation(app)).await {
+            Ok(data) => Ok(data.claims.is_auth_token() && data.claims.sid == sid),
+            Err(VerifyError::Keyring(e)) => Err(SessionError::Keyring(e)),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// The renew of a refresh token already checked by [`Self::verify_refresh`].
+    ///
+    /// With [`RenewMode::KeepRefreshToken`] the refresh token is not rotated even when the
+    /// app rotates: the current token gets a new auth token and stays current. Any other
+    /// token of the session is judged as in a rotating renew (a retry within the grace, or
+    /// reuse), so a token that a rotation replaced is still reuse on every route.
+    pub async fn renew_presented(
+        &self,
+        app: &App,
+        presented: &RefreshClaims,
+        input: &RenewInput,
+        mode: RenewMode,
+        now: i64,
+    ) -> Result<Renewed, SessionError> {
         let signer = self.signer(app.app_id).await?;
         let s = &app.settings;
-        if s.refresh_rotation {
+        let rotating = s.refresh_rotation && mode == RenewMode::FollowApp;
+        if rotating {
             let new_jid = Jid::new();
             let key_id = signer.key_id.to_string();
             let rotation = Rotation {
@@ -189,11 +245,8 @@ impl Sessions {
             Some(session) if session.is_live(now) => session,
             _ => return Err(SessionError::Rejected(Rejection::SessionGone)),
         };
-        if !s.refresh_rotation {
-            if presented.jid != session.current_jid {
-                return Err(SessionError::Rejected(Rejection::InvalidToken));
-            }
-            let mut issued = issue_auth(app, &signer, &session, &input, now)?;
+        if !rotating && presented.jid == session.current_jid {
+            let mut issued = issue_auth(app, &signer, &session, input, now)?;
             issued.refresh_token = input.refresh_token.clone();
             issued.refresh_expires_in = presented.exp - now;
             if !self
@@ -204,6 +257,11 @@ impl Sessions {
                 return Err(SessionError::Rejected(Rejection::SessionGone));
             }
             return Ok(Renewed { issued, outcome: RenewOutcome::NotRotating });
+        }
+        if !s.refresh_rotation {
+            // A token of a non-rotating app that is not its session's: issued before the app
+            // stopped rotating. It is refused, and not judged as reuse.
+            return Err(SessionError::Rejected(Rejection::InvalidToken));
         }
         if presented.jid == session.current_jid {
             // The swap failed, yet the token is current again: a rotation was just undone.

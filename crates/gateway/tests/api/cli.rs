@@ -240,6 +240,37 @@ fn admin_commands_print_json_and_tables() {
 }
 
 #[test]
+fn compatibility_routes_are_checked_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/compat/seed-002.toml");
+    let server = serve(dir.path(), &["--config", example.to_str().unwrap()]);
+    assert!(
+        server
+            .stdout
+            .iter()
+            .any(|l| l.trim() == "compatibility route seed-002: POST /api/auth/refresh"),
+        "{:?}",
+        server.stdout
+    );
+    drop(server);
+
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(&example).unwrap().replace("body:refreshToken", "cookie:rt");
+    std::fs::write(&bad, text).unwrap();
+    let output = keygate(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--config", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("compat.routes[0].token: must be \"body:FIELD\" or \"header:NAME\""),
+        "{stderr}"
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"));
+}
+
+#[test]
 fn bad_arguments_fail_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| keygate(dir.path()).args(args).output().unwrap();

@@ -9,6 +9,7 @@ mod janitor;
 
 mod auth;
 mod cli;
+mod compat;
 mod errors;
 mod keys;
 mod outage;

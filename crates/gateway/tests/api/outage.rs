@@ -8,7 +8,7 @@ use sqlx::Connection;
 
 use crate::helpers::{assert_error, spawn_app_with, Backend, TestApp};
 
-async fn with_lock_held(app: &TestApp, backend: Backend) -> Locked {
+pub(crate) async fn with_lock_held(app: &TestApp, backend: Backend) -> Locked {
     match backend {
         Backend::Sqlite => {
             let options = sqlx::sqlite::SqliteConnectOptions::from_str(&app.database_url).unwrap();
@@ -29,13 +29,13 @@ async fn with_lock_held(app: &TestApp, backend: Backend) -> Locked {
     }
 }
 
-enum Locked {
+pub(crate) enum Locked {
     Sqlite(sqlx::SqliteConnection),
     Postgres(sqlx::PgConnection),
 }
 
 impl Locked {
-    async fn release(self) {
+    pub(crate) async fn release(self) {
         match self {
             Locked::Sqlite(mut conn) => {
                 sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();

@@ -41,4 +41,12 @@ impl KeyStore for PgKeyStore {
             .await?;
         Ok(done.rows_affected())
     }
+
+    async fn owner_of(&self, key_id: KeyId) -> Result<Option<AppId>, StoreError> {
+        let app_id: Option<String> = sqlx::query_scalar(SELECT_OWNER)
+            .bind(key_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        owner(app_id)
+    }
 }

@@ -43,4 +43,12 @@ impl KeyStore for SqliteKeyStore {
             .await?;
         Ok(done.rows_affected())
     }
+
+    async fn owner_of(&self, key_id: KeyId) -> Result<Option<AppId>, StoreError> {
+        let app_id: Option<String> = sqlx::query_scalar(SELECT_OWNER)
+            .bind(key_id.to_string())
+            .fetch_optional(&self.pools.reader)
+            .await?;
+        owner(app_id)
+    }
 }
