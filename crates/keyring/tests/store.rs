@@ -64,6 +64,7 @@ store_cases!(
     verify_refuses_another_apps_key,
     verify_checks_time_claims_and_pins_es256,
     another_process_sees_new_keys,
+    a_tokens_kid_names_its_app,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -903,4 +904,29 @@ mod sequences {
             runtime.block_on(run(ops))?;
         }
     }
+}
+
+async fn a_tokens_kid_names_its_app(db: Database) {
+    let env = env(db);
+    let mine = env.app("owner-mine").await;
+    let theirs = env.app("owner-theirs").await;
+    let (_, my_token) = env.sign(mine, "alice").await;
+    let (_, their_token) = env.sign(theirs, "bob").await;
+    assert_eq!(env.keyring.owner_of_token(&my_token).await.unwrap(), Some(mine));
+    assert_eq!(env.keyring.owner_of_token(&their_token).await.unwrap(), Some(theirs));
+    // Every key of the app is found, whatever its state: the next one too.
+    let next = env.the(mine, KeyState::Next).await;
+    assert_eq!(env.store.owner_of(next).await.unwrap(), Some(mine));
+    // A key id nobody has, and a header that is not acceptable.
+    assert_eq!(env.store.owner_of(KeyId::new()).await.unwrap(), None);
+    let unknown = format!(
+        "{}.e30.c2ln",
+        URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"ES256","kid":"{}"}}"#, KeyId::new()))
+    );
+    assert_eq!(env.keyring.owner_of_token(&unknown).await.unwrap(), None);
+    let hs256 = format!(
+        "{}.e30.c2ln",
+        URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","kid":"{}"}}"#, next))
+    );
+    assert!(matches!(env.keyring.owner_of_token(&hs256).await, Err(VerifyError::Header(_))));
 }
