@@ -7,7 +7,7 @@ pub mod clock;
 pub mod compat;
 pub mod config;
 pub mod error;
-mod extract;
+pub mod extract;
 pub mod janitor;
 mod routes;
 pub mod startup;

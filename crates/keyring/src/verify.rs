@@ -14,7 +14,7 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 pub const FORBIDDEN_HEADERS: &[&str] = &["crit", "jku", "jwk", "x5u", "x5c"];
 
 /// The `kid` of a token whose header is acceptable.
-pub(crate) fn inspect(token: &str) -> Result<KeyId, VerifyError> {
+pub fn inspect(token: &str) -> Result<KeyId, VerifyError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(VerifyError::TooLarge);
     }

@@ -7,11 +7,15 @@ mod helpers;
 
 mod janitor;
 
+mod abuse;
+mod attacks;
 mod auth;
 mod cli;
 mod compat;
 mod errors;
+mod inputs;
 mod keys;
 mod outage;
+mod races;
 mod root;
 mod sessions;
