@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use keygate_tenants::db::redact_url;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::compat::CompatSettings;
 
@@ -41,6 +41,24 @@ pub struct Settings {
     pub janitor_interval: u64,
     /// Extra refresh routes that speak other systems' contracts (`[[compat.routes]]`).
     pub compat: CompatSettings,
+    /// Failed app-key and root-key attempts one client address may make per minute, on
+    /// average, before it is answered 429; 0 turns the limit off.
+    pub auth_failures_per_minute: u32,
+    /// Failed attempts one client address may make at once before the per-minute rate
+    /// applies.
+    pub auth_failure_burst: u32,
+    /// Proxies (IP addresses or CIDR networks) whose `X-Forwarded-For` names the client.
+    /// A list in TOML; a comma-separated list in `KEYGATE_TRUSTED_PROXIES`.
+    #[serde(deserialize_with = "string_or_list")]
+    pub trusted_proxies: Vec<String>,
+    /// Milliseconds a client has to send a request's head (line and headers) before it is
+    /// answered 408 and disconnected; 0 means no limit.
+    pub client_request_timeout_ms: u64,
+    /// Milliseconds a closing connection waits for the client to disconnect; 0 means no
+    /// limit.
+    pub client_disconnect_timeout_ms: u64,
+    /// Connections each worker serves at once; further ones wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for Settings {
@@ -59,6 +77,12 @@ impl Default for Settings {
             janitor_interval: 300,
             database_busy_timeout_ms: 5000,
             compat: CompatSettings::default(),
+            auth_failures_per_minute: 10,
+            auth_failure_burst: 10,
+            trusted_proxies: Vec::new(),
+            client_request_timeout_ms: 5000,
+            client_disconnect_timeout_ms: 1000,
+            max_connections: 25_000,
         }
     }
 }
@@ -80,6 +104,12 @@ impl fmt::Debug for Settings {
             .field("janitor_interval", &self.janitor_interval)
             .field("database_busy_timeout_ms", &self.database_busy_timeout_ms)
             .field("compat_routes", &self.compat.routes.len())
+            .field("auth_failures_per_minute", &self.auth_failures_per_minute)
+            .field("auth_failure_burst", &self.auth_failure_burst)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("client_request_timeout_ms", &self.client_request_timeout_ms)
+            .field("client_disconnect_timeout_ms", &self.client_disconnect_timeout_ms)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -95,6 +125,14 @@ pub enum ConfigError {
 impl Settings {
     /// Loads settings from `file` (if any) and the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, None)
+    }
+
+    /// Like [`Self::load`], with `environment` in place of the process environment.
+    fn load_from(
+        file: Option<&Path>,
+        environment: Option<config::Map<String, String>>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(file) = file {
             if !file.exists() {
@@ -102,8 +140,10 @@ impl Settings {
             }
             builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
         }
-        let environment =
-            config::Environment::with_prefix("KEYGATE").prefix_separator("_").ignore_empty(true);
+        let environment = config::Environment::with_prefix("KEYGATE")
+            .prefix_separator("_")
+            .ignore_empty(true)
+            .source(environment);
         let mut settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.database_url = settings.database_url.filter(|url| !url.trim().is_empty());
         Ok(settings)
@@ -123,6 +163,23 @@ impl Settings {
     }
 }
 
+/// A list from TOML, or a comma-separated string from the environment. The `config` crate
+/// only splits environment values into lists with `try_parsing`, which would also turn
+/// every other value that looks like a number or a boolean into one.
+fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum StringOrList {
+        String(String),
+        List(Vec<String>),
+    }
+    let items = match StringOrList::deserialize(deserializer)? {
+        StringOrList::String(text) => text.split(',').map(str::to_owned).collect(),
+        StringOrList::List(items) => items,
+    };
+    Ok(items.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +196,39 @@ mod tests {
         for secret in ["hunter2", "bWFzdGVy", "kgr_secret_root"] {
             assert!(!shown.contains(secret), "{shown}");
         }
+    }
+
+    #[test]
+    fn trusted_proxies_come_as_a_list_from_toml_or_comma_separated_from_the_environment() {
+        let env = |value: &str| {
+            let vars =
+                config::Map::from([("KEYGATE_TRUSTED_PROXIES".to_owned(), value.to_owned())]);
+            Settings::load_from(None, Some(vars)).unwrap().trusted_proxies
+        };
+        assert_eq!(env("10.0.0.0/8, 127.0.0.1,,fd00::/8"), ["10.0.0.0/8", "127.0.0.1", "fd00::/8"]);
+        assert_eq!(env("192.0.2.1"), ["192.0.2.1"]);
+        assert!(Settings::load_from(None, Some(config::Map::new()))
+            .unwrap()
+            .trusted_proxies
+            .is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keygate.toml");
+        std::fs::write(&file, "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n").unwrap();
+        let settings = Settings::load_from(Some(&file), Some(config::Map::new())).unwrap();
+        assert_eq!(settings.trusted_proxies, ["10.0.0.0/8", "::1"]);
+
+        // Numbers from the environment still reach numeric settings, and a root key made
+        // of digits stays a string.
+        let vars = config::Map::from([
+            ("KEYGATE_AUTH_FAILURES_PER_MINUTE".to_owned(), "30".to_owned()),
+            ("KEYGATE_CLIENT_REQUEST_TIMEOUT_MS".to_owned(), "2500".to_owned()),
+            ("KEYGATE_ROOT_KEY".to_owned(), "1".repeat(40)),
+        ]);
+        let settings = Settings::load_from(None, Some(vars)).unwrap();
+        assert_eq!(settings.auth_failures_per_minute, 30);
+        assert_eq!(settings.client_request_timeout_ms, 2500);
+        assert_eq!(settings.root_key.as_deref(), Some("1".repeat(40).as_str()));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::clock;
 use crate::error::ApiError;
+use crate::rate_limit::Attempt;
 use crate::Services;
 
 /// The largest request body accepted.
@@ -82,12 +83,14 @@ pub(crate) fn read_body(
         if declared.is_some_and(|len| len > MAX_BODY as u64) {
             return Err(ApiError::PayloadTooLarge(MAX_BODY));
         }
+        // The outer error is the limit (a body without Content-Length, such as a chunked
+        // one, that grows past it); the inner one a body that could not be read.
         let bytes = match payload.to_bytes_limited(MAX_BODY).await {
             Ok(Ok(bytes)) => bytes,
-            Ok(Err(_)) => return Err(ApiError::PayloadTooLarge(MAX_BODY)),
-            Err(e) => {
+            Ok(Err(e)) => {
                 return Err(ApiError::invalid("body", format!("could not read the body: {e}")))
             }
+            Err(_) => return Err(ApiError::PayloadTooLarge(MAX_BODY)),
         };
         if !json && (required || !bytes.is_empty()) {
             return Err(ApiError::UnsupportedMediaType);
@@ -97,28 +100,93 @@ pub(crate) fn read_body(
 }
 
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    /// Any JSON value, refused when one of its objects names a member twice: serde would
+    /// keep the last of them without a word, where another reader of the same body may
+    /// keep the first.
+    struct Unique;
+
+    impl<'de> Deserialize<'de> for Unique {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(Unique)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Unique {
+        type Value = Unique;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_unit<E>(self) -> Result<Unique, E> {
+            Ok(Unique)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unique, A::Error> {
+            while seq.next_element::<Unique>()?.is_some() {}
+            Ok(Unique)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unique, A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if seen.contains(&key) {
+                    return Err(de::Error::custom(format_args!("duplicate field `{key}`")));
+                }
+                map.next_value::<Unique>()?;
+                seen.insert(key);
+            }
+            Ok(Unique)
+        }
+    }
+
+    let named = |e: serde_path_to_error::Error<serde_json::Error>| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ApiError::fields(vec![FieldError::new(field_name(&path, &inner), clean_message(&inner))])
+    };
     // serde would read a struct from an array by position; every body here is an object.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::invalid("body", "must be a JSON object"));
     }
+    // First the syntax, once, with every object's member names checked; then the shape.
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        ApiError::fields(vec![FieldError::new(field_name(&path, &inner), clean_message(&inner))])
-    })?;
+    serde_path_to_error::deserialize::<_, Unique>(&mut de).map_err(named)?;
     de.end().map_err(|_| ApiError::invalid("body", "unexpected data after the JSON value"))?;
-    Ok(value)
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(bytes))
+        .map_err(named)
 }
 
 /// The field a serde error is about: its path, or for a missing or unknown field at the top
 /// level, the name serde quotes in its message.
 fn field_name(path: &str, err: &serde_json::Error) -> String {
-    if path != "." && path != "?" {
+    let top = path == "." || path == "?";
+    let message = err.to_string();
+    // A member named twice is named itself, inside the object that holds it; the name may
+    // hold a backtick, so it runs to the last one.
+    if let Some((name, _)) =
+        message.strip_prefix("duplicate field `").and_then(|rest| rest.rsplit_once('`'))
+    {
+        return if top { name.to_owned() } else { format!("{path}.{name}") };
+    }
+    if !top {
         return path.to_owned();
     }
-    let message = err.to_string();
-    for prefix in ["missing field `", "unknown field `", "duplicate field `"] {
+    for prefix in ["missing field `", "unknown field `"] {
         if let Some(rest) = message.strip_prefix(prefix) {
             if let Some(name) = rest.split('`').next() {
                 return name.to_owned();
@@ -130,7 +198,8 @@ fn field_name(path: &str, err: &serde_json::Error) -> String {
 
 fn clean_message(err: &serde_json::Error) -> String {
     let message = err.to_string();
-    match message.find(" at line ") {
+    // serde_json appends the position last; the message before it may quote the input.
+    match message.rfind(" at line ") {
         Some(i) => message[..i].to_owned(),
         None => message,
     }
@@ -153,7 +222,8 @@ fn services(req: &HttpRequest) -> Result<web::Data<Services>, ApiError> {
 }
 
 /// An app authenticated by its app key. Wrong key, unknown app and malformed id are all
-/// the same 403.
+/// the same 403. Each failure counts against the client address; an address that has
+/// failed too often gets 429 before its key is looked at ([`crate::rate_limit`]).
 #[derive(Debug)]
 pub struct AppAuth(pub Arc<AppRecord>);
 
@@ -162,19 +232,24 @@ impl FromRequest for AppAuth {
     type Future = Fut<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let attempt = Attempt::of(req);
+        if let Err(limited) = attempt.admit() {
+            return Box::pin(std::future::ready(Err(limited)));
+        }
         let services = services(req);
         let app_id = req.match_info().get("app_id").unwrap_or_default().to_owned();
         let key = presented_key(req);
         Box::pin(async move {
             let services = services?;
-            let record =
-                services.tenants.authenticate_app(&app_id, key.as_deref(), clock::now()).await?;
-            Ok(AppAuth(record))
+            let outcome =
+                services.tenants.authenticate_app(&app_id, key.as_deref(), clock::now()).await;
+            Ok(AppAuth(attempt.settle(outcome)?))
         })
     }
 }
 
-/// A request authenticated by the root key.
+/// A request authenticated by the root key; failures count against the client address as
+/// for [`AppAuth`].
 #[derive(Debug)]
 pub struct RootAuth;
 
@@ -183,10 +258,15 @@ impl FromRequest for RootAuth {
     type Future = Fut<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let attempt = Attempt::of(req);
+        if let Err(limited) = attempt.admit() {
+            return Box::pin(std::future::ready(Err(limited)));
+        }
         let services = services(req);
         let key = presented_key(req);
         Box::pin(async move {
-            services?.tenants.authenticate_root(key.as_deref()).await.map_err(|e| match e {
+            let outcome = services?.tenants.authenticate_root(key.as_deref()).await;
+            attempt.settle(outcome).map_err(|e| match e {
                 keygate_tenants::AuthError::Denied => ApiError::InvalidRootKey,
                 other => other.into(),
             })?;

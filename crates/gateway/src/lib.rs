@@ -3,12 +3,14 @@
 pub mod admin;
 pub mod bootstrap;
 pub mod cli;
+pub mod client_ip;
 pub mod clock;
 pub mod compat;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod janitor;
+pub mod rate_limit;
 mod routes;
 pub mod startup;
 

@@ -7,7 +7,12 @@ use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 
+use crate::client_ip::TrustedProxies;
+use crate::rate_limit::{self, AuthLimiter};
 use crate::{compat, janitor, routes, Services, Settings};
+
+/// How often the failed-authentication limiter forgets addresses that are back to fresh.
+const LIMITER_SWEEP: Duration = Duration::from_secs(30);
 
 pub struct Application {
     port: u16,
@@ -24,10 +29,18 @@ impl Application {
     /// Binds `listen` and prepares the server; it serves once [`Self::run_until_stopped`]
     /// is awaited.
     /// Refuses compatibility routes that do not check out, naming the key at fault.
-    /// Also starts the janitor, when `settings.janitor_interval` is not 0.
+    /// Also starts the janitor, when `settings.janitor_interval` is not 0, and the sweeper
+    /// of the failed-authentication limiter. Refuses `trusted_proxies` entries that are not
+    /// addresses or networks.
     pub fn build(settings: &Settings, services: Services) -> anyhow::Result<Self> {
         let compat = compat::compile(&settings.compat)
             .context("invalid compatibility route configuration")?;
+        let trusted_proxies = web::Data::new(TrustedProxies::parse(&settings.trusted_proxies)?);
+        let limiter = AuthLimiter::from_settings(
+            settings.auth_failures_per_minute,
+            settings.auth_failure_burst,
+        )
+        .map(web::Data::new);
         let listen = &settings.listen;
         let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
         let port = listener.local_addr()?.port();
@@ -40,15 +53,23 @@ impl Application {
         if settings.janitor_interval > 0 {
             janitor::spawn(services.clone(), Duration::from_secs(settings.janitor_interval));
         }
+        if let Some(limiter) = &limiter {
+            rate_limit::spawn_sweeper(limiter, LIMITER_SWEEP);
+        }
         let server = HttpServer::new(move || {
-            App::new()
-                .app_data(services.clone())
-                .wrap(middleware::Logger::new(r#"%a "%r" %s %b %Dms"#))
+            let mut app = App::new().app_data(services.clone()).app_data(trusted_proxies.clone());
+            if let Some(limiter) = &limiter {
+                app = app.app_data(limiter.clone());
+            }
+            app.wrap(middleware::Logger::new(r#"%a "%r" %s %b %Dms"#))
                 .configure(routes::configure)
                 .configure(|cfg| compat::configure(cfg, &compat))
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)
+        .client_request_timeout(Duration::from_millis(settings.client_request_timeout_ms))
+        .client_disconnect_timeout(Duration::from_millis(settings.client_disconnect_timeout_ms))
+        .max_connections(settings.max_connections.max(1))
         .listen(listener)?
         .run();
         Ok(Self { port, server })

@@ -67,8 +67,11 @@ impl Signer {
             .key_pair
             .sign(&SystemRandom::new(), token.as_bytes())
             .map_err(|_| KeyringError::Material("signing failed".into()))?;
+        // Only the low-S form is issued, and only it is accepted (see verify::check_signature).
+        let signature = verify::low_s(signature.as_ref())
+            .ok_or_else(|| KeyringError::Material("signing gave no P-256 signature".into()))?;
         token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature.as_ref(), &mut token);
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
         Ok(token)
     }
 }
@@ -395,8 +398,9 @@ impl Keyring {
     }
 
     /// Verifies a token of `app_id`: ES256 only, a `kid` of this app that is not revoked,
-    /// no key-bearing headers, and the claims checks of `validation`. A `kid` not in the
-    /// cache reloads the app's keys once before the token is refused.
+    /// no key-bearing headers, a canonical low-S signature, and the claims checks of
+    /// `validation`. A `kid` not in the cache reloads the app's keys once before the token
+    /// is refused.
     pub async fn verify<T: DeserializeOwned>(
         &self,
         app_id: AppId,
@@ -404,6 +408,7 @@ impl Keyring {
         validation: &Validation,
     ) -> Result<TokenData<T>, VerifyError> {
         let kid = verify::inspect(token)?;
+        verify::check_signature(token)?;
         let mut keys = self.keys(app_id).await?;
         if !keys.verifiers.contains_key(&kid)
             && keys.loaded_at.elapsed() >= self.config.reload_interval
@@ -427,4 +432,73 @@ pub fn strict_validation() -> Validation {
     validation.set_required_spec_claims(&["exp", "nbf", "iat"]);
     validation.validate_aud = false;
     validation
+}
+
+#[cfg(test)]
+mod tests {
+    use p256::ecdsa::Signature;
+    use p256::elliptic_curve::scalar::IsHigh;
+    use rand::rngs::OsRng;
+
+    use super::*;
+
+    fn app_keys() -> AppKeys {
+        let master = MasterKey::generate();
+        let secret = p256::SecretKey::random(&mut OsRng);
+        let record =
+            material::seal_new(AppId::new(), KeyState::Active, &secret, &master, 1).unwrap();
+        AppKeys::load(&[record], &master).unwrap()
+    }
+
+    fn split(token: &str) -> (&str, Signature) {
+        let (message, signature) = token.rsplit_once('.').unwrap();
+        let raw = URL_SAFE_NO_PAD.decode(signature).unwrap();
+        (message, Signature::from_slice(&raw).unwrap())
+    }
+
+    /// Without the low-S rule, half of all signatures would be high: 64 in a row are low
+    /// only by chance once in 2^64.
+    #[test]
+    fn the_signer_issues_only_low_s_signatures_that_verify() {
+        let keys = app_keys();
+        let signer = keys.signer().unwrap();
+        let key = &keys.verifiers[&signer.key_id];
+        let mut validation = strict_validation();
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        for i in 0..64 {
+            let token = signer.sign(&serde_json::json!({"n": i})).unwrap();
+            let (_, signature) = split(&token);
+            assert!(!bool::from(signature.s().is_high()), "token {i}: {token}");
+            verify::check_signature(&token).unwrap();
+            let data = jsonwebtoken::decode::<serde_json::Value>(&token, key, &validation).unwrap();
+            assert_eq!(data.claims["n"], i);
+        }
+    }
+
+    /// The high-S twin is a valid ECDSA signature (the library alone accepts it); keygate
+    /// refuses it before the library is asked.
+    #[test]
+    fn the_high_s_twin_of_an_issued_token_is_refused() {
+        let keys = app_keys();
+        let signer = keys.signer().unwrap();
+        let key = &keys.verifiers[&signer.key_id];
+        let mut validation = strict_validation();
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        let token = signer.sign(&serde_json::json!({"sub": "x"})).unwrap();
+        let (message, signature) = split(&token);
+        let (r, s) = signature.split_scalars();
+        let twin = Signature::from_scalars(r, -*s).unwrap();
+        assert!(bool::from(twin.s().is_high()));
+        let twin = format!("{message}.{}", URL_SAFE_NO_PAD.encode(twin.to_bytes()));
+        assert!(jsonwebtoken::decode::<serde_json::Value>(&twin, key, &validation).is_ok());
+        assert!(matches!(
+            verify::check_signature(&twin),
+            Err(VerifyError::Invalid(e)) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature
+        ));
+        verify::check_signature(&token).unwrap();
+    }
 }

@@ -83,11 +83,10 @@ impl MasterKey {
         Ok(out)
     }
 
-    pub(crate) fn open(
-        &self,
-        key_id: KeyId,
-        sealed: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+    /// The plaintext this master key sealed for `key_id` (for a signing key, its PKCS#8
+    /// document). Fails when the blob was sealed under another master key or key id, or was
+    /// altered.
+    pub fn open(&self, key_id: KeyId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
         if sealed.len() <= NONCE_LEN {
             return Err(KeyringError::Unseal(key_id));
         }

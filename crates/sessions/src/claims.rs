@@ -91,9 +91,12 @@ pub(crate) fn validation(app: &App) -> Validation {
 }
 
 /// Why a token is outside its lifetime at `now`, if it is: valid from `nbf` (inclusive)
-/// until `exp` (exclusive).
-pub(crate) fn outside_lifetime(nbf: i64, exp: i64, now: i64) -> Option<&'static str> {
-    if now >= exp {
+/// until `exp` (exclusive). A token that says it was issued before 1970 (a negative `iat`)
+/// was never issued by keygate, and is refused too.
+pub(crate) fn outside_lifetime(iat: i64, nbf: i64, exp: i64, now: i64) -> Option<&'static str> {
+    if iat < 0 || nbf < 0 {
+        Some("invalid token")
+    } else if now >= exp {
         Some("token expired")
     } else if now < nbf {
         Some("token not yet valid")
@@ -108,4 +111,21 @@ pub(crate) fn lenient_validation(app: &App) -> Validation {
     let mut validation = validation(app);
     validation.set_required_spec_claims(&["iss"]);
     validation
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outside_lifetime;
+
+    #[test]
+    fn lifetime_is_nbf_inclusive_to_exp_exclusive_and_times_are_not_negative() {
+        assert_eq!(outside_lifetime(100, 100, 200, 100), None);
+        assert_eq!(outside_lifetime(100, 100, 200, 199), None);
+        assert_eq!(outside_lifetime(100, 100, 200, 200), Some("token expired"));
+        assert_eq!(outside_lifetime(100, 150, 200, 149), Some("token not yet valid"));
+        assert_eq!(outside_lifetime(-1, 100, 200, 150), Some("invalid token"));
+        assert_eq!(outside_lifetime(i64::MIN, 100, 200, 150), Some("invalid token"));
+        assert_eq!(outside_lifetime(100, -1, 200, 150), Some("invalid token"));
+        assert_eq!(outside_lifetime(0, 0, 200, 150), None);
+    }
 }

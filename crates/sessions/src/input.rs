@@ -170,7 +170,8 @@ fn check_audience(errors: &mut Vec<FieldError>, aud: &Value) {
         errors.push(FieldError::new(
             "aud",
             format!(
-                "must be a string or an array of 1 to {MAX_AUDIENCES} strings, each 1-255 bytes"
+                "must be a string or an array of 1 to {MAX_AUDIENCES} strings, each 1-255 bytes \
+                 without NUL"
             ),
         ));
     }

@@ -160,7 +160,7 @@ impl Sessions {
     ) -> Result<RefreshClaims, SessionError> {
         let presented: RefreshClaims =
             self.verify_token(app.app_id, token, &validation(app)).await?;
-        if outside_lifetime(presented.nbf, presented.exp, now).is_some() {
+        if outside_lifetime(presented.iat, presented.nbf, presented.exp, now).is_some() {
             return Err(SessionError::Rejected(Rejection::InvalidToken));
         }
         Ok(presented)
@@ -324,7 +324,7 @@ impl Sessions {
         if !claims.is_auth_token() {
             return Ok(Verified::no("not an auth token"));
         }
-        if let Some(reason) = outside_lifetime(claims.nbf, claims.exp, now) {
+        if let Some(reason) = outside_lifetime(claims.iat, claims.nbf, claims.exp, now) {
             return Ok(Verified::no(reason));
         }
         match self.store.get(app.app_id, claims.sid).await? {

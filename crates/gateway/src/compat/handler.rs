@@ -173,7 +173,8 @@ async fn find_app(
 /// The renew input of a client calling us directly: its address, and its `User-Agent`
 /// (cut to the longest accepted, at a character boundary).
 fn renew_input(request: &HttpRequest, refresh_token: String) -> Result<RenewInput, Failure> {
-    let ip = request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    // The client's address: the peer, or what trusted proxies say it is.
+    let ip = crate::client_ip::client_ip(request).map(|ip| ip.to_string()).unwrap_or_default();
     let mut useragent = request
         .headers()
         .get(header::USER_AGENT)

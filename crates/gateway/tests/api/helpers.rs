@@ -201,3 +201,11 @@ pub fn header(token: &Value) -> Value {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap();
     serde_json::from_slice(&bytes).unwrap()
 }
+
+impl TestApp {
+    /// The gateway's data directory: its SQLite file, and `master.key` (base64), which
+    /// seals the apps' private signing keys.
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data_dir.path()
+    }
+}

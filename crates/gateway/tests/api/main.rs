@@ -13,6 +13,7 @@ mod auth;
 mod cli;
 mod compat;
 mod errors;
+mod fuzz;
 mod inputs;
 mod keys;
 mod outage;
