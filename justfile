@@ -47,3 +47,21 @@ bench-peer:
 # What CI runs.
 ci:
     bash .ci/run
+
+# Crash harness: SIGKILL a release gateway under renew load, restart it, check the journal (SQLite).
+crash cycles="20":
+    cargo build --release -p keygate-gateway -p keygate-loadgen
+    target/release/keygate-bench crash --keygate target/release/keygate --backend sqlite --cycles {{cycles}}
+
+# The crash harness on Postgres (a fresh schema per cycle in TEST_DATABASE_URL's database).
+crash-pg cycles="20":
+    cargo build --release -p keygate-gateway -p keygate-loadgen
+    KEYGATE_CRASH_DATABASE_URL={{test_database_url}} target/release/keygate-bench crash --keygate target/release/keygate --backend postgres --cycles {{cycles}}
+
+# Coverage-guided fuzzing of the token checks and the request decoders (cargo-fuzz on
+# nightly), SECONDS per target. Installs cargo-fuzz and the nightly toolchain if missing.
+fuzz SECONDS="60":
+    rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+    cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+    cd fuzz && cargo +nightly fuzz run request --sanitizer none -- -max_total_time={{SECONDS}}
+    cd fuzz && cargo +nightly fuzz run token --sanitizer none -- -max_total_time={{SECONDS}}

@@ -15,6 +15,7 @@
 //! warmup included. Either one makes the run exit 2, like any failed request.
 
 mod client;
+mod crash;
 mod load;
 mod preload;
 mod procstat;
@@ -41,6 +42,9 @@ enum Command {
     Run(RunArgs),
     /// Insert many live sessions for an app directly through the store, in bulk.
     Preload(preload::PreloadArgs),
+    /// Kill a gateway under renew load, restart it on the same database, and check the
+    /// journal of what it answered against what it now accepts (exit 1 on a violation).
+    Crash(crash::CrashArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -122,7 +126,7 @@ impl Cli {
     pub fn client_threads(&self) -> usize {
         match &self.command {
             Command::Run(args) => args.threads.max(1),
-            Command::Preload(_) => 2,
+            Command::Preload(_) | Command::Crash(_) => 2,
         }
     }
 }
@@ -147,6 +151,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Preload(args) => {
             preload::run(&args).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Crash(args) => {
+            if crash::run(&args).await? {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("crash harness: VIOLATIONS found (see above)");
+                Ok(ExitCode::FAILURE)
+            }
         }
     }
 }

@@ -102,6 +102,11 @@ async fn insert_batch(writer: &SqlitePool, jobs: Vec<InsertJob>) {
                 let _ = job.reply.send(Ok(()));
             }
         }
+        Err(err) if is_busy(&err) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(busy(&err)));
+            }
+        }
         // Nothing of the batch was written: give each job its own attempt and error.
         Err(_) => {
             for job in jobs {
@@ -154,6 +159,11 @@ async fn rotate_batch(writer: &SqlitePool, jobs: Vec<RotateJob>) {
                 let _ = job.reply.send(result);
             }
         }
+        Err(err) if is_busy(&err) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(busy(&err)));
+            }
+        }
         Err(_) => {
             for job in jobs {
                 let result = rotate_one(writer, &job).await;
@@ -161,6 +171,27 @@ async fn rotate_batch(writer: &SqlitePool, jobs: Vec<RotateJob>) {
             }
         }
     }
+}
+
+/// Whether a batch failed because the database is busy or gone (for example another
+/// process holds the write lock past the busy timeout), rather than because of its data.
+/// Then each job fails at once as unavailable (503, nothing written): retrying the jobs one
+/// by one would make each wait the busy timeout again, the last one (jobs + 1) times over,
+/// and would stall every write queued behind the batch.
+fn is_busy(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => {
+            db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
+        }
+        _ => false,
+    }
+}
+
+/// The error each job of a batch gets when the batch failed as [`is_busy`].
+fn busy(err: &sqlx::Error) -> StoreError {
+    let cause = std::io::Error::other(format!("a batch of writes failed: {err}"));
+    StoreError::Unavailable(sqlx::Error::Io(cause))
 }
 
 /// One rotation on its own, as the unbatched path does it.
