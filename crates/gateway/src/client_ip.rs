@@ -55,10 +55,16 @@ impl TrustedProxies {
         if !self.is_trusted(peer) {
             return peer;
         }
-        // Several header lines form one list, in order.
-        let lines: Vec<&str> =
-            headers.get_all(&X_FORWARDED_FOR).filter_map(|value| value.to_str().ok()).collect();
-        let entries = lines.iter().rev().flat_map(|line| line.rsplit(','));
+        // Several header lines form one list, in order. A line is split as bytes: a client
+        // can put any byte into the part of the line it writes, and that must not hide the
+        // entries the proxies appended to its right.
+        let lines: Vec<&[u8]> =
+            headers.get_all(&X_FORWARDED_FOR).map(|value| value.as_bytes()).collect();
+        let entries = lines
+            .iter()
+            .rev()
+            .flat_map(|line| line.rsplit(|byte| *byte == b','))
+            .map(|entry| std::str::from_utf8(entry).unwrap_or(""));
         self.rightmost_untrusted(peer, entries)
     }
 
@@ -176,6 +182,18 @@ mod tests {
         ];
         for (lines, want) in cases {
             assert_eq!(proxies.client_address(peer, &headers(&lines)), ip(want), "{lines:?}");
+        }
+    }
+
+    /// Bytes that are not text, written by the client to the left of what the proxies
+    /// appended on the same line, neither hide the client nor make it the proxy.
+    #[test]
+    fn bytes_that_are_not_text_do_not_hide_the_client() {
+        let proxies = trusted(&["10.0.0.0/8"]);
+        for line in [&b"\xff, 198.51.100.1"[..], b"6.6.6.6\x80, 198.51.100.1, 10.0.0.3"] {
+            let mut map = HeaderMap::new();
+            map.append(X_FORWARDED_FOR.clone(), HeaderValue::from_bytes(line).unwrap());
+            assert_eq!(proxies.client_address(ip("10.0.0.2"), &map), ip("198.51.100.1"));
         }
     }
 }

@@ -172,6 +172,7 @@ impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> Self {
         match err {
             AuthError::Denied => Self::InvalidClient,
+            AuthError::NotAdmitted => Self::TooManyRequests(1),
             AuthError::Store(e) => e.into(),
         }
     }

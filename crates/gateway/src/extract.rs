@@ -241,9 +241,12 @@ impl FromRequest for AppAuth {
         let key = presented_key(req);
         Box::pin(async move {
             let services = services?;
-            let outcome =
-                services.tenants.authenticate_app(&app_id, key.as_deref(), clock::now()).await;
-            Ok(AppAuth(attempt.settle(outcome)?))
+            let admit = || attempt.admitted();
+            let outcome = services
+                .tenants
+                .authenticate_app_admitted(&app_id, key.as_deref(), clock::now(), &admit)
+                .await;
+            Ok(AppAuth(attempt.settle(outcome, ApiError::InvalidClient)?))
         })
     }
 }
@@ -265,11 +268,10 @@ impl FromRequest for RootAuth {
         let services = services(req);
         let key = presented_key(req);
         Box::pin(async move {
-            let outcome = services?.tenants.authenticate_root(key.as_deref()).await;
-            attempt.settle(outcome).map_err(|e| match e {
-                keygate_tenants::AuthError::Denied => ApiError::InvalidRootKey,
-                other => other.into(),
-            })?;
+            let admit = || attempt.admitted();
+            let outcome =
+                services?.tenants.authenticate_root_admitted(key.as_deref(), &admit).await;
+            attempt.settle(outcome, ApiError::InvalidRootKey)?;
             Ok(RootAuth)
         })
     }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use actix_web::{web, HttpRequest};
@@ -35,6 +35,8 @@ use crate::error::ApiError;
 /// Above this many tracked addresses a failure also sweeps stale ones, without waiting
 /// for the periodic sweep.
 const SOFT_CAP: usize = 100_000;
+/// The least time between two sweeps made on the request path.
+const CROWDED_SWEEP_GAP: Duration = Duration::from_secs(1);
 
 type FailureLimiter<C> =
     RateLimiter<IpAddr, DashMapStateStore<IpAddr>, C, StateInformationMiddleware>;
@@ -47,6 +49,8 @@ pub struct AuthLimiter<C: Clock = DefaultClock> {
     /// `spent.len()`, readable without the lock: the fast path of [`Self::check`].
     spent_len: AtomicUsize,
     sweeping: AtomicBool,
+    /// When stale entries were last forgotten.
+    last_crowded_sweep: Mutex<Option<C::Instant>>,
     clock: C,
 }
 
@@ -81,6 +85,7 @@ impl<C: Clock + Clone> AuthLimiter<C> {
             spent: RwLock::new(HashMap::new()),
             spent_len: AtomicUsize::new(0),
             sweeping: AtomicBool::new(false),
+            last_crowded_sweep: Mutex::new(None),
             clock,
         }
     }
@@ -131,15 +136,25 @@ impl<C: Clock + Clone> AuthLimiter<C> {
         Some(whole_seconds(until.duration_since(now).into()))
     }
 
-    /// Forgets addresses whose state is back to fresh, and spent entries that ran out.
+    /// Forgets addresses whose state is back to fresh, and spent entries that ran out, and
+    /// gives the memory back.
     pub fn sweep(&self) {
+        self.forget_stale(true);
+    }
+
+    fn forget_stale(&self, shrink: bool) {
         self.failures.retain_recent();
-        self.failures.shrink_to_fit();
+        if shrink {
+            self.failures.shrink_to_fit();
+        }
         let now = self.clock.now();
         let mut spent = self.spent.write().unwrap_or_else(PoisonError::into_inner);
         spent.retain(|_, until| *until > now);
-        spent.shrink_to_fit();
+        if shrink {
+            spent.shrink_to_fit();
+        }
         self.spent_len.store(spent.len(), Ordering::Release);
+        *self.last_crowded_sweep.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
     }
 
     /// Addresses with failures on record.
@@ -154,11 +169,19 @@ impl<C: Clock + Clone> AuthLimiter<C> {
         spent.values().filter(|until| **until > now).count()
     }
 
+    /// A sweep on the request path, when crowded: at most one a second, so that a flood of
+    /// cheap failures from many addresses cannot make every failure a full sweep.
     fn sweep_if_crowded(&self) {
-        if self.failures.len() > SOFT_CAP && !self.sweeping.swap(true, Ordering::AcqRel) {
-            self.sweep();
-            self.sweeping.store(false, Ordering::Release);
+        if self.failures.len() <= SOFT_CAP || self.sweeping.swap(true, Ordering::AcqRel) {
+            return;
         }
+        let now = self.clock.now();
+        let last = *self.last_crowded_sweep.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = last.is_none_or(|at| now.duration_since(at) >= Nanos::from(CROWDED_SWEEP_GAP));
+        if due {
+            self.forget_stale(false);
+        }
+        self.sweeping.store(false, Ordering::Release);
     }
 }
 
@@ -217,18 +240,37 @@ impl Attempt {
         }
     }
 
-    /// Counts the outcome: a denial is a failure of this address.
-    pub fn settle<T>(&self, outcome: Result<T, AuthError>) -> Result<T, AuthError> {
-        if let (Err(AuthError::Denied), Some(limiter)) = (&outcome, &self.limiter) {
-            if let Some(wait) = limiter.record_failure(self.ip) {
-                tracing::warn!(
-                    client = %self.ip,
-                    retry_after = wait,
-                    "too many failed authentication attempts; refusing this address for now"
-                );
+    /// Whether the address may still try a key: asked again just before a key is hashed.
+    pub fn admitted(&self) -> bool {
+        self.admit().is_ok()
+    }
+
+    /// The answer to an authentication attempt: a denial counts against the address and
+    /// becomes `denied`; an attempt refused at the last moment becomes 429.
+    pub fn settle<T>(
+        &self,
+        outcome: Result<T, AuthError>,
+        denied: ApiError,
+    ) -> Result<T, ApiError> {
+        match outcome {
+            Ok(value) => Ok(value),
+            Err(AuthError::Denied) => {
+                if let Some(limiter) = &self.limiter {
+                    if let Some(wait) = limiter.record_failure(self.ip) {
+                        tracing::warn!(
+                            client = %self.ip,
+                            retry_after = wait,
+                            "too many failed authentication attempts; refusing this address for now"
+                        );
+                    }
+                }
+                Err(denied)
             }
+            Err(AuthError::NotAdmitted) => {
+                Err(self.admit().err().unwrap_or(ApiError::TooManyRequests(1)))
+            }
+            Err(other) => Err(other.into()),
         }
-        outcome
     }
 }
 

@@ -383,6 +383,8 @@ impl Keyring {
     /// verifies the token as that app's. An unknown `kid` costs one indexed read.
     pub async fn owner_of_token(&self, token: &str) -> Result<Option<AppId>, VerifyError> {
         let kid = verify::inspect(token)?;
+        // Cheap, and no database read for a token that cannot verify anyway.
+        verify::check_signature(token)?;
         if let Some(app_id) = self.owners.read().unwrap_or_else(|p| p.into_inner()).get(&kid) {
             return Ok(Some(*app_id));
         }

@@ -919,8 +919,10 @@ async fn a_tokens_kid_names_its_app(db: Database) {
     assert_eq!(env.store.owner_of(next).await.unwrap(), Some(mine));
     // A key id nobody has, and a header that is not acceptable.
     assert_eq!(env.store.owner_of(KeyId::new()).await.unwrap(), None);
+    // A well-formed signature, so that only the kid is unknown.
+    let signature = my_token.rsplit('.').next().unwrap();
     let unknown = format!(
-        "{}.e30.c2ln",
+        "{}.e30.{signature}",
         URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"ES256","kid":"{}"}}"#, KeyId::new()))
     );
     assert_eq!(env.keyring.owner_of_token(&unknown).await.unwrap(), None);
@@ -929,4 +931,7 @@ async fn a_tokens_kid_names_its_app(db: Database) {
         URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","kid":"{}"}}"#, next))
     );
     assert!(matches!(env.keyring.owner_of_token(&hs256).await, Err(VerifyError::Header(_))));
+    // A signature that cannot be valid is refused before any lookup.
+    let bad_signature = format!("{}.e30.c2ln", my_token.split('.').next().unwrap());
+    assert!(env.keyring.owner_of_token(&bad_signature).await.is_err());
 }

@@ -249,10 +249,14 @@ impl Sessions {
             let mut issued = issue_auth(app, &signer, &session, input, now)?;
             issued.refresh_token = input.refresh_token.clone();
             issued.refresh_expires_in = presented.exp - now;
-            if !self
-                .store
-                .touch(app.app_id, session.session_id, &input.ip, &input.useragent, now)
-                .await?
+            // On an app that rotates elsewhere, the session's user agent is the one of its
+            // last rotation, which the grace check compares retries with: a renew that does
+            // not rotate leaves the session as it is.
+            if !s.refresh_rotation
+                && !self
+                    .store
+                    .touch(app.app_id, session.session_id, &input.ip, &input.useragent, now)
+                    .await?
             {
                 return Err(SessionError::Rejected(Rejection::SessionGone));
             }

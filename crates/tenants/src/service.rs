@@ -35,6 +35,10 @@ pub enum AuthError {
     /// Wrong or missing key, unknown app, malformed id: deliberately indistinguishable.
     #[error("invalid app key or id")]
     Denied,
+    /// The caller's admission check refused the attempt before the key was hashed (the
+    /// client is over its limit of failed attempts).
+    #[error("too many failed attempts")]
+    NotAdmitted,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -119,30 +123,45 @@ impl Tenants {
         presented: Option<&str>,
         now: i64,
     ) -> Result<Arc<AppRecord>, AuthError> {
+        self.authenticate_app_admitted(app_id, presented, now, &|| true).await
+    }
+
+    /// Like [`Self::authenticate_app`], asking `admit` once more just before a key would be
+    /// hashed (after waiting for an argon2 slot): a `false` answer is `NotAdmitted`, and
+    /// nothing is hashed. A key found in the verified cache is never hashed, nor asked about.
+    pub async fn authenticate_app_admitted(
+        &self,
+        app_id: &str,
+        presented: Option<&str>,
+        now: i64,
+        admit: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Arc<AppRecord>, AuthError> {
         let Ok(app_id) = app_id.parse::<AppId>() else { return Err(AuthError::Denied) };
         let Some(presented) = presented.filter(|k| AppKey::well_formed(k)) else {
             return Err(AuthError::Denied);
         };
         let Some(record) = self.app(app_id).await? else { return Err(AuthError::Denied) };
         let accepted = record.key.accepted(now);
-        if self.check(Subject::App(app_id), presented, &accepted).await {
-            Ok(record)
-        } else {
-            Err(AuthError::Denied)
-        }
+        self.check(Subject::App(app_id), presented, &accepted, admit).await.map(|()| record)
     }
 
     /// Checks the root key.
     pub async fn authenticate_root(&self, presented: Option<&str>) -> Result<(), AuthError> {
+        self.authenticate_root_admitted(presented, &|| true).await
+    }
+
+    /// Like [`Self::authenticate_root`], with an admission check as for
+    /// [`Self::authenticate_app_admitted`].
+    pub async fn authenticate_root_admitted(
+        &self,
+        presented: Option<&str>,
+        admit: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<(), AuthError> {
         let Some(presented) = presented.filter(|k| RootKey::well_formed(k)) else {
             return Err(AuthError::Denied);
         };
         let Some(hash) = self.root_hash().await? else { return Err(AuthError::Denied) };
-        if self.check(Subject::Root, presented, &[&hash]).await {
-            Ok(())
-        } else {
-            Err(AuthError::Denied)
-        }
+        self.check(Subject::Root, presented, &[&hash], admit).await
     }
 
     async fn root_hash(&self) -> Result<Option<Arc<str>>, StoreError> {
@@ -156,17 +175,29 @@ impl Tenants {
         Ok(hash)
     }
 
-    /// The cached digest first; argon2 (off the async threads) only on a miss.
-    async fn check(&self, subject: Subject, presented: &str, accepted: &[&str]) -> bool {
+    /// The cached digest first; argon2 (off the async threads) only on a miss, and only if
+    /// `admit` still agrees once a slot is free.
+    async fn check(
+        &self,
+        subject: Subject,
+        presented: &str,
+        accepted: &[&str],
+        admit: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<(), AuthError> {
         let digest = self.verified.digest(presented);
         if self.verified.contains(subject, &digest, accepted) {
-            return true;
+            return Ok(());
         }
-        let Ok(_slot) = self.argon2_slots.acquire().await else { return false };
+        let Ok(_slot) = self.argon2_slots.acquire().await else { return Err(AuthError::Denied) };
         // Concurrent requests with the same new key queue here; the first one verifies it,
         // and the others find it in the cache.
         if self.verified.contains(subject, &digest, accepted) {
-            return true;
+            return Ok(());
+        }
+        // Guesses queued behind a slot are asked again: the client may have used up its
+        // limit while they waited.
+        if !admit() {
+            return Err(AuthError::NotAdmitted);
         }
         self.argon2_runs.fetch_add(1, Ordering::Relaxed);
         let secret = zeroize::Zeroizing::new(presented.to_owned());
@@ -180,9 +211,9 @@ impl Tenants {
         match matched {
             Some(hash) => {
                 self.verified.insert(subject, &hash, digest);
-                true
+                Ok(())
             }
-            None => false,
+            None => Err(AuthError::Denied),
         }
     }
 

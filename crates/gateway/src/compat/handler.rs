@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use super::{AppSource, CompatRoute, ErrorKind, TokenSource};
 use crate::error::{chain, ApiError};
-use crate::extract::read_body;
+use crate::extract::{parse, read_body};
 use crate::{clock, routes, Services};
 
 /// Registers every route, each answering 405 to other methods.
@@ -119,8 +119,8 @@ async fn body_token(
     field: &str,
 ) -> Result<String, Failure> {
     let bytes = read_body(request, payload, true).await.map_err(|_| ErrorKind::BadRequest)?;
-    let body: Map<String, Value> =
-        serde_json::from_slice(&bytes).map_err(|_| ErrorKind::BadRequest)?;
+    // The body decoder of every endpoint: a JSON object, no duplicate members.
+    let body: Map<String, Value> = parse(&bytes).map_err(|_| ErrorKind::BadRequest)?;
     match body.get(field) {
         None | Some(Value::Null) => Err(ErrorKind::MissingToken.into()),
         Some(Value::String(token)) if token.trim().is_empty() => {

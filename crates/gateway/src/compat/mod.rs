@@ -417,7 +417,11 @@ fn error_specs(key: &str, value: Option<&ConfigValue>) -> Result<Vec<ErrorSpec>,
             let status = match spec.get("status") {
                 None => kind.default_status(),
                 Some(ConfigValue::Integer(n)) => {
-                    let lowest = if *kind == ErrorKind::Unavailable { 500 } else { 400 };
+                    let lowest = match kind {
+                        // Never a 4xx for a failure of ours: clients would drop their token.
+                        ErrorKind::Unavailable | ErrorKind::Internal => 500,
+                        _ => 400,
+                    };
                     u16::try_from(*n).ok().filter(|n| (lowest..=599).contains(n)).ok_or_else(
                         || {
                             ConfigError::new(

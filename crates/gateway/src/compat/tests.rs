@@ -95,6 +95,7 @@ fn mistakes_are_refused_naming_their_key() {
         ("refreshToken = \"$refresh_token\"", "refreshToken = \"$refresh_token\"\n[compat.routes.errors]\nnope = { status = 400 }", "compat.routes[0].errors.nope: unknown key"),
         ("refreshToken = \"$refresh_token\"", "refreshToken = \"$refresh_token\"\n[compat.routes.errors]\ninvalid_token = { status = 200 }", "compat.routes[0].errors.invalid_token.status: must be from 400 to 599"),
         ("refreshToken = \"$refresh_token\"", "refreshToken = \"$refresh_token\"\n[compat.routes.errors]\nunavailable = { status = 429 }", "compat.routes[0].errors.unavailable.status: must be from 500 to 599"),
+        ("refreshToken = \"$refresh_token\"", "refreshToken = \"$refresh_token\"\n[compat.routes.errors]\ninternal = { status = 401 }", "compat.routes[0].errors.internal.status: must be from 500 to 599"),
         ("refreshToken = \"$refresh_token\"", "refreshToken = \"$refresh_token\"\n[compat.routes.errors]\nbody = { error = \"$auth_token\" }", "compat.routes[0].errors.body.error: unknown placeholder `$auth_token`"),
         ("refreshToken = \"$refresh_token\"", "refreshToken = \"$refresh_token\"\n[compat.routes.errors]\ninternal = { message = 5 }", "compat.routes[0].errors.internal.message: must be a string, not an integer"),
     ];

@@ -340,6 +340,7 @@ async fn seed_002_bad_bodies(app: TestApp, seed: Seed) {
         ("application/json", "{\"refreshToken\": 5}"),
         ("application/json", "{\"refreshToken\": \"x\"} trailing"),
         ("text/plain", "{\"refreshToken\": \"x\"}"),
+        ("application/json", "{\"refreshToken\": \"x\", \"refreshToken\": \"y\"}"),
     ] {
         let response = app
             .request(Method::POST, seed.path())
@@ -380,6 +381,31 @@ async fn seed_002_unavailable(backend: Backend) {
     assert_eq!(renewed.status, 200, "{}", renewed.text);
 }
 
+/// On an app that rotates, a renew through the non-rotating route does not change the
+/// session: a lost rotation is still retried within the grace by its own client.
+async fn seed_001_keeps_the_rotations_user_agent(app: TestApp, seed: Seed) {
+    let name = format!("graceful-{}", ulid::Ulid::new());
+    let created = app.create_app(json!({"name": name, "reuse_grace": 60})).await;
+    let signed = app.sign(&created, "erin").await;
+    let a = signed["refresh_token"].clone();
+    // The rotation A -> B whose answer the client lost.
+    let (status, rotated) = app.renew_as(&created, &a, "App/1").await;
+    assert_eq!(status, 200, "{rotated}");
+    let b = rotated["refresh_token"].as_str().unwrap();
+    let keep = app
+        .request(Method::POST, seed.path())
+        .header("User-Agent", "Mozilla/5.0")
+        .json(&json!({ seed.field(): b }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keep.status(), 200);
+    // The retry of A by the client of the rotation is answered with B again.
+    let (status, retried) = app.renew_as(&created, &a, "App/1").await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(retried["refresh_token"], rotated["refresh_token"]);
+}
+
 macro_rules! compat_cases {
     ($($case:ident($seed:expr) => $body:expr),* $(,)?) => {$(
         mod $case {
@@ -413,6 +439,7 @@ compat_cases! {
     seed_000_bearer_checks(Seed::S000) => seed_000_bearer,
     seed_003_methods(Seed::S003) => seed_003_methods_and_headers,
     seed_002_bodies(Seed::S002) => seed_002_bad_bodies,
+    seed_001_grace(Seed::S001) => seed_001_keeps_the_rotations_user_agent,
 }
 
 mod seed_002_outage {
