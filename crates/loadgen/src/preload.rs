@@ -76,6 +76,7 @@ fn preloaded(app_id: AppId, n: u64, now: i64) -> Session {
         current_jid: Jid::new(),
         current_iat: now,
         current_exp: now + 30 * 86_400,
+        current_digest: None,
         key_id: "preloaded".into(),
         prev_jid: None,
         rotated_at: None,

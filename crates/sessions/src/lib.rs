@@ -23,7 +23,7 @@ pub use claims::{AuthClaims, RefreshClaims, RESERVED_CLAIMS};
 pub use error::{Rejection, SessionError};
 pub use ids::{Jid, SessionId};
 pub use input::{token_field, RenewInput, SignInput, MAX_CUSTOM_CLAIMS, MAX_SUB, MAX_USERAGENT};
-pub use model::{Session, SessionView};
+pub use model::{Session, SessionView, TokenDigest};
 pub use service::{
     Issued, RenewMode, RenewOutcome, Renewed, Sessions, Verified, JANITOR_REVOKED_RETENTION,
 };

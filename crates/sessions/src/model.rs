@@ -1,5 +1,6 @@
 use keygate_tenants::AppId;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use serde_json::{Map, Value};
 
 use crate::{Jid, SessionId};
@@ -18,6 +19,9 @@ pub struct Session {
     pub current_jid: Jid,
     pub current_iat: i64,
     pub current_exp: i64,
+    /// The digest of the current refresh token as issued; `None` when unknown (a session
+    /// from before digests were kept, or a rotation that was undone).
+    pub current_digest: Option<TokenDigest>,
     /// The key that signed the current refresh token when it was issued.
     pub key_id: String,
     pub prev_jid: Option<Jid>,
@@ -34,6 +38,27 @@ impl Session {
     /// Whether the session can still renew at `now`.
     pub fn is_live(&self, now: i64) -> bool {
         self.revoked_at.is_none() && now < self.expires_at
+    }
+}
+
+/// SHA-256 of a refresh token exactly as keygate issued it.
+///
+/// A session stores the digest of its current refresh token. A presented token with the
+/// same digest is, byte for byte, a token keygate signed, so its renew needs no signature
+/// verification: the match authenticates it. A token that does not match is verified by
+/// signature before it can rotate, revoke or be answered as a retry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenDigest(pub [u8; 32]);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        Self(Sha256::digest(token.as_bytes()).into())
+    }
+}
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenDigest(..)")
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use crate::claims::{lenient_validation, outside_lifetime, validation, AnyTokenClaims, TokenType};
 use crate::{
     AuthClaims, Jid, RefreshClaims, Rejection, RenewInput, Restore, RevokeScope, Rotation, Session,
-    SessionError, SessionId, SessionStore, SessionView, SignInput,
+    SessionError, SessionId, SessionStore, SessionView, SignInput, TokenDigest,
 };
 
 /// Sessions stay in the database this long after they ended (expired or revoked), so that
@@ -105,7 +105,7 @@ impl Sessions {
         let mut claims = input.custom;
         claims.insert("aud".into(), input.aud.unwrap_or_else(|| Value::String(s.audience.clone())));
         let expires_at = now.saturating_add(s.session_max_age);
-        let session = Session {
+        let mut session = Session {
             session_id: SessionId::new(),
             app_id: app.app_id,
             sub: input.sub,
@@ -115,6 +115,7 @@ impl Sessions {
             current_jid: Jid::new(),
             current_iat: now,
             current_exp: now.saturating_add(s.refresh_expire).min(expires_at),
+            current_digest: None,
             key_id: signer.key_id.to_string(),
             prev_jid: None,
             rotated_at: None,
@@ -127,6 +128,7 @@ impl Sessions {
         let refresh =
             refresh_claims(app, session.session_id, session.current_jid, now, session.current_exp);
         let issued = issue(app, &signer, &session, &session.ip, &session.useragent, &refresh, now)?;
+        session.current_digest = Some(TokenDigest::of(&issued.refresh_token));
         let evicted = self.store.create(&session, s.max_sessions_per_sub).await?;
         if evicted > 0 {
             tracing::info!(app_id = %app.app_id, evicted, "session limit reached: oldest sessions revoked");
@@ -136,17 +138,113 @@ impl Sessions {
 
     /// Trades a refresh token for a new pair, as DESIGN.md "Sessions" describes.
     ///
-    /// The common case costs one statement: the compare-and-swap that rotates and returns
-    /// the session. Only when it does not rotate is the session read, to tell a retry
-    /// within the grace from reuse.
+    /// The common case costs one statement and no signature verification: the session's
+    /// current refresh token, presented exactly as it was issued, is authenticated by its
+    /// digest inside the compare-and-swap that rotates and returns the session (see
+    /// [`TokenDigest`]). Any other token is verified by signature first; only then is the
+    /// session read, to tell a retry within the grace from reuse.
     pub async fn renew(
         &self,
         app: &App,
         input: RenewInput,
         now: i64,
     ) -> Result<Renewed, SessionError> {
+        if let Some(renewed) = self.renew_current(app, &input, now).await? {
+            return Ok(renewed);
+        }
         let presented = self.verify_refresh(app, &input.refresh_token, now).await?;
         self.renew_presented(app, &presented, &input, RenewMode::FollowApp, now).await
+    }
+
+    /// The renew of a session's current refresh token, matched by its digest: every check
+    /// of [`Self::verify_refresh`] but the signature runs on the token, and the swap
+    /// happens only if the token's bytes are the ones keygate issued as current. `None`
+    /// when it did not rotate, for whatever reason: the caller then verifies the token and
+    /// judges it in full, so this path never rejects, revokes or answers on its own.
+    async fn renew_current(
+        &self,
+        app: &App,
+        input: &RenewInput,
+        now: i64,
+    ) -> Result<Option<Renewed>, SessionError> {
+        if !app.settings.refresh_rotation {
+            return Ok(None);
+        }
+        let Ok(claims) = self.keyring.decode_unverified::<RefreshClaims>(
+            app.app_id,
+            &input.refresh_token,
+            &validation(app),
+        ) else {
+            return Ok(None);
+        };
+        if outside_lifetime(claims.iat, claims.nbf, claims.exp, now).is_some() {
+            return Ok(None);
+        }
+        let signer = self.signer(app.app_id).await?;
+        let digest = TokenDigest::of(&input.refresh_token);
+        self.rotate_and_issue(app, &signer, &claims, Some(digest), input, now).await
+    }
+
+    /// Rotates the session of `presented` and issues the new pair; `None` when the swap did
+    /// not happen. The new refresh token is signed before the swap, so that the swap stores
+    /// its digest; a token whose signature was not verified must bring `digest`, which the
+    /// session's current token must match.
+    async fn rotate_and_issue(
+        &self,
+        app: &App,
+        signer: &Signer,
+        presented: &RefreshClaims,
+        digest: Option<TokenDigest>,
+        input: &RenewInput,
+        now: i64,
+    ) -> Result<Option<Renewed>, SessionError> {
+        let s = &app.settings;
+        let new_jid = Jid::new();
+        // The store caps the new token's expiry at the session's absolute expiry, which only
+        // the swap reads; near that end the token is signed again with the capped expiry,
+        // and its digest (of the uncapped one) then makes its next renew a verified one.
+        let uncapped = now.saturating_add(s.refresh_expire);
+        let refresh_token =
+            signer.sign(&refresh_claims(app, presented.sid, new_jid, now, uncapped))?;
+        let key_id = signer.key_id.to_string();
+        let rotation = Rotation {
+            new_jid,
+            refresh_expire: s.refresh_expire,
+            key_id: &key_id,
+            ip: &input.ip,
+            useragent: &input.useragent,
+            presented: digest,
+            digest: Some(TokenDigest::of(&refresh_token)),
+        };
+        let Some(session) =
+            self.store.rotate(app.app_id, presented.sid, presented.jid, &rotation, now).await?
+        else {
+            return Ok(None);
+        };
+        let refresh = refresh_claims(app, session.session_id, new_jid, now, session.current_exp);
+        let issued = if session.current_exp == uncapped {
+            issue_auth(app, signer, &session, input, now).map(|mut issued| {
+                issued.refresh_token = refresh_token;
+                issued.refresh_expires_in = refresh.exp - now;
+                issued
+            })
+        } else {
+            issue(app, signer, &session, &input.ip, &input.useragent, &refresh, now)
+        };
+        match issued {
+            Ok(issued) => Ok(Some(Renewed { issued, outcome: RenewOutcome::Rotated })),
+            Err(err) => {
+                // Our failure must not consume the client's token: the presented token is
+                // made current again (its predecessor's grace is cleared).
+                let restore = Restore { jid: presented.jid, iat: presented.iat, exp: presented.exp };
+                if let Err(undo) =
+                    self.store.unrotate(app.app_id, session.session_id, new_jid, &restore).await
+                {
+                    tracing::error!(session_id = %session.session_id, error = %undo, "could not undo a rotation");
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Checks a refresh token of `app`: signature by a key of the app that is not revoked,
@@ -200,45 +298,10 @@ impl Sessions {
         let s = &app.settings;
         let rotating = s.refresh_rotation && mode == RenewMode::FollowApp;
         if rotating {
-            let new_jid = Jid::new();
-            let key_id = signer.key_id.to_string();
-            let rotation = Rotation {
-                new_jid,
-                refresh_expire: s.refresh_expire,
-                key_id: &key_id,
-                ip: &input.ip,
-                useragent: &input.useragent,
-            };
             let rotated =
-                self.store.rotate(app.app_id, presented.sid, presented.jid, &rotation, now).await?;
-            if let Some(session) = rotated {
-                let refresh =
-                    refresh_claims(app, session.session_id, new_jid, now, session.current_exp);
-                return match issue(
-                    app,
-                    &signer,
-                    &session,
-                    &input.ip,
-                    &input.useragent,
-                    &refresh,
-                    now,
-                ) {
-                    Ok(issued) => Ok(Renewed { issued, outcome: RenewOutcome::Rotated }),
-                    Err(err) => {
-                        // Our failure must not consume the client's token: the presented
-                        // token is made current again (its predecessor's grace is cleared).
-                        let restore =
-                            Restore { jid: presented.jid, iat: presented.iat, exp: presented.exp };
-                        if let Err(undo) = self
-                            .store
-                            .unrotate(app.app_id, session.session_id, new_jid, &restore)
-                            .await
-                        {
-                            tracing::error!(session_id = %session.session_id, error = %undo, "could not undo a rotation");
-                        }
-                        Err(err)
-                    }
-                };
+                self.rotate_and_issue(app, &signer, presented, None, input, now).await?;
+            if let Some(renewed) = rotated {
+                return Ok(renewed);
             }
         }
         let session = match self.store.get(app.app_id, presented.sid).await? {

@@ -5,9 +5,10 @@ use keygate_tenants::db::Database;
 use keygate_tenants::{AppId, StoreError};
 use serde_json::{Map, Value};
 
-use crate::{Jid, Session, SessionId};
+use crate::{Jid, Session, SessionId, TokenDigest};
 
 mod group_commit;
+mod pg_batch;
 mod postgres;
 mod sqlite;
 
@@ -32,6 +33,12 @@ pub struct Rotation<'a> {
     pub key_id: &'a str,
     pub ip: &'a str,
     pub useragent: &'a str,
+    /// The digest the current refresh token must have, for a presented token whose
+    /// signature was not verified (its exact bytes authenticate it); `None` for one whose
+    /// signature was.
+    pub presented: Option<TokenDigest>,
+    /// The digest of the new refresh token, when it was signed before the swap.
+    pub digest: Option<TokenDigest>,
 }
 
 /// The token a failed rotation gives back to the client.
@@ -57,8 +64,8 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
         session_id: SessionId,
     ) -> Result<Option<Session>, StoreError>;
     /// The compare-and-swap of a renew, as one statement: rotates only if `current_jid` is
-    /// still `expected` and the session is live at `now`, and returns the session as
-    /// rotated. `None` when another renew (or a revoke, or expiry) came first.
+    /// still `expected` (and, with `rotation.presented`, the current token's digest is that
+    /// one) and the session is live at `now`, and returns the session as rotated. `None` when another renew (or a revoke, or expiry) came first.
     async fn rotate(
         &self,
         app_id: AppId,
@@ -115,12 +122,12 @@ pub fn session_store(db: &Database) -> Arc<dyn SessionStore> {
 
 const COLUMNS: &str = "session_id, app_id, sub, claims, created_at, expires_at, current_jid, \
     current_iat, current_exp, key_id, prev_jid, rotated_at, ip, useragent, last_renewed_at, \
-    revoked_at, revoked_reason";
+    revoked_at, revoked_reason, current_digest";
 
 const INSERT: &str = "INSERT INTO sessions (session_id, app_id, sub, claims, created_at, \
     expires_at, current_jid, current_iat, current_exp, key_id, prev_jid, rotated_at, ip, \
-    useragent, last_renewed_at, revoked_at, revoked_reason) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
+    useragent, last_renewed_at, revoked_at, revoked_reason, current_digest) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
 
 /// The live sessions of a subject, oldest first: the ones a session limit evicts first.
 const LIVE_OF_SUBJECT: &str = "SELECT session_id FROM sessions WHERE app_id = $1 AND sub = $2 \
@@ -128,19 +135,21 @@ const LIVE_OF_SUBJECT: &str = "SELECT session_id FROM sessions WHERE app_id = $1
 
 /// The single-statement compare-and-swap of a renew. Parameters: $1 session_id,
 /// $2 app_id, $3 new_jid, $4 refresh_expire, $5 key_id, $6 ip, $7 useragent, $8 now,
-/// $9 the expected current_jid.
+/// $9 the expected current_jid, $10 the expected digest of the current token (NULL: not
+/// compared), $11 the new token's digest.
 fn rotate_sql() -> String {
     format!(
         "UPDATE sessions SET prev_jid = current_jid, current_jid = $3, current_iat = $8, \
          current_exp = CASE WHEN $8 + $4 < expires_at THEN $8 + $4 ELSE expires_at END, \
-         key_id = $5, rotated_at = $8, ip = $6, useragent = $7, last_renewed_at = $8 \
+         key_id = $5, rotated_at = $8, ip = $6, useragent = $7, last_renewed_at = $8, \
+         current_digest = $11 \
          WHERE session_id = $1 AND app_id = $2 AND current_jid = $9 AND revoked_at IS NULL \
-         AND expires_at > $8 RETURNING {COLUMNS}"
+         AND expires_at > $8 AND ($10 IS NULL OR current_digest = $10) RETURNING {COLUMNS}"
     )
 }
 
 const UNROTATE: &str = "UPDATE sessions SET current_jid = $4, current_iat = $5, \
-    current_exp = $6, prev_jid = NULL, rotated_at = NULL \
+    current_exp = $6, prev_jid = NULL, rotated_at = NULL, current_digest = NULL \
     WHERE session_id = $1 AND app_id = $2 AND current_jid = $3";
 
 const TOUCH: &str = "UPDATE sessions SET ip = $3, useragent = $4, last_renewed_at = $5 \
@@ -190,6 +199,7 @@ macro_rules! bind_session {
             .bind(s.last_renewed_at)
             .bind(s.revoked_at)
             .bind(&s.revoked_reason)
+            .bind(s.current_digest.map(|d| d.0.to_vec()))
     }};
 }
 use bind_session;
@@ -199,7 +209,7 @@ const BULK_ROWS: usize = 500;
 
 const BULK_INSERT: &str = "INSERT INTO sessions (session_id, app_id, sub, claims, created_at, \
     expires_at, current_jid, current_iat, current_exp, key_id, prev_jid, rotated_at, ip, \
-    useragent, last_renewed_at, revoked_at, revoked_reason) ";
+    useragent, last_renewed_at, revoked_at, revoked_reason, current_digest) ";
 
 /// Pushes one session's values onto a `QueryBuilder` in the column order of `BULK_INSERT`.
 macro_rules! push_session {
@@ -221,7 +231,8 @@ macro_rules! push_session {
             .push_bind(s.useragent.clone())
             .push_bind(s.last_renewed_at)
             .push_bind(s.revoked_at)
-            .push_bind(s.revoked_reason.clone());
+            .push_bind(s.revoked_reason.clone())
+            .push_bind(s.current_digest.map(|d| d.0.to_vec()));
     }};
 }
 use push_session;
@@ -267,6 +278,8 @@ macro_rules! bind_rotation {
             .bind(r.useragent)
             .bind($now)
             .bind($expected.to_string())
+            .bind(r.presented.map(|d| d.0.to_vec()))
+            .bind(r.digest.map(|d| d.0.to_vec()))
     }};
 }
 use bind_rotation;
@@ -309,6 +322,7 @@ struct SessionRow {
     last_renewed_at: i64,
     revoked_at: Option<i64>,
     revoked_reason: Option<String>,
+    current_digest: Option<Vec<u8>>,
 }
 
 impl TryFrom<SessionRow> for Session {
@@ -328,6 +342,11 @@ impl TryFrom<SessionRow> for Session {
             current_jid: row.current_jid.parse().map_err(|_| corrupt("current_jid"))?,
             current_iat: row.current_iat,
             current_exp: row.current_exp,
+            current_digest: row
+                .current_digest
+                .map(|d| d.try_into().map(TokenDigest))
+                .transpose()
+                .map_err(|_| corrupt("current_digest"))?,
             key_id: row.key_id,
             prev_jid: row
                 .prev_jid

@@ -17,7 +17,7 @@ use base64::Engine;
 use keygate_keyring::{key_store, Keyring, KeyringConfig, MasterKey};
 use keygate_sessions::{
     session_store, Issued, Jid, Rejection, RenewInput, RenewOutcome, Restore, RevokeScope,
-    Rotation, Session, SessionError, SessionId, SessionStore, Sessions, SignInput,
+    Rotation, Session, SessionError, SessionId, SessionStore, Sessions, SignInput, TokenDigest,
 };
 use keygate_tenants::db::Database;
 use keygate_tenants::{
@@ -58,6 +58,7 @@ macro_rules! store_cases {
 store_cases!(
     create_and_get_round_trip_every_field,
     rotate_is_a_compare_and_swap,
+    rotate_with_a_digest_needs_the_current_token_byte_for_byte,
     rotate_refuses_revoked_and_absolutely_expired_sessions,
     a_rotated_token_never_outlives_its_session,
     unrotate_gives_the_token_back_only_while_its_rotation_is_current,
@@ -147,6 +148,7 @@ fn session_in(app_id: AppId, key_id: &str, sub: &str, created_at: i64) -> Sessio
         current_jid: Jid::new(),
         current_iat: created_at,
         current_exp: created_at + 1800,
+        current_digest: Some(TokenDigest::of(&format!("token of {sub} at {created_at}"))),
         key_id: key_id.to_owned(),
         prev_jid: None,
         rotated_at: None,
@@ -162,7 +164,15 @@ fn session_in(app_id: AppId, key_id: &str, sub: &str, created_at: i64) -> Sessio
 const REFRESH: i64 = 1800;
 
 fn rotation(new_jid: Jid, key_id: &str) -> Rotation<'_> {
-    Rotation { new_jid, refresh_expire: REFRESH, key_id, ip: "198.51.100.7", useragent: "agent/2" }
+    Rotation {
+        new_jid,
+        refresh_expire: REFRESH,
+        key_id,
+        ip: "198.51.100.7",
+        useragent: "agent/2",
+        presented: None,
+        digest: None,
+    }
 }
 
 fn object(value: Value) -> Map<String, Value> {
@@ -216,6 +226,54 @@ async fn create_and_get_round_trip_every_field(db: Database) {
     assert_eq!(f.get(fresh.session_id).await, fresh);
 }
 
+async fn rotate_with_a_digest_needs_the_current_token_byte_for_byte(db: Database) {
+    let f = fixture(db).await;
+    let s = f.session("alice", NOW);
+    f.create(&s).await;
+    let d0 = s.current_digest.expect("the fixture's sessions carry a digest");
+    assert_eq!(f.get(s.session_id).await.current_digest, Some(d0), "stored as created");
+    let (j0, j1, now) = (s.current_jid, Jid::new(), NOW + 10);
+    let d1 = TokenDigest::of("the token that replaces it");
+    let with = |presented: Option<TokenDigest>, new_jid| Rotation {
+        presented,
+        digest: Some(d1),
+        ..rotation(new_jid, &f.key_id)
+    };
+
+    // The right jid with another token's digest (a forged token that names the current
+    // jid, say) does not swap, and changes nothing.
+    let other = with(Some(TokenDigest::of("another token")), j1);
+    assert_eq!(f.store.rotate(f.app_id, s.session_id, j0, &other, now).await.unwrap(), None);
+    assert_eq!(f.get(s.session_id).await, s);
+
+    // The current token's digest swaps, and the new token's digest becomes current.
+    let rotated = f.store.rotate(f.app_id, s.session_id, j0, &with(Some(d0), j1), now).await;
+    let rotated = rotated.unwrap().expect("the digest matches");
+    assert_eq!((rotated.current_jid, rotated.current_digest), (j1, Some(d1)));
+    assert_eq!(f.get(s.session_id).await, rotated);
+
+    // The replaced token's digest no longer matches, even with the current jid.
+    let stale = with(Some(d0), Jid::new());
+    assert_eq!(f.store.rotate(f.app_id, s.session_id, j1, &stale, now).await.unwrap(), None);
+
+    // A token whose signature was verified swaps on the jid alone; without a new digest the
+    // session keeps none, and then no digest matches it.
+    let j2 = Jid::new();
+    let verified = Rotation { presented: None, digest: None, ..rotation(j2, &f.key_id) };
+    let rotated = f.store.rotate(f.app_id, s.session_id, j1, &verified, now).await.unwrap();
+    assert_eq!(rotated.map(|r| (r.current_jid, r.current_digest)), Some((j2, None)));
+    let any = with(Some(d1), Jid::new());
+    assert_eq!(f.store.rotate(f.app_id, s.session_id, j2, &any, now).await.unwrap(), None);
+
+    // An undone rotation leaves no digest: the restored token renews only once verified.
+    let j3 = Jid::new();
+    assert!(f.store.rotate(f.app_id, s.session_id, j2, &with(None, j3), now).await.unwrap().is_some());
+    let restore = Restore { jid: j2, iat: now, exp: now + REFRESH };
+    assert!(f.store.unrotate(f.app_id, s.session_id, j3, &restore).await.unwrap());
+    let restored = f.get(s.session_id).await;
+    assert_eq!((restored.current_jid, restored.current_digest), (j2, None));
+}
+
 async fn rotate_is_a_compare_and_swap(db: Database) {
     let f = fixture(db).await;
     let s = f.session("alice", NOW);
@@ -230,6 +288,7 @@ async fn rotate_is_a_compare_and_swap(db: Database) {
         current_jid: j1,
         current_iat: now,
         current_exp: now + REFRESH,
+        current_digest: None,
         key_id: "key-b".to_owned(),
         prev_jid: Some(j0),
         rotated_at: Some(now),

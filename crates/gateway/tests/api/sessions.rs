@@ -13,6 +13,7 @@ on_both_backends!(
     a_full_session,
     reuse_revokes_the_session,
     a_retry_within_the_grace_is_idempotent,
+    renews_near_the_absolute_expiry_are_capped_and_keep_working,
     concurrent_renews_rotate_exactly_once,
     concurrent_renews_without_grace_revoke_the_session,
     tokens_are_scoped_to_their_app,
@@ -106,6 +107,33 @@ async fn a_retry_within_the_grace_is_idempotent(app: TestApp) {
     assert_invalid_grant(status, &body);
     let (status, _) = app.renew(&tenant, &t1["refresh_token"]).await;
     assert_eq!(status, 401, "the session is revoked");
+}
+
+/// A refresh token never outlives its session: when `now + refresh_expire` passes the
+/// session's absolute expiry, the new token is signed again with the capped `exp`. That
+/// token is not the one whose digest the rotation stored, so its own renew is judged by
+/// signature: it must still rotate, and its predecessor must still be reuse.
+async fn renews_near_the_absolute_expiry_are_capped_and_keep_working(app: TestApp) {
+    let settings = json!({"name": "capped", "refresh_expire": 7200, "session_max_age": 3600, "reuse_grace": 0});
+    let tenant = app.create_app(settings).await;
+    let signed = app.sign(&tenant, "erin").await;
+    let end = payload(&signed["refresh_token"])["exp"].as_i64().unwrap();
+    assert_eq!(end - payload(&signed["refresh_token"])["iat"].as_i64().unwrap(), 3600);
+    let mut token = signed["refresh_token"].clone();
+    let mut spent = Vec::new();
+    for round in 0..3 {
+        let (status, renewed) = app.renew(&tenant, &token).await;
+        assert_eq!(status, 200, "round {round}: {renewed}");
+        let claims = payload(&renewed["refresh_token"]);
+        assert_eq!(claims["exp"].as_i64(), Some(end), "round {round}: capped at the session's end");
+        let now = claims["iat"].as_i64().unwrap();
+        assert_eq!(renewed["refresh_expires_in"].as_i64(), Some(end - now));
+        spent.push(std::mem::replace(&mut token, renewed["refresh_token"].clone()));
+    }
+    let (status, body) = app.renew(&tenant, &spent[1]).await;
+    assert_invalid_grant(status, &body);
+    let (status, body) = app.renew(&tenant, &token).await;
+    assert_invalid_grant(status, &body);
 }
 
 /// `n` renews of one token, all in flight at once.

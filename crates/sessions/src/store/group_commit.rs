@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::*;
 
-/// The most jobs one statement carries (9 bound values per rotation).
+/// The most jobs one statement carries (11 bound values per rotation).
 const MAX_BATCH: usize = 256;
 /// Jobs waiting for the batcher before senders wait too.
 const QUEUE: usize = 4096;
@@ -29,6 +29,8 @@ pub(super) struct RotateJob {
     pub key_id: String,
     pub ip: String,
     pub useragent: String,
+    pub presented: Option<TokenDigest>,
+    pub digest: Option<TokenDigest>,
     pub now: i64,
     pub reply: oneshot::Sender<Result<Option<Session>, StoreError>>,
 }
@@ -123,7 +125,8 @@ async fn insert_batch(writer: &SqlitePool, jobs: Vec<InsertJob>) {
 
 async fn rotate_batch(writer: &SqlitePool, jobs: Vec<RotateJob>) {
     let mut builder = QueryBuilder::<Sqlite>::new(
-        "WITH batch (session_id, app_id, new_jid, refresh_expire, key_id, ip, useragent, now, expected) AS (",
+        "WITH batch (session_id, app_id, new_jid, refresh_expire, key_id, ip, useragent, now, \
+         expected, presented, digest) AS (",
     );
     builder.push_values(&jobs, |mut b, job| {
         b.push_bind(job.session_id.to_string())
@@ -134,7 +137,9 @@ async fn rotate_batch(writer: &SqlitePool, jobs: Vec<RotateJob>) {
             .push_bind(job.ip.clone())
             .push_bind(job.useragent.clone())
             .push_bind(job.now)
-            .push_bind(job.expected.to_string());
+            .push_bind(job.expected.to_string())
+            .push_bind(job.presented.map(|d| d.0.to_vec()))
+            .push_bind(job.digest.map(|d| d.0.to_vec()));
     });
     builder.push(format!(
         ") UPDATE sessions SET prev_jid = sessions.current_jid, current_jid = batch.new_jid, \
@@ -142,10 +147,12 @@ async fn rotate_batch(writer: &SqlitePool, jobs: Vec<RotateJob>) {
          current_exp = CASE WHEN batch.now + batch.refresh_expire < sessions.expires_at \
          THEN batch.now + batch.refresh_expire ELSE sessions.expires_at END, \
          key_id = batch.key_id, rotated_at = batch.now, ip = batch.ip, \
-         useragent = batch.useragent, last_renewed_at = batch.now \
+         useragent = batch.useragent, last_renewed_at = batch.now, \
+         current_digest = batch.digest \
          FROM batch WHERE sessions.session_id = batch.session_id \
          AND sessions.app_id = batch.app_id AND sessions.current_jid = batch.expected \
          AND sessions.revoked_at IS NULL AND sessions.expires_at > batch.now \
+         AND (batch.presented IS NULL OR sessions.current_digest = batch.presented) \
          RETURNING {COLUMNS}"
     ));
     match builder.build_query_as::<SessionRow>().persistent(false).fetch_all(writer).await {
@@ -189,7 +196,7 @@ fn is_busy(err: &sqlx::Error) -> bool {
 }
 
 /// The error each job of a batch gets when the batch failed as [`is_busy`].
-fn busy(err: &sqlx::Error) -> StoreError {
+pub(super) fn busy(err: &sqlx::Error) -> StoreError {
     let cause = std::io::Error::other(format!("a batch of writes failed: {err}"));
     StoreError::Unavailable(sqlx::Error::Io(cause))
 }
@@ -205,6 +212,8 @@ pub(super) async fn rotate_one(
         key_id: &job.key_id,
         ip: &job.ip,
         useragent: &job.useragent,
+        presented: job.presented,
+        digest: job.digest,
     };
     let sql = rotate_sql();
     let row = bind_rotation!(

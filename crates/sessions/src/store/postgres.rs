@@ -1,16 +1,24 @@
 use async_trait::async_trait;
 use sqlx::PgPool;
 
+use super::group_commit::{lost, RotateJob};
+use super::pg_batch::{self, PgBatch};
 use super::*;
 
+/// Renews go through group commit (see [`super::pg_batch`]); every other statement runs
+/// on the pool directly.
 #[derive(Debug, Clone)]
 pub struct PgSessionStore {
     pool: PgPool,
+    batch: Option<PgBatch>,
 }
 
 impl PgSessionStore {
+    /// Inside a Tokio runtime this starts the group-commit task; outside one, every renew
+    /// commits on its own.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        let batch = PgBatch::start(pool.clone());
+        Self { pool, batch }
     }
 }
 
@@ -70,18 +78,26 @@ impl SessionStore for PgSessionStore {
         rotation: &Rotation<'_>,
         now: i64,
     ) -> Result<Option<Session>, StoreError> {
-        let sql = rotate_sql();
-        let row = bind_rotation!(
-            sqlx::query_as::<_, SessionRow>(&sql),
+        let job = RotateJob {
             app_id,
             session_id,
             expected,
-            rotation,
-            now
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(Session::try_from).transpose()
+            new_jid: rotation.new_jid,
+            refresh_expire: rotation.refresh_expire,
+            key_id: rotation.key_id.to_owned(),
+            ip: rotation.ip.to_owned(),
+            useragent: rotation.useragent.to_owned(),
+            presented: rotation.presented,
+            digest: rotation.digest,
+            now,
+            reply: tokio::sync::oneshot::channel().0,
+        };
+        let Some(batch) = &self.batch else {
+            return pg_batch::rotate_one(&self.pool, &job).await;
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        batch.submit(RotateJob { reply, ..job }).await?;
+        answer.await.map_err(lost)?
     }
 
     async fn unrotate(

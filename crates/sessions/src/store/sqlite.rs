@@ -89,6 +89,8 @@ impl SessionStore for SqliteSessionStore {
             key_id: rotation.key_id.to_owned(),
             ip: rotation.ip.to_owned(),
             useragent: rotation.useragent.to_owned(),
+            presented: rotation.presented,
+            digest: rotation.digest,
             now,
             reply: tokio::sync::oneshot::channel().0,
         };
