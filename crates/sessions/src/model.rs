@@ -1,7 +1,7 @@
 use keygate_tenants::AppId;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::{Jid, SessionId};
 

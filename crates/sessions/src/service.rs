@@ -170,14 +170,14 @@ impl Sessions {
         if !app.settings.refresh_rotation {
             return Ok(None);
         }
-        let Ok(claims) = self.keyring.decode_unverified::<RefreshClaims>(
-            app.app_id,
-            &input.refresh_token,
-            &validation(app),
-        ) else {
+        let Ok(claims) =
+            self.keyring.decode_unverified::<RefreshClaims>(app.app_id, &input.refresh_token)
+        else {
             return Ok(None);
         };
-        if outside_lifetime(claims.iat, claims.nbf, claims.exp, now).is_some() {
+        if claims.iss != app.settings.issuer
+            || outside_lifetime(claims.iat, claims.nbf, claims.exp, now).is_some()
+        {
             return Ok(None);
         }
         let signer = self.signer(app.app_id).await?;
@@ -236,7 +236,8 @@ impl Sessions {
             Err(err) => {
                 // Our failure must not consume the client's token: the presented token is
                 // made current again (its predecessor's grace is cleared).
-                let restore = Restore { jid: presented.jid, iat: presented.iat, exp: presented.exp };
+                let restore =
+                    Restore { jid: presented.jid, iat: presented.iat, exp: presented.exp };
                 if let Err(undo) =
                     self.store.unrotate(app.app_id, session.session_id, new_jid, &restore).await
                 {
@@ -298,8 +299,7 @@ impl Sessions {
         let s = &app.settings;
         let rotating = s.refresh_rotation && mode == RenewMode::FollowApp;
         if rotating {
-            let rotated =
-                self.rotate_and_issue(app, &signer, presented, None, input, now).await?;
+            let rotated = self.rotate_and_issue(app, &signer, presented, None, input, now).await?;
             if let Some(renewed) = rotated {
                 return Ok(renewed);
             }

@@ -267,7 +267,12 @@ async fn rotate_with_a_digest_needs_the_current_token_byte_for_byte(db: Database
 
     // An undone rotation leaves no digest: the restored token renews only once verified.
     let j3 = Jid::new();
-    assert!(f.store.rotate(f.app_id, s.session_id, j2, &with(None, j3), now).await.unwrap().is_some());
+    assert!(f
+        .store
+        .rotate(f.app_id, s.session_id, j2, &with(None, j3), now)
+        .await
+        .unwrap()
+        .is_some());
     let restore = Restore { jid: j2, iat: now, exp: now + REFRESH };
     assert!(f.store.unrotate(f.app_id, s.session_id, j3, &restore).await.unwrap());
     let restored = f.get(s.session_id).await;

@@ -404,7 +404,8 @@ async fn seed_001_keeps_the_rotations_user_agent(app: TestApp, seed: Seed) {
     let (status, retried) = app.renew_as(&created, &a, "App/1").await;
     assert_eq!(status, 200, "{retried}");
     // B again: the same header and claims, signed anew (ECDSA signatures are randomized).
-    let signed_part = |token: &Value| token.as_str().unwrap().rsplit_once('.').unwrap().0.to_owned();
+    let signed_part =
+        |token: &Value| token.as_str().unwrap().rsplit_once('.').unwrap().0.to_owned();
     assert_eq!(signed_part(&retried["refresh_token"]), signed_part(&rotated["refresh_token"]));
 }
 

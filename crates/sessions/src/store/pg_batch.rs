@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::group_commit::{busy, RotateJob};
 use super::*;
@@ -138,7 +138,10 @@ fn is_unreachable(err: &sqlx::Error) -> bool {
 }
 
 /// One rotation on its own: the single-statement compare-and-swap.
-pub(super) async fn rotate_one(pool: &PgPool, job: &RotateJob) -> Result<Option<Session>, StoreError> {
+pub(super) async fn rotate_one(
+    pool: &PgPool,
+    job: &RotateJob,
+) -> Result<Option<Session>, StoreError> {
     let rotation = Rotation {
         new_jid: job.new_jid,
         refresh_expire: job.refresh_expire,
