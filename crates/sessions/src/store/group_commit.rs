@@ -9,6 +9,7 @@
 //! renews of one token share a batch, exactly one of them wins.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use sqlx::{QueryBuilder, Sqlite, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
@@ -123,39 +124,69 @@ async fn insert_batch(writer: &SqlitePool, jobs: Vec<InsertJob>) {
     }
 }
 
+/// The batched compare-and-swap for `rows` rotations (a power of two up to [`MAX_BATCH`]).
+/// A batch is padded to the next power of two with rows that match no session, so that
+/// only a handful of statements exist and each stays prepared on the writer connection:
+/// parsing and planning a new statement for every batch cost more than the padding.
+fn rotate_batch_sql(rows: usize) -> &'static str {
+    const SIZES: usize = MAX_BATCH.trailing_zeros() as usize + 1;
+    static SQL: [OnceLock<String>; SIZES] = [const { OnceLock::new() }; SIZES];
+    let size = rows.next_power_of_two().min(MAX_BATCH);
+    SQL[size.trailing_zeros() as usize].get_or_init(|| {
+        let row = format!("({})", ["?"; 11].join(", "));
+        format!(
+            "WITH batch (session_id, app_id, new_jid, refresh_expire, key_id, ip, useragent, \
+             now, expected, presented, digest) AS (VALUES {}) \
+             UPDATE sessions SET prev_jid = sessions.current_jid, current_jid = batch.new_jid, \
+             current_iat = batch.now, \
+             current_exp = CASE WHEN batch.now + batch.refresh_expire < sessions.expires_at \
+             THEN batch.now + batch.refresh_expire ELSE sessions.expires_at END, \
+             key_id = batch.key_id, rotated_at = batch.now, ip = batch.ip, \
+             useragent = batch.useragent, last_renewed_at = batch.now, \
+             current_digest = batch.digest \
+             FROM batch WHERE sessions.session_id = batch.session_id \
+             AND sessions.app_id = batch.app_id AND sessions.current_jid = batch.expected \
+             AND sessions.revoked_at IS NULL AND sessions.expires_at > batch.now \
+             AND (batch.presented IS NULL OR sessions.current_digest = batch.presented) \
+             RETURNING {COLUMNS}",
+            vec![row; size].join(", ")
+        )
+    })
+}
+
 async fn rotate_batch(writer: &SqlitePool, jobs: Vec<RotateJob>) {
-    let mut builder = QueryBuilder::<Sqlite>::new(
-        "WITH batch (session_id, app_id, new_jid, refresh_expire, key_id, ip, useragent, now, \
-         expected, presented, digest) AS (",
-    );
-    builder.push_values(&jobs, |mut b, job| {
-        b.push_bind(job.session_id.to_string())
-            .push_bind(job.app_id.to_string())
-            .push_bind(job.new_jid.to_string())
-            .push_bind(job.refresh_expire)
-            .push_bind(job.key_id.clone())
-            .push_bind(job.ip.clone())
-            .push_bind(job.useragent.clone())
-            .push_bind(job.now)
-            .push_bind(job.expected.to_string())
-            .push_bind(job.presented.map(|d| d.0.to_vec()))
-            .push_bind(job.digest.map(|d| d.0.to_vec()));
-    });
-    builder.push(format!(
-        ") UPDATE sessions SET prev_jid = sessions.current_jid, current_jid = batch.new_jid, \
-         current_iat = batch.now, \
-         current_exp = CASE WHEN batch.now + batch.refresh_expire < sessions.expires_at \
-         THEN batch.now + batch.refresh_expire ELSE sessions.expires_at END, \
-         key_id = batch.key_id, rotated_at = batch.now, ip = batch.ip, \
-         useragent = batch.useragent, last_renewed_at = batch.now, \
-         current_digest = batch.digest \
-         FROM batch WHERE sessions.session_id = batch.session_id \
-         AND sessions.app_id = batch.app_id AND sessions.current_jid = batch.expected \
-         AND sessions.revoked_at IS NULL AND sessions.expires_at > batch.now \
-         AND (batch.presented IS NULL OR sessions.current_digest = batch.presented) \
-         RETURNING {COLUMNS}"
-    ));
-    match builder.build_query_as::<SessionRow>().persistent(false).fetch_all(writer).await {
+    let digest = |d: Option<TokenDigest>| d.map(|d| d.0.to_vec());
+    let mut query = sqlx::query_as::<_, SessionRow>(rotate_batch_sql(jobs.len()));
+    for job in &jobs {
+        query = query
+            .bind(job.session_id.to_string())
+            .bind(job.app_id.to_string())
+            .bind(job.new_jid.to_string())
+            .bind(job.refresh_expire)
+            .bind(job.key_id.clone())
+            .bind(job.ip.clone())
+            .bind(job.useragent.clone())
+            .bind(job.now)
+            .bind(job.expected.to_string())
+            .bind(digest(job.presented))
+            .bind(digest(job.digest));
+    }
+    // Padding: an empty session id matches no session.
+    for _ in jobs.len()..jobs.len().next_power_of_two() {
+        query = query
+            .bind("")
+            .bind("")
+            .bind("")
+            .bind(0i64)
+            .bind("")
+            .bind("")
+            .bind("")
+            .bind(0i64)
+            .bind("")
+            .bind(None::<Vec<u8>>)
+            .bind(None::<Vec<u8>>);
+    }
+    match query.fetch_all(writer).await {
         Ok(rows) => {
             // Each updated row carries the jid of the job that won it.
             let mut won: HashMap<String, SessionRow> =
