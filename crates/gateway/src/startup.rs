@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::client_ip::TrustedProxies;
 use crate::rate_limit::{self, AuthLimiter};
-use crate::{compat, janitor, routes, Services, Settings};
+use crate::{changes, compat, janitor, routes, Services, Settings};
 
 /// How often the failed-authentication limiter forgets addresses that are back to fresh.
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
@@ -50,6 +50,7 @@ impl Application {
             .unwrap_or(2)
             .max(1);
         let services = web::Data::new(services);
+        changes::spawn_listener(services.clone());
         if settings.janitor_interval > 0 {
             janitor::spawn(services.clone(), Duration::from_secs(settings.janitor_interval));
         }

@@ -373,6 +373,11 @@ impl Keyring {
         Ok(keys)
     }
 
+    /// Drops the cached keys of every app.
+    pub fn forget_all(&self) {
+        self.cache.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Drops the cached keys of an app, after a change.
     pub fn forget(&self, app_id: AppId) {
         self.cache.write().unwrap_or_else(|p| p.into_inner()).remove(&app_id);

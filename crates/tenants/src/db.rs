@@ -23,6 +23,25 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres
 /// answered 503.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The Postgres channel on which a change to an app, its signing keys or the root key is
+/// announced (`NOTIFY`), so that every gateway on the database drops what it cached about
+/// it at once instead of at the end of its cache TTL. Payloads: `app APP_ID`,
+/// `keys APP_ID`, `root`.
+pub const CHANGES_CHANNEL: &str = "keygate_changes";
+
+/// Announces a committed change on [`CHANGES_CHANNEL`]. Best effort: an announcement that
+/// is lost (the database went away just after the commit) is covered by the cache TTL.
+pub async fn announce(pool: &PgPool, payload: &str) {
+    let sent = sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANGES_CHANNEL)
+        .bind(payload)
+        .execute(pool)
+        .await;
+    if let Err(error) = sent {
+        tracing::warn!(%error, "could not announce a change to the other gateways; they see it when their caches expire");
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("unsupported database URL {0:?}: expected sqlite://PATH or postgres://…")]

@@ -110,6 +110,19 @@ impl Tenants {
         Ok(record)
     }
 
+    /// Drops every cached app and every remembered key check.
+    pub fn forget_all(&self) {
+        write(&self.apps).clear();
+        *write(&self.root_hash) = None;
+        self.verified.forget_all();
+    }
+
+    /// Drops what this process knows of the root key, after it changed elsewhere.
+    pub fn forget_root(&self) {
+        *write(&self.root_hash) = None;
+        self.verified.forget(Subject::Root);
+    }
+
     /// Drops what this process knows of an app, after it changed.
     pub fn forget(&self, app_id: AppId) {
         write(&self.apps).remove(&app_id);

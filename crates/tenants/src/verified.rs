@@ -80,6 +80,10 @@ impl VerifiedCache {
         list.push(Entry { hash: Arc::from(hash), digest });
     }
 
+    pub(crate) fn forget_all(&self) {
+        self.lock().clear();
+    }
+
     pub(crate) fn forget(&self, subject: Subject) {
         self.lock().remove(&subject);
     }

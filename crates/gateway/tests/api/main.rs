@@ -18,5 +18,6 @@ mod inputs;
 mod keys;
 mod outage;
 mod races;
+mod replicas;
 mod root;
 mod sessions;

@@ -1,4 +1,5 @@
 use async_trait::async_trait;
+use keygate_tenants::db::announce;
 use sqlx::PgPool;
 
 use super::*;
@@ -30,6 +31,7 @@ impl KeyStore for PgKeyStore {
             apply_change!(tx, app_id, change);
         }
         tx.commit().await?;
+        announce(&self.pool, &format!("keys {app_id}")).await;
         Ok(())
     }
 

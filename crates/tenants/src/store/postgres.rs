@@ -1,6 +1,7 @@
 use async_trait::async_trait;
 
 use super::*;
+use crate::db::announce;
 use sqlx::PgPool;
 
 /// One pool serves reads and writes.
@@ -60,6 +61,7 @@ impl AppStore for PgAppStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        announce(&self.pool, &format!("app {}", app.app_id)).await;
         Ok(())
     }
 
@@ -80,11 +82,13 @@ impl AppStore for PgAppStore {
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
+        announce(&self.pool, &format!("app {app_id}")).await;
         Ok(())
     }
 
     async fn delete_app(&self, app_id: AppId) -> Result<bool, StoreError> {
         let done = sqlx::query(DELETE_APP).bind(app_id.to_string()).execute(&self.pool).await?;
+        announce(&self.pool, &format!("app {app_id}")).await;
         Ok(done.rows_affected() > 0)
     }
 
@@ -99,6 +103,7 @@ impl AppStore for PgAppStore {
 
     async fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
         sqlx::query(PUT_SETTING).bind(name).bind(value).execute(&self.pool).await?;
+        announce(&self.pool, "root").await;
         Ok(())
     }
 }
