@@ -1,23 +1,41 @@
-//! Periodic clean-up: sessions that ended long ago, and retired keys whose tokens can no
-//! longer be valid.
+//! The background jobs, run periodically: scheduled key rotation (DESIGN.md "Keys"), then
+//! clean-up of sessions that ended long ago and of retired keys whose tokens can no longer
+//! be valid.
+//!
+//! With several gateways on one Postgres, each pass runs on one of them only: the one that
+//! takes a Postgres advisory lock for the pass (`pg_try_advisory_xact_lock`). The others
+//! skip that pass. On SQLite there is one process, and it runs every pass.
 
 use std::time::Duration;
 
 use actix_web::web;
+use keygate_tenants::db::Database;
+use keygate_tenants::StoreError;
 
 use crate::clock;
 use crate::error::ApiError;
 use crate::Services;
 
-/// What one pass deleted.
+/// Takes the advisory lock that elects the gateway running a pass, for the current
+/// transaction. Its key is derived from the schema, so that deployments sharing a
+/// database in separate schemas elect separately.
+pub const TRY_JOBS_LOCK: &str =
+    "SELECT pg_try_advisory_xact_lock(hashtextextended('keygate jobs ' || current_schema(), 0))";
+
+/// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
+    /// Apps whose signing keys rotated on schedule.
+    pub rotated: u64,
+    /// Sessions deleted.
     pub sessions: u64,
+    /// Retired keys deleted.
     pub keys: u64,
 }
 
-/// One pass at `now`.
+/// One pass at `now`, on this gateway, whatever the others do.
 pub async fn run_once(services: &Services, now: i64) -> Result<Report, ApiError> {
+    let rotated = rotate_due(services, now).await?;
     let sessions = services.sessions.purge(now).await?;
     let mut keys = 0;
     for app in services.tenants.list_apps().await? {
@@ -26,7 +44,55 @@ pub async fn run_once(services: &Services, now: i64) -> Result<Report, ApiError>
         let longest = app.settings.token_expire.max(app.settings.refresh_expire);
         keys += services.keyring.purge_retired(app.app_id, now - longest).await?;
     }
-    Ok(Report { sessions, keys })
+    Ok(Report { rotated, sessions, keys })
+}
+
+/// Scheduled rotation: every app whose active key has signed for its `rotation_period`
+/// promotes its next key, provided that key has been published for at least the JWKS
+/// `max-age`, so that no verifier caching the JWKS meets an unknown kid. Returns how many
+/// apps rotated. One app's failure is logged and does not hold up the others.
+pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, ApiError> {
+    let min_published = i64::try_from(services.jwks_max_age).unwrap_or(i64::MAX);
+    let mut rotated = 0;
+    for app in services.tenants.list_apps().await? {
+        let period = app.settings.rotation_period;
+        match services.keyring.rotate_if_due(app.app_id, period, min_published, now).await {
+            Ok(Some(rotation)) => {
+                rotated += 1;
+                tracing::info!(
+                    app_id = %app.app_id,
+                    active = %rotation.active_key_id,
+                    retired = %rotation.retired_key_id,
+                    next = %rotation.next_key_id,
+                    "signing keys rotated on schedule"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => {
+                let e = ApiError::from(e);
+                tracing::warn!(app_id = %app.app_id, error = %crate::error::chain(&e), "scheduled key rotation failed");
+            }
+        }
+    }
+    Ok(rotated)
+}
+
+/// One pass at `now` if this gateway is elected for it (always on SQLite); `None` when
+/// another gateway holds the jobs lock.
+pub async fn run_elected(services: &Services, now: i64) -> Result<Option<Report>, ApiError> {
+    let Database::Postgres(pool) = &services.db else {
+        return run_once(services, now).await.map(Some);
+    };
+    // The lock lives as long as this transaction; the jobs run on other connections.
+    let mut tx = pool.begin().await.map_err(StoreError::from)?;
+    let elected: bool =
+        sqlx::query_scalar(TRY_JOBS_LOCK).fetch_one(&mut *tx).await.map_err(StoreError::from)?;
+    if !elected {
+        return Ok(None);
+    }
+    let report = run_once(services, now).await;
+    tx.rollback().await.map_err(StoreError::from)?;
+    report.map(Some)
 }
 
 /// Runs a pass every `interval` for as long as the process lives.
@@ -36,8 +102,8 @@ pub fn spawn(services: web::Data<Services>, interval: Duration) {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            match run_once(&services, clock::now()).await {
-                Ok(report) if report != Report::default() => {
+            match run_elected(&services, clock::now()).await {
+                Ok(Some(report)) if report.sessions + report.keys > 0 => {
                     tracing::info!(
                         sessions = report.sessions,
                         keys = report.keys,

@@ -1,7 +1,9 @@
-//! The janitor deletes sessions that ended long ago and retired keys whose tokens have all
-//! expired, and nothing else.
+//! The background jobs: scheduled key rotation, one gateway at a time on Postgres, and the
+//! janitor, which deletes sessions that ended long ago and retired keys whose tokens have
+//! all expired, and nothing else.
 
 use keygate_gateway::{admin, janitor, Services, Settings};
+use keygate_keyring::KeyState;
 use keygate_sessions::SignInput;
 use keygate_tenants::SettingsPatch;
 use serde_json::json;
@@ -41,7 +43,7 @@ async fn the_janitor_deletes_only_what_has_ended(services: Services) {
     let report = janitor::run_once(&services, now + 7100).await.unwrap();
     assert_eq!(
         report,
-        janitor::Report { sessions: 0, keys: 1 },
+        janitor::Report { rotated: 0, sessions: 0, keys: 1 },
         "the retired key's tokens expired after 3600 s"
     );
     let keys = services.keyring.list(app.app_id).await.unwrap();
@@ -66,4 +68,65 @@ async fn postgres() {
     let Some(url) = keygate_tenants::db::testing::postgres_url().await else { return };
     let (services, _dir) = services(Some(url)).await;
     the_janitor_deletes_only_what_has_ended(services).await;
+}
+
+/// Scheduled rotation, with time as a parameter: due after `rotation_period`, and only
+/// once the next key has been published for the JWKS max-age (300 s by default).
+async fn scheduled_rotation_promotes_the_published_next_key(services: Services) {
+    let now = 1_800_000_000;
+    let patch = SettingsPatch {
+        name: Some("scheduled".into()),
+        rotation_period: Some(3600),
+        ..SettingsPatch::default()
+    };
+    let created = admin::create_app(&services, &patch, now).await.unwrap();
+    let keys = services.keyring.list(created.app_id).await.unwrap();
+    let next = keys.iter().find(|k| k.state == KeyState::Next).unwrap().key_id;
+    assert_eq!(janitor::rotate_due(&services, now + 3599).await.unwrap(), 0, "not yet due");
+    let report = janitor::run_once(&services, now + 3600).await.unwrap();
+    assert_eq!(report.rotated, 1, "due: {report:?}");
+    let keys = services.keyring.list(created.app_id).await.unwrap();
+    let state = |id| keys.iter().find(|k| k.key_id == id).unwrap().state;
+    assert_eq!(state(next), KeyState::Active, "the published next key signs now");
+    assert_eq!(state(created.key_id), KeyState::Retired);
+    // The new next key was published just now: the next rotation waits for the period.
+    assert_eq!(janitor::rotate_due(&services, now + 3700).await.unwrap(), 0);
+    assert_eq!(janitor::rotate_due(&services, now + 7200).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn scheduled_rotation_sqlite() {
+    let (services, _dir) = services(None).await;
+    scheduled_rotation_promotes_the_published_next_key(services).await;
+}
+
+#[tokio::test]
+async fn scheduled_rotation_postgres() {
+    let Some(url) = keygate_tenants::db::testing::postgres_url().await else { return };
+    let (services, _dir) = services(Some(url)).await;
+    scheduled_rotation_promotes_the_published_next_key(services).await;
+}
+
+/// Of the gateways on one Postgres schema, only the one holding the jobs lock runs a
+/// pass; on SQLite every pass runs.
+#[tokio::test]
+async fn one_gateway_at_a_time_runs_the_jobs() {
+    let (embedded, _dir) = services(None).await;
+    assert!(janitor::run_elected(&embedded, 1_800_000_000).await.unwrap().is_some());
+
+    let Some(url) = keygate_tenants::db::testing::postgres_url().await else { return };
+    let (gateway, _dir) = services(Some(url.clone())).await;
+    // Another gateway of the same schema is running a pass: it holds the lock.
+    let other = sqlx::PgPool::connect(&url).await.unwrap();
+    let mut tx = other.begin().await.unwrap();
+    let held: bool = sqlx::query_scalar(janitor::TRY_JOBS_LOCK).fetch_one(&mut *tx).await.unwrap();
+    assert!(held);
+    assert_eq!(janitor::run_elected(&gateway, 1_800_000_000).await.unwrap(), None);
+    // A gateway on another schema of the same database elects on its own.
+    let Some(elsewhere) = keygate_tenants::db::testing::postgres_url().await else { return };
+    let (separate, _dir2) = services(Some(elsewhere)).await;
+    assert!(janitor::run_elected(&separate, 1_800_000_000).await.unwrap().is_some());
+    // Once that pass ends, the lock is free again.
+    tx.rollback().await.unwrap();
+    assert!(janitor::run_elected(&gateway, 1_800_000_000).await.unwrap().is_some());
 }

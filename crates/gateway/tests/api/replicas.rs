@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use keygate_gateway::Settings;
+
 use crate::helpers::{parts, payload, spawn_app_with, Backend, CreatedApp, TestApp};
 
 /// Caches that outlive every test here: only an announcement can refresh them in time.
@@ -17,7 +19,19 @@ const LONG_CACHE_TTL: u64 = 600;
 
 /// Two gateways on one fresh Postgres schema; `None` without `TEST_DATABASE_URL`.
 async fn pair() -> Option<(TestApp, TestApp)> {
-    let first = spawn_app_with(Backend::Postgres, |s| s.cache_ttl = LONG_CACHE_TTL).await?;
+    pair_with(|_| {}).await
+}
+
+/// [`pair`], with both gateways' settings adjusted by `adjust`.
+async fn pair_with(
+    adjust: impl Fn(&mut Settings) + Clone + Send + 'static,
+) -> Option<(TestApp, TestApp)> {
+    let adjust_first = adjust.clone();
+    let first = spawn_app_with(Backend::Postgres, move |s| {
+        s.cache_ttl = LONG_CACHE_TTL;
+        adjust_first(s);
+    })
+    .await?;
     let master = std::fs::read_to_string(first.data_dir().join("master.key")).unwrap();
     let (url, root_key) = (first.database_url.clone(), first.root_key.clone());
     let mut second = spawn_app_with(Backend::Postgres, move |s| {
@@ -25,6 +39,7 @@ async fn pair() -> Option<(TestApp, TestApp)> {
         s.master_key = Some(master.trim().to_owned());
         s.root_key = Some(root_key);
         s.cache_ttl = LONG_CACHE_TTL;
+        adjust(s);
     })
     .await?;
     second.root_key = first.root_key.clone();
@@ -198,4 +213,61 @@ async fn an_app_key_rotated_on_one_gateway_is_refused_by_the_other_at_once() {
     })
     .await;
     eprintln!("app key rotation seen by both gateways after {took:?}");
+}
+
+/// The keys of an app as the root API lists them: (key_id, status).
+async fn keys(gateway: &TestApp, app: &CreatedApp) -> Vec<(String, String)> {
+    let response =
+        gateway.root(Method::GET, &format!("/root/apps/{}/keys", app.app_id)).send().await.unwrap();
+    let (status, body) = parts(response).await;
+    assert_eq!(status, 200, "{body}");
+    body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (k["key_id"].as_str().unwrap().to_owned(), k["status"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduled_rotation_runs_once_not_twice() {
+    // Both gateways run the background jobs every second, and a next key counts as
+    // published after 1 s.
+    let Some((a, b)) = pair_with(|s| {
+        s.janitor_interval = 1;
+        s.jwks_max_age = 1;
+    })
+    .await
+    else {
+        return;
+    };
+    let app = a.create_app(json!({"name": "scheduled"})).await;
+    let next = keys(&a, &app).await.into_iter().find(|(_, s)| s == "next").unwrap().0;
+    // The API's shortest rotation period is an hour; the test shortens it in the database.
+    let db = sqlx::PgPool::connect(&a.database_url).await.unwrap();
+    sqlx::query("UPDATE apps SET rotation_period = 3 WHERE app_id = $1")
+        .bind(&app.app_id)
+        .execute(&db)
+        .await
+        .unwrap();
+
+    let start = Instant::now();
+    while !keys(&a, &app).await.iter().any(|(_, s)| s == "retired") {
+        assert!(start.elapsed() < Duration::from_secs(10), "no scheduled rotation within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both gateways ran passes meanwhile; the period (3 s) has not come round again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let now = keys(&b, &app).await;
+    let count = |status: &str| now.iter().filter(|(_, s)| s == status).count();
+    assert_eq!((count("retired"), count("active"), count("next")), (1, 1, 1), "{now:?}");
+    assert!(now.contains(&(app.key_id.clone(), "retired".to_owned())), "{now:?}");
+    assert!(now.contains(&(next, "active".to_owned())), "the published next key: {now:?}");
+    // And both gateways sign with it.
+    let active = &now.iter().find(|(_, s)| s == "active").unwrap().0;
+    for gateway in [&a, &b] {
+        assert_eq!(&signing_key(gateway, &app).await, active);
+    }
 }
