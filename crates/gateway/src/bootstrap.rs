@@ -118,13 +118,23 @@ fn load_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
         .and_then(|()| file.write_all(b"\n"))
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing the master key file {}", path.display()))?;
-    eprintln!(
-        "warning: generated a new master key in {} (mode 0600). It seals every private \
-         signing key: back it up, and in production supply your own with KEYGATE_MASTER_KEY \
-         or KEYGATE_MASTER_KEY_FILE.",
+    warn_operator(&format!(
+        "generated a new master key in {} (mode 0600). It seals every private signing key: \
+         back it up, and in production supply your own with KEYGATE_MASTER_KEY or \
+         KEYGATE_MASTER_KEY_FILE.",
         path.display()
-    );
+    ));
     Ok(master)
+}
+
+/// A warning for the operator: through the log when `serve` has set one up (so that a
+/// JSON log stays one JSON object per line), else on stderr as text.
+fn warn_operator(message: &str) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!("{message}");
+    } else {
+        eprintln!("warning: {message}");
+    }
 }
 
 fn warn_if_readable_by_others(path: &Path) {
@@ -133,10 +143,10 @@ fn warn_if_readable_by_others(path: &Path) {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(meta) = fs::metadata(path) {
             if meta.permissions().mode() & 0o077 != 0 {
-                eprintln!(
-                    "warning: the master key file {} is readable by other users; run chmod 600 on it",
+                warn_operator(&format!(
+                    "the master key file {} is readable by other users; run chmod 600 on it",
                     path.display()
-                );
+                ));
             }
         }
     }

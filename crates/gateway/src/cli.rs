@@ -27,8 +27,19 @@ pub struct Cli {
     /// Print one JSON object instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// The format of the log on stderr: `pretty` (one line per event, for people) or
+    /// `json` (one JSON object per line, for log collectors).
+    #[arg(long, global = true, env = "KEYGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The format of the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -279,7 +290,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         if let Some(listen) = listen {
             settings.listen = listen;
         }
-        return serve(settings).await;
+        return serve(settings, cli.log_format).await;
     }
     let (services, bootstrap) = Services::open(&settings).await?;
     if let Some(root_key) = &bootstrap.new_root_key {
@@ -321,8 +332,8 @@ fn root_key_banner(root_key: &str) -> String {
     )
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
-    init_tracing();
+async fn serve(settings: Settings, log_format: LogFormat) -> anyhow::Result<()> {
+    init_tracing(log_format);
     // Checked before the database is touched, so a bad route fails fast.
     let compat_routes = crate::compat::compile(&settings.compat)
         .context("invalid compatibility route configuration")?;
@@ -347,15 +358,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Pretty => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            builder.with_ansi(ansi).try_init()
+        }
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+    };
 }
 
 fn print_json_or(json: bool, value: &impl Serialize, human: impl FnOnce()) {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod janitor;
 pub mod rate_limit;
+pub mod request_id;
 mod routes;
 pub mod startup;
 

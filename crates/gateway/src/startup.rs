@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::client_ip::TrustedProxies;
 use crate::rate_limit::{self, AuthLimiter};
-use crate::{changes, compat, janitor, routes, Services, Settings};
+use crate::{changes, compat, janitor, request_id, routes, Services, Settings};
 
 /// How often the failed-authentication limiter forgets addresses that are back to fresh.
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
@@ -62,7 +62,9 @@ impl Application {
             if let Some(limiter) = &limiter {
                 app = app.app_data(limiter.clone());
             }
-            app.wrap(middleware::Logger::new(r#"%a "%r" %s %b %Dms"#))
+            // The access log is outermost, so that it sees the request id answered.
+            app.wrap(middleware::from_fn(request_id::middleware))
+                .wrap(middleware::Logger::new(r#"%a "%r" %s %b %Dms request_id=%{x-request-id}o"#))
                 .configure(routes::configure)
                 .configure(|cfg| compat::configure(cfg, &compat))
                 .default_service(web::to(routes::not_found))

@@ -16,6 +16,7 @@ mod errors;
 mod fuzz;
 mod inputs;
 mod keys;
+mod logs;
 mod outage;
 mod races;
 mod replicas;

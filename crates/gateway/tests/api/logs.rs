@@ -1,0 +1,114 @@
+//! The log of the real binary: `--log-format json` writes one JSON object per line, and
+//! every line written for a request carries its request id, which is answered in
+//! `X-Request-Id`. No token reaches the log.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::helpers::parts;
+
+const ROOT_KEY: &str = "kgr_logs_test_root_key_00000000000000001";
+
+#[tokio::test]
+async fn json_logs_carry_the_request_id_and_no_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env_remove("KEYGATE_DATABASE_URL")
+        .env("KEYGATE_ROOT_KEY", ROOT_KEY)
+        .env("KEYGATE_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stderr.read_to_string(&mut all);
+        all
+    });
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let address = loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "serve exited early");
+        if let Some(rest) = line.strip_prefix("keygate listening on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in stdout.lines() {});
+
+    let client = reqwest::Client::new();
+    let (status, created) = parts(
+        client
+            .post(format!("{address}/root/apps"))
+            .header("Authorization", ROOT_KEY)
+            .json(&json!({"name": "logs", "reuse_grace": 0}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (app_id, app_key) =
+        (created["app_id"].as_str().unwrap(), created["app_key"].as_str().unwrap());
+    let post = |path: &str, id: Option<&str>, body: Value| {
+        let mut request = client
+            .request(Method::POST, format!("{address}/app/{app_id}/{path}"))
+            .header("Authorization", app_key)
+            .json(&body);
+        if let Some(id) = id {
+            request = request.header("X-Request-Id", id);
+        }
+        request.send()
+    };
+    let signed =
+        post("sign", None, json!({"sub": "alice", "ip": "203.0.113.9", "useragent": "ua"}))
+            .await
+            .unwrap();
+    let generated = signed.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(generated.parse::<ulid::Ulid>().is_ok(), "a new ULID when none is sent: {generated}");
+    let signed: Value = signed.json().await.unwrap();
+    let renew =
+        json!({"refresh_token": signed["refresh_token"], "ip": "203.0.113.9", "useragent": "ua"});
+    let renewed = post("renew", Some("trace-42"), renew.clone()).await.unwrap();
+    assert_eq!(renewed.headers()["x-request-id"], "trace-42", "a well-formed id is kept");
+    let renewed: Value = renewed.json().await.unwrap();
+    // The replay is reuse: a warning written inside the request.
+    let replay = post("renew", Some("trace-43"), renew).await.unwrap();
+    assert_eq!(replay.status(), 401);
+    let odd = post("verify", Some("bad id\twith spaces"), json!({"token": "x"})).await.unwrap();
+    let replaced = odd.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(replaced.parse::<ulid::Ulid>().is_ok(), "a malformed id is replaced: {replaced}");
+
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.join().unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let reuse = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "refresh token reuse detected")
+        .unwrap_or_else(|| panic!("no reuse warning in {log}"));
+    assert_eq!(reuse["level"], "WARN");
+    assert_eq!(reuse["span"]["id"], "trace-43", "{reuse}");
+    let access = |id: &str| {
+        lines.iter().any(|l| {
+            let message = l["fields"]["message"].as_str().unwrap_or_default();
+            message.contains("/renew") && message.ends_with(&format!("request_id={id}"))
+        })
+    };
+    assert!(access("trace-42") && access("trace-43"), "access log lines carry the id: {log}");
+    assert!(!log.contains("bad id"), "a malformed id is never logged");
+    for token in [&signed["refresh_token"], &signed["auth_token"], &renewed["refresh_token"]] {
+        assert!(!log.contains(token.as_str().unwrap()), "a token reached the log");
+    }
+    assert!(!log.contains(app_key) && !log.contains(ROOT_KEY), "a secret reached the log");
+}
