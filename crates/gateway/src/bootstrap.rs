@@ -54,8 +54,17 @@ impl Services {
         db.migrate().await.with_context(|| format!("database {}", redact_url(&url)))?;
 
         let master = load_master_key(settings)?;
+        let previous = settings
+            .previous_master_keys
+            .iter()
+            .enumerate()
+            .map(|(i, encoded)| {
+                MasterKey::from_base64(encoded)
+                    .with_context(|| format!("previous_master_keys, entry {}", i + 1))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let apps = app_store(&db);
-        check_master_key(apps.as_ref(), &master).await?;
+        check_master_key(apps.as_ref(), &master, &previous).await?;
 
         let cache_ttl = Duration::from_secs(settings.cache_ttl);
         let tenants = Arc::new(Tenants::new(apps, TenantsConfig { cache_ttl }));
@@ -63,11 +72,14 @@ impl Services {
             tenants.ensure_root_key(settings.root_key.as_deref()).await.map_err(|e| {
                 anyhow::anyhow!("root key: {}", crate::error::describe_tenant_error(&e))
             })?;
-        let keyring = Arc::new(Keyring::new(
-            key_store(&db),
-            master,
-            KeyringConfig { cache_ttl, ..KeyringConfig::default() },
-        ));
+        let keyring = Arc::new(
+            Keyring::new(
+                key_store(&db),
+                master,
+                KeyringConfig { cache_ttl, ..KeyringConfig::default() },
+            )
+            .with_previous_master_keys(previous),
+        );
         let sessions = Arc::new(Sessions::new(session_store(&db), keyring.clone()));
         let services = Self { db, tenants, keyring, sessions, jwks_max_age: settings.jwks_max_age };
         Ok((services, Bootstrap { new_root_key }))
@@ -154,21 +166,47 @@ fn warn_if_readable_by_others(path: &Path) {
 
 /// A database remembers the id of the master key that sealed its keys, so that a wrong
 /// master key fails at startup with a clear message instead of at the first signature.
+///
+/// During a master-key rotation the database names the previous key until
+/// `keygate master-key rotate` has re-sealed every private key; that key must then be among
+/// `previous_master_keys`.
 async fn check_master_key(
     apps: &dyn keygate_tenants::AppStore,
     master: &MasterKey,
+    previous: &[MasterKey],
 ) -> anyhow::Result<()> {
     apps.insert_setting(MASTER_KEY_ID_SETTING, master.id()).await?;
     let Some(expected) = apps.get_setting(MASTER_KEY_ID_SETTING).await? else {
         bail!("the database lost its master key id");
     };
-    if expected != master.id() {
+    if expected != master.id() && !previous.iter().any(|p| p.id() == expected) {
         bail!(
             "the master key (id {}) is not the one this database's signing keys are sealed \
              with (id {expected}). Supply the right key with KEYGATE_MASTER_KEY or \
-             KEYGATE_MASTER_KEY_FILE.",
+             KEYGATE_MASTER_KEY_FILE; while rotating the master key, also give the old one in \
+             KEYGATE_PREVIOUS_MASTER_KEYS until `keygate master-key rotate` has run.",
             master.id()
         );
     }
     Ok(())
+}
+
+/// Re-seals every private key under the current master key (`keygate master-key rotate`),
+/// then records that key's id as the one the database's keys are sealed with.
+pub async fn reseal_all(
+    services: &Services,
+    progress: &dyn Fn(usize, usize),
+) -> anyhow::Result<keygate_keyring::Reseal> {
+    let apps: Vec<_> = services
+        .tenants
+        .list_apps()
+        .await
+        .map_err(crate::error::ApiError::from)?
+        .iter()
+        .map(|a| a.app_id)
+        .collect();
+    let report =
+        services.keyring.reseal(&apps, progress).await.map_err(crate::error::ApiError::from)?;
+    app_store(&services.db).put_setting(MASTER_KEY_ID_SETTING, &report.master_key_id).await?;
+    Ok(report)
 }

@@ -64,6 +64,19 @@ enum Command {
     /// Manage the root (platform admin) key.
     #[command(subcommand, name = "root-key")]
     RootKey(RootKeyCommand),
+    /// Manage the master key that seals private signing keys at rest.
+    #[command(subcommand, name = "master-key")]
+    MasterKey(MasterKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MasterKeyCommand {
+    /// Print a new random master key (base64 of 32 bytes), for KEYGATE_MASTER_KEY.
+    Generate,
+    /// Re-seal every private signing key under the current master key. Run it with the new
+    /// key as KEYGATE_MASTER_KEY and the old one in KEYGATE_PREVIOUS_MASTER_KEYS
+    /// (docs/operations.md has the whole procedure).
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,6 +305,14 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         }
         return serve(settings, cli.log_format).await;
     }
+    if let Command::MasterKey(MasterKeyCommand::Generate) = cli.command {
+        // Needs no database and no configured key: nothing is created or opened.
+        let key = keygate_keyring::MasterKey::generate();
+        let encoded = key.to_base64();
+        let body = json!({"master_key": encoded.as_str(), "master_key_id": key.id()});
+        print_json_or(json, &body, || println!("{}", encoded.as_str()));
+        return Ok(());
+    }
     let (services, bootstrap) = Services::open(&settings).await?;
     if let Some(root_key) = &bootstrap.new_root_key {
         // Admin commands print their result on stdout; the one-time key goes to stderr.
@@ -308,6 +329,23 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::App(command) => app_command(&services, command, json).await,
         Command::Keys(command) => keys_command(&services, command, json).await,
         Command::Sessions(command) => sessions_command(&services, command, json).await,
+        Command::MasterKey(MasterKeyCommand::Generate) => Ok(()),
+        Command::MasterKey(MasterKeyCommand::Rotate) => {
+            let progress = |done: usize, total: usize| {
+                if done == total || done % 100 == 0 {
+                    eprintln!("re-sealed {done}/{total} keys");
+                }
+            };
+            let report = crate::bootstrap::reseal_all(&services, &progress).await?;
+            print_json_or(json, &report, || {
+                println!(
+                    "Every private key is sealed with master key {} now ({} re-sealed, {} already were).",
+                    report.master_key_id, report.resealed, report.already_current
+                );
+                println!("The previous master key is no longer needed: remove it from KEYGATE_PREVIOUS_MASTER_KEYS.");
+            });
+            Ok(())
+        }
         Command::RootKey(RootKeyCommand::Rotate) => {
             let key = services.tenants.rotate_root_key().await.map_err(ApiError::from)?;
             print_json_or(json, &json!({"root_key": key.expose()}), || {

@@ -22,6 +22,11 @@ pub struct Settings {
     pub master_key: Option<String>,
     /// A file holding the master key in base64.
     pub master_key_file: Option<PathBuf>,
+    /// Earlier master keys (base64), still accepted for opening private keys sealed with
+    /// them while a master-key rotation is under way. A list in TOML; a comma-separated
+    /// list in `KEYGATE_PREVIOUS_MASTER_KEYS`.
+    #[serde(deserialize_with = "string_or_list")]
+    pub previous_master_keys: Vec<String>,
     /// The root key to install when the database has none yet.
     pub root_key: Option<String>,
     /// HTTP worker threads; by default one per CPU.
@@ -80,6 +85,7 @@ impl Default for Settings {
             auth_failures_per_minute: 10,
             auth_failure_burst: 10,
             trusted_proxies: Vec::new(),
+            previous_master_keys: Vec::new(),
             client_request_timeout_ms: 5000,
             client_disconnect_timeout_ms: 1000,
             max_connections: 25_000,
@@ -96,6 +102,7 @@ impl fmt::Debug for Settings {
             .field("data_dir", &self.data_dir)
             .field("master_key", &redacted(self.master_key.is_some()))
             .field("master_key_file", &self.master_key_file)
+            .field("previous_master_keys", &self.previous_master_keys.len())
             .field("root_key", &redacted(self.root_key.is_some()))
             .field("workers", &self.workers)
             .field("jwks_max_age", &self.jwks_max_age)

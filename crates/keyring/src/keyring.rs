@@ -121,7 +121,11 @@ impl AppKeys {
         &self.jwks
     }
 
-    fn load(keys: &[KeyRecord], master: &MasterKey) -> Result<Self, KeyringError> {
+    fn load(
+        keys: &[KeyRecord],
+        master: &MasterKey,
+        previous: &[MasterKey],
+    ) -> Result<Self, KeyringError> {
         let mut signer = None;
         let mut verifiers = HashMap::new();
         let mut published = Vec::new();
@@ -139,7 +143,7 @@ impl AppKeys {
                     key_id: key.key_id,
                     public_key: public_key.clone(),
                     header: URL_SAFE_NO_PAD.encode(header.to_string()),
-                    key_pair: unseal(key, master)?,
+                    key_pair: unseal(key, master, previous)?,
                 }));
             }
             published.push(PublishedKey {
@@ -163,17 +167,41 @@ impl AppKeys {
     }
 }
 
-fn unseal(key: &KeyRecord, master: &MasterKey) -> Result<EcdsaKeyPair, KeyringError> {
-    if key.master_key_id != master.id() {
-        return Err(KeyringError::WrongMasterKey {
+/// The master key that sealed `key`: the current one, or one of the previous keys still
+/// accepted during a master-key rotation.
+fn sealer<'a>(
+    key: &KeyRecord,
+    master: &'a MasterKey,
+    previous: &'a [MasterKey],
+) -> Result<&'a MasterKey, KeyringError> {
+    std::iter::once(master).chain(previous).find(|m| m.id() == key.master_key_id).ok_or_else(|| {
+        KeyringError::WrongMasterKey {
             key_id: key.key_id,
             sealed_with: key.master_key_id.clone(),
             current: master.id().to_owned(),
-        });
-    }
-    let pkcs8 = master.open(key.key_id, &key.sealed_private)?;
+        }
+    })
+}
+
+fn unseal(
+    key: &KeyRecord,
+    master: &MasterKey,
+    previous: &[MasterKey],
+) -> Result<EcdsaKeyPair, KeyringError> {
+    let pkcs8 = sealer(key, master, previous)?.open(key.key_id, &key.sealed_private)?;
     EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
         .map_err(|e| KeyringError::Material(format!("private key of {}: {e}", key.key_id)))
+}
+
+/// The outcome of [`Keyring::reseal`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reseal {
+    /// Keys re-sealed by this run.
+    pub resealed: usize,
+    /// Keys that were already sealed with the current master key.
+    pub already_current: usize,
+    /// The id of the master key that seals every key now.
+    pub master_key_id: String,
 }
 
 /// The outcome of a planned rotation.
@@ -201,6 +229,8 @@ const PLAN_ATTEMPTS: usize = 3;
 pub struct Keyring {
     store: Arc<dyn KeyStore>,
     master: MasterKey,
+    /// Master keys still accepted for opening, during a master-key rotation.
+    previous: Vec<MasterKey>,
     config: KeyringConfig,
     cache: RwLock<HashMap<AppId, Arc<AppKeys>>>,
     /// The app of each key id looked up so far. A key never changes app.
@@ -212,7 +242,59 @@ const MAX_OWNERS: usize = 100_000;
 
 impl Keyring {
     pub fn new(store: Arc<dyn KeyStore>, master: MasterKey, config: KeyringConfig) -> Self {
-        Self { store, master, config, cache: RwLock::default(), owners: RwLock::default() }
+        Self {
+            store,
+            master,
+            previous: Vec::new(),
+            config,
+            cache: RwLock::default(),
+            owners: RwLock::default(),
+        }
+    }
+
+    /// Also accepts `previous` master keys for opening private keys sealed with them,
+    /// during a master-key rotation. New keys are always sealed with the current one.
+    pub fn with_previous_master_keys(mut self, previous: Vec<MasterKey>) -> Self {
+        self.previous = previous;
+        self
+    }
+
+    /// Re-seals, under the current master key, every private key of `apps` that a previous
+    /// master key sealed; `progress` hears (done, to do) after each. Each key changes in
+    /// one compare-and-swap on the id of the key that sealed it, so concurrent runs are
+    /// harmless. A key sealed with a master key that is neither current nor previous is an
+    /// error, and nothing after it is touched.
+    pub async fn reseal(
+        &self,
+        apps: &[AppId],
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Reseal, KeyringError> {
+        let mut stale = Vec::new();
+        let mut current = 0;
+        for app_id in apps {
+            for key in self.store.list_keys(*app_id).await? {
+                if key.master_key_id == self.master.id() {
+                    current += 1;
+                } else {
+                    stale.push(key);
+                }
+            }
+        }
+        let mut resealed = 0;
+        for (done, key) in stale.iter().enumerate() {
+            let pkcs8 =
+                sealer(key, &self.master, &self.previous)?.open(key.key_id, &key.sealed_private)?;
+            let sealed = self.master.seal(key.key_id, &pkcs8)?;
+            if self.store.reseal(key.key_id, &key.master_key_id, &sealed, self.master.id()).await? {
+                resealed += 1;
+            }
+            progress(done + 1, stale.len());
+        }
+        Ok(Reseal {
+            resealed,
+            already_current: current,
+            master_key_id: self.master.id().to_owned(),
+        })
     }
 
     pub fn master(&self) -> &MasterKey {
@@ -363,7 +445,7 @@ impl Keyring {
 
     async fn reload(&self, app_id: AppId) -> Result<Arc<AppKeys>, KeyringError> {
         let records = self.store.list_keys(app_id).await?;
-        let keys = Arc::new(AppKeys::load(&records, &self.master)?);
+        let keys = Arc::new(AppKeys::load(&records, &self.master, &self.previous)?);
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         if records.is_empty() {
             cache.remove(&app_id);
@@ -478,7 +560,7 @@ mod tests {
         let secret = p256::SecretKey::random(&mut OsRng);
         let record =
             material::seal_new(AppId::new(), KeyState::Active, &secret, &master, 1).unwrap();
-        AppKeys::load(&[record], &master).unwrap()
+        AppKeys::load(&[record], &master, &[]).unwrap()
     }
 
     fn split(token: &str) -> (&str, Signature) {

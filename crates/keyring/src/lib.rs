@@ -19,7 +19,8 @@ mod verify;
 pub use error::{KeyringError, VerifyError};
 pub use ids::KeyId;
 pub use keyring::{
-    strict_validation, AppKeys, Keyring, KeyringConfig, PublishedKey, Revocation, Rotation, Signer,
+    strict_validation, AppKeys, Keyring, KeyringConfig, PublishedKey, Reseal, Revocation, Rotation,
+    Signer,
 };
 pub use master::MasterKey;
 pub use material::{seal_new, Jwk, Jwks};

@@ -24,7 +24,19 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
     async fn delete_retired(&self, app_id: AppId, retired_before: i64) -> Result<u64, StoreError>;
     /// The app a key belongs to, whatever the key's state. Key ids are unique across apps.
     async fn owner_of(&self, key_id: KeyId) -> Result<Option<AppId>, StoreError>;
+    /// Replaces a key's sealed private key, if it is still sealed with `sealed_with`;
+    /// false if it is not (another run re-sealed it first) or the key is gone.
+    async fn reseal(
+        &self,
+        key_id: KeyId,
+        sealed_with: &str,
+        sealed_private: &[u8],
+        master_key_id: &str,
+    ) -> Result<bool, StoreError>;
 }
+
+const RESEAL: &str = "UPDATE app_keys SET sealed_private = $1, master_key_id = $2 \
+    WHERE key_id = $3 AND master_key_id = $4";
 
 pub fn key_store(db: &Database) -> Arc<dyn KeyStore> {
     match db {

@@ -65,6 +65,7 @@ store_cases!(
     verify_checks_time_claims_and_pins_es256,
     another_process_sees_new_keys,
     a_tokens_kid_names_its_app,
+    a_master_key_rotation_reseals_every_key,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -934,4 +935,41 @@ async fn a_tokens_kid_names_its_app(db: Database) {
     // A signature that cannot be valid is refused before any lookup.
     let bad_signature = format!("{}.e30.c2ln", my_token.split('.').next().unwrap());
     assert!(env.keyring.owner_of_token(&bad_signature).await.is_err());
+}
+
+/// Master-key rotation: the new key with the old one accepted signs with keys sealed
+/// under the old one, `reseal` moves every key to the new one (only once, whoever runs
+/// it), and then the new key alone opens everything.
+async fn a_master_key_rotation_reseals_every_key(db: Database) {
+    let env = env(db);
+    let app_id = env.app("resealed").await;
+    let (before, _) = env.sign(app_id, "alice").await;
+    let old = || MasterKey::from_base64(&env.keyring.master().to_base64()).unwrap();
+    let new = MasterKey::generate();
+    let new_b64 = new.to_base64();
+    let fresh = || MasterKey::from_base64(&new_b64).unwrap();
+
+    let alone = Keyring::new(key_store(&env.db), fresh(), KeyringConfig::default());
+    assert!(
+        matches!(alone.keys(app_id).await, Err(KeyringError::WrongMasterKey { .. })),
+        "the new key alone cannot open the old seals"
+    );
+    let both = Keyring::new(key_store(&env.db), fresh(), KeyringConfig::default())
+        .with_previous_master_keys(vec![old()]);
+    let (during, _) = sign(&both, app_id, "bob").await;
+    assert_eq!(during, before, "the same signing key, opened with the previous master key");
+
+    let report = both.reseal(&[app_id], &|_, _| {}).await.unwrap();
+    assert_eq!((report.resealed, report.already_current), (2, 0));
+    assert_eq!(report.master_key_id, fresh().id());
+    assert!(env.keys(app_id).await.iter().all(|k| k.master_key_id == fresh().id()));
+    // A second run (or a concurrent one that lost) changes nothing.
+    let again = both.reseal(&[app_id], &|_, _| {}).await.unwrap();
+    assert_eq!((again.resealed, again.already_current), (0, 2));
+
+    // The keyring that failed before opens everything now (a failed load is not cached).
+    let (after, _) = sign(&alone, app_id, "carol").await;
+    assert_eq!(after, before);
+    let stale = Keyring::new(key_store(&env.db), old(), KeyringConfig::default());
+    assert!(matches!(stale.keys(app_id).await, Err(KeyringError::WrongMasterKey { .. })));
 }

@@ -321,3 +321,85 @@ async fn the_cli_works_on_postgres_too() {
         .unwrap();
     assert_eq!(json_of(&listed)["apps"][0]["app_id"], created["app_id"]);
 }
+
+/// Runs an admin command with `--json`; its JSON, or the failure's output.
+fn admin(dir: &Path, args: &[&str]) -> Result<Value, String> {
+    let output = keygate(dir).args(args).arg("--json").output().unwrap();
+    if output.status.success() {
+        Ok(json_of(&output))
+    } else {
+        // With --json the error is a JSON object on stdout.
+        Err(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+}
+
+/// Signs once through a gateway; returns the token response.
+async fn sign_through(server: &Server, app_id: &str, app_key: &str) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}/app/{app_id}/sign", server.address))
+        .header("Authorization", app_key)
+        .json(&serde_json::json!({"sub": "u1", "ip": "192.0.2.1", "useragent": "cli-test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+/// docs/operations.md "Rotating the master key", step by step: the new key with the old
+/// one still accepted, `master-key rotate`, then the new key alone.
+#[tokio::test]
+async fn the_master_key_rotates_without_downtime_or_unsealed_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = admin(dir.path(), &["master-key", "generate"]).unwrap();
+    assert!(!dir.path().join("keygate-data").exists(), "generate creates nothing");
+    let old = generated["master_key"].as_str().unwrap().to_owned();
+    let new = admin(dir.path(), &["master-key", "generate"]).unwrap();
+    let (new, new_id) =
+        (new["master_key"].as_str().unwrap(), new["master_key_id"].as_str().unwrap());
+    assert_ne!(old, new);
+    let config = |name: &str, body: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_str().unwrap().to_owned()
+    };
+    let old_only = config("old.toml", format!("master_key = \"{old}\"\n"));
+    let new_only = config("new.toml", format!("master_key = \"{new}\"\n"));
+    let both = config(
+        "both.toml",
+        format!("master_key = \"{new}\"\nprevious_master_keys = [\"{old}\"]\n"),
+    );
+
+    let created =
+        admin(dir.path(), &["--config", &old_only, "app", "create", "--name", "m"]).unwrap();
+    let (app_id, app_key) =
+        (created["app_id"].as_str().unwrap(), created["app_key"].as_str().unwrap());
+
+    // The new key alone cannot open keys sealed with the old one: a clear refusal.
+    let refused = admin(dir.path(), &["--config", &new_only, "app", "list"]).unwrap_err();
+    assert!(refused.contains("KEYGATE_PREVIOUS_MASTER_KEYS"), "{refused}");
+
+    // New key, old one accepted: the gateway signs with the key sealed under the old one.
+    let server = serve(dir.path(), &["--config", &both]);
+    let before = sign_through(&server, app_id, app_key).await;
+    assert_eq!(before["key_id"], created["key_id"]);
+    let report = admin(dir.path(), &["--config", &both, "master-key", "rotate"]).unwrap();
+    assert_eq!(report["resealed"], 2, "the active and the next key: {report}");
+    assert_eq!(report["master_key_id"], new_id);
+    drop(server);
+
+    // The new key alone now serves, signs with the same key, and rotates to the next one.
+    let server = serve(dir.path(), &["--config", &new_only]);
+    let after = sign_through(&server, app_id, app_key).await;
+    assert_eq!(after["key_id"], created["key_id"]);
+    assert_eq!(after["public_key"], before["public_key"]);
+    admin(dir.path(), &["--config", &new_only, "keys", "rotate", app_id]).unwrap();
+    let again = admin(dir.path(), &["--config", &new_only, "master-key", "rotate"]).unwrap();
+    assert_eq!((again["resealed"].as_u64(), again["already_current"].as_u64()), (Some(0), Some(3)));
+    drop(server);
+    let old_refused = admin(dir.path(), &["--config", &old_only, "app", "list"]).unwrap_err();
+    assert!(
+        old_refused.contains("is not the one"),
+        "the old key alone no longer opens: {old_refused}"
+    );
+}

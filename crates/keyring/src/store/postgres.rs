@@ -44,6 +44,23 @@ impl KeyStore for PgKeyStore {
         Ok(done.rows_affected())
     }
 
+    async fn reseal(
+        &self,
+        key_id: KeyId,
+        sealed_with: &str,
+        sealed_private: &[u8],
+        master_key_id: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(RESEAL)
+            .bind(sealed_private)
+            .bind(master_key_id)
+            .bind(key_id.to_string())
+            .bind(sealed_with)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     async fn owner_of(&self, key_id: KeyId) -> Result<Option<AppId>, StoreError> {
         let app_id: Option<String> = sqlx::query_scalar(SELECT_OWNER)
             .bind(key_id.to_string())
