@@ -106,7 +106,9 @@ impl Sessions {
         claims.insert("aud".into(), input.aud.unwrap_or_else(|| Value::String(s.audience.clone())));
         let expires_at = now.saturating_add(s.session_max_age);
         let mut session = Session {
-            session_id: SessionId::new(),
+            // Sessions of one second are listed, and evicted by a session limit, in the
+            // order of their ids: they must follow the order of creation.
+            session_id: SessionId::new_monotonic(),
             app_id: app.app_id,
             sub: input.sub,
             claims,

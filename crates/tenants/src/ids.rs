@@ -7,6 +7,17 @@ pub struct ParseIdError;
 pub mod __private {
     pub use serde;
     pub use ulid::Ulid;
+
+    /// A ULID greater than every other this process made with it: within one millisecond
+    /// the random part counts up instead of being drawn again, so ids made one after the
+    /// other sort in the order they were made.
+    pub fn monotonic() -> Ulid {
+        static GENERATOR: std::sync::Mutex<ulid::Generator> =
+            std::sync::Mutex::new(ulid::Generator::new());
+        let mut generator = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+        // The random part overflows only after 2^80 ids in one millisecond.
+        generator.generate().unwrap_or_else(|_| Ulid::new())
+    }
 }
 
 /// Defines a ULID newtype id. Only the canonical (upper-case, 26-character) form parses,
@@ -21,6 +32,13 @@ macro_rules! ulid_id {
         impl $name {
             pub fn new() -> Self {
                 Self($crate::__private::Ulid::new())
+            }
+
+            /// Like [`Self::new`], but greater than every id this process made with it
+            /// before: for ids whose order must follow creation (sessions made in the same
+            /// second). Within a millisecond the next one is predictable from the last.
+            pub fn new_monotonic() -> Self {
+                Self($crate::__private::monotonic())
             }
 
             pub fn ulid(self) -> $crate::__private::Ulid {
@@ -102,5 +120,11 @@ mod tests {
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<AppId>(&json).unwrap(), id);
         assert!(serde_json::from_str::<AppId>("\"nope\"").is_err());
+    }
+
+    #[test]
+    fn monotonic_ids_follow_the_order_of_creation() {
+        let ids: Vec<AppId> = (0..10_000).map(|_| AppId::new_monotonic()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "strictly increasing");
     }
 }
