@@ -36,6 +36,55 @@ pub(super) struct RotateJob {
     pub reply: oneshot::Sender<Result<Option<Session>, StoreError>>,
 }
 
+impl RotateJob {
+    pub fn new(
+        app_id: AppId,
+        session_id: SessionId,
+        expected: Jid,
+        rotation: &Rotation<'_>,
+        now: i64,
+        reply: oneshot::Sender<Result<Option<Session>, StoreError>>,
+    ) -> Self {
+        Self {
+            app_id,
+            session_id,
+            expected,
+            new_jid: rotation.new_jid,
+            refresh_expire: rotation.refresh_expire,
+            key_id: rotation.key_id.to_owned(),
+            ip: rotation.ip.to_owned(),
+            useragent: rotation.useragent.to_owned(),
+            presented: rotation.presented,
+            digest: rotation.digest,
+            now,
+            reply,
+        }
+    }
+
+    pub fn rotation(&self) -> Rotation<'_> {
+        Rotation {
+            new_jid: self.new_jid,
+            refresh_expire: self.refresh_expire,
+            key_id: &self.key_id,
+            ip: &self.ip,
+            useragent: &self.useragent,
+            presented: self.presented,
+            digest: self.digest,
+        }
+    }
+}
+
+/// Answers the jobs of a batch whose statement returned `rows`: each updated row carries
+/// the new jid of the job that won it, and every other job did not swap.
+pub(super) fn answer_batch(jobs: Vec<RotateJob>, rows: Vec<SessionRow>) {
+    let mut won: HashMap<String, SessionRow> =
+        rows.into_iter().map(|row| (row.current_jid.clone(), row)).collect();
+    for job in jobs {
+        let result = won.remove(&job.new_jid.to_string()).map(Session::try_from).transpose();
+        let _ = job.reply.send(result);
+    }
+}
+
 pub(super) struct InsertJob {
     pub session: Session,
     pub claims: String,
@@ -187,16 +236,7 @@ async fn rotate_batch(writer: &SqlitePool, jobs: Vec<RotateJob>) {
             .bind(None::<Vec<u8>>);
     }
     match query.fetch_all(writer).await {
-        Ok(rows) => {
-            // Each updated row carries the jid of the job that won it.
-            let mut won: HashMap<String, SessionRow> =
-                rows.into_iter().map(|row| (row.current_jid.clone(), row)).collect();
-            for job in jobs {
-                let result =
-                    won.remove(&job.new_jid.to_string()).map(Session::try_from).transpose();
-                let _ = job.reply.send(result);
-            }
-        }
+        Ok(rows) => answer_batch(jobs, rows),
         Err(err) if is_busy(&err) => {
             for job in jobs {
                 let _ = job.reply.send(Err(busy(&err)));
@@ -237,15 +277,7 @@ pub(super) async fn rotate_one(
     writer: &SqlitePool,
     job: &RotateJob,
 ) -> Result<Option<Session>, StoreError> {
-    let rotation = Rotation {
-        new_jid: job.new_jid,
-        refresh_expire: job.refresh_expire,
-        key_id: &job.key_id,
-        ip: &job.ip,
-        useragent: &job.useragent,
-        presented: job.presented,
-        digest: job.digest,
-    };
+    let rotation = job.rotation();
     let sql = rotate_sql();
     let row = bind_rotation!(
         sqlx::query_as::<_, SessionRow>(&sql),

@@ -9,13 +9,12 @@
 //! unverified token, its digest) is still the expected one, and when several renews of one
 //! token share a batch, exactly one of them wins.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use super::group_commit::{busy, RotateJob};
+use super::group_commit::{answer_batch, busy, RotateJob};
 use super::*;
 
 /// The most rotations one statement carries.
@@ -98,16 +97,7 @@ async fn rotate_batch(pool: &PgPool, jobs: Vec<RotateJob>) {
         .bind(jobs.iter().map(|j| digest(j.presented)).collect::<Vec<_>>())
         .bind(jobs.iter().map(|j| digest(j.digest)).collect::<Vec<_>>());
     match query.fetch_all(pool).await {
-        Ok(rows) => {
-            // Each updated row carries the jid of the job that won it.
-            let mut won: HashMap<String, SessionRow> =
-                rows.into_iter().map(|row| (row.current_jid.clone(), row)).collect();
-            for job in jobs {
-                let result =
-                    won.remove(&job.new_jid.to_string()).map(Session::try_from).transpose();
-                let _ = job.reply.send(result);
-            }
-        }
+        Ok(rows) => answer_batch(jobs, rows),
         // The database is unreachable or the pool exhausted: nothing was written, and each
         // job fails at once as unavailable rather than waiting for the pool again.
         Err(err) if is_unreachable(&err) => {
@@ -142,15 +132,7 @@ pub(super) async fn rotate_one(
     pool: &PgPool,
     job: &RotateJob,
 ) -> Result<Option<Session>, StoreError> {
-    let rotation = Rotation {
-        new_jid: job.new_jid,
-        refresh_expire: job.refresh_expire,
-        key_id: &job.key_id,
-        ip: &job.ip,
-        useragent: &job.useragent,
-        presented: job.presented,
-        digest: job.digest,
-    };
+    let rotation = job.rotation();
     let sql = rotate_sql();
     let row = bind_rotation!(
         sqlx::query_as::<_, SessionRow>(&sql),

@@ -80,20 +80,14 @@ impl SessionStore for SqliteSessionStore {
         rotation: &Rotation<'_>,
         now: i64,
     ) -> Result<Option<Session>, StoreError> {
-        let job = RotateJob {
+        let job = RotateJob::new(
             app_id,
             session_id,
             expected,
-            new_jid: rotation.new_jid,
-            refresh_expire: rotation.refresh_expire,
-            key_id: rotation.key_id.to_owned(),
-            ip: rotation.ip.to_owned(),
-            useragent: rotation.useragent.to_owned(),
-            presented: rotation.presented,
-            digest: rotation.digest,
+            rotation,
             now,
-            reply: tokio::sync::oneshot::channel().0,
-        };
+            tokio::sync::oneshot::channel().0,
+        );
         let Some(group) = &self.group else {
             return super::group_commit::rotate_one(&self.pools.writer, &job).await;
         };
