@@ -5,12 +5,17 @@ use keygate_keyring::{KeyId, KeyRecord, KeyState, Revocation, Rotation};
 use keygate_sessions::{RevokeScope, SessionId, SessionView};
 use keygate_tenants::{App, AppId, AppRecord, FieldError, SettingsPatch, TenantError};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
+use crate::metrics::RevokeReason;
 use crate::Services;
+pub use keygate_tenants::events::Actor;
+use keygate_tenants::events::EventKind;
+use serde_json::json;
 
 /// The answer to creating an app. The app key is shown only here.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedApp {
     pub app_id: AppId,
     pub app_key: String,
@@ -19,18 +24,21 @@ pub struct CreatedApp {
 }
 
 /// The answer to rotating an app key.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RotatedAppKey {
     pub app_id: AppId,
     pub app_key: String,
+    /// Until when (Unix seconds) the previous app key keeps working; null without a grace.
+    #[schema(required)]
     pub previous_key_valid_until: Option<i64>,
 }
 
 /// A signing key as admins see it (no private material).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct KeyView {
     pub key_id: KeyId,
     pub status: KeyState,
+    #[schema(example = "ES256")]
     pub alg: &'static str,
     pub created_at: i64,
     pub activated_at: Option<i64>,
@@ -52,11 +60,12 @@ impl From<&KeyRecord> for KeyView {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateAppKeyRequest {
-    /// Seconds during which the previous key keeps working.
+    /// Seconds during which the previous key keeps working (default 0).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 604800)]
     pub grace: i64,
 }
 
@@ -64,6 +73,7 @@ pub struct RotateAppKeyRequest {
 pub async fn create_app(
     services: &Services,
     patch: &SettingsPatch,
+    actor: Actor,
     now: i64,
 ) -> Result<CreatedApp, ApiError> {
     let Some(name) = patch.name.as_deref() else {
@@ -83,6 +93,8 @@ pub async fn create_app(
     };
     let signer = keys.signer()?;
     tracing::info!(%app_id, name = %record.app.name, "app created");
+    let detail = json!({"name": record.app.name, "key_id": signer.key_id});
+    services.audit.event(app_id, EventKind::AppCreated, actor, detail).await;
     Ok(CreatedApp {
         app_id,
         app_key: app_key.expose().to_owned(),
@@ -119,17 +131,21 @@ pub async fn update_app(
     services: &Services,
     app_id: AppId,
     patch: &SettingsPatch,
+    actor: Actor,
     now: i64,
 ) -> Result<App, ApiError> {
     let record = services.tenants.update_app(app_id, patch, now).await?;
     tracing::info!(%app_id, "app updated");
+    let detail = json!({"name": record.app.name, "settings": record.app.settings});
+    services.audit.event(app_id, EventKind::AppUpdated, actor, detail).await;
     Ok(record.app)
 }
 
-pub async fn delete_app(services: &Services, app_id: AppId) -> Result<(), ApiError> {
+pub async fn delete_app(services: &Services, app_id: AppId, actor: Actor) -> Result<(), ApiError> {
     services.tenants.delete_app(app_id).await?;
     services.keyring.forget(app_id);
     tracing::info!(%app_id, "app deleted");
+    services.audit.event(app_id, EventKind::AppDeleted, actor, json!({})).await;
     Ok(())
 }
 
@@ -137,10 +153,13 @@ pub async fn rotate_app_key(
     services: &Services,
     app_id: AppId,
     grace: i64,
+    actor: Actor,
     now: i64,
 ) -> Result<RotatedAppKey, ApiError> {
     let rotated = services.tenants.rotate_app_key(app_id, grace, now).await?;
     tracing::info!(%app_id, grace, "app key rotated");
+    let detail = json!({"grace": grace, "previous_key_valid_until": rotated.previous_valid_until});
+    services.audit.event(app_id, EventKind::AppKeyRotated, actor, detail).await;
     Ok(RotatedAppKey {
         app_id,
         app_key: rotated.app_key.expose().to_owned(),
@@ -156,11 +175,13 @@ pub async fn list_keys(services: &Services, app_id: AppId) -> Result<Vec<KeyView
 pub async fn rotate_keys(
     services: &Services,
     app_id: AppId,
+    actor: Actor,
     now: i64,
 ) -> Result<Rotation, ApiError> {
     get_app(services, app_id).await?;
     let rotation = services.keyring.rotate(app_id, now).await?;
     tracing::info!(%app_id, active = %rotation.active_key_id, "signing key rotated");
+    key_rotated(services, app_id, &rotation, actor).await;
     Ok(rotation)
 }
 
@@ -168,11 +189,15 @@ pub async fn revoke_key(
     services: &Services,
     app_id: AppId,
     key_id: KeyId,
+    actor: Actor,
     now: i64,
 ) -> Result<Revocation, ApiError> {
     get_app(services, app_id).await?;
     let revocation = services.keyring.revoke(app_id, key_id, now).await?;
     tracing::warn!(%app_id, %key_id, "signing key revoked");
+    services.metrics.key_revoked();
+    let detail = serde_json::to_value(revocation).unwrap_or_else(|_| json!({"key_id": key_id}));
+    services.audit.event(app_id, EventKind::KeyRevoked, actor, detail).await;
     Ok(revocation)
 }
 
@@ -181,6 +206,7 @@ pub async fn revoke_sessions(
     services: &Services,
     app_id: AppId,
     target: Option<SessionTarget<'_>>,
+    actor: Actor,
     now: i64,
 ) -> Result<u64, ApiError> {
     get_app(services, app_id).await?;
@@ -189,7 +215,37 @@ pub async fn revoke_sessions(
         Some(SessionTarget::Subject(sub)) => RevokeScope::Subject(sub),
         None => RevokeScope::App,
     };
-    Ok(services.sessions.revoke(app_id, scope, "revoked by an admin", now).await?)
+    let revoked = services.sessions.revoke(app_id, scope, "revoked by an admin", now).await?;
+    services.metrics.sessions_revoked(RevokeReason::Admin, revoked);
+    sessions_revoked(services, app_id, scope, revoked, actor).await;
+    Ok(revoked)
+}
+
+/// Records a revocation of sessions in the audit trail.
+pub async fn sessions_revoked(
+    services: &Services,
+    app_id: AppId,
+    scope: RevokeScope<'_>,
+    revoked: u64,
+    actor: Actor,
+) {
+    let (kind, detail) = match scope {
+        RevokeScope::Session(id) => {
+            (EventKind::SessionRevoked, json!({"session_id": id, "revoked": revoked}))
+        }
+        RevokeScope::Subject(sub) => {
+            (EventKind::SubjectRevoked, json!({"sub": sub, "revoked": revoked}))
+        }
+        RevokeScope::App => (EventKind::SessionsRevoked, json!({"revoked": revoked})),
+    };
+    services.audit.event(app_id, kind, actor, detail).await;
+}
+
+/// Records a signing-key rotation in the metrics and the audit trail.
+pub async fn key_rotated(services: &Services, app_id: AppId, rotation: &Rotation, actor: Actor) {
+    services.metrics.key_rotated(actor == Actor::Scheduler);
+    let detail = serde_json::to_value(rotation).unwrap_or_else(|_| json!({}));
+    services.audit.event(app_id, EventKind::KeyRotated, actor, detail).await;
 }
 
 /// The sessions an admin revokes.
@@ -207,4 +263,44 @@ pub async fn list_sessions(
 ) -> Result<Vec<SessionView>, ApiError> {
     get_app(services, app_id).await?;
     Ok(services.sessions.list(app_id, Some(sub), now).await?)
+}
+
+/// Events per page when the caller does not say.
+pub const DEFAULT_EVENT_PAGE: i64 = 50;
+/// The most events one page holds.
+pub const MAX_EVENT_PAGE: i64 = 500;
+
+/// A page of an app's audit events, newest first. `next` is the `before` of the following
+/// page, when there may be one.
+#[derive(Debug, Serialize)]
+pub struct EventPage {
+    pub events: Vec<keygate_tenants::events::Event>,
+    pub next: Option<String>,
+}
+
+/// The app's events older than `before` (an event id), newest first. The events of a
+/// deleted app are still listed; an id that never had an app (nor events) is 404.
+pub async fn list_events(
+    services: &Services,
+    app_id: AppId,
+    before: Option<&str>,
+    limit: Option<i64>,
+) -> Result<EventPage, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_EVENT_PAGE);
+    if !(1..=MAX_EVENT_PAGE).contains(&limit) {
+        return Err(ApiError::invalid("limit", format!("must be 1 to {MAX_EVENT_PAGE}")));
+    }
+    if let Some(before) = before {
+        if before.parse::<ulid::Ulid>().map(|u| u.to_string()).as_deref() != Ok(before) {
+            return Err(ApiError::invalid("before", "must be an event id (a 26-character ULID)"));
+        }
+    }
+    let events = services.audit.store().list(app_id, before, limit).await?;
+    if events.is_empty() && before.is_none() {
+        // Tell an app without events from an app that does not exist.
+        get_app(services, app_id).await?;
+    }
+    let next =
+        if events.len() as i64 == limit { events.last().map(|e| e.event_id.clone()) } else { None };
+    Ok(EventPage { events, next })
 }

@@ -11,8 +11,11 @@ use anyhow::{bail, Context};
 use keygate_keyring::{key_store, Keyring, KeyringConfig, MasterKey};
 use keygate_sessions::{session_store, Sessions};
 use keygate_tenants::db::{redact_url, Database, PoolOptions};
+use keygate_tenants::events::event_store;
 use keygate_tenants::{app_store, RootKey, Tenants, TenantsConfig};
 
+use crate::audit::Audit;
+use crate::metrics::Metrics;
 use crate::Settings;
 
 const MASTER_KEY_FILE: &str = "master.key";
@@ -26,6 +29,11 @@ pub struct Services {
     pub keyring: Arc<Keyring>,
     pub sessions: Arc<Sessions>,
     pub jwks_max_age: u64,
+    pub metrics: Arc<Metrics>,
+    /// The audit trail: events, their store, and the webhooks' outbox.
+    pub audit: Arc<Audit>,
+    /// Seconds audit events are kept; 0 keeps them forever.
+    pub audit_retention: i64,
 }
 
 /// What bootstrapping did that the operator must hear about.
@@ -80,8 +88,21 @@ impl Services {
             )
             .with_previous_master_keys(previous),
         );
-        let sessions = Arc::new(Sessions::new(session_store(&db), keyring.clone()));
-        let services = Self { db, tenants, keyring, sessions, jwks_max_age: settings.jwks_max_age };
+        let metrics = Arc::new(Metrics::new());
+        let audit = Arc::new(Audit::new(event_store(&db), metrics.clone()));
+        let sessions =
+            Arc::new(Sessions::new(session_store(&db), keyring.clone()).with_audit(audit.clone()));
+        let services = Self {
+            db,
+            tenants,
+            keyring,
+            sessions,
+            jwks_max_age: settings.jwks_max_age,
+            metrics,
+            audit,
+            audit_retention: i64::try_from(settings.audit_retention_days.saturating_mul(86_400))
+                .unwrap_or(i64::MAX),
+        };
         Ok((services, Bootstrap { new_root_key }))
     }
 }
@@ -207,6 +228,7 @@ pub async fn reseal_all(
         .collect();
     let report =
         services.keyring.reseal(&apps, progress).await.map_err(crate::error::ApiError::from)?;
+    crate::webhooks::reseal_all(services).await?;
     app_store(&services.db).put_setting(MASTER_KEY_ID_SETTING, &report.master_key_id).await?;
     Ok(report)
 }

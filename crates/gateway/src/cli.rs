@@ -12,8 +12,9 @@ use keygate_tenants::{App, OnReuse, SettingsPatch};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::admin::Actor;
 use crate::error::ApiError;
-use crate::{admin, clock, Application, Services, Settings};
+use crate::{admin, clock, webhooks, Application, Services, Settings};
 
 #[derive(Debug, Parser)]
 #[command(name = "keygate", version, about = "keygate: a multi-tenant auth gateway", long_about = None)]
@@ -67,6 +68,36 @@ enum Command {
     /// Manage the master key that seals private signing keys at rest.
     #[command(subcommand, name = "master-key")]
     MasterKey(MasterKeyCommand),
+    /// An app's audit events (reuse detected, revocations, rotations, app changes), newest
+    /// first.
+    Events {
+        /// The app's id or name (the id of a deleted app still lists its events).
+        app: String,
+        /// Events per page (1 to 500).
+        #[arg(long, default_value_t = admin::DEFAULT_EVENT_PAGE)]
+        limit: i64,
+        /// Only events older than this event id (the `next` of the previous page).
+        #[arg(long, value_name = "EVENT_ID")]
+        before: Option<String>,
+    },
+    /// Manage an app's webhook, which receives its audit events signed with HMAC-SHA256.
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum WebhookCommand {
+    /// Set the URL (https, or http to a loopback host) and a new signing secret, which is
+    /// printed once.
+    Set {
+        app: String,
+        #[arg(long)]
+        url: String,
+    },
+    /// Show the webhook (never its secret).
+    Show { app: String },
+    /// Remove the webhook; pending deliveries are dropped.
+    Remove { app: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -329,6 +360,10 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::App(command) => app_command(&services, command, json).await,
         Command::Keys(command) => keys_command(&services, command, json).await,
         Command::Sessions(command) => sessions_command(&services, command, json).await,
+        Command::Events { app, limit, before } => {
+            events_command(&services, &app, limit, before.as_deref(), json).await
+        }
+        Command::Webhook(command) => webhook_command(&services, command, json).await,
         Command::MasterKey(MasterKeyCommand::Generate) => Ok(()),
         Command::MasterKey(MasterKeyCommand::Rotate) => {
             let progress = |done: usize, total: usize| {
@@ -359,6 +394,82 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
     };
     services.db.close().await;
     result
+}
+
+/// The app named by id or name; the id of a deleted app, for its events.
+async fn app_or_id(services: &Services, app: &str) -> anyhow::Result<keygate_tenants::AppId> {
+    match admin::find_app(services, app).await {
+        Ok(record) => Ok(record.app.app_id),
+        Err(err) => app.parse().map_err(|_| err.into()),
+    }
+}
+
+async fn events_command(
+    services: &Services,
+    app: &str,
+    limit: i64,
+    before: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let app_id = app_or_id(services, app).await?;
+    let page = admin::list_events(services, app_id, before, Some(limit)).await?;
+    print_json_or(json, &page, || {
+        let rows: Vec<Vec<String>> = page
+            .events
+            .iter()
+            .map(|e| {
+                vec![
+                    e.event_id.clone(),
+                    format_time(e.created_at),
+                    e.kind.clone(),
+                    e.actor.clone(),
+                    e.detail.to_string(),
+                ]
+            })
+            .collect();
+        table(&["EVENT_ID", "TIME", "KIND", "ACTOR", "DETAIL"], &rows);
+        if let Some(next) = &page.next {
+            println!("(more: --before {next})");
+        }
+    });
+    Ok(())
+}
+
+async fn webhook_command(
+    services: &Services,
+    command: WebhookCommand,
+    json: bool,
+) -> anyhow::Result<()> {
+    match command {
+        WebhookCommand::Set { app, url } => {
+            let app_id = admin::find_app(services, &app).await?.app.app_id;
+            let set = webhooks::set(services, app_id, &url, Actor::Cli).await?;
+            print_json_or(json, &set, || {
+                println!("Webhook of {app_id}: {}", set.url);
+                println!(
+                    "Signing secret (shown only now; deliveries carry Keygate-Signature: \
+                     t=TIME,v1=HMAC-SHA256(secret, \"TIME.BODY\")):\n\n  {}\n",
+                    set.secret
+                );
+            });
+        }
+        WebhookCommand::Show { app } => {
+            let app_id = admin::find_app(services, &app).await?.app.app_id;
+            let view = webhooks::get(services, app_id).await?;
+            print_json_or(json, &view, || {
+                println!("url         {}", view.url);
+                println!("created_at  {}", format_time(view.created_at));
+            });
+        }
+        WebhookCommand::Remove { app } => {
+            let app_id = admin::find_app(services, &app).await?.app.app_id;
+            webhooks::remove(services, app_id).await?;
+            print_json_or(json, &json!({"removed": app_id}), || {
+                println!("Removed the webhook of {app_id}.");
+            });
+        }
+    }
+    Ok(())
 }
 
 fn root_key_banner(root_key: &str) -> String {
@@ -425,7 +536,8 @@ async fn app_command(services: &Services, command: AppCommand, json: bool) -> an
     match command {
         AppCommand::Create { name, settings } => {
             let created =
-                admin::create_app(services, &settings.into_patch(Some(name)), now).await?;
+                admin::create_app(services, &settings.into_patch(Some(name)), Actor::Cli, now)
+                    .await?;
             print_json_or(json, &created, || {
                 println!("Created app {}", created.app_id);
                 println!("  app_key     {}", created.app_key);
@@ -450,7 +562,7 @@ async fn app_command(services: &Services, command: AppCommand, json: bool) -> an
         AppCommand::Update { app, name, settings } => {
             let app_id = admin::find_app(services, &app).await?.app.app_id;
             let patch = settings.into_patch(name);
-            let updated = admin::update_app(services, app_id, &patch, now).await?;
+            let updated = admin::update_app(services, app_id, &patch, Actor::Cli, now).await?;
             print_json_or(json, &updated, || print_app(&updated));
         }
         AppCommand::Delete { app, yes } => {
@@ -462,14 +574,14 @@ async fn app_command(services: &Services, command: AppCommand, json: bool) -> an
                     record.app.name
                 );
             }
-            admin::delete_app(services, record.app.app_id).await?;
+            admin::delete_app(services, record.app.app_id, Actor::Cli).await?;
             print_json_or(json, &json!({"deleted": record.app.app_id}), || {
                 println!("Deleted app {} ({})", record.app.app_id, record.app.name);
             });
         }
         AppCommand::RotateKey { app, grace } => {
             let app_id = admin::find_app(services, &app).await?.app.app_id;
-            let rotated = admin::rotate_app_key(services, app_id, grace, now).await?;
+            let rotated = admin::rotate_app_key(services, app_id, grace, Actor::Cli, now).await?;
             print_json_or(json, &rotated, || {
                 println!("New app key for {app_id} (shown only now):\n\n  {}\n", rotated.app_key);
                 match rotated.previous_key_valid_until {
@@ -494,7 +606,7 @@ async fn keys_command(services: &Services, command: KeysCommand, json: bool) -> 
         }
         KeysCommand::Rotate { app } => {
             let app_id = admin::find_app(services, &app).await?.app.app_id;
-            let rotation = admin::rotate_keys(services, app_id, now).await?;
+            let rotation = admin::rotate_keys(services, app_id, Actor::Cli, now).await?;
             print_json_or(json, &rotation, || {
                 println!("Rotated the signing keys of {app_id}:");
                 println!("  active   {}", rotation.active_key_id);
@@ -510,7 +622,7 @@ async fn keys_command(services: &Services, command: KeysCommand, json: bool) -> 
                     format!("{key_id:?} is not a key id (a 26-character ULID)"),
                 )
             })?;
-            let revocation = admin::revoke_key(services, app_id, key_id, now).await?;
+            let revocation = admin::revoke_key(services, app_id, key_id, Actor::Cli, now).await?;
             print_json_or(json, &revocation, || {
                 println!(
                     "Revoked key {} (was {}).",
@@ -571,7 +683,7 @@ async fn sessions_command(
                 (None, Some(sub)) => Some(admin::SessionTarget::Subject(sub)),
                 (None, None) => None,
             };
-            let revoked = admin::revoke_sessions(services, app_id, target, now).await?;
+            let revoked = admin::revoke_sessions(services, app_id, target, Actor::Cli, now).await?;
             print_json_or(json, &json!({"revoked": revoked}), || {
                 println!("Revoked {revoked} session(s).")
             });

@@ -64,6 +64,18 @@ pub struct Settings {
     pub client_disconnect_timeout_ms: u64,
     /// Connections each worker serves at once; further ones wait to be accepted.
     pub max_connections: usize,
+    /// Milliseconds between looks for webhook deliveries that are due (a new event is
+    /// delivered at once); 0 turns delivery off in this process.
+    pub webhook_poll_ms: u64,
+    /// Milliseconds a webhook receiver has to answer one delivery.
+    pub webhook_timeout_ms: u64,
+    /// Attempts at delivering one event before it is marked failed.
+    pub webhook_max_attempts: u32,
+    /// Milliseconds before the first retry of a failed delivery; each further retry waits
+    /// twice as long, up to an hour.
+    pub webhook_retry_ms: u64,
+    /// Days audit events are kept (the janitor deletes older ones); 0 keeps them forever.
+    pub audit_retention_days: u64,
 }
 
 impl Default for Settings {
@@ -89,6 +101,11 @@ impl Default for Settings {
             client_request_timeout_ms: 5000,
             client_disconnect_timeout_ms: 1000,
             max_connections: 25_000,
+            webhook_poll_ms: 1000,
+            webhook_timeout_ms: 5000,
+            webhook_max_attempts: 8,
+            webhook_retry_ms: 1000,
+            audit_retention_days: 90,
         }
     }
 }
@@ -117,6 +134,11 @@ impl fmt::Debug for Settings {
             .field("client_request_timeout_ms", &self.client_request_timeout_ms)
             .field("client_disconnect_timeout_ms", &self.client_disconnect_timeout_ms)
             .field("max_connections", &self.max_connections)
+            .field("webhook_poll_ms", &self.webhook_poll_ms)
+            .field("webhook_timeout_ms", &self.webhook_timeout_ms)
+            .field("webhook_max_attempts", &self.webhook_max_attempts)
+            .field("webhook_retry_ms", &self.webhook_retry_ms)
+            .field("audit_retention_days", &self.audit_retention_days)
             .finish()
     }
 }

@@ -7,6 +7,7 @@ use keygate_keyring::{KeyringError, VerifyError};
 use keygate_sessions::SessionError;
 use keygate_tenants::{AuthError, FieldError, StoreError, TenantError};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// Seconds a client should wait before retrying a 503.
 pub(crate) const RETRY_AFTER: &str = "1";
@@ -41,18 +42,55 @@ pub enum ApiError {
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// The body of every error answer.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ErrorBody)]
+pub(crate) struct Body<'a> {
+    #[schema(value_type = ErrorCode)]
     error: &'static str,
+    /// For people, not for programs: match on `error`.
     message: String,
+    /// One entry per bad field; only on a validation failure (400 `invalid_request`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Vec<FieldEntry>, min_items = 1)]
     errors: Option<Vec<FieldEntry<'a>>>,
 }
 
-#[derive(Serialize)]
-struct FieldEntry<'a> {
+/// One bad field of a request.
+#[derive(Serialize, ToSchema)]
+#[schema(as = FieldErrorEntry)]
+pub(crate) struct FieldEntry<'a> {
+    /// The field, named as in the JSON body (`token_expire`), or `body` for the body as a
+    /// whole.
     error_field: &'a str,
     error_message: &'a str,
+}
+
+/// The code of an error, for programs to match on.
+#[derive(ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // documentation only
+pub(crate) enum ErrorCode {
+    /// 400: validation, malformed JSON.
+    InvalidRequest,
+    /// 401: a refresh token (`/renew`) or token (`/logout`) that is not accepted.
+    InvalidGrant,
+    /// 403: bad app key, unknown app, malformed app id; bad root key.
+    InvalidClient,
+    /// 404: unknown endpoint; unknown app or key.
+    NotFound,
+    /// 405: the path exists, the method does not.
+    MethodNotAllowed,
+    /// 413: a body over 16 KiB.
+    PayloadTooLarge,
+    /// 415: a body without `Content-Type: application/json`.
+    UnsupportedMediaType,
+    /// 429: too many failed authentications from this address; see `Retry-After`.
+    RateLimited,
+    /// 503: the database is down or overloaded; see `Retry-After`. Nothing was changed.
+    Unavailable,
+    /// 500: an opaque failure; the cause is in the gateway's log.
+    Internal,
 }
 
 impl ApiError {
@@ -221,5 +259,59 @@ pub fn describe_tenant_error(err: &TenantError) -> String {
             errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
         }
         other => chain(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One error of each kind; the match fails to compile when a kind is added, so that it is
+    /// added here too.
+    fn one_of_each() -> Vec<ApiError> {
+        let all = vec![
+            ApiError::invalid("field", "is wrong"),
+            ApiError::InvalidGrant,
+            ApiError::InvalidToken,
+            ApiError::InvalidClient,
+            ApiError::InvalidRootKey,
+            ApiError::NotFound("gone".into()),
+            ApiError::MethodNotAllowed,
+            ApiError::PayloadTooLarge(1),
+            ApiError::UnsupportedMediaType,
+            ApiError::TooManyRequests(1),
+            ApiError::Unavailable("down".into()),
+            ApiError::Internal("broken".into()),
+        ];
+        for e in &all {
+            match e {
+                ApiError::Invalid { .. }
+                | ApiError::InvalidGrant
+                | ApiError::InvalidToken
+                | ApiError::InvalidClient
+                | ApiError::InvalidRootKey
+                | ApiError::NotFound(_)
+                | ApiError::MethodNotAllowed
+                | ApiError::PayloadTooLarge(_)
+                | ApiError::UnsupportedMediaType
+                | ApiError::TooManyRequests(_)
+                | ApiError::Unavailable(_)
+                | ApiError::Internal(_) => {}
+            }
+        }
+        all
+    }
+
+    #[test]
+    fn every_error_code_is_in_the_openapi_schema() {
+        let schema = serde_json::to_value(<ErrorCode as utoipa::PartialSchema>::schema()).unwrap();
+        let documented: Vec<&str> =
+            schema["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        let mut used: Vec<&str> = one_of_each().iter().map(ApiError::code).collect();
+        used.sort_unstable();
+        used.dedup();
+        let mut sorted = documented.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, used, "ErrorCode lists exactly the codes ApiError answers");
     }
 }

@@ -12,6 +12,7 @@ use actix_web::web;
 use keygate_tenants::db::Database;
 use keygate_tenants::StoreError;
 
+use crate::admin::Actor;
 use crate::clock;
 use crate::error::ApiError;
 use crate::Services;
@@ -37,6 +38,13 @@ pub struct Report {
 pub async fn run_once(services: &Services, now: i64) -> Result<Report, ApiError> {
     let rotated = rotate_due(services, now).await?;
     let sessions = services.sessions.purge(now).await?;
+    if services.audit_retention > 0 {
+        let cutoff = now.saturating_sub(services.audit_retention);
+        let events = services.audit.store().purge(cutoff).await?;
+        if events > 0 {
+            tracing::info!(events, "janitor deleted audit events past their retention");
+        }
+    }
     let mut keys = 0;
     for app in services.tenants.list_apps().await? {
         // A retired key signed nothing after it retired, so its last token expires at most
@@ -59,6 +67,7 @@ pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, ApiError> 
         match services.keyring.rotate_if_due(app.app_id, period, min_published, now).await {
             Ok(Some(rotation)) => {
                 rotated += 1;
+                crate::admin::key_rotated(services, app.app_id, &rotation, Actor::Scheduler).await;
                 tracing::info!(
                     app_id = %app.app_id,
                     active = %rotation.active_key_id,

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 use crate::client_ip::TrustedProxies;
 use crate::rate_limit::{self, AuthLimiter};
-use crate::{changes, compat, janitor, request_id, routes, Services, Settings};
+use crate::{changes, compat, janitor, metrics, request_id, routes, webhooks, Services, Settings};
 
 /// How often the failed-authentication limiter forgets addresses that are back to fresh.
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
@@ -57,13 +57,22 @@ impl Application {
         if let Some(limiter) = &limiter {
             rate_limit::spawn_sweeper(limiter, LIMITER_SWEEP);
         }
+        if settings.webhook_poll_ms > 0 {
+            let deliverer = webhooks::Deliverer::from_settings(settings)?;
+            webhooks::spawn(
+                services.clone(),
+                deliverer,
+                Duration::from_millis(settings.webhook_poll_ms),
+            );
+        }
         let server = HttpServer::new(move || {
             let mut app = App::new().app_data(services.clone()).app_data(trusted_proxies.clone());
             if let Some(limiter) = &limiter {
                 app = app.app_data(limiter.clone());
             }
             // The access log is outermost, so that it sees the request id answered.
-            app.wrap(middleware::from_fn(request_id::middleware))
+            app.wrap(middleware::from_fn(metrics::middleware))
+                .wrap(middleware::from_fn(request_id::middleware))
                 .wrap(middleware::Logger::new(r#"%a "%r" %s %b %Dms request_id=%{x-request-id}o"#))
                 .configure(routes::configure)
                 .configure(|cfg| compat::configure(cfg, &compat))

@@ -10,6 +10,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, TokenData, Validation};
 use keygate_tenants::{AppId, StoreError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use utoipa::ToSchema;
+use zeroize::Zeroizing;
 
 use crate::material::{self, jwk, public_key_b64};
 use crate::{
@@ -77,15 +79,18 @@ impl Signer {
 }
 
 /// A key as published to app owners.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PublishedKey {
     pub key_id: KeyId,
     /// base64 of the SubjectPublicKeyInfo PEM.
     pub public_key: String,
+    #[schema(example = "ES256")]
     pub alg: &'static str,
     pub status: KeyState,
     pub created_at: i64,
+    #[schema(required)]
     pub activated_at: Option<i64>,
+    #[schema(required)]
     pub retired_at: Option<i64>,
 }
 
@@ -205,7 +210,7 @@ pub struct Reseal {
 }
 
 /// The outcome of a planned rotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Rotation {
     pub retired_key_id: KeyId,
     pub active_key_id: KeyId,
@@ -213,7 +218,7 @@ pub struct Rotation {
 }
 
 /// The outcome of a revocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Revocation {
     pub revoked_key_id: KeyId,
     pub previous_status: KeyState,
@@ -295,6 +300,36 @@ impl Keyring {
             already_current: current,
             master_key_id: self.master.id().to_owned(),
         })
+    }
+
+    /// Seals a secret under the current master key; returns it with that key's id.
+    pub fn seal_secret(
+        &self,
+        context: &str,
+        plaintext: &[u8],
+    ) -> Result<(Vec<u8>, String), KeyringError> {
+        Ok((self.master.seal_secret(context, plaintext)?, self.master.id().to_owned()))
+    }
+
+    /// Opens a secret sealed by [`Self::seal_secret`] under the master key `master_key_id`,
+    /// the current one or a previous one still accepted.
+    pub fn open_secret(
+        &self,
+        context: &str,
+        master_key_id: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+        let master = std::iter::once(&self.master)
+            .chain(&self.previous)
+            .find(|m| m.id() == master_key_id)
+            .ok_or_else(|| {
+                KeyringError::Material(format!(
+                    "the secret of {context} is sealed with master key {master_key_id}, \
+                     which is neither the current one ({}) nor a previous one",
+                    self.master.id()
+                ))
+            })?;
+        master.open_secret(context, sealed)
     }
 
     pub fn master(&self) -> &MasterKey {

@@ -71,11 +71,31 @@ impl MasterKey {
     /// Seals `plaintext`, bound to `key_id` (as associated data) so a sealed blob cannot be
     /// moved to another key's row.
     pub(crate) fn seal(&self, key_id: KeyId, plaintext: &[u8]) -> Result<Vec<u8>, KeyringError> {
+        self.seal_with(&associated_data(key_id), plaintext)
+    }
+
+    /// Seals a secret other than a signing key, bound to `context` (for instance
+    /// `webhook APP_ID`), which opening must name again.
+    pub fn seal_secret(&self, context: &str, plaintext: &[u8]) -> Result<Vec<u8>, KeyringError> {
+        self.seal_with(&secret_associated_data(context), plaintext)
+    }
+
+    /// The secret this master key sealed for `context`.
+    pub fn open_secret(
+        &self,
+        context: &str,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+        let fail =
+            || KeyringError::Material(format!("the sealed secret of {context} does not open"));
+        self.open_with(&secret_associated_data(context), sealed).ok_or_else(fail)
+    }
+
+    fn seal_with(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, KeyringError> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let aad = associated_data(key_id);
         let sealed = self
             .cipher()
-            .encrypt(&nonce, Payload { msg: plaintext, aad: &aad })
+            .encrypt(&nonce, Payload { msg: plaintext, aad })
             .map_err(|_| KeyringError::Material("sealing failed".into()))?;
         let mut out = Vec::with_capacity(NONCE_LEN + sealed.len());
         out.extend_from_slice(&nonce);
@@ -87,21 +107,28 @@ impl MasterKey {
     /// document). Fails when the blob was sealed under another master key or key id, or was
     /// altered.
     pub fn open(&self, key_id: KeyId, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyringError> {
+        self.open_with(&associated_data(key_id), sealed).ok_or(KeyringError::Unseal(key_id))
+    }
+
+    fn open_with(&self, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if sealed.len() <= NONCE_LEN {
-            return Err(KeyringError::Unseal(key_id));
+            return None;
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| KeyringError::Unseal(key_id))?;
-        let aad = associated_data(key_id);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
         self.cipher()
-            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad: &aad })
+            .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad })
             .map(Zeroizing::new)
-            .map_err(|_| KeyringError::Unseal(key_id))
+            .ok()
     }
 }
 
 fn associated_data(key_id: KeyId) -> Vec<u8> {
     format!("keygate signing key {key_id}").into_bytes()
+}
+
+fn secret_associated_data(context: &str) -> Vec<u8> {
+    format!("keygate secret {context}").into_bytes()
 }
 
 #[cfg(test)]
@@ -120,6 +147,17 @@ mod tests {
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert!(master.open(kid, &tampered).is_err());
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_only_in_its_context() {
+        let master = MasterKey::generate();
+        let sealed = master.seal_secret("webhook A", b"whsec").unwrap();
+        assert_eq!(&*master.open_secret("webhook A", &sealed).unwrap(), b"whsec");
+        assert!(master.open_secret("webhook B", &sealed).is_err());
+        assert!(MasterKey::generate().open_secret("webhook A", &sealed).is_err());
+        let kid = KeyId::new();
+        assert!(master.open(kid, &master.seal_secret(&kid.to_string(), b"x").unwrap()).is_err());
     }
 
     #[test]

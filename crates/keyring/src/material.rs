@@ -7,24 +7,31 @@ use p256::elliptic_curve::sec1::ToEncodedPoint;
 use p256::pkcs8::{DecodePublicKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use rand::rngs::OsRng;
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::{KeyId, KeyRecord, KeyState, KeyringError, MasterKey};
 
 /// One public key in RFC 7517 form.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Jwk {
+    #[schema(example = "EC")]
     pub kty: &'static str,
+    #[schema(example = "P-256")]
     pub crv: &'static str,
+    /// base64url of the point's x coordinate.
     pub x: String,
+    /// base64url of the point's y coordinate.
     pub y: String,
     pub kid: KeyId,
+    #[schema(example = "ES256")]
     pub alg: &'static str,
     #[serde(rename = "use")]
+    #[schema(example = "sig")]
     pub use_: &'static str,
 }
 
 /// An RFC 7517 key set.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Jwks {
     pub keys: Vec<Jwk>,
 }

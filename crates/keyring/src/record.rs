@@ -3,11 +3,12 @@ use std::str::FromStr;
 
 use keygate_tenants::{AppId, StoreError};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::KeyId;
 
 /// The life of a signing key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyState {
     /// Published in the JWKS so verifiers learn it before it signs anything.

@@ -2,6 +2,7 @@ use keygate_tenants::AppId;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use crate::{Jid, SessionId};
 
@@ -62,8 +63,8 @@ impl std::fmt::Debug for TokenDigest {
     }
 }
 
-/// A live session as the API lists it.
-#[derive(Debug, Clone, Serialize)]
+/// A live session as the API lists it. Times are Unix seconds.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SessionView {
     pub session_id: SessionId,
     pub sub: String,

@@ -1,9 +1,11 @@
 use std::sync::Arc;
 
 use keygate_keyring::{jsonwebtoken, KeyId, Keyring, Signer, VerifyError};
+use keygate_tenants::events::{Actor, AuditSink, EventKind, NewEvent};
 use keygate_tenants::{App, AppId, OnReuse, StoreError};
 use serde::Serialize;
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 
 use crate::claims::{lenient_validation, outside_lifetime, validation, AnyTokenClaims, TokenType};
 use crate::{
@@ -16,16 +18,21 @@ use crate::{
 pub const JANITOR_REVOKED_RETENTION: i64 = 24 * 3600;
 
 /// The token response of `/sign` and `/renew`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Issued {
+    /// An ES256 JWS: the auth token.
     pub auth_token: String,
+    /// An ES256 JWS: the refresh token (claim `type: "refresh"`, no `sub`, no `aud`).
     pub refresh_token: String,
     /// The key that signed both tokens.
     pub key_id: KeyId,
     /// base64 of that key's SubjectPublicKeyInfo PEM.
     pub public_key: String,
+    #[schema(example = "Bearer")]
     pub token_type: &'static str,
+    /// Seconds until the auth token expires.
     pub expires_in: i64,
+    /// Seconds until the refresh token expires.
     pub refresh_expires_in: i64,
     pub session_id: SessionId,
 }
@@ -57,12 +64,16 @@ pub struct Renewed {
 }
 
 /// The answer of `/verify`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Verified {
     pub verified: bool,
+    /// The auth token's claims; only when verified.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
     pub claims: Option<Value>,
+    /// Why the token did not verify; only when not verified.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, example = "expired")]
     pub reason: Option<&'static str>,
 }
 
@@ -77,11 +88,18 @@ impl Verified {
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
     keyring: Arc<Keyring>,
+    audit: Option<Arc<dyn AuditSink>>,
 }
 
 impl Sessions {
     pub fn new(store: Arc<dyn SessionStore>, keyring: Arc<Keyring>) -> Self {
-        Self { store, keyring }
+        Self { store, keyring, audit: None }
+    }
+
+    /// Reports reuse detection to `audit`.
+    pub fn with_audit(mut self, audit: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(audit);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
@@ -365,6 +383,21 @@ impl Sessions {
             revoked,
             "refresh token reuse detected"
         );
+        if let Some(audit) = &self.audit {
+            let detail = serde_json::json!({
+                "session_id": session.session_id,
+                "sub": session.sub,
+                "scope": scope_name,
+                "revoked": revoked,
+            });
+            let event = NewEvent {
+                app_id: app.app_id,
+                kind: EventKind::ReuseDetected,
+                actor: Actor::Gateway,
+                detail,
+            };
+            audit.record(event).await;
+        }
         Err(SessionError::Rejected(Rejection::ReuseDetected))
     }
 

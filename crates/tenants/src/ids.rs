@@ -7,6 +7,22 @@ pub struct ParseIdError;
 pub mod __private {
     pub use serde;
     pub use ulid::Ulid;
+    pub use utoipa;
+
+    /// The OpenAPI schema of an id: a ULID in its canonical form.
+    pub fn ulid_schema(name: &str) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .description(Some(format!(
+                "{name}: a ULID in its canonical form, 26 characters of upper-case Crockford \
+                 base32"
+            )))
+            .min_length(Some(26))
+            .max_length(Some(26))
+            .pattern(Some("^[0-7][0-9A-HJKMNP-TV-Z]{25}$"))
+            .examples(["01M80GYW02JF8GZ7PV8HHY5BXY"])
+            .into()
+    }
 
     /// A ULID greater than every other this process made with it: within one millisecond
     /// the random part counts up instead of being drawn again, so ids made one after the
@@ -95,6 +111,18 @@ macro_rules! ulid_id {
             fn deserialize<D: $crate::__private::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = <std::borrow::Cow<'de, str> as $crate::__private::serde::Deserialize>::deserialize(d)?;
                 s.parse().map_err($crate::__private::serde::de::Error::custom)
+            }
+        }
+
+        impl $crate::__private::utoipa::PartialSchema for $name {
+            fn schema() -> $crate::__private::utoipa::openapi::RefOr<$crate::__private::utoipa::openapi::schema::Schema> {
+                $crate::__private::ulid_schema(stringify!($name))
+            }
+        }
+
+        impl $crate::__private::utoipa::ToSchema for $name {
+            fn name() -> std::borrow::Cow<'static, str> {
+                std::borrow::Cow::Borrowed(stringify!($name))
             }
         }
     };

@@ -6,6 +6,7 @@
 
 pub mod db;
 mod error;
+pub mod events;
 mod ids;
 mod model;
 mod secret;

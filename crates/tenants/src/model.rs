@@ -1,11 +1,13 @@
 use std::fmt;
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::{AppId, AppSettings};
 
-/// An app (tenant) as the API shows it: no secrets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An app (tenant) as the API shows it: no secrets. Durations are seconds, times Unix
+/// seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct App {
     pub app_id: AppId,
     pub name: String,

@@ -63,6 +63,7 @@ pub struct Tenants {
     root_hash: RwLock<Option<Cached<Arc<str>>>>,
     verified: VerifiedCache,
     argon2_runs: AtomicU64,
+    key_cache_hits: AtomicU64,
     /// argon2id takes ~19 MiB and ~12 ms a run: at most one run per core at a time, so a
     /// burst of cold or wrong keys can neither exhaust memory nor starve the workers.
     argon2_slots: tokio::sync::Semaphore,
@@ -77,6 +78,7 @@ impl Tenants {
             root_hash: RwLock::default(),
             verified: VerifiedCache::new(),
             argon2_runs: AtomicU64::new(0),
+            key_cache_hits: AtomicU64::new(0),
             argon2_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, usize::from),
             ),
@@ -90,6 +92,12 @@ impl Tenants {
     /// How many argon2 verifications this process has run: a cache hit runs none.
     pub fn argon2_runs(&self) -> u64 {
         self.argon2_runs.load(Ordering::Relaxed)
+    }
+
+    /// App-key and root-key checks answered from the verified cache (hits), and those that
+    /// ran argon2 (misses), since this process started.
+    pub fn key_cache_counts(&self) -> (u64, u64) {
+        (self.key_cache_hits.load(Ordering::Relaxed), self.argon2_runs())
     }
 
     /// The app, from the cache when it is fresh enough.
@@ -199,12 +207,14 @@ impl Tenants {
     ) -> Result<(), AuthError> {
         let digest = self.verified.digest(presented);
         if self.verified.contains(subject, &digest, accepted) {
+            self.key_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         let Ok(_slot) = self.argon2_slots.acquire().await else { return Err(AuthError::Denied) };
         // Concurrent requests with the same new key queue here; the first one verifies it,
         // and the others find it in the cache.
         if self.verified.contains(subject, &digest, accepted) {
+            self.key_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
         // Guesses queued behind a slot are asked again: the client may have used up its

@@ -2,6 +2,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// One rejected input field, named as in the JSON body (`token_expire`) or the CLI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,7 +24,7 @@ impl fmt::Display for FieldError {
 }
 
 /// What `/renew` does when it detects a reused refresh token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OnReuse {
     /// Revoke the session (refresh-token family) the reused token belongs to.
@@ -56,7 +57,7 @@ impl FromStr for OnReuse {
 }
 
 /// The settings of one app. Durations are whole seconds, as in the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct AppSettings {
     pub issuer: String,
     pub audience: String,
@@ -93,21 +94,50 @@ pub const MAX_ISSUER_LEN: usize = 255;
 
 /// A partial set of settings, as sent to create or update an app. Absent fields keep
 /// their current value (or the default, on create).
-#[derive(Debug, Clone, Default, Deserialize)]
+///
+/// The limits in the `schema` attributes document [`RANGES`] and the length checks; a test
+/// keeps them equal.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {
+    /// Unique; required when creating an app. No control characters.
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
+    /// The `iss` of the app's tokens; the app's name at creation by default.
+    #[schema(min_length = 1, max_length = 255)]
     pub issuer: Option<String>,
+    /// The default `aud` of the app's auth tokens; the app's name at creation by default.
+    #[schema(min_length = 1, max_length = 255)]
     pub audience: Option<String>,
+    /// Auth token lifetime, seconds (default 900).
+    #[schema(minimum = 10, maximum = 86400)]
     pub token_expire: Option<i64>,
+    /// Seconds from issue until an auth token is valid (default 0); less than `token_expire`.
+    #[schema(minimum = 0, maximum = 3600)]
     pub token_notbefore: Option<i64>,
+    /// Refresh token lifetime, seconds (default 2592000).
+    #[schema(minimum = 60, maximum = 34560000)]
     pub refresh_expire: Option<i64>,
+    /// Seconds from issue until a refresh token is valid (default 0); less than
+    /// `refresh_expire`.
+    #[schema(minimum = 0, maximum = 86400)]
     pub refresh_notbefore: Option<i64>,
+    /// Absolute lifetime of a session, seconds (default 7776000).
+    #[schema(minimum = 60, maximum = 157680000)]
     pub session_max_age: Option<i64>,
+    /// Seconds during which the previous refresh token of a session is answered as a retry
+    /// (default 10).
+    #[schema(minimum = 0, maximum = 300)]
     pub reuse_grace: Option<i64>,
+    /// Scheduled signing-key rotation period, seconds (default 2592000).
+    #[schema(minimum = 3600, maximum = 63072000)]
     pub rotation_period: Option<i64>,
+    /// Live sessions a subject may have; the oldest is revoked past it. 0: no limit.
+    #[schema(minimum = 0, maximum = 100000)]
     pub max_sessions_per_sub: Option<i64>,
+    /// Whether `/renew` rotates the refresh token (default true).
     pub refresh_rotation: Option<bool>,
+    /// What a reused refresh token revokes (default `revoke_session`).
     pub on_reuse: Option<OnReuse>,
 }
 
@@ -219,6 +249,34 @@ impl SettingsPatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The OpenAPI document states the accepted ranges; they must be the ones enforced.
+    #[test]
+    fn the_documented_limits_are_the_enforced_ones() {
+        use utoipa::openapi::schema::Schema;
+        use utoipa::openapi::RefOr;
+        use utoipa::PartialSchema;
+
+        let RefOr::T(Schema::Object(patch)) = SettingsPatch::schema() else {
+            panic!("SettingsPatch is an object schema")
+        };
+        let field = |name: &str| match patch.properties.get(name) {
+            Some(RefOr::T(Schema::Object(o))) => o.clone(),
+            _ => panic!("{name} is not an inline object schema"),
+        };
+        for &(name, min, max) in RANGES {
+            let o = field(name);
+            let bounds = serde_json::to_value((&o.minimum, &o.maximum)).unwrap();
+            assert_eq!(bounds, serde_json::json!([min, max]), "{name}");
+        }
+        for (name, max) in
+            [("name", MAX_NAME_LEN), ("issuer", MAX_ISSUER_LEN), ("audience", MAX_ISSUER_LEN)]
+        {
+            let o = field(name);
+            assert_eq!((o.min_length, o.max_length), (Some(1), Some(max)), "{name}");
+        }
+        assert_eq!(patch.properties.len(), RANGES.len() + 5, "every field is documented");
+    }
 
     #[test]
     fn defaults_are_valid() {

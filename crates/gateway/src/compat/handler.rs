@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 use super::{AppSource, CompatRoute, ErrorKind, TokenSource};
 use crate::error::{chain, ApiError};
 use crate::extract::{parse, read_body};
+use crate::metrics::RenewCount;
 use crate::{clock, routes, Services};
 
 /// Registers every route, each answering 405 to other methods.
@@ -99,7 +100,10 @@ async fn renew(
     }
     let app = find_app(services, route, &refresh_token).await?;
     let now = clock::now();
-    let presented = services.sessions.verify_refresh(&app, &refresh_token, now).await?;
+    let presented =
+        services.sessions.verify_refresh(&app, &refresh_token, now).await.inspect_err(|err| {
+            services.metrics.renew(RenewCount::of_error(err));
+        })?;
     if let Some(bearer) = bearer {
         if bearer.len() > MAX_TOKEN_LEN
             || !services.sessions.is_auth_token_of(&app, bearer, presented.sid).await?
@@ -109,8 +113,9 @@ async fn renew(
     }
     let input = renew_input(request, refresh_token)?;
     let renewed =
-        services.sessions.renew_presented(&app, &presented, &input, route.mode, now).await?;
-    Ok(renewed.issued)
+        services.sessions.renew_presented(&app, &presented, &input, route.mode, now).await;
+    services.metrics.renew(RenewCount::of(&renewed));
+    Ok(renewed?.issued)
 }
 
 async fn body_token(

@@ -1,8 +1,9 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::openapi::{Alive, Ready};
 use super::resource;
-use crate::error::ApiError;
+use crate::error::{ApiError, Body as ErrorBody};
 use crate::Services;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -13,11 +14,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The process runs.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations",
+    responses((status = 200, description = "The process runs.", body = Alive)))]
+#[utoipa::path(get, path = "/ping", operation_id = "ping", tag = "operations", impl_for = Ping,
+    description = "An alias of `/healthz`, kept for JWTPlus clients.",
+    responses((status = 200, description = "The process runs.", body = Alive)))]
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "operations", impl_for = Health,
+    description = "An alias of `/healthz`, kept for JWTPlus clients.",
+    responses((status = 200, description = "The process runs.", body = Alive)))]
 async fn alive() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+/// The aliases of `/healthz`, for the OpenAPI document.
+pub(super) struct Ping;
+pub(super) struct Health;
+
 /// The database answers.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "The database answers.", body = Ready),
+        (status = 503, description = "`unavailable`: the database does not answer.",
+            body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
+    ))]
 async fn ready(services: web::Data<Services>) -> Result<HttpResponse, ApiError> {
     services.db.ping().await.map_err(|e| ApiError::Unavailable(Box::new(e)))?;
     Ok(HttpResponse::Ok().json(json!({"status": "ok", "database": services.db.backend()})))

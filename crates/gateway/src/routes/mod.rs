@@ -2,7 +2,10 @@ use actix_web::{web, HttpResponse};
 
 use crate::error::ApiError;
 
+mod events;
 mod health;
+mod metrics;
+mod openapi;
 mod root;
 mod sessions;
 mod tenant;
@@ -13,7 +16,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     sessions::configure(cfg);
     tenant::configure(cfg);
     health::configure(cfg);
+    metrics::configure(cfg);
+    openapi::configure(cfg);
     root::configure(cfg);
+    events::configure(cfg);
 }
 
 pub async fn not_found() -> Result<HttpResponse, ApiError> {

@@ -1,12 +1,15 @@
 use actix_web::{web, HttpResponse};
-use keygate_keyring::KeyId;
-use keygate_tenants::{AppId, SettingsPatch};
+use keygate_keyring::{KeyId, Revocation, Rotation};
+use keygate_tenants::{App, AppId, SettingsPatch};
 use serde_json::json;
 
+use super::openapi::{
+    AppList, BodyErrors, CreateAppRequest, Deleted, KeyList, RevokedCount, RootKeyErrors,
+};
 use super::resource;
-use crate::admin::{self, RotateAppKeyRequest};
+use crate::admin::{self, Actor, CreatedApp, RotateAppKeyRequest, RotatedAppKey};
 use crate::clock;
-use crate::error::ApiError;
+use crate::error::{ApiError, Body as ErrorBody};
 use crate::extract::{JsonBody, OptionalJsonBody, RootAuth};
 use crate::Services;
 
@@ -33,19 +36,43 @@ fn app_id(raw: &str) -> Result<AppId, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound(format!("app {raw:?} not found")))
 }
 
+/// Every app.
+#[utoipa::path(get, path = "/root/apps", tag = "root",
+    security(("root_key" = [])),
+    responses((status = 200, description = "Every app.", body = AppList), RootKeyErrors))]
 async fn list_apps(_: RootAuth, services: web::Data<Services>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(json!({"apps": admin::list_apps(&services).await?})))
 }
 
+/// Creates an app with its active and next signing keys. The app key is shown only here.
+#[utoipa::path(post, path = "/root/apps", tag = "root",
+    security(("root_key" = [])),
+    request_body = CreateAppRequest,
+    responses(
+        (status = 201, description = "The app, its app key and its active signing key.",
+            body = CreatedApp),
+        BodyErrors,
+        RootKeyErrors,
+    ))]
 async fn create_app(
     _: RootAuth,
     services: web::Data<Services>,
     body: JsonBody<SettingsPatch>,
 ) -> Result<HttpResponse, ApiError> {
-    let created = admin::create_app(&services, &body.0, clock::now()).await?;
+    let created = admin::create_app(&services, &body.0, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Created().json(created))
 }
 
+/// An app's settings.
+#[utoipa::path(get, path = "/root/apps/{app_id}", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("root_key" = [])),
+    responses(
+        (status = 200, description = "The app's settings.", body = App),
+        (status = 404, description = "`not_found`: no such app (or a malformed id).",
+            body = ErrorBody),
+        RootKeyErrors,
+    ))]
 async fn get_app(
     _: RootAuth,
     services: web::Data<Services>,
@@ -55,26 +82,62 @@ async fn get_app(
     Ok(HttpResponse::Ok().json(record.app))
 }
 
+/// Changes an app's settings; absent fields keep their value.
+#[utoipa::path(patch, path = "/root/apps/{app_id}", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("root_key" = [])),
+    request_body = SettingsPatch,
+    responses(
+        (status = 200, description = "The new settings.", body = App),
+        (status = 404, description = "`not_found`: no such app (or a malformed id).",
+            body = ErrorBody),
+        BodyErrors,
+        RootKeyErrors,
+    ))]
 async fn update_app(
     _: RootAuth,
     services: web::Data<Services>,
     path: web::Path<String>,
     body: JsonBody<SettingsPatch>,
 ) -> Result<HttpResponse, ApiError> {
-    let app = admin::update_app(&services, app_id(&path)?, &body.0, clock::now()).await?;
+    let app =
+        admin::update_app(&services, app_id(&path)?, &body.0, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(app))
 }
 
+/// Deletes an app, with its keys and sessions.
+#[utoipa::path(delete, path = "/root/apps/{app_id}", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("root_key" = [])),
+    responses(
+        (status = 200, description = "The app is gone.", body = Deleted),
+        (status = 404, description = "`not_found`: no such app (or a malformed id).",
+            body = ErrorBody),
+        RootKeyErrors,
+    ))]
 async fn delete_app(
     _: RootAuth,
     services: web::Data<Services>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let app_id = app_id(&path)?;
-    admin::delete_app(&services, app_id).await?;
+    admin::delete_app(&services, app_id, Actor::Root).await?;
     Ok(HttpResponse::Ok().json(json!({"deleted": app_id})))
 }
 
+/// Replaces an app's app key; with a `grace`, the previous one keeps working that long.
+#[utoipa::path(post, path = "/root/apps/{app_id}/rotate-app-key", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("root_key" = [])),
+    request_body(content = Option<RotateAppKeyRequest>, description = "Optional: an empty \
+        body is a grace of 0."),
+    responses(
+        (status = 200, description = "The new app key.", body = RotatedAppKey),
+        (status = 404, description = "`not_found`: no such app (or a malformed id).",
+            body = ErrorBody),
+        BodyErrors,
+        RootKeyErrors,
+    ))]
 async fn rotate_app_key(
     _: RootAuth,
     services: web::Data<Services>,
@@ -82,10 +145,21 @@ async fn rotate_app_key(
     body: OptionalJsonBody<RotateAppKeyRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let grace = body.0.unwrap_or_default().grace;
-    let rotated = admin::rotate_app_key(&services, app_id(&path)?, grace, clock::now()).await?;
+    let rotated =
+        admin::rotate_app_key(&services, app_id(&path)?, grace, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(rotated))
 }
 
+/// Every signing key of an app, in every state.
+#[utoipa::path(get, path = "/root/apps/{app_id}/keys", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("root_key" = [])),
+    responses(
+        (status = 200, description = "The keys.", body = KeyList),
+        (status = 404, description = "`not_found`: no such app (or a malformed id).",
+            body = ErrorBody),
+        RootKeyErrors,
+    ))]
 async fn list_keys(
     _: RootAuth,
     services: web::Data<Services>,
@@ -95,15 +169,41 @@ async fn list_keys(
     Ok(HttpResponse::Ok().json(json!({"keys": keys})))
 }
 
+/// A planned rotation: promotes the next key, retires the active one, publishes a new next
+/// key.
+#[utoipa::path(post, path = "/root/apps/{app_id}/keys/rotate", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("root_key" = [])),
+    responses(
+        (status = 200, description = "The keys after the rotation.", body = Rotation),
+        (status = 404, description = "`not_found`: no such app (or a malformed id).",
+            body = ErrorBody),
+        RootKeyErrors,
+    ))]
 async fn rotate_keys(
     _: RootAuth,
     services: web::Data<Services>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let rotation = admin::rotate_keys(&services, app_id(&path)?, clock::now()).await?;
+    let rotation = admin::rotate_keys(&services, app_id(&path)?, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(rotation))
 }
 
+/// Revokes a signing key at once; revoking the active key promotes the published next key.
+#[utoipa::path(post, path = "/root/apps/{app_id}/keys/{key_id}/revoke", tag = "root",
+    params(
+        ("app_id" = AppId, Path, description = "The app's id."),
+        ("key_id" = KeyId, Path, description = "The signing key's id."),
+    ),
+    security(("root_key" = [])),
+    responses(
+        (status = 200, description = "The key is revoked.", body = Revocation),
+        (status = 400, description = "`invalid_request`: the key is already revoked.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no such app or key (or a malformed id).",
+            body = ErrorBody),
+        RootKeyErrors,
+    ))]
 async fn revoke_key(
     _: RootAuth,
     services: web::Data<Services>,
@@ -112,15 +212,27 @@ async fn revoke_key(
     let (raw_app, raw_key) = path.into_inner();
     let key_id: KeyId =
         raw_key.parse().map_err(|_| ApiError::NotFound(format!("key {raw_key:?} not found")))?;
-    let revocation = admin::revoke_key(&services, app_id(&raw_app)?, key_id, clock::now()).await?;
+    let revocation =
+        admin::revoke_key(&services, app_id(&raw_app)?, key_id, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(revocation))
 }
 
+/// Revokes every live session of an app.
+#[utoipa::path(delete, path = "/root/apps/{app_id}/sessions", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("root_key" = [])),
+    responses(
+        (status = 200, description = "How many sessions were revoked.", body = RevokedCount),
+        (status = 404, description = "`not_found`: no such app (or a malformed id).",
+            body = ErrorBody),
+        RootKeyErrors,
+    ))]
 async fn revoke_sessions(
     _: RootAuth,
     services: web::Data<Services>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let revoked = admin::revoke_sessions(&services, app_id(&path)?, None, clock::now()).await?;
+    let revoked =
+        admin::revoke_sessions(&services, app_id(&path)?, None, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(json!({"revoked": revoked})))
 }

@@ -2,14 +2,23 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use keygate_sessions::{token_field, RenewInput, RevokeScope, SessionError, SessionId, SignInput};
+use keygate_sessions::{Issued, Verified};
+use keygate_tenants::AppId;
 use keygate_tenants::FieldError;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use utoipa::{IntoParams, ToSchema};
 
+use super::openapi::{
+    AppKeyErrors, BodyErrors, LogoutAnswer, RenewRequest, RevokedCount, SessionList, SignRequest,
+    TokenRequest,
+};
 use super::resource;
+use crate::admin::{self, Actor};
 use crate::clock;
-use crate::error::ApiError;
+use crate::error::{ApiError, Body as ErrorBody};
 use crate::extract::{AppAuth, JsonBody};
+use crate::metrics::{RenewCount, RevokeReason};
 use crate::Services;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -24,6 +33,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 type Body = JsonBody<Map<String, Value>>;
 
+/// Opens a session: answers an auth token and a refresh token.
+///
+/// With `max_sessions_per_sub` > 0, opening one session too many revokes the subject's
+/// oldest.
+#[utoipa::path(post, path = "/app/{app_id}/sign", tag = "tokens",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("app_key" = [])),
+    request_body = SignRequest,
+    responses(
+        (status = 200, description = "The token response.", body = Issued),
+        BodyErrors,
+        AppKeyErrors,
+    ))]
 async fn sign(
     services: web::Data<Services>,
     auth: AppAuth,
@@ -31,19 +53,50 @@ async fn sign(
 ) -> Result<HttpResponse, ApiError> {
     let input = SignInput::parse(body.0).map_err(ApiError::fields)?;
     let issued = services.sessions.sign(&auth.0.app, input, clock::now()).await?;
+    services.metrics.session_opened();
     Ok(HttpResponse::Ok().json(issued))
 }
 
+/// Renews a session with its refresh token, which rotates (unless the app's
+/// `refresh_rotation` is false).
+///
+/// The previous refresh token, again within `reuse_grace` seconds and from the same
+/// `useragent`, is answered as a retry with the session's current tokens; any other
+/// earlier token of the session is reuse, and revokes it.
+#[utoipa::path(post, path = "/app/{app_id}/renew", tag = "tokens",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("app_key" = [])),
+    request_body = RenewRequest,
+    responses(
+        (status = 200, description = "The token response.", body = Issued),
+        (status = 401, description = "`invalid_grant`, \"invalid refresh token\": any refresh \
+            token that is not accepted (expired, not yet valid, revoked, reused, not this \
+            app's).", body = ErrorBody),
+        BodyErrors,
+        AppKeyErrors,
+    ))]
 async fn renew(
     services: web::Data<Services>,
     auth: AppAuth,
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
     let input = RenewInput::parse(&body.0).map_err(ApiError::fields)?;
-    let renewed = services.sessions.renew(&auth.0.app, input, clock::now()).await?;
-    Ok(HttpResponse::Ok().json(renewed.issued))
+    let renewed = services.sessions.renew(&auth.0.app, input, clock::now()).await;
+    services.metrics.renew(RenewCount::of(&renewed));
+    Ok(HttpResponse::Ok().json(renewed?.issued))
 }
 
+/// Verifies an auth token of this app, and that its session is live.
+#[utoipa::path(post, path = "/app/{app_id}/verify", tag = "tokens",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("app_key" = [])),
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "`verified` with the claims, or not with a `reason`.",
+            body = Verified),
+        BodyErrors,
+        AppKeyErrors,
+    ))]
 async fn verify(
     services: web::Data<Services>,
     auth: AppAuth,
@@ -54,6 +107,18 @@ async fn verify(
     Ok(HttpResponse::Ok().json(verified))
 }
 
+/// Revokes the session of a token (an auth or a refresh token of this app, even expired).
+#[utoipa::path(post, path = "/app/{app_id}/logout", tag = "tokens",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("app_key" = [])),
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "The session is revoked.", body = LogoutAnswer),
+        (status = 401, description = "`invalid_grant`, \"invalid token\": not a token of \
+            this app.", body = ErrorBody),
+        BodyErrors,
+        AppKeyErrors,
+    ))]
 async fn logout(
     services: web::Data<Services>,
     auth: AppAuth,
@@ -65,6 +130,7 @@ async fn logout(
             SessionError::Rejected(_) => ApiError::InvalidToken,
             other => other.into(),
         })?;
+    services.metrics.sessions_revoked(RevokeReason::Logout, revoked);
     Ok(HttpResponse::Ok().json(json!({"status": "ok", "revoked": revoked})))
 }
 
@@ -75,6 +141,16 @@ struct RevokeRequest {
     sub: Option<String>,
 }
 
+/// Revokes one session, or every session of a subject.
+#[utoipa::path(post, path = "/app/{app_id}/revoke", tag = "tokens",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("app_key" = [])),
+    request_body = super::openapi::RevokeRequest,
+    responses(
+        (status = 200, description = "How many sessions were revoked.", body = RevokedCount),
+        BodyErrors,
+        AppKeyErrors,
+    ))]
 async fn revoke(
     services: web::Data<Services>,
     auth: AppAuth,
@@ -99,6 +175,8 @@ async fn revoke(
     let app_id = auth.0.app.app_id;
     let revoked =
         services.sessions.revoke(app_id, scope, "revoked by the app", clock::now()).await?;
+    services.metrics.sessions_revoked(RevokeReason::App, revoked);
+    admin::sessions_revoked(&services, app_id, scope, revoked, Actor::App).await;
     Ok(HttpResponse::Ok().json(json!({"revoked": revoked})))
 }
 
@@ -112,9 +190,14 @@ fn checked_sub(sub: &str) -> Result<&str, ApiError> {
     Ok(sub)
 }
 
-#[derive(Debug, Deserialize)]
+/// A subject whose sessions are listed.
+#[derive(Debug, Deserialize, IntoParams, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SubjectQuery {
+    /// The subject.
+    #[param(min_length = 1, max_length = 255)]
+    #[schema(min_length = 1, max_length = 255)]
     sub: String,
 }
 
@@ -128,6 +211,16 @@ async fn sessions_of(
     Ok(HttpResponse::Ok().json(json!({"sessions": sessions})))
 }
 
+/// The subject's live sessions, oldest first.
+#[utoipa::path(post, path = "/app/{app_id}/get-session", tag = "tokens",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("app_key" = [])),
+    request_body = SubjectQuery,
+    responses(
+        (status = 200, description = "The live sessions.", body = SessionList),
+        BodyErrors,
+        AppKeyErrors,
+    ))]
 async fn get_session(
     services: web::Data<Services>,
     auth: AppAuth,
@@ -136,6 +229,16 @@ async fn get_session(
     sessions_of(&services, &auth, &body.0.sub).await
 }
 
+/// The subject's live sessions, oldest first.
+#[utoipa::path(get, path = "/app/{app_id}/sessions", tag = "tokens",
+    params(("app_id" = AppId, Path, description = "The app's id."), SubjectQuery),
+    security(("app_key" = [])),
+    responses(
+        (status = 200, description = "The live sessions.", body = SessionList),
+        (status = 400, description = "`invalid_request`: `sub` is missing, invalid, or not \
+            the only query parameter.", body = ErrorBody),
+        AppKeyErrors,
+    ))]
 async fn list_sessions(
     services: web::Data<Services>,
     auth: AppAuth,

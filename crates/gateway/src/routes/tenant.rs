@@ -1,10 +1,12 @@
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use keygate_tenants::AppId;
+use keygate_keyring::Jwks;
+use keygate_tenants::{App, AppId};
 use serde_json::json;
 
+use super::openapi::{AppKeyErrors, PublishedKeys, ServerErrors};
 use super::resource;
-use crate::error::ApiError;
+use crate::error::{ApiError, Body as ErrorBody};
 use crate::extract::AppAuth;
 use crate::Services;
 
@@ -15,6 +17,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// The app's published keys as an RFC 7517 key set; public, and cacheable.
+///
+/// The keys in states `next`, `active` and `retired`; never `revoked` ones.
+#[utoipa::path(get, path = "/app/{app_id}/jwks.json", tag = "app",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    responses(
+        (status = 200, description = "An RFC 7517 JWKS.", body = Jwks,
+            headers(("Cache-Control" = String, description = "`public, max-age=<jwks_max_age>`"))),
+        (status = 404, description = "`not_found`: no such app (or a malformed id).",
+            body = ErrorBody),
+        ServerErrors,
+    ))]
 async fn jwks(
     services: web::Data<Services>,
     path: web::Path<String>,
@@ -31,11 +44,27 @@ async fn jwks(
         .json(keys.jwks()))
 }
 
+/// The app's published keys, as base64 of their SubjectPublicKeyInfo PEM.
+#[utoipa::path(get, path = "/app/{app_id}/pub-keys", tag = "app",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("app_key" = [])),
+    responses(
+        (status = 200, description = "The published keys.", body = PublishedKeys),
+        AppKeyErrors,
+    ))]
 async fn pub_keys(services: web::Data<Services>, auth: AppAuth) -> Result<HttpResponse, ApiError> {
     let keys = services.keyring.keys(auth.0.app.app_id).await?;
     Ok(HttpResponse::Ok().json(json!({"keys": keys.published()})))
 }
 
+/// The app's settings, without secrets.
+#[utoipa::path(get, path = "/app/{app_id}", tag = "app",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("app_key" = [])),
+    responses(
+        (status = 200, description = "The app's settings.", body = App),
+        AppKeyErrors,
+    ))]
 async fn app_settings(auth: AppAuth) -> HttpResponse {
     HttpResponse::Ok().json(&auth.0.app)
 }

@@ -40,7 +40,9 @@ fn fixture() -> &'static Fixture {
         let (services, app, refresh, auth) = runtime.block_on(async {
             let (services, _) = Services::open(&settings).await.unwrap();
             let patch = SettingsPatch { name: Some("fuzz".into()), ..SettingsPatch::default() };
-            let created = admin::create_app(&services, &patch, clock::now()).await.unwrap();
+            let created = admin::create_app(&services, &patch, admin::Actor::Cli, clock::now())
+                .await
+                .unwrap();
             let app = services.tenants.app(created.app_id).await.unwrap().unwrap().app.clone();
             let body = json!({"sub": "fuzz", "ip": "203.0.113.7", "useragent": "fuzz"});
             let input = SignInput::parse(body.as_object().unwrap().clone()).unwrap();

@@ -33,10 +33,11 @@ async fn the_janitor_deletes_only_what_has_ended(services: Services) {
         session_max_age: Some(7200),
         ..SettingsPatch::default()
     };
-    let created = admin::create_app(&services, &patch, now).await.unwrap();
+    let created = admin::create_app(&services, &patch, admin::Actor::Cli, now).await.unwrap();
     let app = admin::get_app(&services, created.app_id).await.unwrap().app;
     let ended = services.sessions.sign(&app, sign_input("old"), now).await.unwrap();
-    let rotation = admin::rotate_keys(&services, app.app_id, now + 10).await.unwrap();
+    let rotation =
+        admin::rotate_keys(&services, app.app_id, admin::Actor::Cli, now + 10).await.unwrap();
     let live = services.sessions.sign(&app, sign_input("new"), now + 7000).await.unwrap();
 
     // Nothing has ended long enough yet.
@@ -79,7 +80,7 @@ async fn scheduled_rotation_promotes_the_published_next_key(services: Services) 
         rotation_period: Some(3600),
         ..SettingsPatch::default()
     };
-    let created = admin::create_app(&services, &patch, now).await.unwrap();
+    let created = admin::create_app(&services, &patch, admin::Actor::Cli, now).await.unwrap();
     let keys = services.keyring.list(created.app_id).await.unwrap();
     let next = keys.iter().find(|k| k.state == KeyState::Next).unwrap().key_id;
     assert_eq!(janitor::rotate_due(&services, now + 3599).await.unwrap(), 0, "not yet due");

@@ -1,0 +1,379 @@
+//! Prometheus metrics, served at `GET /metrics` in the text exposition format.
+//!
+//! Each [`Services`] owns its registry (no process-global state), so several gateways in
+//! one process, as in the tests, count apart. Route labels are the route patterns
+//! (`/app/{app_id}/renew`), never the raw path, so the number of series stays bounded.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::web;
+use keygate_sessions::{Rejection, RenewOutcome, Renewed, SessionError};
+use keygate_tenants::db::Database;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::Services;
+
+/// The label of requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+/// Latency buckets, in seconds: a renew is about a millisecond, an argon2 check about 15.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// What a renew came to, as `keygate_renew_total{outcome}` counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewCount {
+    /// A new pair; the refresh token rotated (or, on an app that does not rotate, a new
+    /// auth token).
+    Rotated,
+    /// The previous token came back within the grace and got the current one again.
+    GraceRetry,
+    /// A refresh token that was already used: its session (or subject) was revoked.
+    ReuseDetected,
+    /// A bad, expired, revoked or foreign token, or a bad request.
+    Invalid,
+    /// A failure on our side (database unavailable, a key that could not be read).
+    Unavailable,
+}
+
+impl RenewCount {
+    pub fn of(result: &Result<Renewed, SessionError>) -> Self {
+        match result {
+            Ok(renewed) => match renewed.outcome {
+                RenewOutcome::Rotated | RenewOutcome::NotRotating => Self::Rotated,
+                RenewOutcome::GraceRetry => Self::GraceRetry,
+            },
+            Err(err) => Self::of_error(err),
+        }
+    }
+
+    pub fn of_error(err: &SessionError) -> Self {
+        match err {
+            SessionError::Rejected(Rejection::ReuseDetected) => Self::ReuseDetected,
+            SessionError::Rejected(_) | SessionError::Invalid(_) => Self::Invalid,
+            SessionError::Store(_) | SessionError::Keyring(_) | SessionError::Corrupt(_) => {
+                Self::Unavailable
+            }
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rotated => "rotated",
+            Self::GraceRetry => "grace_retry",
+            Self::ReuseDetected => "reuse_detected",
+            Self::Invalid => "invalid",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// Why sessions were revoked, as `keygate_sessions_revoked_total{reason}` counts them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevokeReason {
+    /// `/logout`.
+    Logout,
+    /// `/revoke`, by the app.
+    App,
+    /// The root API or the CLI.
+    Admin,
+    /// A refresh token was reused.
+    Reuse,
+}
+
+impl RevokeReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Logout => "logout",
+            Self::App => "app",
+            Self::Admin => "admin",
+            Self::Reuse => "reuse",
+        }
+    }
+}
+
+/// Every metric of one gateway.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    renews: IntCounterVec,
+    sessions_opened: IntCounter,
+    sessions_revoked: IntCounterVec,
+    key_rotations: IntCounterVec,
+    key_revocations: IntCounter,
+    app_key_cache: IntCounterVec,
+    db_pool: IntGaugeVec,
+    events: IntCounterVec,
+    webhook_deliveries: IntCounterVec,
+}
+
+/// Registers `metric` in `registry`; the names are constants, so this cannot clash.
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    if let Err(err) = registry.register(Box::new(metric.clone())) {
+        tracing::error!(error = %err, "could not register a metric");
+    }
+    metric
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    register(registry, metric)
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    register(registry, metric)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        if let Err(err) =
+            registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+        {
+            tracing::error!(error = %err, "could not register the process metrics");
+        }
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "keygate_http_request_duration_seconds",
+                "Time to answer an HTTP request, by route pattern, method and status.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route", "method", "status"],
+        )
+        .unwrap_or_else(|e| unreachable!("latency histogram: {e}"));
+        let db_pool = IntGaugeVec::new(
+            Opts::new(
+                "keygate_db_pool_connections",
+                "Database connections by pool (sqlite_writer, sqlite_reader, postgres) and \
+                 state (in_use, idle, max).",
+            ),
+            &["pool", "state"],
+        )
+        .unwrap_or_else(|e| unreachable!("pool gauge: {e}"));
+        Self {
+            http_requests: counter_vec(
+                &registry,
+                "keygate_http_requests_total",
+                "HTTP requests answered, by route pattern, method and status.",
+                &["route", "method", "status"],
+            ),
+            http_duration: register(&registry, http_duration),
+            renews: counter_vec(
+                &registry,
+                "keygate_renew_total",
+                "Renews by outcome: rotated, grace_retry, reuse_detected, invalid, unavailable.",
+                &["outcome"],
+            ),
+            sessions_opened: counter(
+                &registry,
+                "keygate_sessions_opened_total",
+                "Sessions opened by /sign.",
+            ),
+            sessions_revoked: counter_vec(
+                &registry,
+                "keygate_sessions_revoked_total",
+                "Sessions revoked, by reason: logout, app, admin, reuse.",
+                &["reason"],
+            ),
+            key_rotations: counter_vec(
+                &registry,
+                "keygate_key_rotations_total",
+                "Signing-key rotations, by trigger: manual (root API or CLI) or scheduled.",
+                &["trigger"],
+            ),
+            key_revocations: counter(
+                &registry,
+                "keygate_key_revocations_total",
+                "Signing keys revoked.",
+            ),
+            app_key_cache: counter_vec(
+                &registry,
+                "keygate_app_key_cache_total",
+                "App-key and root-key checks, by result: hit (no argon2) or miss (argon2 ran).",
+                &["result"],
+            ),
+            db_pool: register(&registry, db_pool),
+            events: counter_vec(
+                &registry,
+                "keygate_audit_events_total",
+                "Audit events recorded, by kind.",
+                &["kind"],
+            ),
+            webhook_deliveries: counter_vec(
+                &registry,
+                "keygate_webhook_deliveries_total",
+                "Webhook delivery attempts, by result: delivered, retry, failed.",
+                &["result"],
+            ),
+            registry,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let status = status_label(status);
+        self.http_requests.with_label_values(&[route, method, status]).inc();
+        self.http_duration.with_label_values(&[route, method, status]).observe(seconds);
+    }
+
+    pub fn renew(&self, count: RenewCount) {
+        self.renews.with_label_values(&[count.as_str()]).inc();
+    }
+
+    pub fn session_opened(&self) {
+        self.sessions_opened.inc();
+    }
+
+    pub fn sessions_revoked(&self, reason: RevokeReason, n: u64) {
+        self.sessions_revoked.with_label_values(&[reason.as_str()]).inc_by(n);
+    }
+
+    pub fn key_rotated(&self, scheduled: bool) {
+        self.key_rotations
+            .with_label_values(&[if scheduled { "scheduled" } else { "manual" }])
+            .inc();
+    }
+
+    pub fn key_revoked(&self) {
+        self.key_revocations.inc();
+    }
+
+    pub fn event_recorded(&self, kind: &str) {
+        self.events.with_label_values(&[kind]).inc();
+    }
+
+    pub fn webhook_delivery(&self, result: &str) {
+        self.webhook_deliveries.with_label_values(&[result]).inc();
+    }
+
+    /// The text exposition of every metric, after reading the values kept elsewhere (the
+    /// app-key cache's counts, the pools).
+    pub fn render(&self, services: &Services) -> String {
+        let (hits, misses) = services.tenants.key_cache_counts();
+        catch_up(&self.app_key_cache.with_label_values(&["hit"]), hits);
+        catch_up(&self.app_key_cache.with_label_values(&["miss"]), misses);
+        self.record_pools(&services.db);
+        let mut out = Vec::new();
+        if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %err, "could not encode the metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn record_pools(&self, db: &Database) {
+        let set = |pool: &str, size: u32, idle: usize, max: u32| {
+            let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+            let size = i64::from(size);
+            self.db_pool.with_label_values(&[pool, "in_use"]).set(size - idle);
+            self.db_pool.with_label_values(&[pool, "idle"]).set(idle);
+            self.db_pool.with_label_values(&[pool, "max"]).set(i64::from(max));
+        };
+        match db {
+            Database::Sqlite(pools) => {
+                for (name, pool) in
+                    [("sqlite_writer", &pools.writer), ("sqlite_reader", &pools.reader)]
+                {
+                    set(name, pool.size(), pool.num_idle(), pool.options().get_max_connections());
+                }
+            }
+            Database::Postgres(pool) => {
+                set("postgres", pool.size(), pool.num_idle(), pool.options().get_max_connections());
+            }
+        }
+    }
+}
+
+/// Raises a counter to `total`, a count kept by another crate.
+fn catch_up(counter: &IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
+}
+
+/// Statuses as labels, without allocating for the common ones.
+fn status_label(status: u16) -> &'static str {
+    match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        413 => "413",
+        415 => "415",
+        429 => "429",
+        500 => "500",
+        503 => "503",
+        s if s < 300 => "2xx",
+        s if s < 400 => "3xx",
+        s if s < 500 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// The middleware that counts and times every request
+/// (`actix_web::middleware::from_fn(metrics::middleware)`).
+pub async fn middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let services = req.app_data::<web::Data<Services>>().cloned();
+    let method = req.method().clone();
+    let response = next.call(req).await;
+    if let Some(services) = services {
+        let (route, status) = match &response {
+            Ok(response) => (response.request().match_pattern(), response.status().as_u16()),
+            Err(err) => (None, err.as_response_error().status_code().as_u16()),
+        };
+        let route = route.as_deref().unwrap_or(UNMATCHED).to_owned();
+        services.metrics.observe_request(
+            &route,
+            method.as_str(),
+            status,
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_become_bounded_labels() {
+        assert_eq!(status_label(200), "200");
+        assert_eq!(status_label(418), "4xx");
+        assert_eq!(status_label(302), "3xx");
+        assert_eq!(status_label(599), "5xx");
+    }
+
+    #[test]
+    fn a_counter_catches_up_with_a_total_kept_elsewhere() {
+        let metrics = Metrics::new();
+        let hits = metrics.app_key_cache.with_label_values(&["hit"]);
+        catch_up(&hits, 5);
+        catch_up(&hits, 7);
+        catch_up(&hits, 7);
+        assert_eq!(hits.get(), 7);
+    }
+}
