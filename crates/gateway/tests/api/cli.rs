@@ -231,12 +231,50 @@ fn admin_commands_print_json_and_tables() {
     let root = json_of(&run(&["root-key", "rotate", "--json"]));
     assert!(root["root_key"].as_str().unwrap().starts_with("kgr_"));
 
+    // The audit trail, newest first, and paged.
+    let events = json_of(&run(&["events", "shop", "--json"]));
+    let kinds: Vec<_> =
+        events["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        ["app_updated", "app_key_rotated", "key_revoked", "key_rotated", "app_created"],
+        "{events}"
+    );
+    assert!(events["events"].as_array().unwrap().iter().all(|e| e["actor"] == "cli"));
+    let first = json_of(&run(&["events", "shop", "--limit", "2", "--json"]));
+    let next = first["next"].as_str().unwrap().to_owned();
+    let second = json_of(&run(&["events", "shop", "--limit", "2", "--before", &next, "--json"]));
+    assert_eq!(second["events"][0]["kind"], "key_revoked");
+    let table = run(&["events", "shop"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(text.starts_with("EVENT_ID") && text.contains("app_key_rotated"), "{text}");
+    let bad = run(&["events", "shop", "--limit", "0"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("limit"));
+
+    // A webhook: the secret is printed once, never shown again.
+    let set =
+        json_of(&run(&["webhook", "set", "shop", "--url", "https://hooks.example/k", "--json"]));
+    let secret = set["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let shown = run(&["webhook", "show", "shop", "--json"]);
+    assert_eq!(json_of(&shown)["url"], "https://hooks.example/k");
+    assert!(!String::from_utf8_lossy(&shown.stdout).contains(&secret));
+    let plain_http = run(&["webhook", "set", "shop", "--url", "http://hooks.example/k"]);
+    assert!(!plain_http.status.success());
+    assert!(String::from_utf8_lossy(&plain_http.stderr).contains("https"));
+    assert!(run(&["webhook", "remove", "shop"]).status.success());
+    assert!(!run(&["webhook", "show", "shop"]).status.success());
+
     let refused = run(&["app", "delete", &app_id]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
     let deleted = json_of(&run(&["app", "delete", &app_id, "--yes", "--json"]));
     assert_eq!(deleted["deleted"], app_id.as_str());
     assert_eq!(json_of(&run(&["app", "list", "--json"]))["apps"], serde_json::json!([]));
+    // The events of the deleted app are still there, by its id.
+    let events = json_of(&run(&["events", &app_id, "--limit", "1", "--json"]));
+    assert_eq!(events["events"][0]["kind"], "app_deleted");
 }
 
 #[test]
