@@ -56,6 +56,24 @@ async fn the_janitor_deletes_only_what_has_ended(services: Services) {
     let store = services.sessions.store();
     assert!(store.get(app.app_id, ended.session_id).await.unwrap().is_none());
     assert!(store.get(app.app_id, live.session_id).await.unwrap().is_some());
+
+    // Audit events go after `audit_retention_days` (90 by default), and no sooner.
+    let events = services.audit.store();
+    let at = |created_at: i64, kind: &str| keygate_tenants::events::Event {
+        event_id: ulid::Ulid::new().to_string(),
+        app_id: app.app_id.to_string(),
+        kind: kind.into(),
+        actor: "cli".into(),
+        detail: json!({}),
+        created_at,
+    };
+    let later = now + 200 * 86_400;
+    events.record(&at(later - 91 * 86_400, "old")).await.unwrap();
+    events.record(&at(later - 89 * 86_400, "recent")).await.unwrap();
+    janitor::run_once(&services, later).await.unwrap();
+    let kept: Vec<_> = events.list(app.app_id, None, 500).await.unwrap();
+    assert!(kept.iter().any(|e| e.kind == "recent"));
+    assert!(!kept.iter().any(|e| e.kind == "old"));
 }
 
 #[tokio::test]
