@@ -272,9 +272,10 @@ pub const MAX_EVENT_PAGE: i64 = 500;
 
 /// A page of an app's audit events, newest first. `next` is the `before` of the following
 /// page, when there may be one.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct EventPage {
     pub events: Vec<keygate_tenants::events::Event>,
+    #[schema(required)]
     pub next: Option<String>,
 }
 

@@ -23,6 +23,7 @@ use keygate_tenants::{AppId, FieldError};
 use rand::RngCore;
 use serde::Serialize;
 use sha2::Sha256;
+use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
 use crate::error::ApiError;
@@ -42,7 +43,7 @@ const BATCH: i64 = 32;
 const MAX_RETRY: Duration = Duration::from_secs(3600);
 
 /// The webhook of an app as admins see it (never its secret).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookView {
     pub app_id: AppId,
     pub url: String,
@@ -50,7 +51,7 @@ pub struct WebhookView {
 }
 
 /// The answer to setting a webhook: the secret is shown only here.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookSet {
     pub app_id: AppId,
     pub url: String,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::ToSchema;
 
 use crate::db::Database;
 use crate::{AppId, StoreError};
@@ -114,13 +115,19 @@ pub struct NewEvent {
 }
 
 /// A recorded event, as listed and delivered.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct Event {
     /// A ULID: events sort by it in the order they were recorded.
     pub event_id: String,
     pub app_id: String,
+    /// What happened: `reuse_detected`, `session_revoked`, `key_rotated`, …
+    #[schema(example = "reuse_detected")]
     pub kind: String,
+    /// Who did it: `app`, `root`, `cli`, `gateway` or `scheduler`.
+    #[schema(example = "gateway")]
     pub actor: String,
+    /// A JSON object: what the event is about (session id, key id, …). Never a secret.
+    #[schema(value_type = Object)]
     pub detail: Value,
     pub created_at: i64,
 }

@@ -94,9 +94,8 @@ pub const MAX_ISSUER_LEN: usize = 255;
 
 /// A partial set of settings, as sent to create or update an app. Absent fields keep
 /// their current value (or the default, on create).
-///
-/// The limits in the `schema` attributes document [`RANGES`] and the length checks; a test
-/// keeps them equal.
+// The limits in the `schema` attributes document `RANGES` and the length checks, for the
+// OpenAPI document; a test keeps them equal.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsPatch {

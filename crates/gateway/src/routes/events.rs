@@ -4,11 +4,14 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use keygate_tenants::AppId;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 
+use super::openapi::{BodyErrors, Removed, RootKeyErrors};
 use super::resource;
-use crate::admin::{self, Actor};
-use crate::error::ApiError;
+use crate::admin::{self, Actor, EventPage};
+use crate::error::{ApiError, Body as ErrorBody};
 use crate::extract::{JsonBody, RootAuth};
+use crate::webhooks::{WebhookSet, WebhookView};
 use crate::{webhooks, Services};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -24,15 +27,31 @@ fn app_id(raw: &str) -> Result<AppId, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound(format!("app {raw:?} not found")))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventsQuery {
+    /// Events per page (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
+    /// The `next` of the previous page: only events older than this one.
+    #[param(min_length = 26, max_length = 26)]
     before: Option<String>,
 }
 
 /// The app's events, newest first: `?limit=` (1 to 500, default 50) and `?before=` (the
 /// `next` of the previous page).
+#[utoipa::path(get, path = "/root/apps/{app_id}/events", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id."), EventsQuery),
+    security(("root_key" = [])),
+    responses(
+        (status = 200, description = "A page of events, newest first.", body = EventPage),
+        (status = 400, description = "`invalid_request`: a bad `limit` or `before`, or another \
+            query parameter.", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such app, and no events of one (or a \
+            malformed id).", body = ErrorBody),
+        RootKeyErrors,
+    ))]
 async fn list_events(
     _: RootAuth,
     services: web::Data<Services>,
@@ -47,13 +66,26 @@ async fn list_events(
     Ok(HttpResponse::Ok().json(page))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct WebhookRequest {
+    /// `https`, or `http` to a loopback host; with a host and no credentials.
+    #[schema(example = "https://hooks.example/keygate-events")]
     url: String,
 }
 
 /// Sets the webhook with a new signing secret, shown only in this answer.
+#[utoipa::path(put, path = "/root/apps/{app_id}/webhook", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("root_key" = [])),
+    request_body = WebhookRequest,
+    responses(
+        (status = 200, description = "The webhook, with its signing secret.", body = WebhookSet),
+        (status = 404, description = "`not_found`: no such app (or a malformed id).",
+            body = ErrorBody),
+        BodyErrors,
+        RootKeyErrors,
+    ))]
 async fn set_webhook(
     _: RootAuth,
     services: web::Data<Services>,
@@ -64,6 +96,16 @@ async fn set_webhook(
     Ok(HttpResponse::Ok().json(set))
 }
 
+/// The app's webhook, without its secret.
+#[utoipa::path(get, path = "/root/apps/{app_id}/webhook", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("root_key" = [])),
+    responses(
+        (status = 200, description = "The webhook.", body = WebhookView),
+        (status = 404, description = "`not_found`: no such app (or a malformed id), or the \
+            app has no webhook.", body = ErrorBody),
+        RootKeyErrors,
+    ))]
 async fn get_webhook(
     _: RootAuth,
     services: web::Data<Services>,
@@ -72,6 +114,16 @@ async fn get_webhook(
     Ok(HttpResponse::Ok().json(webhooks::get(&services, app_id(&path)?).await?))
 }
 
+/// Removes the app's webhook; undelivered events are no longer sent.
+#[utoipa::path(delete, path = "/root/apps/{app_id}/webhook", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("root_key" = [])),
+    responses(
+        (status = 200, description = "The webhook is gone.", body = Removed),
+        (status = 404, description = "`not_found`: no such app (or a malformed id), or the \
+            app has no webhook.", body = ErrorBody),
+        RootKeyErrors,
+    ))]
 async fn remove_webhook(
     _: RootAuth,
     services: web::Data<Services>,

@@ -11,6 +11,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Every metric of this gateway (see `docs/operations.md`, "Metrics and alerts").
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus' text exposition format (0.0.4).",
+        content_type = "text/plain", body = String)))]
 async fn metrics(services: web::Data<Services>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, prometheus::TEXT_FORMAT))

@@ -1,5 +1,6 @@
-//! `GET /openapi.json`: the OpenAPI description of every route in this module, built from
-//! the `#[utoipa::path]` annotations of the handlers and the `ToSchema` types they answer.
+//! `GET /openapi.json`: the OpenAPI description of every route of [`super`], built from the
+//! `#[utoipa::path]` annotations of the handlers and the `ToSchema` types they read and
+//! answer. A handler added to a route module is listed in `paths(...)` below.
 //!
 //! The compatibility routes of `[[compat.routes]]` are configured at run time and are not
 //! described. `tests/api/openapi.rs` keeps the document and the routes in step.
@@ -13,17 +14,17 @@ use keygate_sessions::{SessionId, SessionView};
 use keygate_tenants::{App, AppId, AppSettings, OnReuse, SettingsPatch};
 use serde::Deserialize;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-use utoipa::openapi::{ObjectBuilder, OneOfBuilder, RefOr, Schema, Type};
+use utoipa::openapi::{HeaderBuilder, ObjectBuilder, OneOfBuilder, RefOr, Schema, Type};
 use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::resource;
 use crate::admin::KeyView;
 use crate::error::{ApiError, Body as ErrorBody, ErrorCode, FieldEntry};
 
-/// The security scheme of the tenant endpoints.
-pub const APP_KEY: &str = "app_key";
-/// The security scheme of the root endpoints.
-pub const ROOT_KEY: &str = "root_key";
+/// The security scheme of the tenant endpoints (`security(("app_key" = []))`).
+const APP_KEY: &str = "app_key";
+/// The security scheme of the root endpoints (`security(("root_key" = []))`).
+const ROOT_KEY: &str = "root_key";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -61,13 +62,18 @@ pub const ROOT_KEY: &str = "root_key";
         super::root::revoke_sessions,
         super::health::alive,
         super::health::ready,
+        super::metrics::metrics,
+        super::events::list_events,
+        super::events::get_webhook,
+        super::events::set_webhook,
+        super::events::remove_webhook,
         serve,
     ),
     components(schemas(
         ErrorBody, FieldEntry, ErrorCode, App, AppSettings, OnReuse, SettingsPatch, AppId, KeyId,
         SessionId,
     )),
-    modifiers(&SecuritySchemes, &Aliases),
+    modifiers(&SecuritySchemes, &Aliases, &RequestIdHeader),
     tags(
         (name = "tokens", description = "An app's tokens and sessions; `Authorization: <app_key>`."),
         (name = "app", description = "An app's keys and settings."),
@@ -119,6 +125,41 @@ impl Modify for Aliases {
         }
         add::<super::health::Ping>(openapi);
         add::<super::health::Health>(openapi);
+    }
+}
+
+/// Every answer carries the request's id ([`crate::request_id`]).
+struct RequestIdHeader;
+
+impl Modify for RequestIdHeader {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for response in operation.responses.responses.values_mut() {
+                    if let RefOr::T(response) = response {
+                        let header = HeaderBuilder::new()
+                            .schema(ObjectBuilder::new().schema_type(Type::String))
+                            .description(Some(
+                                "The request's id: the request's own `X-Request-Id` when it \
+                                 is well formed, else a new ULID. Every log line of the \
+                                 request carries it.",
+                            ))
+                            .build();
+                        response.headers.insert("X-Request-Id".to_owned(), header);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -387,6 +428,13 @@ pub(crate) struct AppList {
 #[allow(dead_code)] // documentation only
 pub(crate) struct Deleted {
     deleted: AppId,
+}
+
+/// The app whose webhook was removed.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documentation only
+pub(crate) struct Removed {
+    removed: AppId,
 }
 
 /// Every signing key of an app, in every state.
