@@ -32,6 +32,11 @@ interop:
     cargo build --bin keygate
     bash interop/run.sh target/debug/keygate
 
+# Check a live gateway against its GET /openapi.json with schemathesis (bounded: ~1 min).
+openapi-check:
+    cargo build --bin keygate
+    bash openapi/schemathesis.sh target/debug/keygate
+
 # Benchmark: renew and sign at c = 1, 8, 32, 128 on SQLite (FULL) and Postgres.
 bench:
     bash bench/bench.sh
@@ -65,3 +70,12 @@ fuzz SECONDS="60":
     cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
     cd fuzz && cargo +nightly fuzz run request --sanitizer none -- -max_total_time={{SECONDS}}
     cd fuzz && cargo +nightly fuzz run token --sanitizer none -- -max_total_time={{SECONDS}}
+
+# Two gateways on a fresh schema of the local Postgres behind HAProxy (installed from
+# Debian if missing), without Docker; Ctrl-C stops them and drops the schema.
+cluster:
+    bash bench/cluster.sh
+
+# The same cluster, then renew and sign through HAProxy (c = 32, 10 s each); then stops.
+cluster-bench:
+    bash bench/cluster.sh --bench
