@@ -4,6 +4,7 @@
 //! one process, as in the tests, count apart. Route labels are the route patterns
 //! (`/app/{app_id}/renew`), never the raw path, so the number of series stays bounded.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
@@ -25,6 +26,10 @@ const UNMATCHED: &str = "unmatched";
 /// Latency buckets, in seconds: a renew is about a millisecond, an argon2 check about 15.
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// The route pattern of a resource, as its requests are labelled.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
 
 /// What a renew came to, as `keygate_renew_total{outcome}` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,17 +345,21 @@ pub async fn middleware(
     let method = req.method().clone();
     let response = next.call(req).await;
     if let Some(services) = services {
+        let seconds = started.elapsed().as_secs_f64();
         let (route, status) = match &response {
-            Ok(response) => (response.request().match_pattern(), response.status().as_u16()),
-            Err(err) => (None, err.as_response_error().status_code().as_u16()),
+            Ok(response) => {
+                let request = response.request();
+                // Routes of the API carry their label; others (the compatibility routes)
+                // are matched again.
+                let route = match request.app_data::<RouteLabel>() {
+                    Some(label) => Cow::Borrowed(label.0),
+                    None => request.match_pattern().map_or(Cow::Borrowed(UNMATCHED), Cow::Owned),
+                };
+                (route, response.status().as_u16())
+            }
+            Err(err) => (Cow::Borrowed(UNMATCHED), err.as_response_error().status_code().as_u16()),
         };
-        let route = route.as_deref().unwrap_or(UNMATCHED).to_owned();
-        services.metrics.observe_request(
-            &route,
-            method.as_str(),
-            status,
-            started.elapsed().as_secs_f64(),
-        );
+        services.metrics.observe_request(&route, method.as_str(), status, seconds);
     }
     response
 }

@@ -31,6 +31,10 @@ pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
 }
 
 /// A resource whose unserved methods answer 405.
-fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// The resource carries its pattern as the route label of the metrics, which the metrics
+/// middleware reads without matching the path again.
+fn resource(path: &'static str) -> actix_web::Resource {
+    web::resource(path)
+        .app_data(crate::metrics::RouteLabel(path))
+        .default_service(web::to(method_not_allowed))
 }
