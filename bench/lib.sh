@@ -2,7 +2,8 @@
 # shellcheck shell=bash
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-KEYGATE="$ROOT/target/release/keygate"
+# BENCH_KEYGATE: another keygate binary to measure (to compare two builds on one machine).
+KEYGATE="${BENCH_KEYGATE:-$ROOT/target/release/keygate}"
 BENCH="$ROOT/target/release/keygate-bench"
 BENCH_ROOT_KEY="kgr_bench_root_key_not_for_production_0000"
 PG_BASE="${BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}"
@@ -11,6 +12,11 @@ say() { printf '%s\n' "$*" >&2; }
 die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
 
 build_release() {
+    if [[ -n "${BENCH_KEYGATE:-}" ]]; then
+        say "== measuring $BENCH_KEYGATE (building keygate-bench only)"
+        (cd "$ROOT" && cargo build --release -p keygate-loadgen) >&2
+        return
+    fi
     say "== building release binaries"
     (cd "$ROOT" && cargo build --release -p keygate-gateway -p keygate-loadgen) >&2
 }
