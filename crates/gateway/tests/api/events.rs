@@ -324,3 +324,44 @@ async fn a_hanging_receiver_never_slows_a_renew() {
     }
     assert!(started.elapsed() < Duration::from_secs(5), "renews waited on the webhook");
 }
+
+/// A master-key rotation re-seals webhook secrets too: once the old master key is gone,
+/// deliveries still open their secret.
+#[tokio::test]
+async fn a_master_key_rotation_reseals_webhook_secrets() {
+    use keygate_gateway::{admin, bootstrap, webhooks, Services, Settings};
+    use keygate_keyring::MasterKey;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (MasterKey::generate(), MasterKey::generate());
+    let settings = |master: &MasterKey, previous: Vec<String>| Settings {
+        data_dir: dir.path().to_owned(),
+        root_key: Some("kgr_reseal_test_root_key_000000000000000".into()),
+        master_key: Some(master.to_base64().to_string()),
+        previous_master_keys: previous,
+        ..Settings::default()
+    };
+    let (services, _) = Services::open(&settings(&old, vec![])).await.unwrap();
+    let patch =
+        keygate_tenants::SettingsPatch { name: Some("resealed".into()), ..Default::default() };
+    let created =
+        admin::create_app(&services, &patch, admin::Actor::Cli, 1_800_000_000).await.unwrap();
+    let set =
+        webhooks::set(&services, created.app_id, "https://hooks.example/k", admin::Actor::Cli)
+            .await
+            .unwrap();
+    services.db.close().await;
+
+    let during = settings(&new, vec![old.to_base64().to_string()]);
+    let (services, _) = Services::open(&during).await.unwrap();
+    bootstrap::reseal_all(&services, &|_, _| {}).await.unwrap();
+    services.db.close().await;
+
+    let (services, _) = Services::open(&settings(&new, vec![])).await.unwrap();
+    let webhook = services.audit.store().webhook(created.app_id).await.unwrap().unwrap();
+    assert_eq!(webhook.master_key_id, new.id());
+    let context = format!("webhook {}", created.app_id);
+    let secret =
+        services.keyring.open_secret(&context, &webhook.master_key_id, &webhook.sealed_secret);
+    assert_eq!(&*secret.unwrap(), set.secret.as_bytes());
+}
