@@ -1,4 +1,4 @@
-# keygate developer recipes. Install just with `cargo install just`.
+# keygate developer recipes. Install just with `cargo install just` (or `pip install rust-just`).
 
 test_database_url := env_var_or_default("TEST_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test")
 
@@ -63,16 +63,14 @@ crash-pg cycles="20":
     cargo build --release -p keygate-gateway -p keygate-loadgen
     KEYGATE_CRASH_DATABASE_URL={{test_database_url}} target/release/keygate-bench crash --keygate target/release/keygate --backend postgres --cycles {{cycles}}
 
-# Coverage-guided fuzzing of the token checks and the request decoders (cargo-fuzz on
-# nightly), SECONDS per target. Installs cargo-fuzz and the nightly toolchain if missing.
+# Fuzz the token checks and request decoders, SECONDS per target (cargo-fuzz, nightly; installed if missing).
 fuzz SECONDS="60":
     rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
     cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
     cd fuzz && cargo +nightly fuzz run request --sanitizer none -- -max_total_time={{SECONDS}}
     cd fuzz && cargo +nightly fuzz run token --sanitizer none -- -max_total_time={{SECONDS}}
 
-# Two gateways on a fresh schema of the local Postgres behind HAProxy (installed from
-# Debian if missing), without Docker; Ctrl-C stops them and drops the schema.
+# Two gateways on a fresh Postgres schema behind HAProxy, without Docker (Ctrl-C stops).
 cluster:
     bash bench/cluster.sh
 
