@@ -8,6 +8,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::openapi::{BodyErrors, Removed, RootKeyErrors};
 use super::resource;
+use super::root::app_id;
 use crate::admin::{self, Actor, EventPage};
 use crate::error::{ApiError, Body as ErrorBody};
 use crate::extract::{JsonBody, RootAuth};
@@ -21,10 +22,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::put().to(set_webhook))
             .route(web::delete().to(remove_webhook)),
     );
-}
-
-fn app_id(raw: &str) -> Result<AppId, ApiError> {
-    raw.parse().map_err(|_| ApiError::NotFound(format!("app {raw:?} not found")))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

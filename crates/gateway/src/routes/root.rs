@@ -32,7 +32,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
-fn app_id(raw: &str) -> Result<AppId, ApiError> {
+/// The app id of a root route's path; a malformed one is an unknown app (404).
+pub(super) fn app_id(raw: &str) -> Result<AppId, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound(format!("app {raw:?} not found")))
 }
 
