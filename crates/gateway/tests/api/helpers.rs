@@ -209,3 +209,68 @@ impl TestApp {
         self._data_dir.path()
     }
 }
+
+/// The real `keygate serve` binary, running in a fresh directory (its data dir: the
+/// embedded SQLite unless a database URL is given) with `root_key`.
+#[derive(Debug)]
+pub struct ServedBinary {
+    pub address: String,
+    pub child: std::process::Child,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl ServedBinary {
+    /// Starts it with `extra` applied to the command (arguments, environment), and waits
+    /// for its "listening" line.
+    pub fn start(root_key: &str, extra: impl FnOnce(&mut std::process::Command)) -> Self {
+        use std::io::{BufRead, BufReader, Read};
+        use std::process::{Command, Stdio};
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        command
+            .current_dir(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env_remove("KEYGATE_DATABASE_URL")
+            .env("KEYGATE_ROOT_KEY", root_key)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        extra(&mut command);
+        let mut child = command.spawn().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = stderr.read_to_end(&mut all);
+            all
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let address = loop {
+            let mut line = String::new();
+            if stdout.read_line(&mut line).unwrap() == 0 {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log = stderr.join().unwrap();
+                panic!("serve exited early: {}", String::from_utf8_lossy(&log));
+            }
+            if let Some(rest) = line.strip_prefix("keygate listening on ") {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in stdout.lines() {});
+        Self { address, child, stderr: Some(stderr), _dir: dir }
+    }
+
+    /// Stops it; returns everything it wrote to stderr.
+    pub fn stop(mut self) -> Vec<u8> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr.take().map(|log| log.join().unwrap()).unwrap_or_default()
+    }
+}
+
+impl Drop for ServedBinary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

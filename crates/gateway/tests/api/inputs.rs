@@ -4,16 +4,15 @@
 //! against a snapshot of the database: a refused request creates, consumes, revokes and
 //! changes nothing. (`errors.rs` covers the basic cases on `POST /root/apps`.)
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use keygate_tenants::db::{Database, PoolOptions};
 use reqwest::{Method, RequestBuilder};
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, parts, payload, CreatedApp, TestApp};
+use crate::helpers::{assert_error, parts, payload, CreatedApp, ServedBinary, TestApp};
 use crate::on_both_backends;
 
 on_both_backends!(
@@ -886,39 +885,13 @@ async fn control_characters_never_reach_the_log_raw() {
 /// path, a field name and an app name, and reads its whole stderr: no raw ESC and no CR.
 async fn control_characters_in_the_log(database_url: Option<String>) {
     const ROOT_KEY: &str = "kgr_inputs_log_test_root_key_000000000001";
-    let dir = tempfile::tempdir().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
-    command
-        .current_dir(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env_remove("KEYGATE_DATABASE_URL")
-        .env("KEYGATE_ROOT_KEY", ROOT_KEY)
-        .env("KEYGATE_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    if let Some(url) = &database_url {
-        command.args(["--database-url", url]);
-    }
-    let mut child = command.spawn().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let _ = stderr.read_to_end(&mut all);
-        all
+    let served = ServedBinary::start(ROOT_KEY, |command| {
+        command.env("KEYGATE_LOG", "debug");
+        if let Some(url) = &database_url {
+            command.args(["--database-url", url]);
+        }
     });
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let address = loop {
-        let mut line = String::new();
-        if stdout.read_line(&mut line).unwrap() == 0 {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("serve exited early: {}", String::from_utf8_lossy(&log.join().unwrap()));
-        }
-        if let Some(rest) = line.strip_prefix("keygate listening on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in stdout.lines() {});
+    let address = served.address.clone();
 
     let client = reqwest::Client::new();
     let root = |method: Method, path: &str| {
@@ -974,9 +947,7 @@ async fn control_characters_in_the_log(database_url: Option<String>) {
         assert_error(status, &body, 404, "not_found");
     }
 
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = log.join().unwrap();
+    let log = served.stop();
     let text = String::from_utf8_lossy(&log);
     // The requests were logged, and at debug level: this is the log the input could reach.
     assert!(text.contains("DEBUG"), "{text}");

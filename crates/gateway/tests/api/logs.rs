@@ -2,45 +2,21 @@
 //! every line written for a request carries its request id, which is answered in
 //! `X-Request-Id`. No token reaches the log.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::parts;
+use crate::helpers::{parts, ServedBinary};
 
 const ROOT_KEY: &str = "kgr_logs_test_root_key_00000000000000001";
 
 #[tokio::test]
 async fn json_logs_carry_the_request_id_and_no_token() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keygate"))
-        .current_dir(dir.path())
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .env_remove("KEYGATE_DATABASE_URL")
-        .env("KEYGATE_ROOT_KEY", ROOT_KEY)
-        .env("KEYGATE_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let log = std::thread::spawn(move || {
-        let mut all = String::new();
-        let _ = stderr.read_to_string(&mut all);
-        all
+    let served = ServedBinary::start(ROOT_KEY, |command| {
+        command.args(["--log-format", "json"]).env("KEYGATE_LOG", "info");
     });
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let address = loop {
-        let mut line = String::new();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "serve exited early");
-        if let Some(rest) = line.strip_prefix("keygate listening on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in stdout.lines() {});
+    let address = served.address.clone();
 
     let client = reqwest::Client::new();
     let (status, created) = parts(
@@ -86,9 +62,7 @@ async fn json_logs_carry_the_request_id_and_no_token() {
     assert!(replaced.parse::<ulid::Ulid>().is_ok(), "a malformed id is replaced: {replaced}");
 
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let log = log.join().unwrap();
+    let log = String::from_utf8(served.stop()).unwrap();
     let lines: Vec<Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))

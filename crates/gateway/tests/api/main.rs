@@ -18,6 +18,7 @@ mod fuzz;
 mod inputs;
 mod keys;
 mod logs;
+mod memory;
 mod openapi;
 mod outage;
 mod races;
