@@ -760,7 +760,7 @@ async fn concurrent_rotations_of_different_sessions_all_win(db: Database) {
     }
 }
 
-/// Concurrent creates (on SQLite, one group commit) all land; a duplicate id among them
+/// Concurrent creates (one group commit on either backend) all land; a duplicate id among them
 /// fails on its own and takes no other session with it.
 async fn concurrent_creates_land_and_a_duplicate_fails_alone(db: Database) {
     const SESSIONS: usize = 30;

@@ -1,8 +1,10 @@
-//! Group commit for Postgres renews: the compare-and-swaps that arrive while one is running
-//! go together in the next statement, one `UPDATE … FROM UNNEST(…) RETURNING` with the
-//! rotations as arrays, so they share one round trip and one commit (one WAL flush)
-//! instead of paying one each. The statement is the same text whatever the batch size, so
-//! it stays prepared.
+//! Group commit for Postgres renews and signs: the compare-and-swaps that arrive while one
+//! is running go together in the next statement, one `UPDATE … FROM UNNEST(…) RETURNING`
+//! with the rotations as arrays, so they share one round trip and one commit (one WAL
+//! flush) instead of paying one each. New sessions go the same way, in one
+//! `INSERT … SELECT FROM UNNEST(…)` per batch, on a task of their own so that signs and
+//! renews do not wait for each other. Each statement is the same text whatever the batch
+//! size, so it stays prepared.
 //!
 //! Each rotation keeps its compare-and-swap semantics, as on SQLite (see
 //! [`super::group_commit`]): a row updates only if its `current_jid` (and, for an
@@ -14,7 +16,7 @@ use std::sync::OnceLock;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use super::group_commit::{answer_batch, busy, RotateJob};
+use super::group_commit::{answer_batch, busy, InsertJob, RotateJob};
 use super::*;
 
 /// The most rotations one statement carries.
@@ -25,24 +27,48 @@ const QUEUE: usize = 4096;
 /// The sending side; cloning it is cheap.
 #[derive(Debug, Clone)]
 pub(super) struct PgBatch {
-    jobs: mpsc::Sender<RotateJob>,
+    rotations: mpsc::Sender<RotateJob>,
+    inserts: mpsc::Sender<InsertJob>,
 }
 
 impl PgBatch {
-    /// Starts the batcher on the current Tokio runtime; `None` outside one.
+    /// Starts the two batchers on the current Tokio runtime; `None` outside one.
     pub(super) fn start(pool: PgPool) -> Option<Self> {
         let runtime = tokio::runtime::Handle::try_current().ok()?;
-        let (jobs, queue) = mpsc::channel(QUEUE);
-        runtime.spawn(run(pool, queue));
-        Some(Self { jobs })
+        let (rotations, rotation_queue) = mpsc::channel(QUEUE);
+        let (inserts, insert_queue) = mpsc::channel(QUEUE);
+        let insert_pool = pool.clone();
+        runtime.spawn(run(rotation_queue, move |jobs| {
+            let pool = pool.clone();
+            async move { rotate_batch(&pool, jobs).await }
+        }));
+        runtime.spawn(run(insert_queue, move |jobs| {
+            let pool = insert_pool.clone();
+            async move { insert_batch(&pool, jobs).await }
+        }));
+        Some(Self { rotations, inserts })
     }
 
-    pub(super) async fn submit(&self, job: RotateJob) -> Result<(), StoreError> {
-        self.jobs.send(job).await.map_err(|_| StoreError::Unavailable(sqlx::Error::PoolClosed))
+    pub(super) async fn rotate(&self, job: RotateJob) -> Result<(), StoreError> {
+        self.rotations.send(job).await.map_err(|_| closed())
+    }
+
+    pub(super) async fn insert(&self, job: InsertJob) -> Result<(), StoreError> {
+        self.inserts.send(job).await.map_err(|_| closed())
     }
 }
 
-async fn run(pool: PgPool, mut queue: mpsc::Receiver<RotateJob>) {
+fn closed() -> StoreError {
+    StoreError::Unavailable(sqlx::Error::PoolClosed)
+}
+
+/// Takes every job waiting (up to [`MAX_BATCH`]) and hands them to `write` as one batch;
+/// the next batch forms while it runs.
+async fn run<J, F, Fut>(mut queue: mpsc::Receiver<J>, write: F)
+where
+    F: Fn(Vec<J>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -51,7 +77,73 @@ async fn run(pool: PgPool, mut queue: mpsc::Receiver<RotateJob>) {
                 Err(_) => break,
             }
         }
-        rotate_batch(&pool, jobs).await;
+        write(jobs).await;
+    }
+}
+
+/// The batched insert of new sessions; the arrays are in the column order of `INSERT`.
+fn insert_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "{BULK_INSERT} SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], \
+             $4::text[], $5::int8[], $6::int8[], $7::text[], $8::int8[], $9::int8[], \
+             $10::text[], $11::text[], $12::int8[], $13::text[], $14::text[], $15::int8[], \
+             $16::int8[], $17::text[], $18::bytea[])"
+        )
+    })
+}
+
+async fn insert_batch(pool: &PgPool, jobs: Vec<InsertJob>) {
+    let column = |f: &dyn Fn(&Session) -> String| -> Vec<String> {
+        jobs.iter().map(|j| f(&j.session)).collect()
+    };
+    let number =
+        |f: &dyn Fn(&Session) -> i64| -> Vec<i64> { jobs.iter().map(|j| f(&j.session)).collect() };
+    let query = sqlx::query(insert_sql())
+        .bind(column(&|s| s.session_id.to_string()))
+        .bind(column(&|s| s.app_id.to_string()))
+        .bind(column(&|s| s.sub.clone()))
+        .bind(jobs.iter().map(|j| j.claims.clone()).collect::<Vec<_>>())
+        .bind(number(&|s| s.created_at))
+        .bind(number(&|s| s.expires_at))
+        .bind(column(&|s| s.current_jid.to_string()))
+        .bind(number(&|s| s.current_iat))
+        .bind(number(&|s| s.current_exp))
+        .bind(column(&|s| s.key_id.clone()))
+        .bind(jobs.iter().map(|j| j.session.prev_jid.map(|j| j.to_string())).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.session.rotated_at).collect::<Vec<_>>())
+        .bind(column(&|s| s.ip.clone()))
+        .bind(column(&|s| s.useragent.clone()))
+        .bind(number(&|s| s.last_renewed_at))
+        .bind(jobs.iter().map(|j| j.session.revoked_at).collect::<Vec<_>>())
+        .bind(jobs.iter().map(|j| j.session.revoked_reason.clone()).collect::<Vec<_>>())
+        .bind(
+            jobs.iter().map(|j| j.session.current_digest.map(|d| d.0.to_vec())).collect::<Vec<_>>(),
+        );
+    match query.execute(pool).await {
+        Ok(_) => {
+            for job in jobs {
+                let _ = job.reply.send(Ok(()));
+            }
+        }
+        Err(err) if is_unreachable(&err) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(busy(&err)));
+            }
+        }
+        // Nothing of the batch was written (one session's app was just deleted, say): each
+        // job gets its own statement and its own answer.
+        Err(_) => {
+            for job in jobs {
+                let result = bind_session!(sqlx::query(INSERT), &job.session, &job.claims)
+                    .execute(pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(StoreError::from);
+                let _ = job.reply.send(result);
+            }
+        }
     }
 }
 

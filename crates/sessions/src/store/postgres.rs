@@ -1,12 +1,12 @@
 use async_trait::async_trait;
 use sqlx::PgPool;
 
-use super::group_commit::{lost, RotateJob};
+use super::group_commit::{lost, InsertJob, RotateJob};
 use super::pg_batch::{self, PgBatch};
 use super::*;
 
-/// Renews go through group commit (see [`super::pg_batch`]); every other statement runs
-/// on the pool directly.
+/// Renews, and signs without a session limit, go through group commit (see
+/// [`super::pg_batch`]); every other statement runs on the pool directly.
 #[derive(Debug, Clone)]
 pub struct PgSessionStore {
     pool: PgPool,
@@ -26,6 +26,12 @@ impl PgSessionStore {
 impl SessionStore for PgSessionStore {
     async fn create(&self, session: &Session, max_per_sub: i64) -> Result<u64, StoreError> {
         let claims = claims_json(session)?;
+        if let (Some(batch), 0) = (&self.batch, max_per_sub) {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            batch.insert(InsertJob { session: session.clone(), claims, reply }).await?;
+            answer.await.map_err(lost)??;
+            return Ok(0);
+        }
         let mut tx = self.pool.begin().await?;
         let mut evicted = 0;
         if max_per_sub > 0 {
@@ -90,7 +96,7 @@ impl SessionStore for PgSessionStore {
             return pg_batch::rotate_one(&self.pool, &job).await;
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
-        batch.submit(RotateJob { reply, ..job }).await?;
+        batch.rotate(RotateJob { reply, ..job }).await?;
         answer.await.map_err(lost)?
     }
 
