@@ -94,33 +94,31 @@ fn insert_sql() -> &'static str {
     })
 }
 
+/// One column of a batch of new sessions, as the array that fills it.
+fn column<T>(jobs: &[InsertJob], value: impl Fn(&Session) -> T) -> Vec<T> {
+    jobs.iter().map(|job| value(&job.session)).collect()
+}
+
 async fn insert_batch(pool: &PgPool, jobs: Vec<InsertJob>) {
-    let column = |f: &dyn Fn(&Session) -> String| -> Vec<String> {
-        jobs.iter().map(|j| f(&j.session)).collect()
-    };
-    let number =
-        |f: &dyn Fn(&Session) -> i64| -> Vec<i64> { jobs.iter().map(|j| f(&j.session)).collect() };
     let query = sqlx::query(insert_sql())
-        .bind(column(&|s| s.session_id.to_string()))
-        .bind(column(&|s| s.app_id.to_string()))
-        .bind(column(&|s| s.sub.clone()))
-        .bind(jobs.iter().map(|j| j.claims.clone()).collect::<Vec<_>>())
-        .bind(number(&|s| s.created_at))
-        .bind(number(&|s| s.expires_at))
-        .bind(column(&|s| s.current_jid.to_string()))
-        .bind(number(&|s| s.current_iat))
-        .bind(number(&|s| s.current_exp))
-        .bind(column(&|s| s.key_id.clone()))
-        .bind(jobs.iter().map(|j| j.session.prev_jid.map(|j| j.to_string())).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.session.rotated_at).collect::<Vec<_>>())
-        .bind(column(&|s| s.ip.clone()))
-        .bind(column(&|s| s.useragent.clone()))
-        .bind(number(&|s| s.last_renewed_at))
-        .bind(jobs.iter().map(|j| j.session.revoked_at).collect::<Vec<_>>())
-        .bind(jobs.iter().map(|j| j.session.revoked_reason.clone()).collect::<Vec<_>>())
-        .bind(
-            jobs.iter().map(|j| j.session.current_digest.map(|d| d.0.to_vec())).collect::<Vec<_>>(),
-        );
+        .bind(column(&jobs, |s| s.session_id.to_string()))
+        .bind(column(&jobs, |s| s.app_id.to_string()))
+        .bind(column(&jobs, |s| s.sub.clone()))
+        .bind(jobs.iter().map(|job| job.claims.clone()).collect::<Vec<_>>())
+        .bind(column(&jobs, |s| s.created_at))
+        .bind(column(&jobs, |s| s.expires_at))
+        .bind(column(&jobs, |s| s.current_jid.to_string()))
+        .bind(column(&jobs, |s| s.current_iat))
+        .bind(column(&jobs, |s| s.current_exp))
+        .bind(column(&jobs, |s| s.key_id.clone()))
+        .bind(column(&jobs, |s| s.prev_jid.map(|jid| jid.to_string())))
+        .bind(column(&jobs, |s| s.rotated_at))
+        .bind(column(&jobs, |s| s.ip.clone()))
+        .bind(column(&jobs, |s| s.useragent.clone()))
+        .bind(column(&jobs, |s| s.last_renewed_at))
+        .bind(column(&jobs, |s| s.revoked_at))
+        .bind(column(&jobs, |s| s.revoked_reason.clone()))
+        .bind(column(&jobs, |s| s.current_digest.map(|d| d.0.to_vec())));
     match query.execute(pool).await {
         Ok(_) => {
             for job in jobs {
