@@ -210,13 +210,14 @@ impl Tenants {
             self.key_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        let Ok(_slot) = self.argon2_slots.acquire().await else { return Err(AuthError::Denied) };
-        // Concurrent requests with the same new key queue here; the first one verifies it,
-        // and the others find it in the cache.
+        // Concurrent requests with the same new key take turns here; the first one verifies
+        // it, and the others find it in the cache.
+        let _turn = self.verified.turn(&digest).await;
         if self.verified.contains(subject, &digest, accepted) {
             self.key_cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
+        let Ok(_slot) = self.argon2_slots.acquire().await else { return Err(AuthError::Denied) };
         // Guesses queued behind a slot are asked again: the client may have used up its
         // limit while they waited.
         if !admit() {

@@ -10,6 +10,7 @@ use crate::on_both_backends;
 on_both_backends!(
     every_bad_app_credential_gets_the_same_403,
     the_app_key_is_checked_with_argon2_once,
+    concurrent_requests_with_a_new_key_run_argon2_once,
     bearer_and_bare_keys_both_work,
     root_endpoints_need_the_root_key,
     a_rotated_app_key_honours_its_grace,
@@ -77,6 +78,24 @@ async fn the_app_key_is_checked_with_argon2_once(app: TestApp) {
         .await
         .unwrap();
     assert_eq!(app.tenants.argon2_runs(), before);
+}
+
+/// A burst of requests with a key not yet in the cache (a new app, a rotated key) runs
+/// argon2 once: the others wait for that run, rather than taking the other argon2 slots
+/// (19 MiB and a core each) to check the same key again.
+async fn concurrent_requests_with_a_new_key_run_argon2_once(app: TestApp) {
+    let created = app.create_app(json!({"name": "burst"})).await;
+    let before = app.tenants.argon2_runs();
+    let requests = (0..16).map(|_| {
+        app.request(Method::GET, &format!("/app/{}", created.app_id))
+            .header("Authorization", &created.app_key)
+            .send()
+    });
+    for response in futures::future::join_all(requests).await {
+        assert_eq!(response.unwrap().status(), 200);
+    }
+    let runs = app.tenants.argon2_runs() - before;
+    assert_eq!(runs, 1, "argon2 ran {runs} times for 16 concurrent requests with one key");
 }
 
 async fn bearer_and_bare_keys_both_work(app: TestApp) {
