@@ -25,8 +25,8 @@ async fn argon2_memory_is_returned_after_key_checks() {
     let pid = served.child.id();
     let client = reqwest::Client::new();
     let before = resident_mib(pid);
-    // Each round runs argon2 twice (hashing the new app key, checking it on its first
-    // sign), and the two signs of a round race for the two argon2 slots.
+    // Each round runs argon2 twice: hashing the new app key, and checking it on the first
+    // of two concurrent signs (the other waits for that check).
     for round in 0..3 {
         let (status, created) = parts(
             client
