@@ -18,17 +18,11 @@ USERAGENT="keygate-interop/1.0"
 log() { printf '%s\n' "$*"; }
 die() { printf 'interop: %s\n' "$*" >&2; exit 1; }
 
+source "$ROOT/scripts/live-gateway.sh"
+
 # ---- the binary -------------------------------------------------------------
 
-if [[ $# -ge 1 ]]; then
-    BIN="$1"
-elif [[ -x "$ROOT/target/release/keygate" ]]; then
-    BIN="$ROOT/target/release/keygate"
-else
-    BIN="$ROOT/target/debug/keygate"
-fi
-[[ -f "$BIN" && -x "$BIN" ]] || die "keygate binary not found: $BIN (run: cargo build)"
-BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"   # absolute: the server runs in a temp dir
+pick_keygate "${1:-}" "$ROOT/target/release/keygate" "$ROOT/target/debug/keygate"
 
 command -v python3 >/dev/null || die "python3 is required"
 command -v node >/dev/null || die "node (20+) is required"
@@ -37,21 +31,8 @@ command -v curl >/dev/null || die "curl is required"
 
 # ---- verifier dependencies (cached; quiet and idempotent) -------------------
 
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/keygate-interop"
-VENV="$CACHE/venv"
-REQ="$HERE/python/requirements.txt"
-STAMP="$VENV/.requirements.sha256"
-want_stamp="$(sha256sum "$REQ" | cut -d' ' -f1)"
-if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c '' 2>/dev/null \
-    || [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$want_stamp" ]]; then
-    log "interop: installing Python requirements into $VENV"
-    mkdir -p "$CACHE"
-    if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c '' 2>/dev/null; then
-        python3 -m venv --clear "$VENV"
-    fi
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$REQ"
-    printf '%s\n' "$want_stamp" >"$STAMP"
-fi
+cached_venv "${XDG_CACHE_HOME:-$HOME/.cache}/keygate-interop" "$HERE/python/requirements.txt" \
+    "the interop Python requirements"
 PY="$VENV/bin/python"
 
 NODE_DIR="$HERE/node"
@@ -64,30 +45,12 @@ fi
 # ---- start keygate ----------------------------------------------------------
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/keygate-interop.XXXXXX")"
-SERVER_PID=""
 VERIFYING=0   # once the verifiers run, a failure is theirs: no server log then
-
-stop_server() {
-    [[ -n "$SERVER_PID" ]] || return 0
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do                      # up to 5 s for a graceful stop
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-}
 
 cleanup() {
     local rc=$?
     stop_server
-    if [[ $rc -ne 0 && $VERIFYING -eq 0 && -s "$TMP/server.stderr" ]]; then
-        printf -- '--- keygate stderr (last 15 lines) ---\n' >&2
-        tail -n 15 "$TMP/server.stderr" >&2 || true
-    fi
+    [[ $rc -eq 0 || $VERIFYING -ne 0 ]] || show_server_log
     if [[ "${INTEROP_KEEP:-0}" == 1 ]]; then
         printf 'interop: kept %s\n' "$TMP" >&2
     else
@@ -99,39 +62,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-ROOT_KEY="kgr_interop_$(head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"   # 40+ chars
-MASTER_KEY="$(head -c 32 /dev/urandom | base64)"
-(
-    cd "$TMP"
-    # Ignore any KEYGATE_* settings of the caller (a real database, a config file ...).
-    while read -r name; do unset "$name"; done < <(compgen -e | grep '^KEYGATE_' || true)
-    export KEYGATE_ROOT_KEY="$ROOT_KEY" KEYGATE_MASTER_KEY="$MASTER_KEY" \
-        KEYGATE_DATA_DIR="$TMP/data" KEYGATE_WORKERS=2
-    exec "$BIN" serve --listen 127.0.0.1:0
-) >"$TMP/server.stdout" 2>"$TMP/server.stderr" &
-SERVER_PID=$!
-
-BASE=""
-for _ in $(seq 1 300); do                             # up to 30 s
-    line="$(grep -m1 -o 'keygate listening on http://[^ ]*' "$TMP/server.stdout" 2>/dev/null || true)"
-    if [[ -n "$line" ]]; then
-        BASE="${line#keygate listening on }"
-        break
-    fi
-    kill -0 "$SERVER_PID" 2>/dev/null || die "keygate exited before it was listening"
-    sleep 0.1
-done
-[[ -n "$BASE" ]] || die "keygate printed no 'keygate listening on http://...' line within 30 s"
-PORT="${BASE##*:}"
-[[ "$PORT" =~ ^[0-9]+$ && "$PORT" != 0 ]] || die "cannot parse the port from: $line"
-BASE="http://127.0.0.1:$PORT"
-
-for i in $(seq 1 100); do                             # up to 10 s
-    curl -fsS --max-time 2 -o /dev/null "$BASE/healthz" 2>/dev/null && break
-    kill -0 "$SERVER_PID" 2>/dev/null || die "keygate exited"
-    [[ $i -lt 100 ]] || die "$BASE/healthz did not answer 200 within 10 s"
-    sleep 0.1
-done
+start_keygate interop
 
 # ---- issue tokens -----------------------------------------------------------
 

@@ -25,17 +25,11 @@ CHECKS="not_a_server_error,status_code_conformance,content_type_conformance,resp
 log() { printf 'openapi: %s\n' "$*"; }
 die() { printf 'openapi: %s\n' "$*" >&2; exit 1; }
 
+source "$ROOT/scripts/live-gateway.sh"
+
 # ---- the binary -------------------------------------------------------------
 
-if [[ $# -ge 1 ]]; then
-    BIN="$1"
-elif [[ -x "$ROOT/target/debug/keygate" ]]; then
-    BIN="$ROOT/target/debug/keygate"
-else
-    BIN="$ROOT/target/release/keygate"
-fi
-[[ -f "$BIN" && -x "$BIN" ]] || die "keygate binary not found: $BIN (run: cargo build)"
-BIN="$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")"   # absolute: the server runs in a temp dir
+pick_keygate "${1:-}" "$ROOT/target/debug/keygate" "$ROOT/target/release/keygate"
 
 command -v python3 >/dev/null || die "python3 is required"
 command -v curl >/dev/null || die "curl is required"
@@ -43,49 +37,17 @@ command -v timeout >/dev/null || die "timeout (coreutils) is required"
 
 # ---- schemathesis (cached; redone when requirements.txt changes) -------------
 
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/keygate-openapi"
-VENV="$CACHE/venv"
-REQ="$HERE/requirements.txt"
-STAMP="$VENV/.requirements.sha256"
-want_stamp="$(sha256sum "$REQ" | cut -d' ' -f1)"
-if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c '' 2>/dev/null \
-    || [[ "$(cat "$STAMP" 2>/dev/null || true)" != "$want_stamp" ]]; then
-    log "installing schemathesis into $VENV"
-    mkdir -p "$CACHE"
-    if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c '' 2>/dev/null; then
-        python3 -m venv --clear "$VENV"
-    fi
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$REQ"
-    printf '%s\n' "$want_stamp" >"$STAMP"
-fi
+cached_venv "${XDG_CACHE_HOME:-$HOME/.cache}/keygate-openapi" "$HERE/requirements.txt" schemathesis
 ST="$VENV/bin/schemathesis"
 
 # ---- start keygate ----------------------------------------------------------
 
 TMP="$(mktemp -d "${TMPDIR:-/tmp}/keygate-openapi.XXXXXX")"
-SERVER_PID=""
-
-stop_server() {
-    [[ -n "$SERVER_PID" ]] || return 0
-    if kill -0 "$SERVER_PID" 2>/dev/null; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        for _ in $(seq 1 50); do                      # up to 5 s for a graceful stop
-            kill -0 "$SERVER_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$SERVER_PID" 2>/dev/null || true
-    fi
-    wait "$SERVER_PID" 2>/dev/null || true
-    SERVER_PID=""
-}
 
 cleanup() {
     local rc=$?
     stop_server
-    if [[ $rc -ne 0 && -s "$TMP/server.stderr" ]]; then
-        printf -- '--- keygate stderr (last 15 lines) ---\n' >&2
-        tail -n 15 "$TMP/server.stderr" >&2 || true
-    fi
+    [[ $rc -eq 0 ]] || show_server_log
     if [[ "${OPENAPI_KEEP:-0}" == 1 ]]; then
         printf 'openapi: kept %s\n' "$TMP" >&2
     else
@@ -97,44 +59,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-ROOT_KEY="kgr_openapi_$(head -c 30 /dev/urandom | base64 | tr -dc 'A-Za-z0-9')"
-MASTER_KEY="$(head -c 32 /dev/urandom | base64)"
-(
-    cd "$TMP"
-    # Ignore any KEYGATE_* settings of the caller (a real database, a config file ...).
-    while read -r name; do unset "$name"; done < <(compgen -e | grep '^KEYGATE_' || true)
-    # The failed-authentication limiter is off: schemathesis sends requests without keys
-    # on purpose, and a limited address would answer 429 to everything after them.
-    # Webhook delivery is off: the webhooks that schemathesis sets name made-up hosts,
-    # and nothing may be posted to them.
-    export KEYGATE_ROOT_KEY="$ROOT_KEY" KEYGATE_MASTER_KEY="$MASTER_KEY" \
-        KEYGATE_DATA_DIR="$TMP/data" KEYGATE_WORKERS=2 KEYGATE_AUTH_FAILURES_PER_MINUTE=0 \
-        KEYGATE_WEBHOOK_POLL_MS=0
-    exec "$BIN" serve --listen 127.0.0.1:0
-) >"$TMP/server.stdout" 2>"$TMP/server.stderr" &
-SERVER_PID=$!
-
-BASE=""
-for _ in $(seq 1 300); do                             # up to 30 s
-    line="$(grep -m1 -o 'keygate listening on http://[^ ]*' "$TMP/server.stdout" 2>/dev/null || true)"
-    if [[ -n "$line" ]]; then
-        BASE="${line#keygate listening on }"
-        break
-    fi
-    kill -0 "$SERVER_PID" 2>/dev/null || die "keygate exited before it was listening"
-    sleep 0.1
-done
-[[ -n "$BASE" ]] || die "keygate printed no 'keygate listening on http://...' line within 30 s"
-PORT="${BASE##*:}"
-[[ "$PORT" =~ ^[0-9]+$ && "$PORT" != 0 ]] || die "cannot parse the port from: $line"
-BASE="http://127.0.0.1:$PORT"
-
-for i in $(seq 1 100); do                             # up to 10 s
-    curl -fsS --max-time 2 -o /dev/null "$BASE/healthz" 2>/dev/null && break
-    kill -0 "$SERVER_PID" 2>/dev/null || die "keygate exited"
-    [[ $i -lt 100 ]] || die "$BASE/healthz did not answer 200 within 10 s"
-    sleep 0.1
-done
+# The failed-authentication limiter is off: schemathesis sends requests without keys on
+# purpose, and a limited address would answer 429 to everything after them. Webhook
+# delivery is off: the webhooks that schemathesis sets name made-up hosts, and nothing may
+# be posted to them.
+start_keygate openapi KEYGATE_AUTH_FAILURES_PER_MINUTE=0 KEYGATE_WEBHOOK_POLL_MS=0
 
 # ---- the apps under test ----------------------------------------------------
 
