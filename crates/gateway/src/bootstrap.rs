@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use keygate_keyring::{key_store, Keyring, KeyringConfig, MasterKey};
 use keygate_sessions::{session_store, Sessions};
-use keygate_tenants::db::{redact_url, Database, PoolOptions};
+use keygate_store::{redact_url, Backend, PoolOptions};
 use keygate_tenants::events::event_store;
 use keygate_tenants::{app_store, RootKey, Tenants, TenantsConfig};
 
@@ -24,7 +24,7 @@ const MASTER_KEY_ID_SETTING: &str = "master_key_id";
 /// The domain services of one process.
 #[derive(Debug)]
 pub struct Services {
-    pub db: Database,
+    pub db: Backend,
     pub tenants: Arc<Tenants>,
     pub keyring: Arc<Keyring>,
     pub sessions: Arc<Sessions>,
@@ -56,7 +56,7 @@ impl Services {
             busy_timeout: Duration::from_millis(settings.database_busy_timeout_ms.max(1)),
             ..PoolOptions::default()
         };
-        let db = Database::connect(&url, &pool_options)
+        let db = Backend::connect(&url, &pool_options)
             .await
             .with_context(|| format!("database {}", redact_url(&url)))?;
         db.migrate().await.with_context(|| format!("database {}", redact_url(&url)))?;
@@ -192,7 +192,7 @@ fn warn_if_readable_by_others(path: &Path) {
 /// `keygate master-key rotate` has re-sealed every private key; that key must then be among
 /// `previous_master_keys`.
 async fn check_master_key(
-    apps: &dyn keygate_tenants::AppStore,
+    apps: &keygate_tenants::AppStore,
     master: &MasterKey,
     previous: &[MasterKey],
 ) -> anyhow::Result<()> {

@@ -1,8 +1,8 @@
 //! Cache coherence between gateways that share one Postgres.
 //!
 //! Every gateway caches apps, app-key checks and parsed signing keys. A change made by
-//! another gateway or by the CLI is announced on [`CHANGES_CHANNEL`] when it commits
-//! (see [`keygate_tenants::db::announce`]); this listener drops the cached entries at once.
+//! another gateway or by the CLI is announced on `keygate_store::CHANGES_CHANNEL` when it commits
+//! (see `keygate_store::Backend::after_commit`); this listener drops the cached entries at once.
 //! Polling stays the fallback: every cache entry expires after `cache_ttl` seconds (5 by
 //! default), so a lost announcement, or one sent while the listener was reconnecting, is
 //! seen within that time anyway. SQLite has one process and needs neither.
@@ -10,9 +10,9 @@
 use std::time::Duration;
 
 use actix_web::web;
-use keygate_tenants::db::{Database, CHANGES_CHANNEL};
+use keygate_store::jobs::Heard;
+use keygate_store::{Kind, StoreError};
 use keygate_tenants::AppId;
-use sqlx::postgres::PgListener;
 
 use crate::Services;
 
@@ -21,13 +21,12 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// Starts listening when the database is Postgres; does nothing on SQLite.
 pub fn spawn_listener(services: web::Data<Services>) {
-    let Database::Postgres(pool) = &services.db else {
+    if services.db.kind() != Kind::Postgres {
         return;
-    };
-    let pool = pool.clone();
+    }
     tokio::spawn(async move {
         loop {
-            match listen(&pool, &services).await {
+            match listen(&services).await {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(%error, "change listener failed; caches fall back to their TTL until it reconnects");
@@ -39,17 +38,15 @@ pub fn spawn_listener(services: web::Data<Services>) {
 }
 
 /// Receives announcements until the pool closes (`Ok`) or the connection fails (`Err`).
-async fn listen(pool: &sqlx::PgPool, services: &Services) -> Result<(), sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANGES_CHANNEL).await?;
+async fn listen(services: &Services) -> Result<(), StoreError> {
+    let Some(listener) = services.db.listen_changes().await else { return Ok(()) };
+    let mut listener = listener?;
     loop {
-        // `None`: the connection was lost and is re-established on the next call; what was
-        // announced meanwhile is lost, so every cached entry is dropped.
-        match listener.try_recv().await {
-            Ok(Some(notification)) => apply(services, notification.payload()),
-            Ok(None) => forget_everything(services),
-            Err(sqlx::Error::PoolClosed) => return Ok(()),
-            Err(error) => return Err(error),
+        match listener.recv().await? {
+            Heard::Change(payload) => apply(services, &payload),
+            // What was announced while the connection was down is lost.
+            Heard::Lost => forget_everything(services),
+            Heard::Closed => return Ok(()),
         }
     }
 }

@@ -501,7 +501,7 @@ async fn serve(settings: Settings, log_format: LogFormat) -> anyhow::Result<()> 
     }
     println!(
         "keygate listening on http://{shown} (database: {backend}, {})",
-        keygate_tenants::db::redact_url(&settings.database_url())
+        keygate_store::redact_url(&settings.database_url())
     );
     app.run_until_stopped().await?;
     Ok(())

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use keygate_tenants::db::redact_url;
+use keygate_store::redact_url;
 use serde::{Deserialize, Deserializer};
 
 use crate::compat::CompatSettings;

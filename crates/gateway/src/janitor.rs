@@ -9,8 +9,6 @@
 use std::time::Duration;
 
 use actix_web::web;
-use keygate_tenants::db::Database;
-use keygate_tenants::StoreError;
 
 use crate::admin::Actor;
 use crate::clock;
@@ -20,9 +18,6 @@ use crate::Services;
 /// Takes the advisory lock that elects the gateway running a pass, for the current
 /// transaction. Its key is derived from the schema, so that deployments sharing a
 /// database in separate schemas elect separately.
-pub const TRY_JOBS_LOCK: &str =
-    "SELECT pg_try_advisory_xact_lock(hashtextextended('keygate jobs ' || current_schema(), 0))";
-
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
@@ -89,18 +84,11 @@ pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, ApiError> 
 /// One pass at `now` if this gateway is elected for it (always on SQLite); `None` when
 /// another gateway holds the jobs lock.
 pub async fn run_elected(services: &Services, now: i64) -> Result<Option<Report>, ApiError> {
-    let Database::Postgres(pool) = &services.db else {
-        return run_once(services, now).await.map(Some);
-    };
-    // The lock lives as long as this transaction; the jobs run on other connections.
-    let mut tx = pool.begin().await.map_err(StoreError::from)?;
-    let elected: bool =
-        sqlx::query_scalar(TRY_JOBS_LOCK).fetch_one(&mut *tx).await.map_err(StoreError::from)?;
-    if !elected {
+    let Some(lease) = services.db.try_jobs_lease().await? else {
         return Ok(None);
-    }
+    };
     let report = run_once(services, now).await;
-    tx.rollback().await.map_err(StoreError::from)?;
+    lease.release().await?;
     report.map(Some)
 }
 

@@ -12,7 +12,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
 use keygate_sessions::{Rejection, RenewOutcome, Renewed, SessionError};
-use keygate_tenants::db::Database;
+use keygate_store::Backend;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -166,7 +166,7 @@ impl Metrics {
         let db_pool = IntGaugeVec::new(
             Opts::new(
                 "keygate_db_pool_connections",
-                "Database connections by pool (sqlite_writer, sqlite_reader, postgres) and \
+                "Backend connections by pool (sqlite_writer, sqlite_reader, postgres) and \
                  state (in_use, idle, max).",
             ),
             &["pool", "state"],
@@ -282,7 +282,7 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    fn record_pools(&self, db: &Database) {
+    fn record_pools(&self, db: &Backend) {
         let set = |pool: &str, size: u32, idle: usize, max: u32| {
             let idle = i64::try_from(idle).unwrap_or(i64::MAX);
             let size = i64::from(size);
@@ -290,17 +290,8 @@ impl Metrics {
             self.db_pool.with_label_values(&[pool, "idle"]).set(idle);
             self.db_pool.with_label_values(&[pool, "max"]).set(i64::from(max));
         };
-        match db {
-            Database::Sqlite(pools) => {
-                for (name, pool) in
-                    [("sqlite_writer", &pools.writer), ("sqlite_reader", &pools.reader)]
-                {
-                    set(name, pool.size(), pool.num_idle(), pool.options().get_max_connections());
-                }
-            }
-            Database::Postgres(pool) => {
-                set("postgres", pool.size(), pool.num_idle(), pool.options().get_max_connections());
-            }
+        for pool in db.pool_stats() {
+            set(pool.name, pool.size, pool.idle, pool.max);
         }
     }
 }

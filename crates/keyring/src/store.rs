@@ -1,7 +1,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keygate_tenants::db::Database;
+use keygate_store::Backend;
+use keygate_store::Legacy;
 use keygate_tenants::{AppId, StoreError};
 
 use crate::{KeyChange, KeyId, KeyRecord, KeyState};
@@ -38,10 +39,10 @@ pub trait KeyStore: Send + Sync + std::fmt::Debug {
 const RESEAL: &str = "UPDATE app_keys SET sealed_private = $1, master_key_id = $2 \
     WHERE key_id = $3 AND master_key_id = $4";
 
-pub fn key_store(db: &Database) -> Arc<dyn KeyStore> {
-    match db {
-        Database::Sqlite(pools) => Arc::new(SqliteKeyStore::new(pools.clone())),
-        Database::Postgres(pool) => Arc::new(PgKeyStore::new(pool.clone())),
+pub fn key_store(db: &Backend) -> Arc<dyn KeyStore> {
+    match db.legacy() {
+        Legacy::Sqlite(pools) => Arc::new(SqliteKeyStore::new(pools.clone())),
+        Legacy::Postgres(pool) => Arc::new(PgKeyStore::new(pool.clone())),
     }
 }
 

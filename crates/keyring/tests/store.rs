@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use keygate_store::Legacy;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,7 +18,7 @@ use keygate_keyring::{
     key_store, plan, seal_new, strict_validation, KeyChange, KeyId, KeyRecord, KeyState, KeyStore,
     Keyring, KeyringConfig, KeyringError, MasterKey, VerifyError,
 };
-use keygate_tenants::db::Database;
+use keygate_store::Backend;
 use keygate_tenants::{app_store, AppId, SettingsPatch, StoreError, Tenants, TenantsConfig};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde::{Deserialize, Serialize};
@@ -33,14 +34,14 @@ macro_rules! store_cases {
         mod $case {
             #[tokio::test]
             async fn sqlite() {
-                let test_db = keygate_tenants::db::testing::sqlite().await;
+                let test_db = keygate_store::testing::sqlite().await;
                 super::$case(test_db.db.clone()).await;
                 test_db.db.close().await;
             }
 
             #[tokio::test]
             async fn postgres() {
-                let Some(test_db) = keygate_tenants::db::testing::postgres().await else { return };
+                let Some(test_db) = keygate_store::testing::postgres().await else { return };
                 super::$case(test_db.db.clone()).await;
                 test_db.db.close().await;
             }
@@ -71,13 +72,13 @@ store_cases!(
 // ---------------------------------------------------------------- helpers
 
 struct Env {
-    db: Database,
+    db: Backend,
     tenants: Tenants,
     store: Arc<dyn KeyStore>,
     keyring: Keyring,
 }
 
-fn env(db: Database) -> Env {
+fn env(db: Backend) -> Env {
     let store = key_store(&db);
     Env {
         tenants: Tenants::new(app_store(&db), TenantsConfig::default()),
@@ -175,16 +176,16 @@ fn fresh_next(app_id: AppId, master: &MasterKey, now: i64) -> KeyRecord {
 }
 
 /// Raw SQL on either backend, behind the store.
-async fn execute(db: &Database, sql: &str, binds: &[&str]) {
-    match db {
-        Database::Sqlite(pools) => {
+async fn execute(db: &Backend, sql: &str, binds: &[&str]) {
+    match &db.legacy() {
+        Legacy::Sqlite(pools) => {
             let mut query = sqlx::query(sql);
             for bind in binds {
                 query = query.bind(*bind);
             }
             query.execute(&pools.writer).await.unwrap();
         }
-        Database::Postgres(pool) => {
+        Legacy::Postgres(pool) => {
             let mut query = sqlx::query(sql);
             for bind in binds {
                 query = query.bind(*bind);
@@ -197,14 +198,14 @@ async fn execute(db: &Database, sql: &str, binds: &[&str]) {
 /// Every cell of `app_keys` (`SELECT *`), as (column, bytes): text and blobs as they are,
 /// integers in decimal, NULL as nothing. Panics on a column type it cannot read, so that no
 /// column escapes the scan.
-async fn every_cell_of_app_keys(db: &Database) -> Vec<(String, Vec<u8>)> {
-    match db {
-        Database::Sqlite(pools) => {
+async fn every_cell_of_app_keys(db: &Backend) -> Vec<(String, Vec<u8>)> {
+    match &db.legacy() {
+        Legacy::Sqlite(pools) => {
             let rows =
                 sqlx::query("SELECT * FROM app_keys").fetch_all(&pools.reader).await.unwrap();
             rows.iter().flat_map(cells).collect()
         }
-        Database::Postgres(pool) => {
+        Legacy::Postgres(pool) => {
             let rows = sqlx::query("SELECT * FROM app_keys").fetch_all(pool).await.unwrap();
             rows.iter().flat_map(cells).collect()
         }
@@ -283,7 +284,7 @@ fn owner_validation() -> Validation {
 
 // ---------------------------------------------------------------- states and plans
 
-async fn a_new_app_has_one_active_and_one_next_key(db: Database) {
+async fn a_new_app_has_one_active_and_one_next_key(db: Backend) {
     let env = env(db);
     let app_id = env.bare_app("fresh").await;
     let loaded = env.keyring.create_app_keys(app_id, NOW).await.unwrap();
@@ -317,7 +318,7 @@ async fn a_new_app_has_one_active_and_one_next_key(db: Database) {
     assert_eq!(env.keys(app_id).await, keys);
 }
 
-async fn rotation_promotes_next_retires_active_and_publishes_a_new_next(db: Database) {
+async fn rotation_promotes_next_retires_active_and_publishes_a_new_next(db: Backend) {
     let env = env(db);
     let app_id = env.app("rotating").await;
     let (active, next) =
@@ -343,7 +344,7 @@ async fn rotation_promotes_next_retires_active_and_publishes_a_new_next(db: Data
     assert_eq!(jwks_kids(&env.keyring, app_id).await, BTreeSet::from([active, next, new_next]));
 }
 
-async fn revoking_the_active_key_promotes_next_at_once(db: Database) {
+async fn revoking_the_active_key_promotes_next_at_once(db: Backend) {
     let env = env(db);
     let app_id = env.app("compromised").await;
     let (active, next) =
@@ -364,7 +365,7 @@ async fn revoking_the_active_key_promotes_next_at_once(db: Database) {
     assert_eq!(jwks_kids(&env.keyring, app_id).await, BTreeSet::from([next, new_next]));
 }
 
-async fn revoking_the_next_key_replaces_it(db: Database) {
+async fn revoking_the_next_key_replaces_it(db: Backend) {
     let env = env(db);
     let app_id = env.app("leaky-next").await;
     let (active, next) =
@@ -383,7 +384,7 @@ async fn revoking_the_next_key_replaces_it(db: Database) {
     assert_eq!(jwks_kids(&env.keyring, app_id).await, BTreeSet::from([active, replacement]));
 }
 
-async fn revoking_twice_is_already_revoked(db: Database) {
+async fn revoking_twice_is_already_revoked(db: Backend) {
     let env = env(db);
     let app_id = env.app("twice").await;
     let other_app = env.app("elsewhere").await;
@@ -410,7 +411,7 @@ async fn revoking_twice_is_already_revoked(db: Database) {
     assert_eq!(env.keys(app_id).await, after_first);
 }
 
-async fn a_stale_plan_changes_nothing(db: Database) {
+async fn a_stale_plan_changes_nothing(db: Backend) {
     let env = env(db);
     let app_id = env.app("racy").await;
     let master = env.keyring.master();
@@ -472,7 +473,7 @@ async fn a_stale_plan_changes_nothing(db: Database) {
     assert_eq!(env.keys(app_id).await, before);
 }
 
-async fn scheduled_rotation_waits_for_the_period_and_the_publication(db: Database) {
+async fn scheduled_rotation_waits_for_the_period_and_the_publication(db: Backend) {
     let env = env(db);
     let app_id = env.app("scheduled").await;
     let (period, min_published) = (1000, 300);
@@ -510,7 +511,7 @@ async fn scheduled_rotation_waits_for_the_period_and_the_publication(db: Databas
 
 // ---------------------------------------------------------------- sealing at rest
 
-async fn the_database_holds_no_plaintext_private_key(db: Database) {
+async fn the_database_holds_no_plaintext_private_key(db: Backend) {
     let env = env(db);
     let master = env.keyring.master();
 
@@ -573,7 +574,7 @@ async fn the_database_holds_no_plaintext_private_key(db: Database) {
     }
 }
 
-async fn sealed_keys_need_their_master_key_and_their_own_row(db: Database) {
+async fn sealed_keys_need_their_master_key_and_their_own_row(db: Backend) {
     let env = env(db);
     let app_id = env.app("sealed").await;
     let (active, next) =
@@ -608,7 +609,7 @@ async fn sealed_keys_need_their_master_key_and_their_own_row(db: Database) {
 
 // ---------------------------------------------------------------- signing and verifying
 
-async fn a_token_verifies_through_the_jwks_and_through_the_pem(db: Database) {
+async fn a_token_verifies_through_the_jwks_and_through_the_pem(db: Backend) {
     let env = env(db);
     let app_id = env.app("verifiable").await;
     let keys = env.keyring.keys(app_id).await.unwrap();
@@ -659,7 +660,7 @@ async fn a_token_verifies_through_the_jwks_and_through_the_pem(db: Database) {
     assert!(verify(&env.keyring, app_id, &tampered).await.is_err());
 }
 
-async fn a_revoked_key_verifies_nothing_and_leaves_the_jwks(db: Database) {
+async fn a_revoked_key_verifies_nothing_and_leaves_the_jwks(db: Backend) {
     let env = env(db);
     let app_id = env.app("revocable").await;
     let elsewhere =
@@ -685,7 +686,7 @@ async fn a_revoked_key_verifies_nothing_and_leaves_the_jwks(db: Database) {
     assert!(verify(&env.keyring, app_id, &new_token).await.is_ok());
 }
 
-async fn a_retired_key_still_verifies(db: Database) {
+async fn a_retired_key_still_verifies(db: Backend) {
     let env = env(db);
     let app_id = env.app("retiring").await;
     let (kid, token) = env.sign(app_id, "erin").await;
@@ -699,7 +700,7 @@ async fn a_retired_key_still_verifies(db: Database) {
     assert_ne!(env.sign(app_id, "erin").await.0, kid, "but it signs nothing new");
 }
 
-async fn verify_refuses_another_apps_key(db: Database) {
+async fn verify_refuses_another_apps_key(db: Backend) {
     let env = env(db);
     let mine = env.app("mine").await;
     let theirs = env.app("theirs").await;
@@ -732,7 +733,7 @@ async fn verify_refuses_another_apps_key(db: Database) {
     assert!(!result.unwrap_err().is_server_side());
 }
 
-async fn verify_checks_time_claims_and_pins_es256(db: Database) {
+async fn verify_checks_time_claims_and_pins_es256(db: Backend) {
     let env = env(db);
     let app_id = env.app("timely").await;
     let keys = env.keyring.keys(app_id).await.unwrap();
@@ -757,7 +758,7 @@ async fn verify_checks_time_claims_and_pins_es256(db: Database) {
     assert!(matches!(verify(&env.keyring, app_id, &huge).await, Err(VerifyError::TooLarge)));
 }
 
-async fn another_process_sees_new_keys(db: Database) {
+async fn another_process_sees_new_keys(db: Backend) {
     let env = env(db);
     // Parsed keys are trusted for an hour here: only the unknown-kid reload can explain
     // seeing a newer key.
@@ -816,7 +817,7 @@ mod sequences {
     }
 
     async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-        let test_db = keygate_tenants::db::testing::sqlite().await;
+        let test_db = keygate_store::testing::sqlite().await;
         let env = env(test_db.db.clone());
         let app_id = env.app("sequence").await;
         let mut tokens = vec![env.sign(app_id, "initial").await];
@@ -907,7 +908,7 @@ mod sequences {
     }
 }
 
-async fn a_tokens_kid_names_its_app(db: Database) {
+async fn a_tokens_kid_names_its_app(db: Backend) {
     let env = env(db);
     let mine = env.app("owner-mine").await;
     let theirs = env.app("owner-theirs").await;
@@ -940,7 +941,7 @@ async fn a_tokens_kid_names_its_app(db: Database) {
 /// Master-key rotation: the new key with the old one accepted signs with keys sealed
 /// under the old one, `reseal` moves every key to the new one (only once, whoever runs
 /// it), and then the new key alone opens everything.
-async fn a_master_key_rotation_reseals_every_key(db: Database) {
+async fn a_master_key_rotation_reseals_every_key(db: Backend) {
     let env = env(db);
     let app_id = env.app("resealed").await;
     let (before, _) = env.sign(app_id, "alice").await;

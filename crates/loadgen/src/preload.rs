@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use keygate_sessions::{session_store, Jid, Session, SessionId};
-use keygate_tenants::db::{redact_url, Database, PoolOptions};
+use keygate_store::{redact_url, Backend, PoolOptions};
 use keygate_tenants::AppId;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -37,7 +37,7 @@ pub async fn run(args: &PreloadArgs) -> anyhow::Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let db = Database::connect(&args.database_url, &PoolOptions::default())
+    let db = Backend::connect(&args.database_url, &PoolOptions::default())
         .await
         .with_context(|| format!("database {}", redact_url(&args.database_url)))?;
     db.migrate().await?;

@@ -1,7 +1,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use keygate_tenants::db::Database;
+use keygate_store::Backend;
+use keygate_store::Legacy;
 use keygate_tenants::{AppId, StoreError};
 use serde_json::{Map, Value};
 
@@ -113,10 +114,10 @@ pub trait SessionStore: Send + Sync + std::fmt::Debug {
     async fn purge(&self, ended_before: i64) -> Result<u64, StoreError>;
 }
 
-pub fn session_store(db: &Database) -> Arc<dyn SessionStore> {
-    match db {
-        Database::Sqlite(pools) => Arc::new(SqliteSessionStore::new(pools.clone())),
-        Database::Postgres(pool) => Arc::new(PgSessionStore::new(pool.clone())),
+pub fn session_store(db: &Backend) -> Arc<dyn SessionStore> {
+    match db.legacy() {
+        Legacy::Sqlite(pools) => Arc::new(SqliteSessionStore::new(pools.clone())),
+        Legacy::Postgres(pool) => Arc::new(PgSessionStore::new(pool.clone())),
     }
 }
 

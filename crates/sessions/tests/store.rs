@@ -19,7 +19,7 @@ use keygate_sessions::{
     session_store, Issued, Jid, Rejection, RenewInput, RenewOutcome, Restore, RevokeScope,
     Rotation, Session, SessionError, SessionId, SessionStore, Sessions, SignInput, TokenDigest,
 };
-use keygate_tenants::db::Database;
+use keygate_store::Backend;
 use keygate_tenants::{
     app_store, App, AppId, OnReuse, SettingsPatch, StoreError, Tenants, TenantsConfig,
 };
@@ -40,14 +40,14 @@ macro_rules! store_cases {
         mod $case {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn sqlite() {
-                let test_db = keygate_tenants::db::testing::sqlite().await;
+                let test_db = keygate_store::testing::sqlite().await;
                 super::$case(test_db.db.clone()).await;
                 test_db.db.close().await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn postgres() {
-                let Some(test_db) = keygate_tenants::db::testing::postgres().await else { return };
+                let Some(test_db) = keygate_store::testing::postgres().await else { return };
                 super::$case(test_db.db.clone()).await;
                 test_db.db.close().await;
             }
@@ -84,7 +84,7 @@ struct Fixture {
     key_id: String,
 }
 
-async fn fixture(db: Database) -> Fixture {
+async fn fixture(db: Backend) -> Fixture {
     let mut f = Fixture {
         tenants: Tenants::new(app_store(&db), TenantsConfig::default()),
         keyring: Keyring::new(key_store(&db), MasterKey::generate(), KeyringConfig::default()),
@@ -181,7 +181,7 @@ fn object(value: Value) -> Map<String, Value> {
 
 // ---------------------------------------------------------------- store cases
 
-async fn create_and_get_round_trip_every_field(db: Database) {
+async fn create_and_get_round_trip_every_field(db: Backend) {
     let f = fixture(db).await;
 
     let mut fresh = f.session("alice", NOW);
@@ -226,7 +226,7 @@ async fn create_and_get_round_trip_every_field(db: Database) {
     assert_eq!(f.get(fresh.session_id).await, fresh);
 }
 
-async fn rotate_with_a_digest_needs_the_current_token_byte_for_byte(db: Database) {
+async fn rotate_with_a_digest_needs_the_current_token_byte_for_byte(db: Backend) {
     let f = fixture(db).await;
     let s = f.session("alice", NOW);
     f.create(&s).await;
@@ -279,7 +279,7 @@ async fn rotate_with_a_digest_needs_the_current_token_byte_for_byte(db: Database
     assert_eq!((restored.current_jid, restored.current_digest), (j2, None));
 }
 
-async fn rotate_is_a_compare_and_swap(db: Database) {
+async fn rotate_is_a_compare_and_swap(db: Backend) {
     let f = fixture(db).await;
     let s = f.session("alice", NOW);
     f.create(&s).await;
@@ -325,7 +325,7 @@ async fn rotate_is_a_compare_and_swap(db: Database) {
     assert_eq!(f.get(s.session_id).await, rotated);
 }
 
-async fn rotate_refuses_revoked_and_absolutely_expired_sessions(db: Database) {
+async fn rotate_refuses_revoked_and_absolutely_expired_sessions(db: Backend) {
     let f = fixture(db).await;
 
     let revoked = f.session("alice", NOW);
@@ -351,7 +351,7 @@ async fn rotate_refuses_revoked_and_absolutely_expired_sessions(db: Database) {
     assert_eq!(f.get(short.session_id).await.current_jid, j1);
 }
 
-async fn a_rotated_token_never_outlives_its_session(db: Database) {
+async fn a_rotated_token_never_outlives_its_session(db: Backend) {
     let f = fixture(db).await;
     let mut s = f.session("alice", NOW);
     s.expires_at = NOW + 1000;
@@ -376,7 +376,7 @@ async fn a_rotated_token_never_outlives_its_session(db: Database) {
     assert_eq!(rotated.map(|s| s.current_exp), Some(NOW + 1000));
 }
 
-async fn unrotate_gives_the_token_back_only_while_its_rotation_is_current(db: Database) {
+async fn unrotate_gives_the_token_back_only_while_its_rotation_is_current(db: Backend) {
     let f = fixture(db).await;
     let s = f.session("alice", NOW);
     f.create(&s).await;
@@ -412,7 +412,7 @@ async fn unrotate_gives_the_token_back_only_while_its_rotation_is_current(db: Da
     assert_eq!((after.current_jid, after.prev_jid), (j3, Some(j2)));
 }
 
-async fn touch_records_a_renew_without_rotating(db: Database) {
+async fn touch_records_a_renew_without_rotating(db: Backend) {
     let f = fixture(db).await;
     let s = f.session("alice", NOW);
     f.create(&s).await;
@@ -451,7 +451,7 @@ async fn touch_records_a_renew_without_rotating(db: Database) {
     assert_eq!((after.ip.as_str(), after.last_renewed_at), ("203.0.113.9", NOW + 5));
 }
 
-async fn revoke_counts_only_live_sessions_in_its_scope(db: Database) {
+async fn revoke_counts_only_live_sessions_in_its_scope(db: Backend) {
     let f = fixture(db).await;
     let (other_app, other_key) = f.new_app("other").await;
     let t = NOW + 100;
@@ -545,7 +545,7 @@ async fn revoke_counts_only_live_sessions_in_its_scope(db: Database) {
     assert_eq!(f.store.revoke(other_app, RevokeScope::App, "app", t).await.unwrap(), 1);
 }
 
-async fn list_live_filters_by_subject_and_lists_oldest_first(db: Database) {
+async fn list_live_filters_by_subject_and_lists_oldest_first(db: Backend) {
     let f = fixture(db).await;
     let (other_app, other_key) = f.new_app("other").await;
 
@@ -581,7 +581,7 @@ async fn list_live_filters_by_subject_and_lists_oldest_first(db: Database) {
     assert_eq!(theirs, [elsewhere]);
 }
 
-async fn a_session_limit_revokes_the_oldest_live_sessions(db: Database) {
+async fn a_session_limit_revokes_the_oldest_live_sessions(db: Backend) {
     let f = fixture(db).await;
 
     let s1 = f.session("alice", NOW);
@@ -620,7 +620,7 @@ async fn a_session_limit_revokes_the_oldest_live_sessions(db: Database) {
     assert_eq!(f.live_ids(Some("dave"), NOW + 10).await.len(), 4);
 }
 
-async fn purge_deletes_sessions_that_ended_before_the_cutoff(db: Database) {
+async fn purge_deletes_sessions_that_ended_before_the_cutoff(db: Backend) {
     let f = fixture(db).await;
     let cutoff = NOW + 1000;
 
@@ -677,7 +677,7 @@ async fn purge_deletes_sessions_that_ended_before_the_cutoff(db: Database) {
     assert_eq!(f.store.purge(cutoff).await.unwrap(), 0, "nothing more to purge");
 }
 
-async fn of_fifty_concurrent_rotations_exactly_one_wins(db: Database) {
+async fn of_fifty_concurrent_rotations_exactly_one_wins(db: Backend) {
     const TASKS: usize = 50;
     let f = fixture(db).await;
     let s = f.session("alice", NOW);
@@ -723,7 +723,7 @@ async fn of_fifty_concurrent_rotations_exactly_one_wins(db: Database) {
 
 /// Concurrent renews of different sessions (on SQLite, one group commit) each rotate their
 /// own session, and each gets its own row back.
-async fn concurrent_rotations_of_different_sessions_all_win(db: Database) {
+async fn concurrent_rotations_of_different_sessions_all_win(db: Backend) {
     const SESSIONS: usize = 40;
     let f = fixture(db).await;
     let mut sessions = Vec::new();
@@ -762,7 +762,7 @@ async fn concurrent_rotations_of_different_sessions_all_win(db: Database) {
 
 /// Concurrent creates (one group commit on either backend) all land; a duplicate id among them
 /// fails on its own and takes no other session with it.
-async fn concurrent_creates_land_and_a_duplicate_fails_alone(db: Database) {
+async fn concurrent_creates_land_and_a_duplicate_fails_alone(db: Backend) {
     const SESSIONS: usize = 30;
     let f = fixture(db).await;
     let existing = f.session("alice", NOW);
@@ -797,7 +797,7 @@ async fn concurrent_creates_land_and_a_duplicate_fails_alone(db: Database) {
     assert_eq!(f.live_ids(None, NOW + 2).await.len(), SESSIONS);
 }
 
-async fn bulk_insert_stores_every_session(db: Database) {
+async fn bulk_insert_stores_every_session(db: Backend) {
     const SESSIONS: usize = 1234;
     let f = fixture(db).await;
     let sessions: Vec<Session> = (0..SESSIONS)
@@ -995,7 +995,7 @@ struct Harness {
 }
 
 impl Harness {
-    async fn new(db: &Database, reuse_grace: i64, on_reuse: OnReuse, now: i64) -> Self {
+    async fn new(db: &Backend, reuse_grace: i64, on_reuse: OnReuse, now: i64) -> Self {
         let tenants = Tenants::new(app_store(db), TenantsConfig::default());
         let keyring =
             Arc::new(Keyring::new(key_store(db), MasterKey::generate(), KeyringConfig::default()));
@@ -1080,7 +1080,7 @@ async fn check_store(h: &Harness, model: &Model, step: usize) -> Result<(), Test
 }
 
 async fn run_model(ops: Vec<Op>, reuse_grace: i64, on_reuse: OnReuse) -> Result<(), TestCaseError> {
-    let test_db = keygate_tenants::db::testing::sqlite().await;
+    let test_db = keygate_store::testing::sqlite().await;
     // The service verifies `exp` and `nbf` against the real clock (jsonwebtoken), so the
     // model's clock starts far enough in the past that it never runs ahead of it.
     let wall =

@@ -4,6 +4,7 @@
 //! Events are kept after their app is deleted. Delivery is at least once: a receiver
 //! tells retries apart by `event_id`.
 
+use keygate_store::Legacy;
 use std::fmt;
 use std::sync::Arc;
 
@@ -12,8 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::db::Database;
 use crate::{AppId, StoreError};
+use keygate_store::Backend;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -207,7 +208,7 @@ pub trait EventStore: Send + Sync + fmt::Debug {
 }
 
 /// The event store of the backend `db` was opened with.
-pub fn event_store(db: &Database) -> Arc<dyn EventStore> {
+pub fn event_store(db: &Backend) -> Arc<dyn EventStore> {
     Arc::new(SqlEventStore { db: db.clone() })
 }
 
@@ -215,7 +216,7 @@ pub fn event_store(db: &Database) -> Arc<dyn EventStore> {
 /// single writer connection.
 #[derive(Debug)]
 struct SqlEventStore {
-    db: Database,
+    db: Backend,
 }
 
 const INSERT_EVENT: &str = "INSERT INTO audit_events (event_id, app_id, kind, actor, detail, \
@@ -261,13 +262,13 @@ fn webhook_of(row: WebhookRow) -> Result<Webhook, StoreError> {
 /// `read`) of either backend; the body is compiled once per backend.
 macro_rules! on_pool {
     ($db:expr, $kind:ident, |$pool:ident| $body:expr) => {
-        match $db {
-            Database::Sqlite(pools) => {
+        match $db.legacy() {
+            Legacy::Sqlite(pools) => {
                 let $pool = on_pool!(@sqlite pools, $kind);
                 $body
             }
-            Database::Postgres(pool) => {
-                let $pool = pool;
+            Legacy::Postgres(pool) => {
+                let $pool = &pool;
                 $body
             }
         }

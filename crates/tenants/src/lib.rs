@@ -1,10 +1,9 @@
 //! Apps (tenants) and the secrets that authenticate them.
 //!
-//! This is the base crate of keygate: it owns the database connection ([`db`]), the shared
-//! [`StoreError`], the app model with its validated settings, and the app-key and root-key
-//! checks. The other domain crates (`keyring`, `sessions`) build on it.
+//! This is the base domain crate of keygate: the app model with its validated settings, and
+//! the app-key and root-key checks. It stores through `keygate_store`. The other domain
+//! crates (`keyring`, `sessions`) build on it.
 
-pub mod db;
 mod error;
 pub mod events;
 mod ids;

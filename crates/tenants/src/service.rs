@@ -57,7 +57,7 @@ type Cached<T> = (Instant, T);
 /// Apps and their authentication, with an in-memory cache in front of the store.
 #[derive(Debug)]
 pub struct Tenants {
-    store: Arc<dyn AppStore>,
+    store: Arc<AppStore>,
     config: TenantsConfig,
     apps: RwLock<HashMap<AppId, Cached<Arc<AppRecord>>>>,
     root_hash: RwLock<Option<Cached<Arc<str>>>>,
@@ -70,7 +70,7 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    pub fn new(store: Arc<dyn AppStore>, config: TenantsConfig) -> Self {
+    pub fn new(store: Arc<AppStore>, config: TenantsConfig) -> Self {
         Self {
             store,
             config,
@@ -85,7 +85,7 @@ impl Tenants {
         }
     }
 
-    pub fn store(&self) -> &Arc<dyn AppStore> {
+    pub fn store(&self) -> &Arc<AppStore> {
         &self.store
     }
 

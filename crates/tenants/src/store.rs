@@ -1,122 +1,105 @@
+//! The apps and settings of [`keygate_store`], in the domain's types.
+
 use std::sync::Arc;
 
-use async_trait::async_trait;
+use keygate_store::apps::{AppRow, KeyHashes};
+use keygate_store::Backend;
 
-use crate::db::Database;
 use crate::{App, AppId, AppKeyHashes, AppRecord, AppSettings, OnReuse, StoreError};
 
-mod postgres;
-mod sqlite;
-
-pub use postgres::PgAppStore;
-pub use sqlite::SqliteAppStore;
-
 /// Persistence of apps and instance-wide settings.
-#[async_trait]
-pub trait AppStore: Send + Sync + std::fmt::Debug {
+#[derive(Debug, Clone)]
+pub struct AppStore {
+    db: Backend,
+}
+
+/// The app store of `db`.
+pub fn app_store(db: &Backend) -> Arc<AppStore> {
+    Arc::new(AppStore { db: db.clone() })
+}
+
+impl AppStore {
     /// Fails with `Conflict` when the name is taken.
-    async fn insert_app(&self, record: &AppRecord) -> Result<(), StoreError>;
-    async fn get_app(&self, app_id: AppId) -> Result<Option<AppRecord>, StoreError>;
-    async fn find_app_by_name(&self, name: &str) -> Result<Option<AppRecord>, StoreError>;
-    async fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError>;
+    pub async fn insert_app(&self, record: &AppRecord) -> Result<(), StoreError> {
+        self.db.apps().insert(&row_of(&record.app, &record.key)).await
+    }
+
+    pub async fn get_app(&self, app_id: AppId) -> Result<Option<AppRecord>, StoreError> {
+        self.db.apps().get(&app_id.to_string()).await?.map(AppRecord::try_from).transpose()
+    }
+
+    pub async fn find_app_by_name(&self, name: &str) -> Result<Option<AppRecord>, StoreError> {
+        self.db.apps().find_by_name(name).await?.map(AppRecord::try_from).transpose()
+    }
+
+    pub async fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
+        self.db.apps().list().await?.into_iter().map(AppRecord::try_from).collect()
+    }
+
     /// Writes the name and settings. `NotFound` if the app is gone, `Conflict` when the new
     /// name is taken.
-    async fn update_app(&self, app: &App) -> Result<(), StoreError>;
-    async fn set_app_key(
+    pub async fn update_app(&self, app: &App) -> Result<(), StoreError> {
+        let unchanged_key =
+            AppKeyHashes { current: String::new(), previous: None, previous_expires_at: None };
+        self.db.apps().update(&row_of(app, &unchanged_key)).await
+    }
+
+    pub async fn set_app_key(
         &self,
         app_id: AppId,
         hashes: &AppKeyHashes,
         now: i64,
-    ) -> Result<(), StoreError>;
-    /// Deletes the app and, by cascade, everything it owns. False if there was no such app.
-    async fn delete_app(&self, app_id: AppId) -> Result<bool, StoreError>;
-    async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError>;
-    /// Inserts a setting unless it exists; true when this call inserted it.
-    async fn insert_setting(&self, name: &str, value: &str) -> Result<bool, StoreError>;
-    async fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError>;
-}
+    ) -> Result<(), StoreError> {
+        let hashes = KeyHashes {
+            current: &hashes.current,
+            previous: hashes.previous.as_deref(),
+            previous_expires_at: hashes.previous_expires_at,
+        };
+        self.db.apps().set_key(&app_id.to_string(), hashes, now).await
+    }
 
-/// The store of the backend `db` was opened with.
-pub fn app_store(db: &Database) -> Arc<dyn AppStore> {
-    match db {
-        Database::Sqlite(pools) => Arc::new(SqliteAppStore::new(pools.clone())),
-        Database::Postgres(pool) => Arc::new(PgAppStore::new(pool.clone())),
+    /// Deletes the app and, by cascade, everything it owns. False if there was no such app.
+    pub async fn delete_app(&self, app_id: AppId) -> Result<bool, StoreError> {
+        self.db.apps().delete(&app_id.to_string()).await
+    }
+
+    pub async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError> {
+        self.db.settings().get(name).await
+    }
+
+    /// Inserts a setting unless it exists; true when this call inserted it.
+    pub async fn insert_setting(&self, name: &str, value: &str) -> Result<bool, StoreError> {
+        self.db.settings().insert(name, value).await
+    }
+
+    pub async fn put_setting(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.db.settings().put(name, value).await
     }
 }
 
-// Both backends accept `$N` placeholders, so the statements are shared.
-const SELECT_APP: &str = "SELECT app_id, name, issuer, audience, token_expire, token_notbefore, \
-    refresh_expire, refresh_notbefore, session_max_age, reuse_grace, rotation_period, \
-    max_sessions_per_sub, refresh_rotation, on_reuse, app_key_hash, prev_app_key_hash, \
-    prev_app_key_expires_at, created_at, updated_at FROM apps";
-
-const INSERT_APP: &str = "INSERT INTO apps (app_id, name, issuer, audience, token_expire, \
-    token_notbefore, refresh_expire, refresh_notbefore, session_max_age, reuse_grace, \
-    rotation_period, max_sessions_per_sub, refresh_rotation, on_reuse, app_key_hash, \
-    prev_app_key_hash, prev_app_key_expires_at, created_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
-
-const UPDATE_APP: &str = "UPDATE apps SET name = $2, issuer = $3, audience = $4, \
-    token_expire = $5, token_notbefore = $6, refresh_expire = $7, refresh_notbefore = $8, \
-    session_max_age = $9, reuse_grace = $10, rotation_period = $11, \
-    max_sessions_per_sub = $12, refresh_rotation = $13, on_reuse = $14, updated_at = $15 \
-    WHERE app_id = $1";
-
-const SET_APP_KEY: &str = "UPDATE apps SET app_key_hash = $2, prev_app_key_hash = $3, \
-    prev_app_key_expires_at = $4, updated_at = $5 WHERE app_id = $1";
-
-const DELETE_APP: &str = "DELETE FROM apps WHERE app_id = $1";
-const GET_SETTING: &str = "SELECT value FROM settings WHERE name = $1";
-const INSERT_SETTING: &str =
-    "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
-const PUT_SETTING: &str = "INSERT INTO settings (name, value) VALUES ($1, $2) \
-    ON CONFLICT (name) DO UPDATE SET value = excluded.value";
-
-/// Binds an app's columns in the order of `INSERT_APP` ($1..$14) or `UPDATE_APP`.
-macro_rules! bind_app {
-    ($query:expr, $app:expr) => {{
-        let app: &$crate::App = $app;
-        let s = &app.settings;
-        $query
-            .bind(app.app_id.to_string())
-            .bind(&app.name)
-            .bind(&s.issuer)
-            .bind(&s.audience)
-            .bind(s.token_expire)
-            .bind(s.token_notbefore)
-            .bind(s.refresh_expire)
-            .bind(s.refresh_notbefore)
-            .bind(s.session_max_age)
-            .bind(s.reuse_grace)
-            .bind(s.rotation_period)
-            .bind(s.max_sessions_per_sub)
-            .bind(s.refresh_rotation)
-            .bind(s.on_reuse.as_str())
-    }};
-}
-pub(crate) use bind_app;
-
-#[derive(sqlx::FromRow)]
-struct AppRow {
-    app_id: String,
-    name: String,
-    issuer: String,
-    audience: String,
-    token_expire: i64,
-    token_notbefore: i64,
-    refresh_expire: i64,
-    refresh_notbefore: i64,
-    session_max_age: i64,
-    reuse_grace: i64,
-    rotation_period: i64,
-    max_sessions_per_sub: i64,
-    refresh_rotation: bool,
-    on_reuse: String,
-    app_key_hash: String,
-    prev_app_key_hash: Option<String>,
-    prev_app_key_expires_at: Option<i64>,
-    created_at: i64,
-    updated_at: i64,
+fn row_of(app: &App, key: &AppKeyHashes) -> AppRow {
+    let s = &app.settings;
+    AppRow {
+        app_id: app.app_id.to_string(),
+        name: app.name.clone(),
+        issuer: s.issuer.clone(),
+        audience: s.audience.clone(),
+        token_expire: s.token_expire,
+        token_notbefore: s.token_notbefore,
+        refresh_expire: s.refresh_expire,
+        refresh_notbefore: s.refresh_notbefore,
+        session_max_age: s.session_max_age,
+        reuse_grace: s.reuse_grace,
+        rotation_period: s.rotation_period,
+        max_sessions_per_sub: s.max_sessions_per_sub,
+        refresh_rotation: s.refresh_rotation,
+        on_reuse: s.on_reuse.as_str().to_owned(),
+        app_key_hash: key.current.clone(),
+        prev_app_key_hash: key.previous.clone(),
+        prev_app_key_expires_at: key.previous_expires_at,
+        created_at: app.created_at,
+        updated_at: app.updated_at,
+    }
 }
 
 impl TryFrom<AppRow> for AppRecord {
@@ -156,8 +139,4 @@ impl TryFrom<AppRow> for AppRecord {
             },
         })
     }
-}
-
-fn into_records(rows: Vec<AppRow>) -> Result<Vec<AppRecord>, StoreError> {
-    rows.into_iter().map(AppRecord::try_from).collect()
 }

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keygate_tenants::db::Database;
+use keygate_store::Backend;
 use keygate_tenants::events::{event_store, Delivery, Event, Webhook};
 use keygate_tenants::{app_store, AppId, Tenants, TenantsConfig};
 use serde_json::json;
@@ -15,14 +15,14 @@ macro_rules! store_cases {
         mod $case {
             #[tokio::test]
             async fn sqlite() {
-                let test_db = keygate_tenants::db::testing::sqlite().await;
+                let test_db = keygate_store::testing::sqlite().await;
                 super::$case(test_db.db.clone()).await;
                 test_db.db.close().await;
             }
 
             #[tokio::test]
             async fn postgres() {
-                let Some(test_db) = keygate_tenants::db::testing::postgres().await else { return };
+                let Some(test_db) = keygate_store::testing::postgres().await else { return };
                 super::$case(test_db.db.clone()).await;
                 test_db.db.close().await;
             }
@@ -39,7 +39,7 @@ store_cases!(
     retention_deletes_old_events_only,
 );
 
-async fn new_app(db: &Database) -> AppId {
+async fn new_app(db: &Backend) -> AppId {
     let tenants = Tenants::new(app_store(db), TenantsConfig::default());
     let (record, _) = tenants
         .create_app(&format!("app-{}", AppId::new()), &Default::default(), NOW)
@@ -69,7 +69,7 @@ fn webhook(app_id: AppId, url: &str) -> Webhook {
     }
 }
 
-async fn events_page_newest_first_per_app(db: Database) {
+async fn events_page_newest_first_per_app(db: Backend) {
     let store = event_store(&db);
     let (a, b) = (new_app(&db).await, new_app(&db).await);
     let mut recorded = Vec::new();
@@ -90,7 +90,7 @@ async fn events_page_newest_first_per_app(db: Database) {
     assert_eq!(store.list(b, None, 10).await.unwrap().len(), 1, "scoped to the app");
 }
 
-async fn only_events_of_an_app_with_a_webhook_are_queued(db: Database) {
+async fn only_events_of_an_app_with_a_webhook_are_queued(db: Backend) {
     let store = event_store(&db);
     let (hooked, plain) = (new_app(&db).await, new_app(&db).await);
     store.set_webhook(&webhook(hooked, "https://h.example/")).await.unwrap();
@@ -102,7 +102,7 @@ async fn only_events_of_an_app_with_a_webhook_are_queued(db: Database) {
     assert_eq!(claimed[0].attempts, 1);
 }
 
-async fn a_claim_holds_an_event_for_its_lease(db: Database) {
+async fn a_claim_holds_an_event_for_its_lease(db: Backend) {
     let store = event_store(&db);
     let app = new_app(&db).await;
     store.set_webhook(&webhook(app, "https://h.example/")).await.unwrap();
@@ -115,7 +115,7 @@ async fn a_claim_holds_an_event_for_its_lease(db: Database) {
     assert_eq!(again[0].attempts, 2);
 }
 
-async fn settled_events_leave_the_queue(db: Database) {
+async fn settled_events_leave_the_queue(db: Backend) {
     let store = event_store(&db);
     let app = new_app(&db).await;
     store.set_webhook(&webhook(app, "https://h.example/")).await.unwrap();
@@ -135,7 +135,7 @@ async fn settled_events_leave_the_queue(db: Database) {
     assert_eq!(retried[0].event.event_id, ids[3]);
 }
 
-async fn webhooks_are_set_replaced_resealed_and_removed(db: Database) {
+async fn webhooks_are_set_replaced_resealed_and_removed(db: Backend) {
     let store = event_store(&db);
     let app = new_app(&db).await;
     assert!(store.webhook(app).await.unwrap().is_none());
@@ -154,7 +154,7 @@ async fn webhooks_are_set_replaced_resealed_and_removed(db: Database) {
     assert!(!store.delete_webhook(app).await.unwrap());
 }
 
-async fn retention_deletes_old_events_only(db: Database) {
+async fn retention_deletes_old_events_only(db: Backend) {
     let store = event_store(&db);
     let app = new_app(&db).await;
     store.record(&event(app, "app_created", NOW - 100)).await.unwrap();

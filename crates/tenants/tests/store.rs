@@ -3,10 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use keygate_store::Legacy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_tenants::db::Database;
+use keygate_store::Backend;
 use keygate_tenants::{
     app_store, App, AppId, AppKey, AppKeyHashes, AppRecord, AppSettings, AppStore, AuthError,
     OnReuse, SettingsPatch, StoreError, TenantError, Tenants, TenantsConfig,
@@ -22,14 +23,14 @@ macro_rules! store_cases {
         mod $case {
             #[tokio::test]
             async fn sqlite() {
-                let test_db = keygate_tenants::db::testing::sqlite().await;
+                let test_db = keygate_store::testing::sqlite().await;
                 super::$case(test_db.db.clone()).await;
                 test_db.db.close().await;
             }
 
             #[tokio::test]
             async fn postgres() {
-                let Some(test_db) = keygate_tenants::db::testing::postgres().await else { return };
+                let Some(test_db) = keygate_store::testing::postgres().await else { return };
                 super::$case(test_db.db.clone()).await;
                 test_db.db.close().await;
             }
@@ -63,7 +64,7 @@ store_cases!(
 
 // ---------------------------------------------------------------- helpers
 
-fn tenants(db: &Database) -> Tenants {
+fn tenants(db: &Backend) -> Tenants {
     Tenants::new(app_store(db), TenantsConfig::default())
 }
 
@@ -123,18 +124,18 @@ fn assert_denied(result: Result<(), AuthError>, what: &str) {
 }
 
 /// Raw SQL on either backend: a signing-key row for `app_id`, inserted behind the store.
-async fn insert_raw_key(db: &Database, app_id: AppId, state: &str) {
+async fn insert_raw_key(db: &Backend, app_id: AppId, state: &str) {
     let sql = "INSERT INTO app_keys (key_id, app_id, state, public_pem, sealed_private, \
         master_key_id, created_at) VALUES ($1, $2, $3, 'pem', $4, 'mk', 0)";
     let key_id = AppId::new().to_string(); // any ULID will do
     let sealed = vec![1u8, 2, 3];
-    match db {
-        Database::Sqlite(pools) => {
+    match &db.legacy() {
+        Legacy::Sqlite(pools) => {
             let query =
                 sqlx::query(sql).bind(key_id).bind(app_id.to_string()).bind(state).bind(sealed);
             query.execute(&pools.writer).await.unwrap();
         }
-        Database::Postgres(pool) => {
+        Legacy::Postgres(pool) => {
             let query =
                 sqlx::query(sql).bind(key_id).bind(app_id.to_string()).bind(state).bind(sealed);
             query.execute(pool).await.unwrap();
@@ -142,31 +143,31 @@ async fn insert_raw_key(db: &Database, app_id: AppId, state: &str) {
     }
 }
 
-async fn count_raw_keys(db: &Database, app_id: AppId) -> i64 {
+async fn count_raw_keys(db: &Backend, app_id: AppId) -> i64 {
     let sql = "SELECT COUNT(*) FROM app_keys WHERE app_id = $1";
-    match db {
-        Database::Sqlite(pools) => {
+    match &db.legacy() {
+        Legacy::Sqlite(pools) => {
             sqlx::query_scalar(sql).bind(app_id.to_string()).fetch_one(&pools.reader).await.unwrap()
         }
-        Database::Postgres(pool) => {
+        Legacy::Postgres(pool) => {
             sqlx::query_scalar(sql).bind(app_id.to_string()).fetch_one(pool).await.unwrap()
         }
     }
 }
 
 /// Every `(name, value)` of the settings table, read behind the store.
-async fn raw_settings(db: &Database) -> Vec<(String, String)> {
+async fn raw_settings(db: &Backend) -> Vec<(String, String)> {
     let sql = "SELECT name, value FROM settings";
-    match db {
-        Database::Sqlite(pools) => sqlx::query_as(sql).fetch_all(&pools.reader).await.unwrap(),
-        Database::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+    match &db.legacy() {
+        Legacy::Sqlite(pools) => sqlx::query_as(sql).fetch_all(&pools.reader).await.unwrap(),
+        Legacy::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
     }
 }
 
 // ---------------------------------------------------------------- the app store
 
-async fn apps_round_trip_through_the_store(db: Database) {
-    let store: Arc<dyn AppStore> = app_store(&db);
+async fn apps_round_trip_through_the_store(db: Backend) {
+    let store: Arc<AppStore> = app_store(&db);
     let first = record("first");
     let second = record("second");
     store.insert_app(&first).await.unwrap();
@@ -217,7 +218,7 @@ async fn apps_round_trip_through_the_store(db: Database) {
     assert!(matches!(tenants.find("first").await, Err(TenantError::NotFound)));
 }
 
-async fn unknown_apps_are_absent(db: Database) {
+async fn unknown_apps_are_absent(db: Backend) {
     let store = app_store(&db);
     assert_eq!(store.get_app(AppId::new()).await.unwrap(), None);
     assert_eq!(store.find_app_by_name("nobody").await.unwrap(), None);
@@ -228,7 +229,7 @@ async fn unknown_apps_are_absent(db: Database) {
     ));
 }
 
-async fn a_taken_name_is_a_validation_error_naming_name(db: Database) {
+async fn a_taken_name_is_a_validation_error_naming_name(db: Backend) {
     let tenants = tenants(&db);
     let (shop, _) = create(&tenants, "shop").await;
 
@@ -253,7 +254,7 @@ async fn a_taken_name_is_a_validation_error_naming_name(db: Database) {
     assert_eq!(tenants.find("shop").await.unwrap().app.app_id, shop.app.app_id);
 }
 
-async fn changing_a_missing_app_is_not_found(db: Database) {
+async fn changing_a_missing_app_is_not_found(db: Backend) {
     let tenants = tenants(&db);
     let ghost = record("ghost");
     let store = tenants.store();
@@ -274,7 +275,7 @@ async fn changing_a_missing_app_is_not_found(db: Database) {
     assert_eq!(store.list_apps().await.unwrap(), vec![], "nothing was created on the way");
 }
 
-async fn deleting_an_app_deletes_its_signing_keys(db: Database) {
+async fn deleting_an_app_deletes_its_signing_keys(db: Backend) {
     let tenants = tenants(&db);
     let (doomed, _) = create(&tenants, "doomed").await;
     let (kept, _) = create(&tenants, "kept").await;
@@ -291,7 +292,7 @@ async fn deleting_an_app_deletes_its_signing_keys(db: Database) {
     assert_eq!(tenants.store().get_app(doomed.app.app_id).await.unwrap(), None);
 }
 
-async fn insert_setting_only_once_and_put_setting_overwrites(db: Database) {
+async fn insert_setting_only_once_and_put_setting_overwrites(db: Backend) {
     let store = app_store(&db);
     assert_eq!(store.get_setting("color").await.unwrap(), None);
     assert!(store.insert_setting("color", "red").await.unwrap(), "the first insert wins");
@@ -310,7 +311,7 @@ async fn insert_setting_only_once_and_put_setting_overwrites(db: Database) {
 
 // ---------------------------------------------------------------- the Tenants service
 
-async fn create_app_applies_defaults_and_stores_only_a_hash(db: Database) {
+async fn create_app_applies_defaults_and_stores_only_a_hash(db: Backend) {
     let tenants = tenants(&db);
     let (created, key) = create(&tenants, "demo").await;
     let stored = tenants.store().get_app(created.app.app_id).await.unwrap().unwrap();
@@ -349,7 +350,7 @@ async fn create_app_applies_defaults_and_stores_only_a_hash(db: Database) {
     assert_ne!(other_key.expose(), key.expose(), "every app gets its own key");
 }
 
-async fn create_app_names_every_bad_field(db: Database) {
+async fn create_app_names_every_bad_field(db: Backend) {
     let tenants = tenants(&db);
     let bad_ttls = SettingsPatch {
         token_expire: Some(-5),
@@ -390,7 +391,7 @@ async fn create_app_names_every_bad_field(db: Database) {
     assert_eq!(tenants.list_apps().await.unwrap(), vec![], "no invalid app was stored");
 }
 
-async fn update_app_validates_and_persists(db: Database) {
+async fn update_app_validates_and_persists(db: Backend) {
     let tenants = tenants(&db);
     let (app, key) = create(&tenants, "mutable").await;
     let app_id = app.app.app_id;
@@ -424,7 +425,7 @@ async fn update_app_validates_and_persists(db: Database) {
     auth(&tenants, app_id, key.expose(), NOW + 10).await.unwrap();
 }
 
-async fn the_app_key_authenticates_and_nothing_else_does(db: Database) {
+async fn the_app_key_authenticates_and_nothing_else_does(db: Backend) {
     let tenants = tenants(&db);
     let (app, key) = create(&tenants, "guarded").await;
     let (other, other_key) = create(&tenants, "neighbour").await;
@@ -463,7 +464,7 @@ async fn the_app_key_authenticates_and_nothing_else_does(db: Database) {
     auth(&tenants, app_id, key.expose(), NOW).await.unwrap();
 }
 
-async fn a_cached_authentication_runs_no_argon2(db: Database) {
+async fn a_cached_authentication_runs_no_argon2(db: Backend) {
     let tenants = tenants(&db);
     let (app, key) = create(&tenants, "hot").await;
     let app_id = app.app.app_id;
@@ -483,7 +484,7 @@ async fn a_cached_authentication_runs_no_argon2(db: Database) {
     assert_eq!(tenants.argon2_runs(), 2);
 }
 
-async fn a_rotated_app_key_keeps_the_old_one_only_during_the_grace(db: Database) {
+async fn a_rotated_app_key_keeps_the_old_one_only_during_the_grace(db: Backend) {
     let tenants = tenants(&db);
     let (app, old) = create(&tenants, "rotating").await;
     let app_id = app.app.app_id;
@@ -522,7 +523,7 @@ async fn a_rotated_app_key_keeps_the_old_one_only_during_the_grace(db: Database)
     );
 }
 
-async fn a_rotation_without_grace_stops_the_old_key_at_once(db: Database) {
+async fn a_rotation_without_grace_stops_the_old_key_at_once(db: Backend) {
     let tenants = tenants(&db);
     let (app, old) = create(&tenants, "strict").await;
     let app_id = app.app.app_id;
@@ -536,7 +537,7 @@ async fn a_rotation_without_grace_stops_the_old_key_at_once(db: Database) {
     assert_eq!((stored.key.previous, stored.key.previous_expires_at), (None, None));
 }
 
-async fn rotation_drops_the_verified_cache(db: Database) {
+async fn rotation_drops_the_verified_cache(db: Backend) {
     let tenants = tenants(&db);
     let (app, old) = create(&tenants, "cached").await;
     let app_id = app.app.app_id;
@@ -553,7 +554,7 @@ async fn rotation_drops_the_verified_cache(db: Database) {
     assert_eq!(tenants.argon2_runs(), 2, "and refilled");
 }
 
-async fn app_key_rotation_validates_the_grace(db: Database) {
+async fn app_key_rotation_validates_the_grace(db: Backend) {
     let tenants = tenants(&db);
     let (app, key) = create(&tenants, "graceful").await;
     let app_id = app.app.app_id;
@@ -571,7 +572,7 @@ async fn app_key_rotation_validates_the_grace(db: Database) {
     assert_eq!(longest.previous_valid_until, Some(NOW + 7 * 24 * 3600));
 }
 
-async fn another_process_sees_a_rotated_app_key(db: Database) {
+async fn another_process_sees_a_rotated_app_key(db: Backend) {
     let admin = tenants(&db);
     let gateway = Tenants::new(app_store(&db), TenantsConfig { cache_ttl: Duration::ZERO });
     let (app, old) = create(&admin, "shared").await;
@@ -586,7 +587,7 @@ async fn another_process_sees_a_rotated_app_key(db: Database) {
     auth(&gateway, app_id, rotated.app_key.expose(), NOW).await.unwrap();
 }
 
-async fn a_deleted_app_no_longer_authenticates(db: Database) {
+async fn a_deleted_app_no_longer_authenticates(db: Backend) {
     let tenants = tenants(&db);
     let (app, key) = create(&tenants, "short-lived").await;
     let app_id = app.app.app_id;
@@ -597,7 +598,7 @@ async fn a_deleted_app_no_longer_authenticates(db: Database) {
 
 // ---------------------------------------------------------------- the root key
 
-async fn a_generated_root_key_is_returned_once(db: Database) {
+async fn a_generated_root_key_is_returned_once(db: Backend) {
     let tenants = tenants(&db);
     assert_denied(tenants.authenticate_root(Some("kgr_anything-at-all")).await, "no root key yet");
 
@@ -633,7 +634,7 @@ async fn a_generated_root_key_is_returned_once(db: Database) {
     fresh.authenticate_root(Some(key.expose())).await.unwrap();
 }
 
-async fn a_supplied_root_key_is_used_and_not_returned(db: Database) {
+async fn a_supplied_root_key_is_used_and_not_returned(db: Backend) {
     let tenants = tenants(&db);
     let supplied = "operator-chosen-root-key-0123456789";
     assert!(
@@ -650,7 +651,7 @@ async fn a_supplied_root_key_is_used_and_not_returned(db: Database) {
     );
 }
 
-async fn a_malformed_supplied_root_key_is_refused(db: Database) {
+async fn a_malformed_supplied_root_key_is_refused(db: Backend) {
     let tenants = tenants(&db);
     for bad in ["short", "has spaces in it but is long enough to pass", &"x".repeat(257)] {
         let err = tenants.ensure_root_key(Some(bad)).await.unwrap_err();
@@ -660,7 +661,7 @@ async fn a_malformed_supplied_root_key_is_refused(db: Database) {
     assert!(tenants.ensure_root_key(None).await.unwrap().is_some(), "bootstrap is still possible");
 }
 
-async fn rotating_the_root_key_voids_the_old_one(db: Database) {
+async fn rotating_the_root_key_voids_the_old_one(db: Backend) {
     let tenants = tenants(&db);
     let old = tenants.ensure_root_key(None).await.unwrap().unwrap();
     tenants.authenticate_root(Some(old.expose())).await.unwrap(); // cached

@@ -340,7 +340,7 @@ fn bad_arguments_fail_clearly() {
 
 #[tokio::test]
 async fn the_cli_works_on_postgres_too() {
-    let Some(url) = keygate_tenants::db::testing::postgres_url().await else { return };
+    let Some(url) = keygate_store::testing::postgres_url().await else { return };
     let dir = tempfile::tempdir().unwrap();
     let output = keygate(dir.path())
         .args(["--database-url", &url, "app", "create", "--name", "pg-demo", "--json"])

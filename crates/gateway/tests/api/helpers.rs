@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use keygate_gateway::{Application, Services, Settings};
-use keygate_tenants::db::testing;
+use keygate_store::testing;
 use keygate_tenants::Tenants;
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;

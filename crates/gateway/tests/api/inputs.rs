@@ -4,11 +4,12 @@
 //! against a snapshot of the database: a refused request creates, consumes, revokes and
 //! changes nothing. (`errors.rs` covers the basic cases on `POST /root/apps`.)
 
+use keygate_store::Legacy;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use keygate_tenants::db::{Database, PoolOptions};
+use keygate_store::{Backend, PoolOptions};
 use reqwest::{Method, RequestBuilder};
 use serde_json::{json, Value};
 
@@ -224,14 +225,14 @@ async fn snapshot(database_url: &str) -> Vec<String> {
         "SELECT key_id || '|' || state FROM app_keys ORDER BY key_id",
     ];
     let options = PoolOptions { sqlite_readers: 1, postgres_connections: 1, ..Default::default() };
-    let db = Database::connect(database_url, &options).await.unwrap();
+    let db = Backend::connect(database_url, &options).await.unwrap();
     let mut rows = Vec::new();
     for sql in QUERIES {
-        let found: Vec<String> = match &db {
-            Database::Sqlite(pools) => {
+        let found: Vec<String> = match &db.legacy() {
+            Legacy::Sqlite(pools) => {
                 sqlx::query_scalar(sql).fetch_all(&pools.reader).await.unwrap()
             }
-            Database::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
+            Legacy::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
         };
         rows.extend(found);
     }
@@ -876,7 +877,7 @@ async fn addresses_on_renew(app: TestApp) {
 #[tokio::test]
 async fn control_characters_never_reach_the_log_raw() {
     control_characters_in_the_log(None).await;
-    if let Some(url) = keygate_tenants::db::testing::postgres_url().await {
+    if let Some(url) = keygate_store::testing::postgres_url().await {
         control_characters_in_the_log(Some(url)).await;
     }
 }

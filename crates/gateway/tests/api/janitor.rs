@@ -84,7 +84,7 @@ async fn sqlite() {
 
 #[tokio::test]
 async fn postgres() {
-    let Some(url) = keygate_tenants::db::testing::postgres_url().await else { return };
+    let Some(url) = keygate_store::testing::postgres_url().await else { return };
     let (services, _dir) = services(Some(url)).await;
     the_janitor_deletes_only_what_has_ended(services).await;
 }
@@ -121,7 +121,7 @@ async fn scheduled_rotation_sqlite() {
 
 #[tokio::test]
 async fn scheduled_rotation_postgres() {
-    let Some(url) = keygate_tenants::db::testing::postgres_url().await else { return };
+    let Some(url) = keygate_store::testing::postgres_url().await else { return };
     let (services, _dir) = services(Some(url)).await;
     scheduled_rotation_promotes_the_published_next_key(services).await;
 }
@@ -133,16 +133,17 @@ async fn one_gateway_at_a_time_runs_the_jobs() {
     let (embedded, _dir) = services(None).await;
     assert!(janitor::run_elected(&embedded, 1_800_000_000).await.unwrap().is_some());
 
-    let Some(url) = keygate_tenants::db::testing::postgres_url().await else { return };
+    let Some(url) = keygate_store::testing::postgres_url().await else { return };
     let (gateway, _dir) = services(Some(url.clone())).await;
     // Another gateway of the same schema is running a pass: it holds the lock.
     let other = sqlx::PgPool::connect(&url).await.unwrap();
     let mut tx = other.begin().await.unwrap();
-    let held: bool = sqlx::query_scalar(janitor::TRY_JOBS_LOCK).fetch_one(&mut *tx).await.unwrap();
+    let held: bool =
+        sqlx::query_scalar(keygate_store::jobs::TRY_JOBS_LOCK).fetch_one(&mut *tx).await.unwrap();
     assert!(held);
     assert_eq!(janitor::run_elected(&gateway, 1_800_000_000).await.unwrap(), None);
     // A gateway on another schema of the same database elects on its own.
-    let Some(elsewhere) = keygate_tenants::db::testing::postgres_url().await else { return };
+    let Some(elsewhere) = keygate_store::testing::postgres_url().await else { return };
     let (separate, _dir2) = services(Some(elsewhere)).await;
     assert!(janitor::run_elected(&separate, 1_800_000_000).await.unwrap().is_some());
     // Once that pass ends, the lock is free again.

@@ -1,5 +1,5 @@
 use async_trait::async_trait;
-use keygate_tenants::db::announce;
+use keygate_store::announce;
 use sqlx::PgPool;
 
 use super::*;

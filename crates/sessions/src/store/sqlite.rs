@@ -1,5 +1,5 @@
 use async_trait::async_trait;
-use keygate_tenants::db::SqlitePools;
+use keygate_store::SqlitePools;
 
 use super::*;
 

@@ -1,0 +1,208 @@
+//! Apps (tenants), their app-key hashes, and the instance-wide settings (the root key's
+//! hash, the master key's id).
+
+use crate::{Backend, Sql, StoreError};
+
+/// An app as stored: its settings, and the argon2id hashes of the app keys it accepts.
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct AppRow {
+    pub app_id: String,
+    pub name: String,
+    pub issuer: String,
+    pub audience: String,
+    pub token_expire: i64,
+    pub token_notbefore: i64,
+    pub refresh_expire: i64,
+    pub refresh_notbefore: i64,
+    pub session_max_age: i64,
+    pub reuse_grace: i64,
+    pub rotation_period: i64,
+    pub max_sessions_per_sub: i64,
+    pub refresh_rotation: bool,
+    pub on_reuse: String,
+    pub app_key_hash: String,
+    pub prev_app_key_hash: Option<String>,
+    pub prev_app_key_expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for AppRow {
+    // The hashes stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppRow").field("app_id", &self.app_id).finish_non_exhaustive()
+    }
+}
+
+const SELECT_APP: &str = "SELECT app_id, name, issuer, audience, token_expire, token_notbefore, \
+    refresh_expire, refresh_notbefore, session_max_age, reuse_grace, rotation_period, \
+    max_sessions_per_sub, refresh_rotation, on_reuse, app_key_hash, prev_app_key_hash, \
+    prev_app_key_expires_at, created_at, updated_at FROM apps";
+
+const INSERT_APP: &str = "INSERT INTO apps (app_id, name, issuer, audience, token_expire, \
+    token_notbefore, refresh_expire, refresh_notbefore, session_max_age, reuse_grace, \
+    rotation_period, max_sessions_per_sub, refresh_rotation, on_reuse, app_key_hash, \
+    prev_app_key_hash, prev_app_key_expires_at, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+
+const UPDATE_APP: &str = "UPDATE apps SET name = $2, issuer = $3, audience = $4, \
+    token_expire = $5, token_notbefore = $6, refresh_expire = $7, refresh_notbefore = $8, \
+    session_max_age = $9, reuse_grace = $10, rotation_period = $11, \
+    max_sessions_per_sub = $12, refresh_rotation = $13, on_reuse = $14, updated_at = $15 \
+    WHERE app_id = $1";
+
+const SET_APP_KEY: &str = "UPDATE apps SET app_key_hash = $2, prev_app_key_hash = $3, \
+    prev_app_key_expires_at = $4, updated_at = $5 WHERE app_id = $1";
+
+const DELETE_APP: &str = "DELETE FROM apps WHERE app_id = $1";
+const GET_SETTING: &str = "SELECT value FROM settings WHERE name = $1";
+const INSERT_SETTING: &str =
+    "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+const PUT_SETTING: &str = "INSERT INTO settings (name, value) VALUES ($1, $2) \
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value";
+
+/// The app-key hashes an app accepts, as [`Apps::set_key`] writes them.
+#[derive(Clone, Copy)]
+pub struct KeyHashes<'a> {
+    pub current: &'a str,
+    pub previous: Option<&'a str>,
+    pub previous_expires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for KeyHashes<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyHashes").finish_non_exhaustive()
+    }
+}
+
+/// The apps table. Every change to an app is announced to the other gateways.
+#[derive(Debug, Clone, Copy)]
+pub struct Apps<'a> {
+    db: &'a Backend,
+}
+
+/// The settings table: instance-wide values by name.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    db: &'a Backend,
+}
+
+impl Backend {
+    pub fn apps(&self) -> Apps<'_> {
+        Apps { db: self }
+    }
+
+    pub fn settings(&self) -> Settings<'_> {
+        Settings { db: self }
+    }
+}
+
+/// The announcement of a change to an app.
+fn changed(app_id: &str) -> String {
+    format!("app {app_id}")
+}
+
+/// The first 14 columns of [`INSERT_APP`] and of [`UPDATE_APP`], in order.
+fn with_settings(sql: Sql, app: &AppRow) -> Sql {
+    sql.bind(&app.app_id)
+        .bind(&app.name)
+        .bind(&app.issuer)
+        .bind(&app.audience)
+        .bind(app.token_expire)
+        .bind(app.token_notbefore)
+        .bind(app.refresh_expire)
+        .bind(app.refresh_notbefore)
+        .bind(app.session_max_age)
+        .bind(app.reuse_grace)
+        .bind(app.rotation_period)
+        .bind(app.max_sessions_per_sub)
+        .bind(app.refresh_rotation)
+        .bind(&app.on_reuse)
+}
+
+impl Apps<'_> {
+    /// Fails with `Conflict` when the name is taken.
+    pub async fn insert(&self, app: &AppRow) -> Result<(), StoreError> {
+        let sql = with_settings(Sql::new(INSERT_APP), app)
+            .bind(&app.app_key_hash)
+            .bind(&app.prev_app_key_hash)
+            .bind(app.prev_app_key_expires_at)
+            .bind(app.created_at)
+            .bind(app.updated_at);
+        self.db.write(sql).execute().await.map(drop)
+    }
+
+    pub async fn get(&self, app_id: &str) -> Result<Option<AppRow>, StoreError> {
+        let sql = Sql::new(format!("{SELECT_APP} WHERE app_id = $1")).bind(app_id);
+        self.db.read(sql).fetch_optional().await
+    }
+
+    pub async fn find_by_name(&self, name: &str) -> Result<Option<AppRow>, StoreError> {
+        let sql = Sql::new(format!("{SELECT_APP} WHERE name = $1")).bind(name);
+        self.db.read(sql).fetch_optional().await
+    }
+
+    /// Every app, by id.
+    pub async fn list(&self) -> Result<Vec<AppRow>, StoreError> {
+        self.db.read(Sql::new(format!("{SELECT_APP} ORDER BY app_id"))).fetch_all().await
+    }
+
+    /// Writes the name and settings, and `updated_at`. `NotFound` if the app is gone,
+    /// `Conflict` when the new name is taken.
+    pub async fn update(&self, app: &AppRow) -> Result<(), StoreError> {
+        let sql = with_settings(Sql::new(UPDATE_APP), app).bind(app.updated_at);
+        if self.db.write(sql).execute().await? == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.db.after_commit(&changed(&app.app_id)).await;
+        Ok(())
+    }
+
+    /// `NotFound` if the app is gone.
+    pub async fn set_key(
+        &self,
+        app_id: &str,
+        hashes: KeyHashes<'_>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let sql = Sql::new(SET_APP_KEY)
+            .bind(app_id)
+            .bind(hashes.current)
+            .bind(hashes.previous)
+            .bind(hashes.previous_expires_at)
+            .bind(now);
+        if self.db.write(sql).execute().await? == 0 {
+            return Err(StoreError::NotFound);
+        }
+        self.db.after_commit(&changed(app_id)).await;
+        Ok(())
+    }
+
+    /// Deletes the app and, by cascade, everything it owns. False if there was no such app.
+    pub async fn delete(&self, app_id: &str) -> Result<bool, StoreError> {
+        let deleted = self.db.write(Sql::new(DELETE_APP).bind(app_id)).execute().await?;
+        self.db.after_commit(&changed(app_id)).await;
+        Ok(deleted > 0)
+    }
+}
+
+impl Settings<'_> {
+    pub async fn get(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> =
+            self.db.read(Sql::new(GET_SETTING).bind(name)).fetch_optional().await?;
+        Ok(row.map(|(value,)| value))
+    }
+
+    /// Inserts a setting unless it exists; true when this call inserted it.
+    pub async fn insert(&self, name: &str, value: &str) -> Result<bool, StoreError> {
+        let sql = Sql::new(INSERT_SETTING).bind(name).bind(value);
+        Ok(self.db.write(sql).execute().await? > 0)
+    }
+
+    /// Writes a setting, and announces it (the root key's hash is one).
+    pub async fn put(&self, name: &str, value: &str) -> Result<(), StoreError> {
+        self.db.write(Sql::new(PUT_SETTING).bind(name).bind(value)).execute().await?;
+        self.db.after_commit("root").await;
+        Ok(())
+    }
+}

@@ -1,0 +1,599 @@
+//! Opening the database named by a URL, applying migrations, and running statements.
+//!
+//! The backend is chosen once, here, from the URL scheme. SQLite runs in WAL mode with
+//! `synchronous=FULL` and exactly one writer connection, so writes never contend inside the
+//! process; Postgres has one pool for both. Every statement of the aggregate modules is
+//! written once, with `$N` placeholders that both backends accept, and runs through
+//! [`Backend::read`], [`Backend::write`] or a [`WriteTx`]: the only places that know which
+//! backend is open.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Arguments, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
+
+use crate::StoreError;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
+
+/// How long a query waits for a connection (or SQLite for its lock) before the request is
+/// answered 503.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The Postgres channel on which a change to an app, its signing keys or the root key is
+/// announced (`NOTIFY`), so that every gateway on the database drops what it cached about
+/// it at once instead of at the end of its cache TTL. Payloads: `app APP_ID`,
+/// `keys APP_ID`, `root`.
+pub const CHANGES_CHANNEL: &str = "keygate_changes";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("unsupported database URL {0:?}: expected sqlite://PATH or postgres://…")]
+    Scheme(String),
+    #[error("could not open the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("could not apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Which database a [`Backend`] is open on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+        }
+    }
+}
+
+/// An open database of either backend: reader and writer pools (one pool on Postgres).
+#[derive(Clone)]
+pub struct Backend {
+    pub(crate) pools: Pools,
+}
+
+#[derive(Clone)]
+pub(crate) enum Pools {
+    /// One connection that writes, several that read.
+    Sqlite {
+        writer: SqlitePool,
+        reader: SqlitePool,
+    },
+    Postgres(PgPool),
+}
+
+impl fmt::Debug for Backend {
+    // The pools' own Debug would print connect options, and so a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Backend({})", self.kind().as_str())
+    }
+}
+
+/// TRANSITIONAL: see [`Backend::legacy`].
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub enum Legacy {
+    Sqlite(SqlitePools),
+    Postgres(PgPool),
+}
+
+/// TRANSITIONAL: see [`Backend::legacy`].
+#[doc(hidden)]
+pub async fn announce(pool: &PgPool, payload: &str) {
+    Backend { pools: Pools::Postgres(pool.clone()) }.after_commit(payload).await;
+}
+
+/// TRANSITIONAL: see [`Backend::legacy`].
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct SqlitePools {
+    pub writer: SqlitePool,
+    pub reader: SqlitePool,
+}
+
+impl fmt::Debug for SqlitePools {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SqlitePools")
+    }
+}
+
+/// Tuning that callers may override; the defaults suit a 2-core machine.
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub sqlite_readers: u32,
+    pub postgres_connections: u32,
+    /// How long a statement waits for a lock (SQLite's busy timeout, Postgres'
+    /// `lock_timeout`) or a request for a pooled connection, before failing as unavailable.
+    pub busy_timeout: Duration,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self { sqlite_readers: 4, postgres_connections: 16, busy_timeout: BUSY_TIMEOUT }
+    }
+}
+
+/// The occupancy of one connection pool, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolStats {
+    pub name: &'static str,
+    pub size: u32,
+    pub idle: usize,
+    pub max: u32,
+}
+
+impl Backend {
+    pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, DbError> {
+        if url.starts_with("sqlite:") {
+            let connect = SqliteConnectOptions::from_str(url)
+                .map_err(DbError::Connect)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(options.busy_timeout);
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(options.busy_timeout)
+                .connect_with(connect.clone())
+                .await
+                .map_err(DbError::Connect)?;
+            let reader = SqlitePoolOptions::new()
+                .max_connections(options.sqlite_readers.max(1))
+                .acquire_timeout(options.busy_timeout)
+                .connect_with(connect.create_if_missing(false))
+                .await
+                .map_err(DbError::Connect)?;
+            Ok(Self { pools: Pools::Sqlite { writer, reader } })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let lock_timeout = format!("{}ms", options.busy_timeout.as_millis());
+            let connect = PgConnectOptions::from_str(url)
+                .map_err(DbError::Connect)?
+                .options([("lock_timeout", lock_timeout.as_str())]);
+            let pool = PgPoolOptions::new()
+                .max_connections(options.postgres_connections.max(1))
+                .acquire_timeout(options.busy_timeout)
+                .connect_with(connect)
+                .await
+                .map_err(DbError::Connect)?;
+            Ok(Self { pools: Pools::Postgres(pool) })
+        } else {
+            Err(DbError::Scheme(redact_url(url)))
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match &self.pools {
+            Pools::Sqlite { writer, .. } => SQLITE_MIGRATIONS.run(writer).await?,
+            Pools::Postgres(pool) => POSTGRES_MIGRATIONS.run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.read(Sql::new("SELECT 1")).execute().await.map(drop)
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self.pools {
+            Pools::Sqlite { .. } => Kind::Sqlite,
+            Pools::Postgres(_) => Kind::Postgres,
+        }
+    }
+
+    /// The backend's name: `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    pub async fn close(&self) {
+        match &self.pools {
+            Pools::Sqlite { writer, reader } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Pools::Postgres(pool) => pool.close().await,
+        }
+    }
+
+    pub fn pool_stats(&self) -> Vec<PoolStats> {
+        let stats = |name, pool: &sqlx::Pool<_>| PoolStats {
+            name,
+            size: pool.size(),
+            idle: pool.num_idle(),
+            max: pool.options().get_max_connections(),
+        };
+        match &self.pools {
+            Pools::Sqlite { writer, reader } => {
+                vec![stats("sqlite_writer", writer), stats("sqlite_reader", reader)]
+            }
+            Pools::Postgres(pool) => {
+                vec![PoolStats {
+                    name: "postgres",
+                    size: pool.size(),
+                    idle: pool.num_idle(),
+                    max: pool.options().get_max_connections(),
+                }]
+            }
+        }
+    }
+
+    /// A statement for the reader pool.
+    pub(crate) fn read(&self, sql: Sql) -> Bound<'_> {
+        Bound { backend: self, role: Role::Read, sql }
+    }
+
+    /// A statement for the writer (on SQLite, its single writer connection), in autocommit.
+    pub(crate) fn write(&self, sql: Sql) -> Bound<'_> {
+        Bound { backend: self, role: Role::Write, sql }
+    }
+
+    /// A write transaction: `BEGIN IMMEDIATE` on SQLite, so that it holds the write lock
+    /// from its first statement.
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let tx = match &self.pools {
+            Pools::Sqlite { writer, .. } => Tx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?),
+            Pools::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+        };
+        Ok(WriteTx { tx, backend: self.clone(), announcements: Vec::new() })
+    }
+
+    /// Announces a committed change on [`CHANGES_CHANNEL`] (Postgres; SQLite has one
+    /// process, which drops its own caches). Best effort: an announcement that is lost (the
+    /// database went away just after the commit) is covered by the cache TTL.
+    pub async fn after_commit(&self, payload: &str) {
+        let Pools::Postgres(pool) = &self.pools else { return };
+        let sent = sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGES_CHANNEL)
+            .bind(payload)
+            .execute(pool)
+            .await;
+        if let Err(error) = sent {
+            tracing::warn!(%error, "could not announce a change to the other gateways; they see it when their caches expire");
+        }
+    }
+
+    /// TRANSITIONAL: the pools, for store code not yet moved into this crate. Removed once
+    /// every statement lives here.
+    #[doc(hidden)]
+    pub fn legacy(&self) -> Legacy {
+        match &self.pools {
+            Pools::Sqlite { writer, reader } => {
+                Legacy::Sqlite(SqlitePools { writer: writer.clone(), reader: reader.clone() })
+            }
+            Pools::Postgres(pool) => Legacy::Postgres(pool.clone()),
+        }
+    }
+
+    pub(crate) fn sqlite_writer(&self) -> Option<&SqlitePool> {
+        match &self.pools {
+            Pools::Sqlite { writer, .. } => Some(writer),
+            Pools::Postgres(_) => None,
+        }
+    }
+
+    pub(crate) fn postgres(&self) -> Option<&PgPool> {
+        match &self.pools {
+            Pools::Postgres(pool) => Some(pool),
+            Pools::Sqlite { .. } => None,
+        }
+    }
+}
+
+/// A value bound to a statement placeholder. Both backends encode each of these the same
+/// way as they did when bound directly.
+#[derive(Debug, Clone)]
+pub enum Arg {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Bool(bool),
+    Bytes(Option<Vec<u8>>),
+}
+
+impl From<String> for Arg {
+    fn from(value: String) -> Self {
+        Self::Text(Some(value))
+    }
+}
+impl From<&str> for Arg {
+    fn from(value: &str) -> Self {
+        Self::Text(Some(value.to_owned()))
+    }
+}
+impl From<&String> for Arg {
+    fn from(value: &String) -> Self {
+        Self::Text(Some(value.clone()))
+    }
+}
+impl From<Option<String>> for Arg {
+    fn from(value: Option<String>) -> Self {
+        Self::Text(value)
+    }
+}
+impl From<Option<&str>> for Arg {
+    fn from(value: Option<&str>) -> Self {
+        Self::Text(value.map(str::to_owned))
+    }
+}
+impl From<&Option<String>> for Arg {
+    fn from(value: &Option<String>) -> Self {
+        Self::Text(value.clone())
+    }
+}
+impl From<i64> for Arg {
+    fn from(value: i64) -> Self {
+        Self::Int(Some(value))
+    }
+}
+impl From<Option<i64>> for Arg {
+    fn from(value: Option<i64>) -> Self {
+        Self::Int(value)
+    }
+}
+impl From<bool> for Arg {
+    fn from(value: bool) -> Self {
+        Self::Bool(value)
+    }
+}
+impl From<Vec<u8>> for Arg {
+    fn from(value: Vec<u8>) -> Self {
+        Self::Bytes(Some(value))
+    }
+}
+impl From<&[u8]> for Arg {
+    fn from(value: &[u8]) -> Self {
+        Self::Bytes(Some(value.to_vec()))
+    }
+}
+impl From<Option<Vec<u8>>> for Arg {
+    fn from(value: Option<Vec<u8>>) -> Self {
+        Self::Bytes(value)
+    }
+}
+
+/// A statement and its arguments, in placeholder order.
+#[derive(Debug, Clone)]
+pub struct Sql {
+    text: std::borrow::Cow<'static, str>,
+    args: Vec<Arg>,
+}
+
+impl Sql {
+    pub fn new(text: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self { text: text.into(), args: Vec::new() }
+    }
+
+    /// Binds the next placeholder.
+    #[must_use]
+    pub fn bind(mut self, value: impl Into<Arg>) -> Self {
+        self.args.push(value.into());
+        self
+    }
+}
+
+/// Builds the arguments of either backend from [`Arg`]s: the one function that encodes.
+fn arguments<'q, DB: sqlx::Database>(args: Vec<Arg>) -> Result<DB::Arguments<'q>, StoreError>
+where
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+    bool: Encode<'q, DB> + Type<DB>,
+    Option<Vec<u8>>: Encode<'q, DB> + Type<DB>,
+{
+    let mut out = DB::Arguments::default();
+    out.reserve(args.len(), 0);
+    for arg in args {
+        let added = match arg {
+            Arg::Text(v) => out.add(v),
+            Arg::Int(v) => out.add(v),
+            Arg::Bool(v) => out.add(v),
+            Arg::Bytes(v) => out.add(v),
+        };
+        added.map_err(|e| StoreError::Other(sqlx::Error::Encode(e)))?;
+    }
+    Ok(out)
+}
+
+/// A row type that both backends decode: derive `sqlx::FromRow` on a struct of plain
+/// fields, or use a tuple.
+pub trait Row: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{}
+
+#[derive(Debug, Clone, Copy)]
+enum Role {
+    Read,
+    Write,
+}
+
+/// A statement bound to the pool it runs on.
+#[derive(Debug)]
+pub(crate) struct Bound<'a> {
+    backend: &'a Backend,
+    role: Role,
+    sql: Sql,
+}
+
+/// The pool a statement runs on.
+enum Pool<'a> {
+    Sqlite(&'a SqlitePool),
+    Postgres(&'a PgPool),
+}
+
+impl<'a> Bound<'a> {
+    fn into_parts(self) -> (Pool<'a>, std::borrow::Cow<'static, str>, Vec<Arg>) {
+        let pool = match (&self.backend.pools, self.role) {
+            (Pools::Sqlite { writer, .. }, Role::Write) => Pool::Sqlite(writer),
+            (Pools::Sqlite { reader, .. }, Role::Read) => Pool::Sqlite(reader),
+            (Pools::Postgres(pool), _) => Pool::Postgres(pool),
+        };
+        (pool, self.sql.text, self.sql.args)
+    }
+
+    /// Runs the statement; returns how many rows it changed.
+    pub(crate) async fn execute(self) -> Result<u64, StoreError> {
+        let (pool, text, args) = self.into_parts();
+        let done = match pool {
+            Pool::Sqlite(pool) => sqlx::query_with(&text, arguments::<Sqlite>(args)?)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+            Pool::Postgres(pool) => sqlx::query_with(&text, arguments::<Postgres>(args)?)
+                .execute(pool)
+                .await?
+                .rows_affected(),
+        };
+        Ok(done)
+    }
+
+    pub(crate) async fn fetch_optional<R: Row>(self) -> Result<Option<R>, StoreError> {
+        let (pool, text, args) = self.into_parts();
+        let row = match pool {
+            Pool::Sqlite(pool) => {
+                sqlx::query_as_with(&text, arguments::<Sqlite>(args)?).fetch_optional(pool).await?
+            }
+            Pool::Postgres(pool) => {
+                sqlx::query_as_with(&text, arguments::<Postgres>(args)?)
+                    .fetch_optional(pool)
+                    .await?
+            }
+        };
+        Ok(row)
+    }
+
+    pub(crate) async fn fetch_all<R: Row>(self) -> Result<Vec<R>, StoreError> {
+        let (pool, text, args) = self.into_parts();
+        let rows = match pool {
+            Pool::Sqlite(pool) => {
+                sqlx::query_as_with(&text, arguments::<Sqlite>(args)?).fetch_all(pool).await?
+            }
+            Pool::Postgres(pool) => {
+                sqlx::query_as_with(&text, arguments::<Postgres>(args)?).fetch_all(pool).await?
+            }
+        };
+        Ok(rows)
+    }
+
+    pub(crate) async fn fetch_one<R: Row>(self) -> Result<R, StoreError> {
+        self.fetch_optional().await?.ok_or(StoreError::NotFound)
+    }
+}
+
+enum Tx {
+    Sqlite(Transaction<'static, Sqlite>),
+    Postgres(Transaction<'static, Postgres>),
+}
+
+/// A write transaction of either backend. Changes to announce to the other gateways are
+/// collected with [`WriteTx::after_commit`] and sent once the transaction has committed.
+pub(crate) struct WriteTx {
+    tx: Tx,
+    backend: Backend,
+    announcements: Vec<String>,
+}
+
+impl fmt::Debug for WriteTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WriteTx({})", self.backend.kind().as_str())
+    }
+}
+
+impl WriteTx {
+    pub(crate) async fn execute(&mut self, sql: Sql) -> Result<u64, StoreError> {
+        let Sql { text, args } = sql;
+        let done = match &mut self.tx {
+            Tx::Sqlite(tx) => {
+                { sqlx::query_with(&text, arguments::<Sqlite>(args)?).execute(&mut **tx).await? }
+                    .rows_affected()
+            }
+            Tx::Postgres(tx) => {
+                { sqlx::query_with(&text, arguments::<Postgres>(args)?).execute(&mut **tx).await? }
+                    .rows_affected()
+            }
+        };
+        Ok(done)
+    }
+
+    pub(crate) async fn fetch_all<R: Row>(&mut self, sql: Sql) -> Result<Vec<R>, StoreError> {
+        let Sql { text, args } = sql;
+        let rows = match &mut self.tx {
+            Tx::Sqlite(tx) => {
+                sqlx::query_as_with(&text, arguments::<Sqlite>(args)?).fetch_all(&mut **tx).await?
+            }
+            Tx::Postgres(tx) => {
+                sqlx::query_as_with(&text, arguments::<Postgres>(args)?)
+                    .fetch_all(&mut **tx)
+                    .await?
+            }
+        };
+        Ok(rows)
+    }
+
+    /// Serialises this transaction with every other that locks the same `key`, until it
+    /// ends: a transaction-scoped advisory lock on Postgres. SQLite needs none, since its
+    /// write transactions (`BEGIN IMMEDIATE`) already run one at a time.
+    pub(crate) async fn lock(&mut self, key: &str) -> Result<(), StoreError> {
+        if let Tx::Postgres(tx) = &mut self.tx {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(key)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Announces `payload` on [`CHANGES_CHANNEL`] once the transaction has committed.
+    pub(crate) fn after_commit(&mut self, payload: String) {
+        self.announcements.push(payload);
+    }
+
+    pub(crate) async fn commit(self) -> Result<(), StoreError> {
+        match self.tx {
+            Tx::Sqlite(tx) => tx.commit().await?,
+            Tx::Postgres(tx) => tx.commit().await?,
+        }
+        for payload in &self.announcements {
+            self.backend.after_commit(payload).await;
+        }
+        Ok(())
+    }
+}
+
+/// The URL with any password replaced, fit for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            // Only fails for URLs that cannot have a password, and this one has one.
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact_url("postgres://u:hunter2@db:5432/x"), "postgres://u:***@db:5432/x");
+        assert_eq!(redact_url("sqlite://./a.db"), "sqlite://./a.db");
+        let err = DbError::Scheme(redact_url("mysql://u:hunter2@db/x"));
+        assert!(!err.to_string().contains("hunter2"));
+    }
+}
