@@ -19,7 +19,7 @@ pub use error::{StoreError, TenantError};
 pub use ids::__private;
 pub use ids::{AppId, ParseIdError};
 pub use model::{App, AppKeyHashes, AppRecord};
-pub use secret::{hash_secret, AppKey, RootKey, Secret};
+pub use secret::{hash_secret, hmac_sha256, AppKey, RootKey, Secret};
 pub use service::{AuthError, RotatedAppKey, Tenants, TenantsConfig};
 pub use settings::{AppSettings, FieldError, OnReuse, SettingsPatch};
 pub use store::{app_store, AppStore};
