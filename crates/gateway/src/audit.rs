@@ -13,18 +13,18 @@ use crate::metrics::{Metrics, RevokeReason};
 
 #[derive(Debug)]
 pub struct Audit {
-    store: Arc<dyn EventStore>,
+    store: Arc<EventStore>,
     metrics: Arc<Metrics>,
     /// Wakes the webhook deliverer when an event may be due.
     recorded: Notify,
 }
 
 impl Audit {
-    pub fn new(store: Arc<dyn EventStore>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(store: Arc<EventStore>, metrics: Arc<Metrics>) -> Self {
         Self { store, metrics, recorded: Notify::new() }
     }
 
-    pub fn store(&self) -> &Arc<dyn EventStore> {
+    pub fn store(&self) -> &Arc<EventStore> {
         &self.store
     }
 

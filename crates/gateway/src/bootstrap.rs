@@ -12,14 +12,15 @@ use keygate_keyring::{key_store, Keyring, KeyringConfig, MasterKey};
 use keygate_sessions::{session_store, Sessions};
 use keygate_store::{redact_url, Backend, PoolOptions};
 use keygate_tenants::events::event_store;
-use keygate_tenants::{app_store, RootKey, Tenants, TenantsConfig};
+use keygate_tenants::{app_store, RootKey, TenantError, Tenants, TenantsConfig};
 
 use crate::audit::Audit;
+use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::Settings;
 
 const MASTER_KEY_FILE: &str = "master.key";
-const MASTER_KEY_ID_SETTING: &str = "master_key_id";
+/// The setting that names the master key the database's private keys are sealed with.
+pub(crate) const MASTER_KEY_ID_SETTING: &str = "master_key_id";
 
 /// The domain services of one process.
 #[derive(Debug)]
@@ -77,8 +78,12 @@ impl Services {
         let cache_ttl = Duration::from_secs(settings.cache_ttl);
         let tenants = Arc::new(Tenants::new(apps, TenantsConfig { cache_ttl }));
         let new_root_key =
-            tenants.ensure_root_key(settings.root_key.as_deref()).await.map_err(|e| {
-                anyhow::anyhow!("root key: {}", crate::error::describe_tenant_error(&e))
+            tenants.ensure_root_key(settings.root_key.as_deref()).await.map_err(|e| match e {
+                TenantError::Invalid(errors) => {
+                    let errors: Vec<_> = errors.iter().map(ToString::to_string).collect();
+                    anyhow::anyhow!("root key: {}", errors.join("; "))
+                }
+                other => anyhow::anyhow!("root key: {:#}", anyhow::Error::new(other)),
             })?;
         let keyring = Arc::new(
             Keyring::new(
@@ -125,18 +130,12 @@ fn load_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
         return MasterKey::from_base64(encoded).context("KEYGATE_MASTER_KEY");
     }
     if let Some(path) = &settings.master_key_file {
-        let encoded = fs::read_to_string(path)
-            .with_context(|| format!("reading the master key file {}", path.display()))?;
-        return MasterKey::from_base64(&encoded)
-            .with_context(|| format!("master key file {}", path.display()));
+        return read_master_key(path);
     }
     let path = settings.data_dir.join(MASTER_KEY_FILE);
     if path.exists() {
         warn_if_readable_by_others(&path);
-        let encoded = fs::read_to_string(&path)
-            .with_context(|| format!("reading the master key file {}", path.display()))?;
-        return MasterKey::from_base64(&encoded)
-            .with_context(|| format!("master key file {}", path.display()));
+        return read_master_key(&path);
     }
     create_private_dir(&settings.data_dir)?;
     let master = MasterKey::generate();
@@ -158,6 +157,12 @@ fn load_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
         path.display()
     ));
     Ok(master)
+}
+
+fn read_master_key(path: &Path) -> anyhow::Result<MasterKey> {
+    let encoded = fs::read_to_string(path)
+        .with_context(|| format!("reading the master key file {}", path.display()))?;
+    MasterKey::from_base64(&encoded).with_context(|| format!("master key file {}", path.display()))
 }
 
 /// A warning for the operator: through the log when `serve` has set one up (so that a
@@ -210,25 +215,4 @@ async fn check_master_key(
         );
     }
     Ok(())
-}
-
-/// Re-seals every private key under the current master key (`keygate master-key rotate`),
-/// then records that key's id as the one the database's keys are sealed with.
-pub async fn reseal_all(
-    services: &Services,
-    progress: &dyn Fn(usize, usize),
-) -> anyhow::Result<keygate_keyring::Reseal> {
-    let apps: Vec<_> = services
-        .tenants
-        .list_apps()
-        .await
-        .map_err(crate::error::ApiError::from)?
-        .iter()
-        .map(|a| a.app_id)
-        .collect();
-    let report =
-        services.keyring.reseal(&apps, progress).await.map_err(crate::error::ApiError::from)?;
-    crate::webhooks::reseal_all(services).await?;
-    app_store(&services.db).put_setting(MASTER_KEY_ID_SETTING, &report.master_key_id).await?;
-    Ok(report)
 }

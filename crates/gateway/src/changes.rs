@@ -7,20 +7,20 @@
 //! default), so a lost announcement, or one sent while the listener was reconnecting, is
 //! seen within that time anyway. SQLite has one process and needs neither.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web;
 use keygate_store::jobs::Heard;
 use keygate_store::{Kind, StoreError};
 use keygate_tenants::AppId;
 
-use crate::Services;
+use crate::bootstrap::Services;
 
 /// How long to wait before connecting again after the listener failed.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// Starts listening when the database is Postgres; does nothing on SQLite.
-pub fn spawn_listener(services: web::Data<Services>) {
+pub fn spawn_listener(services: Arc<Services>) {
     if services.db.kind() != Kind::Postgres {
         return;
     }

@@ -1,23 +1,25 @@
 //! keygate's gateway: configuration, startup, the HTTP API and the `keygate` CLI.
+//!
+//! The layers, each using only those below it (docs/architecture.md):
+//! - [`cli`] and [`startup`]: the commands, and the server with its background jobs;
+//! - [`http`]: routes, extractors, the HTTP error contract, the OpenAPI document;
+//! - [`app`]: the use cases that the root API and the CLI share, with their own error;
+//! - [`bootstrap`]: the [`Services`] of one process, over [`audit`] and [`metrics`].
 
-pub mod admin;
+pub mod app;
 pub mod audit;
 pub mod bootstrap;
 pub mod changes;
 pub mod cli;
-pub mod client_ip;
 pub mod clock;
 pub mod compat;
 pub mod config;
-pub mod error;
-pub mod extract;
-pub mod janitor;
+pub mod http;
 pub mod metrics;
-pub mod rate_limit;
-pub mod request_id;
-mod routes;
 pub mod startup;
-pub mod webhooks;
+
+// The paths by which the compatibility routes reach the HTTP layer.
+pub(crate) use http::{client_ip, error, extract, routes};
 
 pub use bootstrap::Services;
 pub use config::Settings;

@@ -1,35 +1,20 @@
 //! Prometheus metrics, served at `GET /metrics` in the text exposition format.
 //!
-//! Each [`Services`] owns its registry (no process-global state), so several gateways in
+//! Each [`crate::Services`] owns its registry (no process-global state), so several gateways in
 //! one process, as in the tests, count apart. Route labels are the route patterns
 //! (`/app/{app_id}/renew`), never the raw path, so the number of series stays bounded.
 
-use std::borrow::Cow;
-use std::time::Instant;
-
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
-use actix_web::web;
 use keygate_sessions::{Rejection, RenewOutcome, Renewed, SessionError};
 use keygate_store::Backend;
+use keygate_tenants::Tenants;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
 
-use crate::Services;
-
-/// The label of requests that matched no route.
-const UNMATCHED: &str = "unmatched";
-
 /// Latency buckets, in seconds: a renew is about a millisecond, an argon2 check about 15.
 const LATENCY_BUCKETS: &[f64] =
     &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
-
-/// The route pattern of a resource, as its requests are labelled.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteLabel(pub &'static str);
 
 /// What a renew came to, as `keygate_renew_total{outcome}` counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,11 +255,11 @@ impl Metrics {
 
     /// The text exposition of every metric, after reading the values kept elsewhere (the
     /// app-key cache's counts, the pools).
-    pub fn render(&self, services: &Services) -> String {
-        let (hits, misses) = services.tenants.key_cache_counts();
+    pub fn render(&self, tenants: &Tenants, db: &Backend) -> String {
+        let (hits, misses) = tenants.key_cache_counts();
         catch_up(&self.app_key_cache.with_label_values(&["hit"]), hits);
         catch_up(&self.app_key_cache.with_label_values(&["miss"]), misses);
-        self.record_pools(&services.db);
+        self.record_pools(db);
         let mut out = Vec::new();
         if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %err, "could not encode the metrics");
@@ -283,15 +268,12 @@ impl Metrics {
     }
 
     fn record_pools(&self, db: &Backend) {
-        let set = |pool: &str, size: u32, idle: usize, max: u32| {
-            let idle = i64::try_from(idle).unwrap_or(i64::MAX);
-            let size = i64::from(size);
-            self.db_pool.with_label_values(&[pool, "in_use"]).set(size - idle);
-            self.db_pool.with_label_values(&[pool, "idle"]).set(idle);
-            self.db_pool.with_label_values(&[pool, "max"]).set(i64::from(max));
-        };
         for pool in db.pool_stats() {
-            set(pool.name, pool.size, pool.idle, pool.max);
+            let idle = i64::try_from(pool.idle).unwrap_or(i64::MAX);
+            let size = i64::from(pool.size);
+            self.db_pool.with_label_values(&[pool.name, "in_use"]).set(size - idle);
+            self.db_pool.with_label_values(&[pool.name, "idle"]).set(idle);
+            self.db_pool.with_label_values(&[pool.name, "max"]).set(i64::from(pool.max));
         }
     }
 }
@@ -323,36 +305,6 @@ fn status_label(status: u16) -> &'static str {
         s if s < 500 => "4xx",
         _ => "5xx",
     }
-}
-
-/// The middleware that counts and times every request
-/// (`actix_web::middleware::from_fn(metrics::middleware)`).
-pub async fn middleware(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let services = req.app_data::<web::Data<Services>>().cloned();
-    let method = req.method().clone();
-    let response = next.call(req).await;
-    if let Some(services) = services {
-        let seconds = started.elapsed().as_secs_f64();
-        let (route, status) = match &response {
-            Ok(response) => {
-                let request = response.request();
-                // Routes of the API carry their label; others (the compatibility routes)
-                // are matched again.
-                let route = match request.app_data::<RouteLabel>() {
-                    Some(label) => Cow::Borrowed(label.0),
-                    None => request.match_pattern().map_or(Cow::Borrowed(UNMATCHED), Cow::Owned),
-                };
-                (route, response.status().as_u16())
-            }
-            Err(err) => (Cow::Borrowed(UNMATCHED), err.as_response_error().status_code().as_u16()),
-        };
-        services.metrics.observe_request(&route, method.as_str(), status, seconds);
-    }
-    response
 }
 
 #[cfg(test)]

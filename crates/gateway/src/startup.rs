@@ -7,9 +7,13 @@ use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 
-use crate::client_ip::TrustedProxies;
-use crate::rate_limit::{self, AuthLimiter};
-use crate::{changes, compat, janitor, metrics, request_id, routes, webhooks, Services, Settings};
+use crate::app::{janitor, webhooks};
+use crate::bootstrap::Services;
+use crate::config::Settings;
+use crate::http::client_ip::TrustedProxies;
+use crate::http::rate_limit::{self, AuthLimiter};
+use crate::http::{metrics, request_id, routes};
+use crate::{changes, compat};
 
 /// How often the failed-authentication limiter forgets addresses that are back to fresh.
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
@@ -50,9 +54,10 @@ impl Application {
             .unwrap_or(2)
             .max(1);
         let services = web::Data::new(services);
-        changes::spawn_listener(services.clone());
+        changes::spawn_listener(services.clone().into_inner());
         if settings.janitor_interval > 0 {
-            janitor::spawn(services.clone(), Duration::from_secs(settings.janitor_interval));
+            let every = Duration::from_secs(settings.janitor_interval);
+            janitor::spawn(services.clone().into_inner(), every);
         }
         if let Some(limiter) = &limiter {
             rate_limit::spawn_sweeper(limiter, LIMITER_SWEEP);
@@ -60,7 +65,7 @@ impl Application {
         if settings.webhook_poll_ms > 0 {
             let deliverer = webhooks::Deliverer::from_settings(settings)?;
             webhooks::spawn(
-                services.clone(),
+                services.clone().into_inner(),
                 deliverer,
                 Duration::from_millis(settings.webhook_poll_ms),
             );

@@ -1,5 +1,5 @@
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_lc_rs::rand::SystemRandom;
@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, TokenData, Validation};
 use keygate_tenants::{AppId, StoreError};
+use moka::future::Cache;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -232,29 +233,30 @@ const PLAN_ATTEMPTS: usize = 3;
 /// The signing keys of every app, with a cache of parsed keys in front of the store.
 #[derive(Debug)]
 pub struct Keyring {
-    store: Arc<dyn KeyStore>,
+    store: Arc<KeyStore>,
     master: MasterKey,
     /// Master keys still accepted for opening, during a master-key rotation.
     previous: Vec<MasterKey>,
     config: KeyringConfig,
-    cache: RwLock<HashMap<AppId, Arc<AppKeys>>>,
+    /// Parsed keys, each for `cache_ttl`; concurrent misses of one app wait for one load.
+    cache: Cache<AppId, Arc<AppKeys>>,
     /// The app of each key id looked up so far. A key never changes app.
-    owners: RwLock<HashMap<KeyId, AppId>>,
+    owners: Cache<KeyId, AppId>,
 }
 
-/// The most key owners remembered; past it the map starts again empty.
-const MAX_OWNERS: usize = 100_000;
+/// The most key owners remembered.
+const MAX_OWNERS: u64 = 100_000;
+
+/// A cache TTL this long keeps keys until they change (the cache refuses longer ones).
+const LONGEST_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Keyring {
-    pub fn new(store: Arc<dyn KeyStore>, master: MasterKey, config: KeyringConfig) -> Self {
-        Self {
-            store,
-            master,
-            previous: Vec::new(),
-            config,
-            cache: RwLock::default(),
-            owners: RwLock::default(),
-        }
+    pub fn new(store: Arc<KeyStore>, master: MasterKey, config: KeyringConfig) -> Self {
+        let cache = Cache::builder()
+            .time_to_live(config.cache_ttl.min(LONGEST_TTL))
+            .support_invalidation_closures()
+            .build();
+        Self { store, master, previous: Vec::new(), config, cache, owners: Cache::new(MAX_OWNERS) }
     }
 
     /// Also accepts `previous` master keys for opening private keys sealed with them,
@@ -347,8 +349,7 @@ impl Keyring {
         self.store
             .apply(app_id, &[plan::KeyChange::Insert(active), plan::KeyChange::Insert(next)])
             .await?;
-        self.forget(app_id);
-        self.keys(app_id).await
+        self.reload(app_id).await
     }
 
     /// Planned rotation: next becomes active, active retires, a new next is published.
@@ -436,7 +437,7 @@ impl Keyring {
             let (changes, outcome) = make(&keys, fresh)?;
             match self.store.apply(app_id, &changes).await {
                 Ok(()) => {
-                    self.forget(app_id);
+                    self.cache.invalidate(&app_id).await;
                     return Ok(outcome);
                 }
                 Err(StoreError::Conflict(_)) if attempt < PLAN_ATTEMPTS => continue,
@@ -454,7 +455,7 @@ impl Keyring {
     ) -> Result<u64, KeyringError> {
         let deleted = self.store.delete_retired(app_id, retired_before).await?;
         if deleted > 0 {
-            self.forget(app_id);
+            self.cache.invalidate(&app_id).await;
         }
         Ok(deleted)
     }
@@ -464,40 +465,37 @@ impl Keyring {
         Ok(self.store.list_keys(app_id).await?)
     }
 
-    /// The app's parsed keys, from the cache when fresh enough.
+    /// The app's parsed keys, from the cache when fresh enough. Concurrent calls for an app
+    /// that is not cached share one read of the store; an app without keys is not cached.
     pub async fn keys(&self, app_id: AppId) -> Result<Arc<AppKeys>, KeyringError> {
-        if let Some(keys) = self.cached(app_id) {
-            if keys.loaded_at.elapsed() < self.config.cache_ttl {
-                return Ok(keys);
-            }
-        }
-        self.reload(app_id).await
-    }
-
-    fn cached(&self, app_id: AppId) -> Option<Arc<AppKeys>> {
-        self.cache.read().unwrap_or_else(|p| p.into_inner()).get(&app_id).cloned()
-    }
-
-    async fn reload(&self, app_id: AppId) -> Result<Arc<AppKeys>, KeyringError> {
-        let records = self.store.list_keys(app_id).await?;
-        let keys = Arc::new(AppKeys::load(&records, &self.master, &self.previous)?);
-        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        if records.is_empty() {
-            cache.remove(&app_id);
-        } else {
-            cache.insert(app_id, keys.clone());
+        let load = async {
+            let records = self.store.list_keys(app_id).await?;
+            Ok(Arc::new(AppKeys::load(&records, &self.master, &self.previous)?))
+        };
+        let keys = self.cache.try_get_with(app_id, load).await.map_err(KeyringError::shared)?;
+        if keys.verifiers.is_empty() {
+            self.cache.invalidate(&app_id).await;
         }
         Ok(keys)
     }
 
+    /// The app's keys read again from the store, whatever the cache holds.
+    async fn reload(&self, app_id: AppId) -> Result<Arc<AppKeys>, KeyringError> {
+        self.cache.invalidate(&app_id).await;
+        self.keys(app_id).await
+    }
+
     /// Drops the cached keys of every app.
     pub fn forget_all(&self) {
-        self.cache.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.cache.invalidate_all();
     }
 
     /// Drops the cached keys of an app, after a change.
     pub fn forget(&self, app_id: AppId) {
-        self.cache.write().unwrap_or_else(|p| p.into_inner()).remove(&app_id);
+        // Fails only if the cache was built without invalidation closures: then forget all.
+        if self.cache.invalidate_entries_if(move |id, _| *id == app_id).is_err() {
+            self.cache.invalidate_all();
+        }
     }
 
     /// The app whose key the token names in its `kid`, if the key exists. The header is
@@ -507,16 +505,12 @@ impl Keyring {
         let kid = verify::inspect(token)?;
         // Cheap, and no database read for a token that cannot verify anyway.
         verify::check_signature(token)?;
-        if let Some(app_id) = self.owners.read().unwrap_or_else(|p| p.into_inner()).get(&kid) {
-            return Ok(Some(*app_id));
+        if let Some(app_id) = self.owners.get(&kid).await {
+            return Ok(Some(app_id));
         }
         let owner = self.store.owner_of(kid).await.map_err(KeyringError::Store)?;
         if let Some(app_id) = owner {
-            let mut owners = self.owners.write().unwrap_or_else(|p| p.into_inner());
-            if owners.len() >= MAX_OWNERS {
-                owners.clear();
-            }
-            owners.insert(kid, app_id);
+            self.owners.insert(kid, app_id).await;
         }
         Ok(owner)
     }
@@ -556,17 +550,15 @@ impl Keyring {
     /// of a session's current refresh token): a match proves the token is one keygate
     /// signed, so the ECDSA verification would add nothing. Anything that does not match
     /// must go through [`Self::verify`].
-    pub fn decode_unverified<T: DeserializeOwned>(
+    pub async fn decode_unverified<T: DeserializeOwned>(
         &self,
         app_id: AppId,
         token: &str,
     ) -> Result<T, VerifyError> {
         let kid = verify::inspect(token)?;
         verify::check_signature(token)?;
-        let keys = self.cached(app_id).ok_or(VerifyError::UnknownKey)?;
-        if keys.loaded_at.elapsed() >= self.config.cache_ttl || !keys.verifiers.contains_key(&kid) {
-            return Err(VerifyError::UnknownKey);
-        }
+        let cached = self.cache.get(&app_id).await;
+        cached.filter(|keys| keys.verifiers.contains_key(&kid)).ok_or(VerifyError::UnknownKey)?;
         Ok(jsonwebtoken::dangerous::insecure_decode::<T>(token)?.claims)
     }
 }

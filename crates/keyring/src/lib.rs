@@ -26,7 +26,7 @@ pub use master::MasterKey;
 pub use material::{seal_new, Jwk, Jwks};
 pub use plan::KeyChange;
 pub use record::{KeyRecord, KeyState};
-pub use store::{key_store, KeyStore, PgKeyStore, SqliteKeyStore};
+pub use store::{key_store, KeyStore};
 pub use verify::{check_signature, inspect, FORBIDDEN_HEADERS, MAX_TOKEN_LEN, SIGNATURE_LEN};
 
 /// Re-exported so callers build validations and decode claims with the same version.

@@ -4,10 +4,8 @@ use aes_gcm::aead::{Aead, AeadCore, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
 use rand::RngCore;
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::{KeyId, KeyringError};
@@ -47,12 +45,8 @@ impl MasterKey {
     }
 
     fn from_bytes(key: Zeroizing<[u8; 32]>) -> Self {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key.as_ref())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-        mac.update(b"keygate master key id v1");
-        let tag = mac.finalize().into_bytes();
-        let id = tag[..8].iter().map(|b| format!("{b:02x}")).collect();
-        Self { key, id }
+        let tag = keygate_tenants::hmac_sha256(key.as_ref(), &[b"keygate master key id v1"]);
+        Self { id: hex::encode(&tag[..8]), key }
     }
 
     pub fn to_base64(&self) -> Zeroizing<String> {

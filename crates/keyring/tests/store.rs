@@ -3,7 +3,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keygate_store::Legacy;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,7 +17,8 @@ use keygate_keyring::{
     key_store, plan, seal_new, strict_validation, KeyChange, KeyId, KeyRecord, KeyState, KeyStore,
     Keyring, KeyringConfig, KeyringError, MasterKey, VerifyError,
 };
-use keygate_store::Backend;
+use keygate_store::testing::{execute, fetch_all};
+use keygate_store::{Backend, Sql};
 use keygate_tenants::{app_store, AppId, SettingsPatch, StoreError, Tenants, TenantsConfig};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde::{Deserialize, Serialize};
@@ -67,6 +67,7 @@ store_cases!(
     another_process_sees_new_keys,
     a_tokens_kid_names_its_app,
     a_master_key_rotation_reseals_every_key,
+    concurrent_loads_of_an_app_share_one_read_and_its_failure,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -74,7 +75,7 @@ store_cases!(
 struct Env {
     db: Backend,
     tenants: Tenants,
-    store: Arc<dyn KeyStore>,
+    store: Arc<KeyStore>,
     keyring: Keyring,
 }
 
@@ -141,6 +142,7 @@ struct Claims {
     exp: i64,
 }
 
+#[allow(clippy::disallowed_methods)] // jsonwebtoken checks `exp` against the real clock
 fn real_now() -> i64 {
     i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap()
 }
@@ -175,68 +177,46 @@ fn fresh_next(app_id: AppId, master: &MasterKey, now: i64) -> KeyRecord {
         .unwrap()
 }
 
-/// Raw SQL on either backend, behind the store.
-async fn execute(db: &Backend, sql: &str, binds: &[&str]) {
-    match &db.legacy() {
-        Legacy::Sqlite(pools) => {
-            let mut query = sqlx::query(sql);
-            for bind in binds {
-                query = query.bind(*bind);
-            }
-            query.execute(&pools.writer).await.unwrap();
-        }
-        Legacy::Postgres(pool) => {
-            let mut query = sqlx::query(sql);
-            for bind in binds {
-                query = query.bind(*bind);
-            }
-            query.execute(pool).await.unwrap();
-        }
-    }
-}
-
 /// Every cell of `app_keys` (`SELECT *`), as (column, bytes): text and blobs as they are,
 /// integers in decimal, NULL as nothing. Panics on a column type it cannot read, so that no
 /// column escapes the scan.
 async fn every_cell_of_app_keys(db: &Backend) -> Vec<(String, Vec<u8>)> {
-    match &db.legacy() {
-        Legacy::Sqlite(pools) => {
-            let rows =
-                sqlx::query("SELECT * FROM app_keys").fetch_all(&pools.reader).await.unwrap();
-            rows.iter().flat_map(cells).collect()
-        }
-        Legacy::Postgres(pool) => {
-            let rows = sqlx::query("SELECT * FROM app_keys").fetch_all(pool).await.unwrap();
-            rows.iter().flat_map(cells).collect()
-        }
-    }
+    let rows: Vec<Cells> = fetch_all(db, Sql::new("SELECT * FROM app_keys")).await;
+    rows.into_iter().flat_map(|row| row.0).collect()
 }
 
-fn cells<R>(row: &R) -> Vec<(String, Vec<u8>)>
+/// The cells of one row of any table, as [`every_cell_of_app_keys`] reads them.
+struct Cells(Vec<(String, Vec<u8>)>);
+
+impl<'r, R> sqlx::FromRow<'r, R> for Cells
 where
     R: sqlx::Row,
     usize: sqlx::ColumnIndex<R>,
-    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Vec<u8>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
 {
-    use sqlx::Column;
-    row.columns()
-        .iter()
-        .enumerate()
-        .map(|(i, column)| {
-            let bytes = if let Ok(blob) = row.try_get::<Option<Vec<u8>>, _>(i) {
-                blob.unwrap_or_default()
-            } else if let Ok(text) = row.try_get::<Option<String>, _>(i) {
-                text.unwrap_or_default().into_bytes()
-            } else if let Ok(int) = row.try_get::<Option<i64>, _>(i) {
-                int.map(|n| n.to_string().into_bytes()).unwrap_or_default()
-            } else {
-                panic!("column {} has a type the scan cannot read", column.name())
-            };
-            (column.name().to_owned(), bytes)
-        })
-        .collect()
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        use sqlx::Column;
+        let cells = row
+            .columns()
+            .iter()
+            .enumerate()
+            .map(|(i, column)| {
+                let bytes = if let Ok(blob) = row.try_get::<Option<Vec<u8>>, _>(i) {
+                    blob.unwrap_or_default()
+                } else if let Ok(text) = row.try_get::<Option<String>, _>(i) {
+                    text.unwrap_or_default().into_bytes()
+                } else if let Ok(int) = row.try_get::<Option<i64>, _>(i) {
+                    int.map(|n| n.to_string().into_bytes()).unwrap_or_default()
+                } else {
+                    panic!("column {} has a type the scan cannot read", column.name())
+                };
+                (column.name().to_owned(), bytes)
+            })
+            .collect();
+        Ok(Self(cells))
+    }
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
@@ -590,18 +570,22 @@ async fn sealed_keys_need_their_master_key_and_their_own_row(db: Backend) {
     );
 
     // Relabelled as its own, the ciphertext still does not open under the wrong key.
-    let sql = "UPDATE app_keys SET master_key_id = $1 WHERE app_id = $2";
-    execute(&env.db, sql, &[stranger.master().id(), &app_id.to_string()]).await;
+    let relabel = |master_key_id: &str| {
+        Sql::new("UPDATE app_keys SET master_key_id = $1 WHERE app_id = $2")
+            .bind(master_key_id)
+            .bind(app_id.to_string())
+    };
+    execute(&env.db, relabel(stranger.master().id())).await;
     let err = stranger.keys(app_id).await.unwrap_err();
     assert!(matches!(err, KeyringError::Unseal(id) if id == active), "{err:?}");
-    execute(&env.db, sql, &[env.keyring.master().id(), &app_id.to_string()]).await;
+    execute(&env.db, relabel(env.keyring.master().id())).await;
     env.keyring.forget(app_id);
     env.sign(app_id, "restored").await;
 
     // A sealed key moved to another key's row does not open there (bound to its key id).
     let swap = "UPDATE app_keys SET sealed_private = \
         (SELECT sealed_private FROM app_keys WHERE key_id = $1) WHERE key_id = $2";
-    execute(&env.db, swap, &[&next.to_string(), &active.to_string()]).await;
+    execute(&env.db, Sql::new(swap).bind(next.to_string()).bind(active.to_string())).await;
     env.keyring.forget(app_id);
     let err = env.keyring.keys(app_id).await.unwrap_err();
     assert!(matches!(err, KeyringError::Unseal(id) if id == active), "{err:?}");
@@ -973,4 +957,29 @@ async fn a_master_key_rotation_reseals_every_key(db: Backend) {
     assert_eq!(after, before);
     let stale = Keyring::new(key_store(&env.db), old(), KeyringConfig::default());
     assert!(matches!(stale.keys(app_id).await, Err(KeyringError::WrongMasterKey { .. })));
+}
+
+/// Concurrent misses of one app wait for a single load: they get the same parsed keys, or
+/// each the same kind of failure (a database that is gone stays "unavailable").
+async fn concurrent_loads_of_an_app_share_one_read_and_its_failure(db: Backend) {
+    let env = env(db);
+    let app_id = env.app("popular").await;
+    let cold = env.other_process(KeyringConfig::default());
+    let (a, b, c) = tokio::join!(cold.keys(app_id), cold.keys(app_id), cold.keys(app_id));
+    let (a, b, c) = (a.unwrap(), b.unwrap(), c.unwrap());
+    assert!(Arc::ptr_eq(&a, &b) && Arc::ptr_eq(&b, &c), "one load for the three");
+
+    let stranger =
+        Keyring::new(key_store(&env.db), MasterKey::generate(), KeyringConfig::default());
+    let (a, b) = tokio::join!(stranger.keys(app_id), stranger.keys(app_id));
+    for result in [a, b] {
+        assert!(matches!(result, Err(KeyringError::WrongMasterKey { .. })), "{result:?}");
+    }
+
+    env.db.close().await;
+    let gone = env.other_process(KeyringConfig::default());
+    let (a, b) = tokio::join!(gone.keys(app_id), gone.keys(app_id));
+    for result in [a, b] {
+        assert!(matches!(&result, Err(KeyringError::Store(e)) if e.is_unavailable()), "{result:?}");
+    }
 }

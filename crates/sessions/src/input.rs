@@ -5,6 +5,9 @@ use std::net::IpAddr;
 use keygate_keyring::MAX_TOKEN_LEN;
 use keygate_tenants::FieldError;
 use serde_json::{Map, Value};
+use utoipa::openapi::{ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema};
+use utoipa::openapi::{SchemaFormat, Type};
+use utoipa::ToSchema;
 
 use crate::RESERVED_CLAIMS;
 
@@ -15,23 +18,70 @@ pub const MAX_CUSTOM_CLAIMS: usize = 4096;
 const MAX_AUDIENCES: usize = 16;
 
 /// A validated `/sign` request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, ToSchema)]
+#[schema(as = SignRequest, description = "The body of `/sign`. Every member other than `sub`, \
+    `ip`, `useragent` and `aud` is a custom claim of the auth tokens (at most 4 KiB in all): \
+    `personal`, `roles`, … The reserved names `iss sub aud exp nbf iat jid jti sid type kid typ \
+    alg ip useragent` are refused. No string may contain NUL.",
+    example = json!({"sub": "user-1", "ip": "203.0.113.7", "useragent": "Mozilla/5.0",
+        "roles": ["admin"]}))]
 pub struct SignInput {
+    /// The subject: the user's id in the app.
+    #[schema(min_length = 1, max_length = 255)]
     pub sub: String,
     /// Canonical form of the client's address.
+    #[schema(schema_with = ip_schema)]
     pub ip: String,
+    /// The client's user agent (at most 512 bytes).
+    #[schema(max_length = 512)]
     pub useragent: String,
     /// A string or an array of strings; `None` for the app's default audience.
+    #[schema(schema_with = audience_schema)]
     pub aud: Option<Value>,
+    #[schema(ignore)]
     pub custom: Map<String, Value>,
 }
 
 /// A validated `/renew` request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, ToSchema)]
+#[schema(as = RenewRequest, description = "The body of `/renew`.")]
+#[serde(deny_unknown_fields)]
 pub struct RenewInput {
+    /// The refresh token (at most 8 KiB).
+    #[schema(min_length = 1, max_length = 8192)]
     pub refresh_token: String,
+    #[schema(schema_with = ip_schema)]
     pub ip: String,
+    /// The client's user agent (at most 512 bytes).
+    #[schema(max_length = 512)]
     pub useragent: String,
+}
+
+/// The schema of `ip`: the forms that [`ip`] accepts.
+fn ip_schema() -> Schema {
+    let format = |f| {
+        ObjectBuilder::new().schema_type(Type::String).format(Some(SchemaFormat::KnownFormat(f)))
+    };
+    OneOfBuilder::new()
+        .item(format(KnownFormat::Ipv4))
+        .item(format(KnownFormat::Ipv6))
+        .description(Some(
+            "An IPv4 or IPv6 address (`010.1.1.1`, `127.1`, `0x7f.0.0.1` and zone ids are \
+             refused).",
+        ))
+        .examples(["203.0.113.7"])
+        .into()
+}
+
+/// The schema of `aud`: the values that [`check_audience`] accepts.
+fn audience_schema() -> Schema {
+    let one =
+        || ObjectBuilder::new().schema_type(Type::String).min_length(Some(1)).max_length(Some(255));
+    OneOfBuilder::new()
+        .item(one())
+        .item(ArrayBuilder::new().items(one()).min_items(Some(1)).max_items(Some(MAX_AUDIENCES)))
+        .description(Some("The `aud` of the auth tokens; the app's audience by default."))
+        .into()
 }
 
 impl SignInput {

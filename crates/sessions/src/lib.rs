@@ -27,6 +27,4 @@ pub use model::{Session, SessionView, TokenDigest};
 pub use service::{
     Issued, RenewMode, RenewOutcome, Renewed, Sessions, Verified, JANITOR_REVOKED_RETENTION,
 };
-pub use store::{
-    session_store, PgSessionStore, Restore, RevokeScope, Rotation, SessionStore, SqliteSessionStore,
-};
+pub use store::{session_store, Restore, RevokeScope, Rotation, SessionStore};

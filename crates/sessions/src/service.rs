@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use keygate_keyring::{jsonwebtoken, KeyId, Keyring, Signer, VerifyError};
 use keygate_tenants::events::{Actor, AuditSink, EventKind, NewEvent};
-use keygate_tenants::{App, AppId, OnReuse, StoreError};
+use keygate_tenants::{App, AppId, AppSettings, OnReuse, StoreError};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -86,13 +86,13 @@ impl Verified {
 /// Sessions over a store, signing with the keyring.
 #[derive(Debug)]
 pub struct Sessions {
-    store: Arc<dyn SessionStore>,
+    store: Arc<SessionStore>,
     keyring: Arc<Keyring>,
     audit: Option<Arc<dyn AuditSink>>,
 }
 
 impl Sessions {
-    pub fn new(store: Arc<dyn SessionStore>, keyring: Arc<Keyring>) -> Self {
+    pub fn new(store: Arc<SessionStore>, keyring: Arc<Keyring>) -> Self {
         Self { store, keyring, audit: None }
     }
 
@@ -102,7 +102,7 @@ impl Sessions {
         self
     }
 
-    pub fn store(&self) -> &Arc<dyn SessionStore> {
+    pub fn store(&self) -> &Arc<SessionStore> {
         &self.store
     }
 
@@ -156,7 +156,7 @@ impl Sessions {
         Ok(issued)
     }
 
-    /// Trades a refresh token for a new pair, as DESIGN.md "Sessions" describes.
+    /// Trades a refresh token for a new pair (see "Session states" in docs/architecture.md).
     ///
     /// The common case costs one statement and no signature verification: the session's
     /// current refresh token, presented exactly as it was issued, is authenticated by its
@@ -190,9 +190,9 @@ impl Sessions {
         if !app.settings.refresh_rotation {
             return Ok(None);
         }
-        let Ok(claims) =
-            self.keyring.decode_unverified::<RefreshClaims>(app.app_id, &input.refresh_token)
-        else {
+        let decoded =
+            self.keyring.decode_unverified::<RefreshClaims>(app.app_id, &input.refresh_token);
+        let Ok(claims) = decoded.await else {
             return Ok(None);
         };
         if claims.iss != app.settings.issuer
@@ -316,8 +316,7 @@ impl Sessions {
         now: i64,
     ) -> Result<Renewed, SessionError> {
         let signer = self.signer(app.app_id).await?;
-        let s = &app.settings;
-        let rotating = s.refresh_rotation && mode == RenewMode::FollowApp;
+        let rotating = app.settings.refresh_rotation && mode == RenewMode::FollowApp;
         if rotating {
             let rotated = self.rotate_and_issue(app, &signer, presented, None, input, now).await?;
             if let Some(renewed) = rotated {
@@ -328,50 +327,66 @@ impl Sessions {
             Some(session) if session.is_live(now) => session,
             _ => return Err(SessionError::Rejected(Rejection::SessionGone)),
         };
-        if !rotating && presented.jid == session.current_jid {
-            let mut issued = issue_auth(app, &signer, &session, input, now)?;
-            issued.refresh_token = input.refresh_token.clone();
-            issued.refresh_expires_in = presented.exp - now;
-            // On an app that rotates elsewhere, the session's user agent is the one of its
-            // last rotation, which the grace check compares retries with: a renew that does
-            // not rotate leaves the session as it is.
-            if !s.refresh_rotation
-                && !self
-                    .store
-                    .touch(app.app_id, session.session_id, &input.ip, &input.useragent, now)
-                    .await?
-            {
-                return Err(SessionError::Rejected(Rejection::SessionGone));
+        match judge(&app.settings, rotating, presented, &session, &input.useragent, now) {
+            Verdict::KeepCurrent => {
+                self.keep_current(app, &signer, presented, &session, input, now).await
             }
-            return Ok(Renewed { issued, outcome: RenewOutcome::NotRotating });
-        }
-        if !s.refresh_rotation {
-            // A token of a non-rotating app that is not its session's: issued before the app
-            // stopped rotating. It is refused, and not judged as reuse.
-            return Err(SessionError::Rejected(Rejection::InvalidToken));
-        }
-        if presented.jid == session.current_jid {
-            // The swap failed, yet the token is current again: a rotation was just undone.
-            return Err(SessionError::Store(StoreError::Conflict(
+            Verdict::Retry => {
+                let current = refresh_claims(
+                    app,
+                    session.session_id,
+                    session.current_jid,
+                    session.current_iat,
+                    session.current_exp,
+                );
+                let issued =
+                    issue(app, &signer, &session, &input.ip, &input.useragent, &current, now)?;
+                Ok(Renewed { issued, outcome: RenewOutcome::GraceRetry })
+            }
+            Verdict::Reuse => Err(self.reuse_detected(app, &session, now).await?),
+            Verdict::NotOfSession => Err(SessionError::Rejected(Rejection::InvalidToken)),
+            Verdict::Undone => Err(SessionError::Store(StoreError::Conflict(
                 "the session changed during the renew".into(),
-            )));
+            ))),
         }
-        let within_grace = session.rotated_at.is_some_and(|at| now - at < s.reuse_grace);
-        if Some(presented.jid) == session.prev_jid
-            && within_grace
-            && input.useragent == session.useragent
+    }
+
+    /// A new auth token for the session's current refresh token, which stays current.
+    async fn keep_current(
+        &self,
+        app: &App,
+        signer: &Signer,
+        presented: &RefreshClaims,
+        session: &Session,
+        input: &RenewInput,
+        now: i64,
+    ) -> Result<Renewed, SessionError> {
+        let mut issued = issue_auth(app, signer, session, input, now)?;
+        issued.refresh_token = input.refresh_token.clone();
+        issued.refresh_expires_in = presented.exp - now;
+        // On an app that rotates elsewhere, the session's user agent is the one of its last
+        // rotation, which the grace check compares retries with: a renew that does not
+        // rotate leaves the session as it is.
+        if !app.settings.refresh_rotation
+            && !self
+                .store
+                .touch(app.app_id, session.session_id, &input.ip, &input.useragent, now)
+                .await?
         {
-            let current = refresh_claims(
-                app,
-                session.session_id,
-                session.current_jid,
-                session.current_iat,
-                session.current_exp,
-            );
-            let issued = issue(app, &signer, &session, &input.ip, &input.useragent, &current, now)?;
-            return Ok(Renewed { issued, outcome: RenewOutcome::GraceRetry });
+            return Err(SessionError::Rejected(Rejection::SessionGone));
         }
-        let (scope, scope_name) = match s.on_reuse {
+        Ok(Renewed { issued, outcome: RenewOutcome::NotRotating })
+    }
+
+    /// Revokes what the app revokes on reuse of a token of `session`, and reports it; the
+    /// error to answer.
+    async fn reuse_detected(
+        &self,
+        app: &App,
+        session: &Session,
+        now: i64,
+    ) -> Result<SessionError, SessionError> {
+        let (scope, scope_name) = match app.settings.on_reuse {
             OnReuse::RevokeSession => (RevokeScope::Session(session.session_id), "session"),
             OnReuse::RevokeSubject => (RevokeScope::Subject(&session.sub), "subject"),
         };
@@ -398,7 +413,7 @@ impl Sessions {
             };
             audit.record(event).await;
         }
-        Err(SessionError::Rejected(Rejection::ReuseDetected))
+        Ok(SessionError::Rejected(Rejection::ReuseDetected))
     }
 
     async fn verify_token<T: serde::de::DeserializeOwned>(
@@ -473,6 +488,51 @@ impl Sessions {
     /// Deletes sessions that ended more than [`JANITOR_REVOKED_RETENTION`] ago.
     pub async fn purge(&self, now: i64) -> Result<u64, SessionError> {
         Ok(self.store.purge(now - JANITOR_REVOKED_RETENTION).await?)
+    }
+}
+
+/// What a renew that did not rotate makes of a presented token, given its live session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The session's current token, on a renew that does not rotate.
+    KeepCurrent,
+    /// The token the last rotation replaced, again within the grace and from the same
+    /// user agent: an idempotent retry, answered with the current token.
+    Retry,
+    /// Any other token of the session: it was used already.
+    Reuse,
+    /// A token of a non-rotating app that is not its session's: issued before the app
+    /// stopped rotating. It is refused, and not judged as reuse.
+    NotOfSession,
+    /// The swap failed, yet the token is current again: a rotation was just undone.
+    Undone,
+}
+
+/// Judges `presented`, whose renew did not rotate (`rotating`: it was meant to), against
+/// its live `session`; `useragent` is the renew's.
+fn judge(
+    s: &AppSettings,
+    rotating: bool,
+    presented: &RefreshClaims,
+    session: &Session,
+    useragent: &str,
+    now: i64,
+) -> Verdict {
+    let current = presented.jid == session.current_jid;
+    if !rotating && current {
+        return Verdict::KeepCurrent;
+    }
+    if !s.refresh_rotation {
+        return Verdict::NotOfSession;
+    }
+    if current {
+        return Verdict::Undone;
+    }
+    let within_grace = session.rotated_at.is_some_and(|at| now - at < s.reuse_grace);
+    if Some(presented.jid) == session.prev_jid && within_grace && useragent == session.useragent {
+        Verdict::Retry
+    } else {
+        Verdict::Reuse
     }
 }
 

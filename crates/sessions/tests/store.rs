@@ -3,8 +3,8 @@
 //!
 //! At the end, a model-based property test drives the `Sessions` service (over SQLite) with
 //! random sequences of sign, renew, revoke and the passing of time, and checks every answer
-//! and the stored state against a small model of DESIGN.md "Sessions: rotation, reuse,
-//! grace".
+//! and the stored state against a small model of the session states of
+//! docs/architecture.md: rotation, reuse, grace.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -79,7 +79,7 @@ store_cases!(
 struct Fixture {
     tenants: Tenants,
     keyring: Keyring,
-    store: Arc<dyn SessionStore>,
+    store: Arc<SessionStore>,
     app_id: AppId,
     key_id: String,
 }
@@ -1079,6 +1079,7 @@ async fn check_store(h: &Harness, model: &Model, step: usize) -> Result<(), Test
     Ok(())
 }
 
+#[allow(clippy::disallowed_methods)] // jsonwebtoken checks `exp` against the real clock
 async fn run_model(ops: Vec<Op>, reuse_grace: i64, on_reuse: OnReuse) -> Result<(), TestCaseError> {
     let test_db = keygate_store::testing::sqlite().await;
     // The service verifies `exp` and `nbf` against the real clock (jsonwebtoken), so the

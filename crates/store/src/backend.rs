@@ -83,34 +83,6 @@ impl fmt::Debug for Backend {
     }
 }
 
-/// TRANSITIONAL: see [`Backend::legacy`].
-#[doc(hidden)]
-#[derive(Debug, Clone)]
-pub enum Legacy {
-    Sqlite(SqlitePools),
-    Postgres(PgPool),
-}
-
-/// TRANSITIONAL: see [`Backend::legacy`].
-#[doc(hidden)]
-pub async fn announce(pool: &PgPool, payload: &str) {
-    Backend { pools: Pools::Postgres(pool.clone()) }.after_commit(payload).await;
-}
-
-/// TRANSITIONAL: see [`Backend::legacy`].
-#[doc(hidden)]
-#[derive(Clone)]
-pub struct SqlitePools {
-    pub writer: SqlitePool,
-    pub reader: SqlitePool,
-}
-
-impl fmt::Debug for SqlitePools {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SqlitePools")
-    }
-}
-
 /// Tuning that callers may override; the defaults suit a 2-core machine.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
@@ -265,18 +237,6 @@ impl Backend {
             .await;
         if let Err(error) = sent {
             tracing::warn!(%error, "could not announce a change to the other gateways; they see it when their caches expire");
-        }
-    }
-
-    /// TRANSITIONAL: the pools, for store code not yet moved into this crate. Removed once
-    /// every statement lives here.
-    #[doc(hidden)]
-    pub fn legacy(&self) -> Legacy {
-        match &self.pools {
-            Pools::Sqlite { writer, reader } => {
-                Legacy::Sqlite(SqlitePools { writer: writer.clone(), reader: reader.clone() })
-            }
-            Pools::Postgres(pool) => Legacy::Postgres(pool.clone()),
         }
     }
 
@@ -486,10 +446,6 @@ impl<'a> Bound<'a> {
             }
         };
         Ok(rows)
-    }
-
-    pub(crate) async fn fetch_one<R: Row>(self) -> Result<R, StoreError> {
-        self.fetch_optional().await?.ok_or(StoreError::NotFound)
     }
 }
 

@@ -5,14 +5,17 @@
 //! NOTIFY/LISTEN, advisory locks and `BEGIN IMMEDIATE`.
 
 pub mod apps;
+pub mod audit;
 mod backend;
 mod error;
 pub mod jobs;
+pub mod sessions;
+pub mod signing_keys;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
 pub use backend::{
-    announce, redact_url, Arg, Backend, DbError, Kind, Legacy, PoolOptions, PoolStats, Row, Sql,
-    SqlitePools, BUSY_TIMEOUT, CHANGES_CHANNEL,
+    redact_url, Arg, Backend, DbError, Kind, PoolOptions, PoolStats, Row, Sql, BUSY_TIMEOUT,
+    CHANGES_CHANNEL,
 };
 pub use error::StoreError;

@@ -4,7 +4,6 @@
 //! Events are kept after their app is deleted. Delivery is at least once: a receiver
 //! tells retries apart by `event_id`.
 
-use keygate_store::Legacy;
 use std::fmt;
 use std::sync::Arc;
 
@@ -13,8 +12,12 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use crate::{AppId, StoreError};
+use keygate_store::audit::{EventRow, WebhookRow};
 use keygate_store::Backend;
+
+use crate::{AppId, StoreError};
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -173,265 +176,104 @@ impl fmt::Debug for Webhook {
     }
 }
 
-/// Persistence of events and webhooks.
-#[async_trait]
-pub trait EventStore: Send + Sync + fmt::Debug {
-    /// Records an event; its delivery is pending when the app has a webhook.
-    async fn record(&self, event: &Event) -> Result<(), StoreError>;
-    /// The app's events, newest first, older than `before` when it is given.
-    async fn list(
-        &self,
-        app_id: AppId,
-        before: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<Event>, StoreError>;
-    /// Claims up to `limit` events due for delivery at `now`, oldest first, each for
-    /// `lease` seconds: another claim in that time does not take them.
-    async fn claim(&self, now: i64, lease: i64, limit: i64) -> Result<Vec<Claimed>, StoreError>;
-    async fn settle(&self, event_id: &str, delivery: Delivery) -> Result<(), StoreError>;
-    /// Deletes events recorded before `cutoff`; returns how many.
-    async fn purge(&self, cutoff: i64) -> Result<u64, StoreError>;
-    /// Sets (or replaces) the app's webhook. `NotFound` if the app is gone.
-    async fn set_webhook(&self, webhook: &Webhook) -> Result<(), StoreError>;
-    async fn webhook(&self, app_id: AppId) -> Result<Option<Webhook>, StoreError>;
-    async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError>;
-    /// Replaces a webhook's sealed secret if it is still `old`; false if it changed.
-    async fn reseal_webhook(
-        &self,
-        app_id: AppId,
-        old: &[u8],
-        sealed_secret: &[u8],
-        master_key_id: &str,
-    ) -> Result<bool, StoreError>;
-    /// False if the app had none.
-    async fn delete_webhook(&self, app_id: AppId) -> Result<bool, StoreError>;
-}
-
-/// The event store of the backend `db` was opened with.
-pub fn event_store(db: &Backend) -> Arc<dyn EventStore> {
-    Arc::new(SqlEventStore { db: db.clone() })
-}
-
-/// Both backends take the same statements (`$N` placeholders); SQLite writes through its
-/// single writer connection.
-#[derive(Debug)]
-struct SqlEventStore {
+/// Persistence of events and webhooks: the audit statements of [`keygate_store`], in the
+/// domain's types.
+#[derive(Debug, Clone)]
+pub struct EventStore {
     db: Backend,
 }
 
-const INSERT_EVENT: &str = "INSERT INTO audit_events (event_id, app_id, kind, actor, detail, \
-    created_at, delivery, attempts, next_attempt_at) \
-    SELECT $1, $2, $3, $4, $5, $6, \
-    CASE WHEN EXISTS (SELECT 1 FROM app_webhooks WHERE app_id = $2) THEN 'pending' ELSE 'none' END, \
-    0, $6";
-
-const LIST_EVENTS: &str = "SELECT event_id, app_id, kind, actor, detail, created_at \
-    FROM audit_events WHERE app_id = $1 AND ($2 IS NULL OR event_id < $2) \
-    ORDER BY event_id DESC LIMIT $3";
-
-/// The outer conditions are checked again on the row a concurrent claim may have just
-/// updated (Postgres), so an event is never claimed twice within a lease.
-const CLAIM_EVENTS: &str = "UPDATE audit_events SET next_attempt_at = $2, attempts = attempts + 1 \
-    WHERE delivery = 'pending' AND next_attempt_at <= $1 AND event_id IN \
-    (SELECT event_id FROM audit_events WHERE delivery = 'pending' AND next_attempt_at <= $1 \
-    ORDER BY next_attempt_at, event_id LIMIT $3) \
-    RETURNING event_id, app_id, kind, actor, detail, created_at, attempts";
-
-const WEBHOOK_COLUMNS: &str = "app_id, url, sealed_secret, master_key_id, created_at";
-
-type EventRow = (String, String, String, String, String, i64);
-type WebhookRow = (String, String, Vec<u8>, String, i64);
-type ClaimRow = (String, String, String, String, String, i64, i64);
-
-fn event_of(row: EventRow) -> Result<Event, StoreError> {
-    let (event_id, app_id, kind, actor, detail, created_at) = row;
-    let detail = serde_json::from_str(&detail)
-        .map_err(|e| StoreError::Corrupt(format!("event {event_id}: detail: {e}")))?;
-    Ok(Event { event_id, app_id, kind, actor, detail, created_at })
+/// The event store of `db`.
+pub fn event_store(db: &Backend) -> Arc<EventStore> {
+    Arc::new(EventStore { db: db.clone() })
 }
 
-fn webhook_of(row: WebhookRow) -> Result<Webhook, StoreError> {
-    let (app_id, url, sealed_secret, master_key_id, created_at) = row;
-    let app_id = app_id
-        .parse()
-        .map_err(|_| StoreError::Corrupt(format!("webhook of a bad app id {app_id:?}")))?;
-    Ok(Webhook { app_id, url, sealed_secret, master_key_id, created_at })
-}
-
-/// Runs `$body` (which awaits) with `$pool` bound to the pool for `$kind` (`write` or
-/// `read`) of either backend; the body is compiled once per backend.
-macro_rules! on_pool {
-    ($db:expr, $kind:ident, |$pool:ident| $body:expr) => {
-        match $db.legacy() {
-            Legacy::Sqlite(pools) => {
-                let $pool = on_pool!(@sqlite pools, $kind);
-                $body
-            }
-            Legacy::Postgres(pool) => {
-                let $pool = &pool;
-                $body
-            }
-        }
-    };
-    (@sqlite $pools:ident, write) => { &$pools.writer };
-    (@sqlite $pools:ident, read) => { &$pools.reader };
-}
-
-#[async_trait]
-impl EventStore for SqlEventStore {
-    async fn record(&self, event: &Event) -> Result<(), StoreError> {
-        let detail = event.detail.to_string();
-        on_pool!(&self.db, write, |pool| sqlx::query(INSERT_EVENT)
-            .bind(&event.event_id)
-            .bind(&event.app_id)
-            .bind(&event.kind)
-            .bind(&event.actor)
-            .bind(&detail)
-            .bind(event.created_at)
-            .execute(pool)
-            .await
-            .map(drop))?;
-        Ok(())
+impl EventStore {
+    /// Records an event; its delivery is pending when the app has a webhook.
+    pub async fn record(&self, event: &Event) -> Result<()> {
+        let Event { event_id, app_id, kind, actor, detail, created_at } = event.clone();
+        let row =
+            EventRow { event_id, app_id, kind, actor, detail: detail.to_string(), created_at };
+        self.db.audit().record(&row).await
     }
 
-    async fn list(
-        &self,
-        app_id: AppId,
-        before: Option<&str>,
-        limit: i64,
-    ) -> Result<Vec<Event>, StoreError> {
-        let app_id = app_id.to_string();
-        let rows = on_pool!(&self.db, read, |pool| sqlx::query_as::<_, EventRow>(LIST_EVENTS)
-            .bind(&app_id)
-            .bind(before)
-            .bind(limit)
-            .fetch_all(pool)
-            .await)?;
+    /// The app's events, newest first, older than `before` when it is given.
+    pub async fn list(&self, app: AppId, before: Option<&str>, limit: i64) -> Result<Vec<Event>> {
+        let rows = self.db.audit().list(&app.to_string(), before, limit).await?;
         rows.into_iter().map(event_of).collect()
     }
 
-    async fn claim(&self, now: i64, lease: i64, limit: i64) -> Result<Vec<Claimed>, StoreError> {
-        let until = now.saturating_add(lease);
-        let rows = on_pool!(&self.db, write, |pool| sqlx::query_as::<_, ClaimRow>(CLAIM_EVENTS)
-            .bind(now)
-            .bind(until)
-            .bind(limit)
-            .fetch_all(pool)
-            .await)?;
-        let mut claimed = rows
-            .into_iter()
-            .map(|(id, app, kind, actor, detail, at, attempts)| {
-                Ok(Claimed { event: event_of((id, app, kind, actor, detail, at))?, attempts })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        claimed.sort_by(|a, b| a.event.event_id.cmp(&b.event.event_id));
-        Ok(claimed)
+    /// Claims up to `limit` events due for delivery at `now`, oldest first, each for
+    /// `lease` seconds: another claim in that time does not take them.
+    pub async fn claim(&self, now: i64, lease: i64, limit: i64) -> Result<Vec<Claimed>> {
+        let rows = self.db.audit().claim(now, now.saturating_add(lease), limit).await?;
+        rows.into_iter()
+            .map(|row| Ok(Claimed { event: event_of(row.event)?, attempts: row.attempts }))
+            .collect()
     }
 
-    async fn settle(&self, event_id: &str, delivery: Delivery) -> Result<(), StoreError> {
+    pub async fn settle(&self, event_id: &str, delivery: Delivery) -> Result<()> {
         let (state, next) = match delivery {
             Delivery::Delivered => ("delivered", None),
             Delivery::RetryAt(at) => ("pending", Some(at)),
             Delivery::Failed => ("failed", None),
             Delivery::Dropped => ("none", None),
         };
-        on_pool!(&self.db, write, |pool| sqlx::query(
-            "UPDATE audit_events SET delivery = $2, \
-             next_attempt_at = COALESCE($3, next_attempt_at) WHERE event_id = $1",
-        )
-        .bind(event_id)
-        .bind(state)
-        .bind(next)
-        .execute(pool)
-        .await
-        .map(drop))?;
-        Ok(())
+        self.db.audit().settle(event_id, state, next).await
     }
 
-    async fn purge(&self, cutoff: i64) -> Result<u64, StoreError> {
-        Ok(on_pool!(&self.db, write, |pool| sqlx::query(
-            "DELETE FROM audit_events WHERE created_at < $1"
-        )
-        .bind(cutoff)
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?)
+    /// Deletes events recorded before `cutoff`; returns how many.
+    pub async fn purge(&self, cutoff: i64) -> Result<u64> {
+        self.db.audit().purge(cutoff).await
     }
 
-    async fn set_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
-        let app_id = webhook.app_id.to_string();
-        let inserted = on_pool!(&self.db, write, |pool| sqlx::query(
-            "INSERT INTO app_webhooks (app_id, url, sealed_secret, master_key_id, created_at) \
-             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM apps WHERE app_id = $1) \
-             ON CONFLICT (app_id) DO UPDATE SET url = excluded.url, \
-             sealed_secret = excluded.sealed_secret, master_key_id = excluded.master_key_id, \
-             created_at = excluded.created_at",
-        )
-        .bind(&app_id)
-        .bind(&webhook.url)
-        .bind(&webhook.sealed_secret)
-        .bind(&webhook.master_key_id)
-        .bind(webhook.created_at)
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?;
-        if inserted == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
-    }
-
-    async fn webhook(&self, app_id: AppId) -> Result<Option<Webhook>, StoreError> {
-        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM app_webhooks WHERE app_id = $1");
+    /// Sets (or replaces) the app's webhook. `NotFound` if the app is gone.
+    pub async fn set_webhook(&self, webhook: &Webhook) -> Result<()> {
+        let Webhook { app_id, url, sealed_secret, master_key_id, created_at } = webhook.clone();
         let app_id = app_id.to_string();
-        let row = on_pool!(&self.db, read, |pool| sqlx::query_as::<_, WebhookRow>(&sql)
-            .bind(&app_id)
-            .fetch_optional(pool)
-            .await)?;
-        row.map(webhook_of).transpose()
+        let row = WebhookRow { app_id, url, sealed_secret, master_key_id, created_at };
+        self.db.audit().set_webhook(&row).await
     }
 
-    async fn webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
-        let sql = format!("SELECT {WEBHOOK_COLUMNS} FROM app_webhooks ORDER BY app_id");
-        let rows = on_pool!(&self.db, read, |pool| sqlx::query_as::<_, WebhookRow>(&sql)
-            .fetch_all(pool)
-            .await)?;
-        rows.into_iter().map(webhook_of).collect()
+    pub async fn webhook(&self, app_id: AppId) -> Result<Option<Webhook>> {
+        self.db.audit().webhook(&app_id.to_string()).await?.map(webhook_of).transpose()
     }
 
-    async fn reseal_webhook(
+    pub async fn webhooks(&self) -> Result<Vec<Webhook>> {
+        self.db.audit().webhooks().await?.into_iter().map(webhook_of).collect()
+    }
+
+    /// Replaces a webhook's sealed secret if it is still `old`; false if it changed.
+    pub async fn reseal_webhook(
         &self,
         app_id: AppId,
         old: &[u8],
         sealed_secret: &[u8],
         master_key_id: &str,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool> {
         let app_id = app_id.to_string();
-        let updated = on_pool!(&self.db, write, |pool| sqlx::query(
-            "UPDATE app_webhooks SET sealed_secret = $3, master_key_id = $4 \
-             WHERE app_id = $1 AND sealed_secret = $2",
-        )
-        .bind(&app_id)
-        .bind(old)
-        .bind(sealed_secret)
-        .bind(master_key_id)
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?;
-        Ok(updated == 1)
+        self.db.audit().reseal_webhook(&app_id, old, sealed_secret, master_key_id).await
     }
 
-    async fn delete_webhook(&self, app_id: AppId) -> Result<bool, StoreError> {
-        let app_id = app_id.to_string();
-        let deleted = on_pool!(&self.db, write, |pool| sqlx::query(
-            "DELETE FROM app_webhooks WHERE app_id = $1"
-        )
-        .bind(&app_id)
-        .execute(pool)
-        .await
-        .map(|done| done.rows_affected()))?;
-        Ok(deleted == 1)
+    /// False if the app had none.
+    pub async fn delete_webhook(&self, app_id: AppId) -> Result<bool> {
+        self.db.audit().delete_webhook(&app_id.to_string()).await
     }
+}
+
+fn event_of(row: EventRow) -> Result<Event> {
+    let EventRow { event_id, app_id, kind, actor, detail, created_at } = row;
+    let detail = serde_json::from_str(&detail)
+        .map_err(|e| StoreError::Corrupt(format!("event {event_id}: detail: {e}")))?;
+    Ok(Event { event_id, app_id, kind, actor, detail, created_at })
+}
+
+fn webhook_of(row: WebhookRow) -> Result<Webhook> {
+    let WebhookRow { app_id, url, sealed_secret, master_key_id, created_at } = row;
+    let app_id = app_id
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("webhook of a bad app id {app_id:?}")))?;
+    Ok(Webhook { app_id, url, sealed_secret, master_key_id, created_at })
 }
 
 /// Where domain code reports events. Recording never fails for the caller: a sink logs what

@@ -19,7 +19,7 @@ pub struct App {
 
 /// The argon2id hashes of the app keys an app accepts: the current one, and during a
 /// rotation grace period, the previous one.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Default)]
 pub struct AppKeyHashes {
     pub current: String,
     pub previous: Option<String>,

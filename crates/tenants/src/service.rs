@@ -1,7 +1,8 @@
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache;
 
 use crate::secret::verify_secret;
 use crate::settings::{check_text, MAX_NAME_LEN};
@@ -52,15 +53,14 @@ pub struct RotatedAppKey {
     pub previous_valid_until: Option<i64>,
 }
 
-type Cached<T> = (Instant, T);
-
-/// Apps and their authentication, with an in-memory cache in front of the store.
-#[derive(Debug)]
+/// Apps and their authentication, with an in-memory cache in front of the store. Requests
+/// that miss the cache together wait for one read of the store.
 pub struct Tenants {
     store: Arc<AppStore>,
-    config: TenantsConfig,
-    apps: RwLock<HashMap<AppId, Cached<Arc<AppRecord>>>>,
-    root_hash: RwLock<Option<Cached<Arc<str>>>>,
+    /// Only apps that exist: anyone can send unknown ids, and the cache must stay bounded
+    /// by the number of apps.
+    apps: Cache<AppId, Arc<AppRecord>>,
+    root_hash: Cache<(), Arc<str>>,
     verified: VerifiedCache,
     argon2_runs: AtomicU64,
     key_cache_hits: AtomicU64,
@@ -69,13 +69,20 @@ pub struct Tenants {
     argon2_slots: tokio::sync::Semaphore,
 }
 
+impl std::fmt::Debug for Tenants {
+    // The caches hold key hashes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tenants").finish_non_exhaustive()
+    }
+}
+
 impl Tenants {
     pub fn new(store: Arc<AppStore>, config: TenantsConfig) -> Self {
+        let ttl = config.cache_ttl;
         Self {
             store,
-            config,
-            apps: RwLock::default(),
-            root_hash: RwLock::default(),
+            apps: Cache::builder().time_to_live(ttl).support_invalidation_closures().build(),
+            root_hash: Cache::builder().time_to_live(ttl).build(),
             verified: VerifiedCache::new(),
             argon2_runs: AtomicU64::new(0),
             key_cache_hits: AtomicU64::new(0),
@@ -102,38 +109,29 @@ impl Tenants {
 
     /// The app, from the cache when it is fresh enough.
     pub async fn app(&self, app_id: AppId) -> Result<Option<Arc<AppRecord>>, StoreError> {
-        if let Some((at, record)) = read(&self.apps).get(&app_id) {
-            if at.elapsed() < self.config.cache_ttl {
-                return Ok(Some(record.clone()));
-            }
-        }
-        let record = self.store.get_app(app_id).await?.map(Arc::new);
-        // Unknown ids are not remembered: anyone can send them, and the cache must stay
-        // bounded by the number of apps.
-        let mut apps = write(&self.apps);
-        match &record {
-            Some(record) => apps.insert(app_id, (Instant::now(), record.clone())),
-            None => apps.remove(&app_id),
-        };
-        Ok(record)
+        // An unknown app is an error to the cache, which keeps none.
+        let record = self.store.get_app(app_id);
+        let read = async { record.await?.map(Arc::new).ok_or(StoreError::NotFound) };
+        absent_as_none(self.apps.try_get_with(app_id, read).await)
     }
 
     /// Drops every cached app and every remembered key check.
     pub fn forget_all(&self) {
-        write(&self.apps).clear();
-        *write(&self.root_hash) = None;
+        self.apps.invalidate_all();
+        self.root_hash.invalidate_all();
         self.verified.forget_all();
     }
 
-    /// Drops what this process knows of the root key, after it changed elsewhere.
+    /// Drops what this process knows of the root key, after it changed.
     pub fn forget_root(&self) {
-        *write(&self.root_hash) = None;
+        self.root_hash.invalidate_all();
         self.verified.forget(Subject::Root);
     }
 
     /// Drops what this process knows of an app, after it changed.
     pub fn forget(&self, app_id: AppId) {
-        write(&self.apps).remove(&app_id);
+        // Fails only when invalidation closures are disabled, and `new` enables them.
+        let _ = self.apps.invalidate_entries_if(move |id, _| *id == app_id);
         self.verified.forget(Subject::App(app_id));
     }
 
@@ -186,18 +184,13 @@ impl Tenants {
     }
 
     async fn root_hash(&self) -> Result<Option<Arc<str>>, StoreError> {
-        if let Some((at, hash)) = &*read(&self.root_hash) {
-            if at.elapsed() < self.config.cache_ttl {
-                return Ok(Some(hash.clone()));
-            }
-        }
-        let hash: Option<Arc<str>> = self.store.get_setting(ROOT_KEY_SETTING).await?.map(Arc::from);
-        *write(&self.root_hash) = hash.clone().map(|h| (Instant::now(), h));
-        Ok(hash)
+        let hash = self.store.get_setting(ROOT_KEY_SETTING);
+        let read = async { hash.await?.map(Arc::from).ok_or(StoreError::NotFound) };
+        absent_as_none(self.root_hash.try_get_with((), read).await)
     }
 
-    /// The cached digest first; argon2 (off the async threads) only on a miss, and only if
-    /// `admit` still agrees once a slot is free.
+    /// The verified cache first; on a miss, argon2 off the async threads, if `admit` still
+    /// agrees once a slot is free.
     async fn check(
         &self,
         subject: Subject,
@@ -205,40 +198,25 @@ impl Tenants {
         accepted: &[&str],
         admit: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<(), AuthError> {
-        let digest = self.verified.digest(presented);
-        if self.verified.contains(subject, &digest, accepted) {
-            self.key_cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        // Concurrent requests with the same new key take turns here; the first one verifies
-        // it, and the others find it in the cache.
-        let _turn = self.verified.turn(&digest).await;
-        if self.verified.contains(subject, &digest, accepted) {
-            self.key_cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
-        let Ok(_slot) = self.argon2_slots.acquire().await else { return Err(AuthError::Denied) };
-        // Guesses queued behind a slot are asked again: the client may have used up its
-        // limit while they waited.
-        if !admit() {
-            return Err(AuthError::NotAdmitted);
-        }
-        self.argon2_runs.fetch_add(1, Ordering::Relaxed);
-        let secret = zeroize::Zeroizing::new(presented.to_owned());
-        let hashes: Vec<String> = accepted.iter().map(|h| (*h).to_owned()).collect();
-        let matched = tokio::task::spawn_blocking(move || {
-            hashes.into_iter().find(|hash| verify_secret(&secret, hash))
-        })
-        .await
-        .ok()
-        .flatten();
-        match matched {
-            Some(hash) => {
-                self.verified.insert(subject, &hash, digest);
-                Ok(())
+        let verify = move || async move {
+            let _slot = self.argon2_slots.acquire().await.map_err(|_| AuthError::Denied)?;
+            // Guesses queued behind a slot are asked again: the client may have used up its
+            // limit while they waited.
+            if !admit() {
+                return Err(AuthError::NotAdmitted);
             }
-            None => Err(AuthError::Denied),
+            self.argon2_runs.fetch_add(1, Ordering::Relaxed);
+            let secret = zeroize::Zeroizing::new(presented.to_owned());
+            let hashes: Vec<String> = accepted.iter().map(|h| (*h).to_owned()).collect();
+            let matched = tokio::task::spawn_blocking(move || {
+                hashes.into_iter().find(|hash| verify_secret(&secret, hash))
+            });
+            matched.await.ok().flatten().map(Arc::from).ok_or(AuthError::Denied)
+        };
+        if self.verified.check(subject, presented, accepted, verify).await? {
+            self.key_cache_hits.fetch_add(1, Ordering::Relaxed);
         }
+        Ok(())
     }
 
     /// Creates an app with a new app key. The key is returned once and stored only hashed.
@@ -395,8 +373,7 @@ impl Tenants {
     pub async fn rotate_root_key(&self) -> Result<RootKey, TenantError> {
         let key = RootKey::generate();
         self.store.put_setting(ROOT_KEY_SETTING, &hash(key.expose()).await?).await?;
-        *write(&self.root_hash) = None;
-        self.verified.forget(Subject::Root);
+        self.forget_root();
         Ok(key)
     }
 }
@@ -418,10 +395,10 @@ fn name_taken(err: StoreError, name: &str) -> TenantError {
     }
 }
 
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// A cached read whose `NotFound` means "absent" (and so was not cached).
+fn absent_as_none<T>(read: Result<T, Arc<StoreError>>) -> Result<Option<T>, StoreError> {
+    match read.map_err(StoreError::unshared) {
+        Err(StoreError::NotFound) => Ok(None),
+        other => other.map(Some),
+    }
 }

@@ -141,7 +141,7 @@ pub struct SettingsPatch {
 }
 
 impl AppSettings {
-    /// The defaults of DESIGN.md; issuer and audience default to the app's name.
+    /// The defaults (docs/api.md); issuer and audience default to the app's name.
     pub fn defaults_for(name: &str) -> Self {
         Self {
             issuer: name.to_owned(),

@@ -39,9 +39,8 @@ impl AppStore {
     /// Writes the name and settings. `NotFound` if the app is gone, `Conflict` when the new
     /// name is taken.
     pub async fn update_app(&self, app: &App) -> Result<(), StoreError> {
-        let unchanged_key =
-            AppKeyHashes { current: String::new(), previous: None, previous_expires_at: None };
-        self.db.apps().update(&row_of(app, &unchanged_key)).await
+        // An update writes no key column.
+        self.db.apps().update(&row_of(app, &AppKeyHashes::default())).await
     }
 
     pub async fn set_app_key(

@@ -1,16 +1,17 @@
 //! A cache of secrets that already passed argon2, so each later request costs one HMAC and
 //! a constant-time comparison instead of ~12 ms of argon2.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use hmac::{Hmac, Mac};
+use moka::future::Cache;
 use rand::RngCore;
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
-use crate::AppId;
+use crate::{hmac_sha256, AppId, AuthError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Subject {
@@ -18,47 +19,32 @@ pub(crate) enum Subject {
     App(AppId),
 }
 
-/// A verified secret, remembered only as a keyed digest, tied to the hash it matched: once
-/// that hash is no longer accepted (the key rotated), the entry no longer counts.
-struct Entry {
-    hash: Arc<str>,
-    digest: [u8; 32],
+/// The keyed digest of a presented secret, compared in constant time.
+#[derive(Clone, Copy)]
+struct Digest([u8; 32]);
+
+impl PartialEq for Digest {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
 }
 
-/// Room for a key and its predecessor during a rotation grace, with slack for a rotation
-/// that happens while the old entries are still here.
-const ENTRIES_PER_SUBJECT: usize = 4;
+impl Eq for Digest {}
+
+impl Hash for Digest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 pub(crate) struct VerifiedCache {
     /// Random per process, so digests are useless outside it.
     hmac_key: Zeroizing<[u8; 32]>,
-    entries: Mutex<HashMap<Subject, Vec<Entry>>>,
-    /// One gate per presented secret (by digest) that is being checked right now: checks
-    /// of the same secret take turns, so a burst of requests with a new key runs argon2
-    /// once and the rest find the result in the cache.
-    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
-}
-
-/// The turn of one check of a presented secret; the next check of it starts when this
-/// drops. Its gate leaves the map with the last check that holds or awaits it.
-pub(crate) struct Turn<'a> {
-    cache: &'a VerifiedCache,
-    digest: [u8; 32],
-    gate: Option<Arc<tokio::sync::Mutex<()>>>,
-    held: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        // Under the map's lock, where every clone of a gate is made: a count of one left
-        // means no other check holds or awaits this gate.
-        let mut in_flight = lock(&self.cache.in_flight);
-        self.held.take();
-        self.gate.take();
-        if in_flight.get(&self.digest).is_some_and(|gate| Arc::strong_count(gate) == 1) {
-            in_flight.remove(&self.digest);
-        }
-    }
+    /// Each verified secret, by subject and digest, with the hash it matched: once that
+    /// hash is no longer accepted (the key rotated), the entry no longer counts. Checks of
+    /// a secret not yet here wait for one verification of it, so a burst of requests with
+    /// a new key runs argon2 once and the rest share its result.
+    entries: Cache<(Subject, Digest), Arc<str>>,
 }
 
 impl std::fmt::Debug for VerifiedCache {
@@ -71,125 +57,136 @@ impl VerifiedCache {
     pub(crate) fn new() -> Self {
         let mut hmac_key = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(hmac_key.as_mut());
-        Self { hmac_key, entries: Mutex::default(), in_flight: Mutex::default() }
+        Self { hmac_key, entries: Cache::builder().support_invalidation_closures().build() }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Subject, Vec<Entry>>> {
-        lock(&self.entries)
-    }
-
-    /// Waits until no other check of the secret of `digest` is running; the turn lasts
-    /// until the returned value drops (also if the waiting request is cancelled).
-    pub(crate) async fn turn(&self, digest: &[u8; 32]) -> Turn<'_> {
-        let gate = lock(&self.in_flight).entry(*digest).or_default().clone();
-        let mut turn = Turn { cache: self, digest: *digest, gate: Some(gate.clone()), held: None };
-        turn.held = Some(gate.lock_owned().await);
-        turn
-    }
-
-    #[cfg(test)]
-    fn checks_in_flight(&self) -> usize {
-        lock(&self.in_flight).len()
-    }
-
-    pub(crate) fn digest(&self, secret: &str) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.hmac_key.as_ref())
-            .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-        mac.update(secret.as_bytes());
-        mac.finalize().into_bytes().into()
-    }
-
-    /// Whether `digest` was verified against one of the `accepted` hashes.
-    pub(crate) fn contains(&self, subject: Subject, digest: &[u8; 32], accepted: &[&str]) -> bool {
-        let entries = self.lock();
-        let Some(list) = entries.get(&subject) else { return false };
-        let mut found = subtle::Choice::from(0);
-        for entry in list.iter().filter(|e| accepted.contains(&&*e.hash)) {
-            found |= entry.digest.ct_eq(digest);
+    /// Whether `secret` matches one of the `accepted` hashes of `subject`: `Ok(true)` when
+    /// that was known (or found by a concurrent check this one waited for), `Ok(false)`
+    /// when this check ran `verify`, which returns the accepted hash the secret matched.
+    pub(crate) async fn check<F, Fut>(
+        &self,
+        subject: Subject,
+        secret: &str,
+        accepted: &[&str],
+        verify: F,
+    ) -> Result<bool, AuthError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<Arc<str>, AuthError>>,
+    {
+        let key = (subject, Digest(hmac_sha256(self.hmac_key.as_ref(), &[secret.as_bytes()])));
+        loop {
+            let ran = AtomicBool::new(false);
+            let run = async {
+                ran.store(true, Ordering::Relaxed);
+                verify().await
+            };
+            let outcome = self.entries.try_get_with(key, run).await;
+            // Whether a failure was `NotAdmitted`: `verify` fails with that or `Denied`.
+            let outcome = outcome.map_err(|error| matches!(*error, AuthError::NotAdmitted));
+            let ran = ran.load(Ordering::Relaxed);
+            match outcome {
+                Ok(hash) if accepted.contains(&&*hash) => return Ok(!ran),
+                // Verified against a hash that has been rotated away since.
+                Ok(_) if !ran => self.entries.invalidate(&key).await,
+                // Another request's check of this secret failed: its admission, or the
+                // hashes it accepted, may not be ours, so this one runs its own.
+                Err(_) if !ran => {}
+                Err(true) => return Err(AuthError::NotAdmitted),
+                _ => return Err(AuthError::Denied),
+            }
         }
-        found.into()
-    }
-
-    pub(crate) fn insert(&self, subject: Subject, hash: &str, digest: [u8; 32]) {
-        let mut entries = self.lock();
-        let list = entries.entry(subject).or_default();
-        list.retain(|e| *e.hash != *hash);
-        if list.len() >= ENTRIES_PER_SUBJECT {
-            list.remove(0);
-        }
-        list.push(Entry { hash: Arc::from(hash), digest });
     }
 
     pub(crate) fn forget_all(&self) {
-        self.lock().clear();
+        self.entries.invalidate_all();
     }
 
     pub(crate) fn forget(&self, subject: Subject) {
-        self.lock().remove(&subject);
+        // Fails only when invalidation closures are disabled, and `new` enables them.
+        let _ = self.entries.invalidate_entries_if(move |(of, _), _| *of == subject);
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
 
-    #[test]
-    fn an_entry_counts_only_while_its_hash_is_accepted() {
-        let cache = VerifiedCache::new();
-        let app = Subject::App(AppId::new());
-        let digest = cache.digest("kg_secret");
-        assert!(!cache.contains(app, &digest, &["h1"]));
-        cache.insert(app, "h1", digest);
-        assert!(cache.contains(app, &digest, &["h1"]));
-        assert!(!cache.contains(app, &cache.digest("kg_other"), &["h1"]));
-        assert!(!cache.contains(app, &digest, &["h2"]), "rotated away");
-        assert!(!cache.contains(Subject::Root, &digest, &["h1"]), "scoped to its subject");
-        cache.forget(app);
-        assert!(!cache.contains(app, &digest, &["h1"]));
+    /// A check whose verification matches `kg_secret` to the hash `h1` only, after
+    /// `hold` is released, counting its runs in `runs`.
+    async fn check(
+        cache: &VerifiedCache,
+        subject: Subject,
+        secret: &str,
+        accepted: &[&str],
+        runs: &AtomicUsize,
+        hold: &tokio::sync::Semaphore,
+    ) -> Result<bool, AuthError> {
+        let verify = || async {
+            runs.fetch_add(1, Ordering::SeqCst);
+            drop(hold.acquire().await);
+            let matched = secret == "kg_secret" && accepted.contains(&"h1");
+            matched.then(|| Arc::from("h1")).ok_or(AuthError::Denied)
+        };
+        cache.check(subject, secret, accepted, verify).await
     }
-
-    use std::future::Future;
 
     #[tokio::test]
-    async fn checks_of_one_secret_take_turns_and_leave_no_gate_behind() {
-        use std::time::Duration;
-        let cache = VerifiedCache::new();
-        let (one, other) = (cache.digest("kg_one"), cache.digest("kg_other"));
-        let first = cache.turn(&one).await;
-        // Another secret is not held up.
-        let elsewhere = tokio::time::timeout(Duration::from_millis(50), cache.turn(&other)).await;
-        assert!(elsewhere.is_ok(), "a check of another secret waited");
-        drop(elsewhere);
-        // The same secret waits for the first turn; a waiter that gives up leaves no trace.
-        let waited = tokio::time::timeout(Duration::from_millis(50), cache.turn(&one)).await;
-        assert!(waited.is_err(), "a second check of one secret ran beside the first");
-        assert_eq!(cache.checks_in_flight(), 1);
-        let second = {
-            let cache = &cache;
-            let next = async move { cache.turn(&one).await };
-            tokio::pin!(next);
-            assert!(futures_poll_once(next.as_mut()).await.is_none(), "no turn while one is held");
-            drop(first);
-            next.await
-        };
-        assert_eq!(cache.checks_in_flight(), 1);
-        drop(second);
-        assert_eq!(cache.checks_in_flight(), 0, "the gate leaves with the last check");
+    async fn an_entry_counts_only_while_its_hash_is_accepted() {
+        let (cache, runs, open) = (VerifiedCache::new(), AtomicUsize::new(0), open());
+        let app = Subject::App(AppId::new());
+        let check =
+            |subject, secret, accepted| check(&cache, subject, secret, accepted, &runs, &open);
+        assert!(matches!(check(app, "kg_secret", &["h1"]).await, Ok(false)), "verified");
+        assert!(matches!(check(app, "kg_secret", &["h1"]).await, Ok(true)), "then known");
+        assert!(check(app, "kg_other", &["h1"]).await.is_err(), "another secret");
+        assert!(check(app, "kg_secret", &["h2"]).await.is_err(), "rotated away");
+        assert!(matches!(check(app, "kg_secret", &["h1"]).await, Ok(false)), "verified again");
+        assert!(matches!(check(Subject::Root, "kg_secret", &["h1"]).await, Ok(false)), "scoped");
+        cache.forget(app);
+        assert!(matches!(check(app, "kg_secret", &["h1"]).await, Ok(false)), "forgotten");
+        assert!(matches!(check(Subject::Root, "kg_secret", &["h1"]).await, Ok(true)), "kept");
+        cache.forget_all();
+        assert!(matches!(check(Subject::Root, "kg_secret", &["h1"]).await, Ok(false)), "all");
+        assert_eq!(runs.load(Ordering::SeqCst), 7);
     }
 
-    /// Polls a future once: its output if it was ready.
-    async fn futures_poll_once<F: Future + Unpin>(future: F) -> Option<F::Output> {
-        let mut future = future;
-        std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(match Future::poll(std::pin::Pin::new(&mut future), cx) {
-                std::task::Poll::Ready(output) => Some(output),
-                std::task::Poll::Pending => None,
-            })
-        })
-        .await
+    /// A gate that lets every verification through.
+    fn open() -> tokio::sync::Semaphore {
+        tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS)
+    }
+
+    #[tokio::test]
+    async fn checks_of_one_secret_share_a_verification_but_not_a_failure() {
+        let (cache, runs, open) = (VerifiedCache::new(), AtomicUsize::new(0), open());
+        let app = Subject::App(AppId::new());
+        let (other_runs, closed) = (AtomicUsize::new(0), tokio::sync::Semaphore::new(0));
+        let first = check(&cache, app, "kg_secret", &["h1"], &runs, &closed);
+        tokio::pin!(first);
+        let short = Duration::from_millis(50);
+        assert!(tokio::time::timeout(short, first.as_mut()).await.is_err(), "held");
+        // Another secret is not held up.
+        let elsewhere = check(&cache, app, "kg_other", &["h1"], &other_runs, &open);
+        assert!(tokio::time::timeout(short, elsewhere).await.is_ok(), "another secret waited");
+        // The same secret waits for the first check, and a waiter that gives up is no harm.
+        let waited = check(&cache, app, "kg_secret", &["h1"], &runs, &open);
+        assert!(
+            tokio::time::timeout(short, waited).await.is_err(),
+            "a second check ran beside the first"
+        );
+        let second = check(&cache, app, "kg_secret", &["h1"], &runs, &open);
+        closed.add_permits(1);
+        let (first, second) = tokio::join!(first, second);
+        assert!(matches!((first, second), (Ok(false), Ok(true))));
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "one verification for three checks");
+
+        // Checks of a wrong secret each run their own verification, as they take turns.
+        let (runs, cache) = (AtomicUsize::new(0), VerifiedCache::new());
+        let wrong = || check(&cache, app, "kg_wrong", &["h1"], &runs, &open);
+        let (a, b, c) = tokio::join!(wrong(), wrong(), wrong());
+        assert!(a.is_err() && b.is_err() && c.is_err());
+        assert_eq!(runs.load(Ordering::SeqCst), 3);
     }
 }

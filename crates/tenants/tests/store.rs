@@ -3,11 +3,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use keygate_store::Legacy;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_store::Backend;
+use keygate_store::testing::{execute, fetch_all};
+use keygate_store::{Backend, Sql};
 use keygate_tenants::{
     app_store, App, AppId, AppKey, AppKeyHashes, AppRecord, AppSettings, AppStore, AuthError,
     OnReuse, SettingsPatch, StoreError, TenantError, Tenants, TenantsConfig,
@@ -129,39 +129,18 @@ async fn insert_raw_key(db: &Backend, app_id: AppId, state: &str) {
         master_key_id, created_at) VALUES ($1, $2, $3, 'pem', $4, 'mk', 0)";
     let key_id = AppId::new().to_string(); // any ULID will do
     let sealed = vec![1u8, 2, 3];
-    match &db.legacy() {
-        Legacy::Sqlite(pools) => {
-            let query =
-                sqlx::query(sql).bind(key_id).bind(app_id.to_string()).bind(state).bind(sealed);
-            query.execute(&pools.writer).await.unwrap();
-        }
-        Legacy::Postgres(pool) => {
-            let query =
-                sqlx::query(sql).bind(key_id).bind(app_id.to_string()).bind(state).bind(sealed);
-            query.execute(pool).await.unwrap();
-        }
-    }
+    execute(db, Sql::new(sql).bind(key_id).bind(app_id.to_string()).bind(state).bind(sealed)).await;
 }
 
 async fn count_raw_keys(db: &Backend, app_id: AppId) -> i64 {
-    let sql = "SELECT COUNT(*) FROM app_keys WHERE app_id = $1";
-    match &db.legacy() {
-        Legacy::Sqlite(pools) => {
-            sqlx::query_scalar(sql).bind(app_id.to_string()).fetch_one(&pools.reader).await.unwrap()
-        }
-        Legacy::Postgres(pool) => {
-            sqlx::query_scalar(sql).bind(app_id.to_string()).fetch_one(pool).await.unwrap()
-        }
-    }
+    let sql = Sql::new("SELECT COUNT(*) FROM app_keys WHERE app_id = $1").bind(app_id.to_string());
+    let rows: Vec<(i64,)> = fetch_all(db, sql).await;
+    rows[0].0
 }
 
 /// Every `(name, value)` of the settings table, read behind the store.
 async fn raw_settings(db: &Backend) -> Vec<(String, String)> {
-    let sql = "SELECT name, value FROM settings";
-    match &db.legacy() {
-        Legacy::Sqlite(pools) => sqlx::query_as(sql).fetch_all(&pools.reader).await.unwrap(),
-        Legacy::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
-    }
+    fetch_all(db, Sql::new("SELECT name, value FROM settings")).await
 }
 
 // ---------------------------------------------------------------- the app store

@@ -39,8 +39,8 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    pub fn new(key: &str, message: impl Into<String>) -> Self {
-        Self { key: key.to_owned(), message: message.into() }
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -87,6 +87,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// In declaration order, so that `kind as usize` is the place of `kind`.
     pub const ALL: [Self; 8] = [
         Self::MissingToken,
         Self::InvalidToken,
@@ -111,13 +112,13 @@ impl ErrorKind {
         }
     }
 
-    fn default_status(self) -> u16 {
+    fn default_status(self) -> StatusCode {
         match self {
-            Self::MissingToken | Self::BadRequest => 400,
-            Self::InvalidToken | Self::ReuseDetected | Self::MissingBearer => 401,
-            Self::InvalidBearer => 401,
-            Self::Unavailable => 503,
-            Self::Internal => 500,
+            Self::MissingToken | Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::InvalidToken | Self::ReuseDetected => StatusCode::UNAUTHORIZED,
+            Self::MissingBearer | Self::InvalidBearer => StatusCode::UNAUTHORIZED,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -132,10 +133,6 @@ impl ErrorKind {
             Self::Unavailable => "service unavailable, retry later",
             Self::Internal => "internal error",
         }
-    }
-
-    fn index(self) -> usize {
-        Self::ALL.iter().position(|k| *k == self).unwrap_or(0)
     }
 }
 
@@ -165,7 +162,7 @@ pub struct CompatRoute {
 
 impl CompatRoute {
     pub fn error(&self, kind: ErrorKind) -> &ErrorSpec {
-        &self.errors[kind.index()]
+        &self.errors[kind as usize]
     }
 }
 
@@ -183,10 +180,8 @@ pub const RESPONSE_VARS: &[&str] = &[
 /// Placeholders of an error body.
 pub const ERROR_VARS: &[&str] = &["status", "code", "message", "target"];
 
-const ROUTE_KEYS: &[&str] =
-    &["name", "method", "path", "token", "require_bearer", "app", "rotate", "response", "errors"];
-const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
-const ERROR_SPEC_KEYS: &[&str] = &["status", "code", "message", "body"];
+const METHODS: [Method; 5] =
+    [Method::GET, Method::POST, Method::PUT, Method::PATCH, Method::DELETE];
 
 /// Paths of the built-in API outside the reserved `/app/` and `/root/` namespaces.
 const BUILTIN_PATHS: &[&str] = &["/healthz", "/ping", "/health", "/readyz"];
@@ -201,7 +196,7 @@ pub fn compile(settings: &CompatSettings) -> Result<Vec<Arc<CompatRoute>>, Confi
         let route = compile_route(&key, value)?;
         if let Some(j) = routes.iter().position(|r| r.path == route.path) {
             return Err(ConfigError::new(
-                &format!("{key}.path"),
+                format!("{key}.path"),
                 format!("\"{}\" is already the path of compat.routes[{j}]", route.path),
             ));
         }
@@ -210,108 +205,98 @@ pub fn compile(settings: &CompatSettings) -> Result<Vec<Arc<CompatRoute>>, Confi
     Ok(routes)
 }
 
-/// A route table's entries, by name.
-struct Table<'a> {
-    key: &'a str,
-    entries: &'a [(String, ConfigValue)],
+/// A `[[compat.routes]]` table as written; [`compile_route`] checks what it means.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct RouteConfig {
+    name: Option<String>,
+    method: Option<String>,
+    path: String,
+    token: String,
+    #[serde(default)]
+    require_bearer: bool,
+    app: String,
+    rotate: Option<bool>,
+    response: ConfigValue,
+    #[serde(default)]
+    errors: ErrorsConfig,
 }
 
-impl<'a> Table<'a> {
-    fn new(key: &'a str, value: &'a ConfigValue, allowed: &[&str]) -> Result<Self, ConfigError> {
-        let ConfigValue::Table(entries) = value else {
-            return Err(ConfigError::new(key, format!("must be a table, not {}", value.kind())));
-        };
-        if let Some((name, _)) = entries.iter().find(|(name, _)| !allowed.contains(&name.as_str()))
-        {
-            return Err(ConfigError::new(
-                &format!("{key}.{name}"),
-                format!("unknown key; the keys are {}", allowed.join(", ")),
-            ));
-        }
-        Ok(Self { key, entries })
-    }
+/// `[compat.routes.errors]`: the envelope of every error, and each kind's answer.
+#[derive(Default, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table")]
+struct ErrorsConfig {
+    body: Option<ConfigValue>,
+    missing_token: ErrorConfig,
+    invalid_token: ErrorConfig,
+    reuse_detected: ErrorConfig,
+    missing_bearer: ErrorConfig,
+    invalid_bearer: ErrorConfig,
+    bad_request: ErrorConfig,
+    unavailable: ErrorConfig,
+    internal: ErrorConfig,
+}
 
-    fn key_of(&self, name: &str) -> String {
-        format!("{}.{name}", self.key)
-    }
-
-    fn get(&self, name: &str) -> Option<&'a ConfigValue> {
-        self.entries.iter().find(|(n, _)| n == name).map(|(_, v)| v)
-    }
-
-    fn string(&self, name: &str) -> Result<Option<&'a str>, ConfigError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(ConfigValue::String(s)) => Ok(Some(s)),
-            Some(other) => Err(ConfigError::new(
-                &self.key_of(name),
-                format!("must be a string, not {}", other.kind()),
-            )),
+impl ErrorsConfig {
+    fn of(&self, kind: ErrorKind) -> &ErrorConfig {
+        match kind {
+            ErrorKind::MissingToken => &self.missing_token,
+            ErrorKind::InvalidToken => &self.invalid_token,
+            ErrorKind::ReuseDetected => &self.reuse_detected,
+            ErrorKind::MissingBearer => &self.missing_bearer,
+            ErrorKind::InvalidBearer => &self.invalid_bearer,
+            ErrorKind::BadRequest => &self.bad_request,
+            ErrorKind::Unavailable => &self.unavailable,
+            ErrorKind::Internal => &self.internal,
         }
     }
+}
 
-    fn required_string(&self, name: &str) -> Result<&'a str, ConfigError> {
-        self.string(name)?.ok_or_else(|| ConfigError::new(&self.key_of(name), "is required"))
-    }
-
-    fn boolean(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(ConfigValue::Bool(b)) => Ok(*b),
-            Some(other) => Err(ConfigError::new(
-                &self.key_of(name),
-                format!("must be true or false, not {}", other.kind()),
-            )),
-        }
-    }
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct ErrorConfig {
+    status: Option<i64>,
+    code: Option<String>,
+    message: Option<String>,
+    body: Option<ConfigValue>,
 }
 
 fn compile_route(key: &str, value: &ConfigValue) -> Result<CompatRoute, ConfigError> {
-    let table = Table::new(key, value, ROUTE_KEYS)?;
-    let name = match table.string("name")? {
-        Some(name) if name.trim().is_empty() || name.len() > 64 => {
-            return Err(ConfigError::new(&table.key_of("name"), "must be 1 to 64 characters"))
-        }
-        Some(name) => name.to_owned(),
-        None => key.to_owned(),
-    };
-    let method = method(&table)?;
-    let path = path(&table.key_of("path"), table.required_string("path")?)?;
-    let require_bearer = table.boolean("require_bearer", false)?;
-    let token = token_source(&table.key_of("token"), table.required_string("token")?)?;
+    let route: RouteConfig = value.clone().read(key)?;
+    let at = |field: &str| format!("{key}.{field}");
+    let name = route.name.unwrap_or_else(|| key.to_owned());
+    if name.trim().is_empty() || name.len() > 64 {
+        return Err(ConfigError::new(at("name"), "must be 1 to 64 characters"));
+    }
+    let method = method(&at("method"), route.method.as_deref().unwrap_or("POST"))?;
+    let path = path(&at("path"), &route.path)?;
+    let token = token_source(&at("token"), &route.token)?;
     if matches!(token, TokenSource::Body(_)) && method == Method::GET {
         return Err(ConfigError::new(
-            &table.key_of("token"),
+            at("token"),
             "a GET route has no body: take the token from a header (\"header:NAME\")",
         ));
     }
-    if require_bearer
+    if route.require_bearer
         && matches!(&token, TokenSource::Header(h) if h == actix_web::http::header::AUTHORIZATION)
     {
         return Err(ConfigError::new(
-            &table.key_of("token"),
+            at("token"),
             "the Authorization header carries the bearer token when require_bearer is true",
         ));
     }
-    let app = match table.required_string("app")? {
+    let app = match route.app.as_str() {
         "kid" => AppSource::FromKid,
         id => AppSource::Fixed(id.parse().map_err(|_| {
             ConfigError::new(
-                &table.key_of("app"),
+                at("app"),
                 format!("must be \"kid\" or an app id (a 26-character ULID), not \"{id}\""),
             )
         })?),
     };
-    let rotate = table.boolean("rotate", true)?;
-    let response_key = table.key_of("response");
-    let response = Template::compile(
-        &response_key,
-        table.get("response").ok_or_else(|| ConfigError::new(&response_key, "is required"))?,
-        RESPONSE_VARS,
-    )?;
-    if !matches!(response, Template::Object(_)) {
-        return Err(ConfigError::new(&response_key, "must be a table"));
-    }
+    let rotate = route.rotate.unwrap_or(true);
+    let response_key = at("response");
+    let response = object(&response_key, &route.response, RESPONSE_VARS)?;
     if !response.uses("auth_token") {
         return Err(ConfigError::new(&response_key, "must contain \"$auth_token\""));
     }
@@ -323,31 +308,24 @@ fn compile_route(key: &str, value: &ConfigValue) -> Result<CompatRoute, ConfigEr
              (set rotate = false for a route that keeps the refresh token)",
         ));
     }
-    let errors = error_specs(&table.key_of("errors"), table.get("errors"))?;
     Ok(CompatRoute {
         name,
         method,
         path,
         token,
-        require_bearer,
+        require_bearer: route.require_bearer,
         app,
         mode: if rotate { RenewMode::FollowApp } else { RenewMode::KeepRefreshToken },
         response,
-        errors,
+        errors: error_specs(&at("errors"), &route.errors)?,
     })
 }
 
-fn method(table: &Table<'_>) -> Result<Method, ConfigError> {
-    let raw = table.string("method")?.unwrap_or("POST");
-    let upper = raw.to_ascii_uppercase();
-    if !METHODS.contains(&upper.as_str()) {
-        return Err(ConfigError::new(
-            &table.key_of("method"),
-            format!("must be one of {}, not \"{raw}\"", METHODS.join(", ")),
-        ));
-    }
-    Method::from_bytes(upper.as_bytes())
-        .map_err(|_| ConfigError::new(&table.key_of("method"), "is not an HTTP method"))
+fn method(key: &str, raw: &str) -> Result<Method, ConfigError> {
+    METHODS.into_iter().find(|m| m.as_str().eq_ignore_ascii_case(raw)).ok_or_else(|| {
+        let names: Vec<&str> = METHODS.iter().map(Method::as_str).collect();
+        ConfigError::new(key, format!("must be one of {}, not \"{raw}\"", names.join(", ")))
+    })
 }
 
 fn path(key: &str, path: &str) -> Result<String, ConfigError> {
@@ -380,9 +358,6 @@ fn path(key: &str, path: &str) -> Result<String, ConfigError> {
 }
 
 fn token_source(key: &str, raw: &str) -> Result<TokenSource, ConfigError> {
-    let expected = || {
-        ConfigError::new(key, format!("must be \"body:FIELD\" or \"header:NAME\", not \"{raw}\""))
-    };
     match raw.split_once(':') {
         Some(("body", field)) => {
             if field.is_empty() || field.len() > 64 || field.chars().any(char::is_control) {
@@ -393,58 +368,49 @@ fn token_source(key: &str, raw: &str) -> Result<TokenSource, ConfigError> {
         Some(("header", name)) => HeaderName::from_bytes(name.as_bytes())
             .map(TokenSource::Header)
             .map_err(|_| ConfigError::new(key, format!("\"{name}\" is not a header name"))),
-        _ => Err(expected()),
+        _ => Err(ConfigError::new(
+            key,
+            format!("must be \"body:FIELD\" or \"header:NAME\", not \"{raw}\""),
+        )),
     }
 }
 
-fn error_specs(key: &str, value: Option<&ConfigValue>) -> Result<Vec<ErrorSpec>, ConfigError> {
-    let default_body = ConfigValue::Table(vec![
-        ("error".into(), ConfigValue::String("$code".into())),
-        ("message".into(), ConfigValue::String("$message".into())),
-    ]);
-    let empty = ConfigValue::Table(Vec::new());
-    let mut allowed: Vec<&str> = vec!["body"];
-    allowed.extend(ErrorKind::ALL.iter().map(|k| k.as_str()));
-    let table = Table::new(key, value.unwrap_or(&empty), &allowed)?;
-    let body_key = table.key_of("body");
-    let body = error_body(&body_key, table.get("body").unwrap_or(&default_body))?;
+fn error_specs(key: &str, errors: &ErrorsConfig) -> Result<Vec<ErrorSpec>, ConfigError> {
+    let body = match &errors.body {
+        Some(body) => object(&format!("{key}.body"), body, ERROR_VARS)?,
+        None => Template::Object(vec![
+            ("error".into(), Template::Var("code")),
+            ("message".into(), Template::Var("message")),
+        ]),
+    };
     ErrorKind::ALL
-        .iter()
+        .into_iter()
         .map(|kind| {
-            let spec_key = table.key_of(kind.as_str());
-            let spec =
-                Table::new(&spec_key, table.get(kind.as_str()).unwrap_or(&empty), ERROR_SPEC_KEYS)?;
-            let status = match spec.get("status") {
+            let at = |field: &str| format!("{key}.{}.{field}", kind.as_str());
+            let spec = errors.of(kind);
+            let status = match spec.status {
                 None => kind.default_status(),
-                Some(ConfigValue::Integer(n)) => {
+                Some(n) => {
+                    // Never a 4xx for a failure of ours: clients would drop their token.
                     let lowest = match kind {
-                        // Never a 4xx for a failure of ours: clients would drop their token.
                         ErrorKind::Unavailable | ErrorKind::Internal => 500,
                         _ => 400,
                     };
-                    u16::try_from(*n).ok().filter(|n| (lowest..=599).contains(n)).ok_or_else(
-                        || {
-                            ConfigError::new(
-                                &spec.key_of("status"),
-                                format!("must be from {lowest} to 599"),
-                            )
-                        },
-                    )?
-                }
-                Some(other) => {
-                    return Err(ConfigError::new(
-                        &spec.key_of("status"),
-                        format!("must be an integer, not {}", other.kind()),
-                    ))
+                    u16::try_from(n)
+                        .ok()
+                        .filter(|n| (lowest..=599).contains(n))
+                        .and_then(|n| StatusCode::from_u16(n).ok())
+                        .ok_or_else(|| {
+                            ConfigError::new(at("status"), format!("must be from {lowest} to 599"))
+                        })?
                 }
             };
             Ok(ErrorSpec {
-                status: StatusCode::from_u16(status)
-                    .map_err(|_| ConfigError::new(&spec.key_of("status"), "is not a status"))?,
-                code: spec.string("code")?.unwrap_or(kind.as_str()).to_owned(),
-                message: spec.string("message")?.unwrap_or(kind.default_message()).to_owned(),
-                body: match spec.get("body") {
-                    Some(own) => error_body(&spec.key_of("body"), own)?,
+                status,
+                code: spec.code.clone().unwrap_or_else(|| kind.as_str().to_owned()),
+                message: spec.message.clone().unwrap_or_else(|| kind.default_message().to_owned()),
+                body: match &spec.body {
+                    Some(own) => object(&at("body"), own, ERROR_VARS)?,
                     None => body.clone(),
                 },
             })
@@ -452,12 +418,13 @@ fn error_specs(key: &str, value: Option<&ConfigValue>) -> Result<Vec<ErrorSpec>,
         .collect()
 }
 
-fn error_body(key: &str, value: &ConfigValue) -> Result<Template, ConfigError> {
-    let body = Template::compile(key, value, ERROR_VARS)?;
-    if !matches!(body, Template::Object(_)) {
+/// A template that must be a JSON object.
+fn object(key: &str, value: &ConfigValue, vars: &[&'static str]) -> Result<Template, ConfigError> {
+    let template = Template::compile(key, value, vars)?;
+    if !matches!(template, Template::Object(_)) {
         return Err(ConfigError::new(key, "must be a table"));
     }
-    Ok(body)
+    Ok(template)
 }
 
 #[cfg(test)]

@@ -61,13 +61,13 @@ impl Template {
                     let path: Vec<&str> = name.split('.').collect();
                     if path.iter().any(|part| part.is_empty()) {
                         return Err(ConfigError::new(
-                            &format!("{key}.\"{name}\""),
+                            format!("{key}.\"{name}\""),
                             "a field name must not be empty (nor start or end with a dot)",
                         ));
                     }
                     let child = Self::compile(&format!("{key}.{name}"), value, vars)?;
                     insert(&mut fields, &path, child)
-                        .map_err(|msg| ConfigError::new(&format!("{key}.{name}"), msg))?;
+                        .map_err(|msg| ConfigError::new(format!("{key}.{name}"), msg))?;
                 }
                 Self::Object(fields)
             }

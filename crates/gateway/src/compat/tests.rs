@@ -129,3 +129,21 @@ fn two_routes_cannot_share_a_path() {
         "{err}"
     );
 }
+
+#[test]
+fn shapes_are_refused_naming_their_key() {
+    let cases: &[(&str, &str)] = &[
+        ("[compat]\nroutes = [1]", "compat.routes[0]: must be a table, not an integer"),
+        ("[compat]\nroutes = [[1]]", "compat.routes[0]: must be a table, not an array"),
+        (&ROUTE.replace("app = \"kid\"", "app = 5"), "compat.routes[0].app: must be a string, not an integer"),
+        (&ROUTE.replace("[compat.routes.response]\ntoken = \"$auth_token\"\nrefreshToken = \"$refresh_token\"\n", ""), "compat.routes[0].response: is required"),
+        (&ROUTE.replace("app = \"kid\"", "app = \"kid\"\nerrors = 5"), "compat.routes[0].errors: must be a table, not an integer"),
+        (&format!("{ROUTE}[compat.routes.errors]\ninternal = 5\n"), "compat.routes[0].errors.internal: must be a table, not an integer"),
+        (&format!("{ROUTE}[compat.routes.errors]\ninternal = {{ status = \"500\" }}\n"), "compat.routes[0].errors.internal.status: must be an integer, not a string"),
+        (&format!("{ROUTE}[compat.routes.errors]\ninternal = {{ status = 500.0 }}\n"), "compat.routes[0].errors.internal.status: must be an integer, not a float"),
+    ];
+    for (toml, want) in cases {
+        let err = load(toml).expect_err(want);
+        assert!(err.starts_with(want), "got: {err}\nwant: {want}");
+    }
+}

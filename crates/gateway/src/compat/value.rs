@@ -1,11 +1,19 @@
 //! A configuration value that keeps the order and the case of table keys as written, so a
-//! response template renders its fields in the order the operator wrote them.
+//! response template renders its fields in the order the operator wrote them. It is also a
+//! [`Deserializer`], so that route tables are read by `#[derive(Deserialize)]` types.
 
 use std::fmt;
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::value::{MapDeserializer, SeqDeserializer};
+use serde::de::{
+    self, DeserializeOwned, Deserializer, IntoDeserializer, MapAccess, Unexpected, Visitor,
+};
+use serde::Deserialize;
 
-#[derive(Debug, Clone, PartialEq)]
+use super::ConfigError;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
 pub enum ConfigValue {
     Bool(bool),
     Integer(i64),
@@ -13,96 +21,117 @@ pub enum ConfigValue {
     String(String),
     Array(Vec<ConfigValue>),
     /// Keys in the order they were written.
-    Table(Vec<(String, ConfigValue)>),
+    Table(#[serde(deserialize_with = "entries")] Vec<(String, ConfigValue)>),
 }
 
 impl ConfigValue {
-    /// What the value is, for error messages.
-    pub fn kind(&self) -> &'static str {
+    /// Reads the table at `key` into `T`; a mistake names its key below `key`.
+    pub fn read<T: DeserializeOwned>(self, key: &str) -> Result<T, ConfigError> {
+        serde_path_to_error::deserialize(self).map_err(|err| {
+            let (path, inner) = (err.path().to_string(), err.into_inner());
+            let parts = [key, &path, &inner.key].into_iter().filter(|p| !["", "."].contains(p));
+            ConfigError::new(parts.collect::<Vec<_>>().join("."), inner.message)
+        })
+    }
+}
+
+/// The errors of [`ConfigValue::read`], worded for operators. The key is the missing field,
+/// if any; `read` puts the path in front.
+impl de::Error for ConfigError {
+    fn custom<T: fmt::Display>(message: T) -> Self {
+        Self::new("", message.to_string())
+    }
+
+    fn invalid_type(unexpected: Unexpected<'_>, expected: &dyn de::Expected) -> Self {
+        let expected = match expected.to_string().as_str() {
+            "a boolean" => "true or false".to_owned(),
+            "i64" => "an integer".to_owned(),
+            other => other.to_owned(),
+        };
+        let found = match unexpected {
+            Unexpected::Bool(_) => "a boolean",
+            Unexpected::Signed(_) | Unexpected::Unsigned(_) => "an integer",
+            Unexpected::Float(_) => "a float",
+            Unexpected::Str(_) => "a string",
+            Unexpected::Seq => "an array",
+            Unexpected::Map => "a table",
+            _ => "another kind of value",
+        };
+        Self::new("", format!("must be {expected}, not {found}"))
+    }
+
+    fn unknown_field(_: &str, keys: &'static [&'static str]) -> Self {
+        Self::new("", format!("unknown key; the keys are {}", keys.join(", ")))
+    }
+
+    fn missing_field(field: &'static str) -> Self {
+        Self::new(field, "is required")
+    }
+}
+
+impl<'de> Deserializer<'de> for ConfigValue {
+    type Error = ConfigError;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ConfigError> {
         match self {
-            Self::Bool(_) => "a boolean",
-            Self::Integer(_) => "an integer",
-            Self::Float(_) => "a float",
-            Self::String(_) => "a string",
-            Self::Array(_) => "an array",
-            Self::Table(_) => "a table",
+            Self::Bool(b) => visitor.visit_bool(b),
+            Self::Integer(i) => visitor.visit_i64(i),
+            Self::Float(f) => visitor.visit_f64(f),
+            Self::String(s) => visitor.visit_string(s),
+            Self::Array(items) => visitor.visit_seq(SeqDeserializer::new(items.into_iter())),
+            Self::Table(entries) => visitor.visit_map(MapDeserializer::new(entries.into_iter())),
         }
+    }
+
+    /// A key that is present has a value: TOML has no null.
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, ConfigError> {
+        visitor.visit_some(self)
+    }
+
+    /// A struct is a table, not an array of its fields in order.
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        _: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, ConfigError> {
+        match self {
+            Self::Array(_) => Err(de::Error::invalid_type(Unexpected::Seq, &visitor)),
+            other => other.deserialize_any(visitor),
+        }
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf unit
+        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
     }
 }
 
-impl<'de> Deserialize<'de> for ConfigValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(ConfigValueVisitor)
+impl IntoDeserializer<'_, ConfigError> for ConfigValue {
+    type Deserializer = Self;
+
+    fn into_deserializer(self) -> Self {
+        self
     }
 }
 
-struct ConfigValueVisitor;
+/// The entries of a table, in the order they were written.
+fn entries<'de, D: Deserializer<'de>>(table: D) -> Result<Vec<(String, ConfigValue)>, D::Error> {
+    struct Entries;
+    impl<'de> Visitor<'de> for Entries {
+        type Value = Vec<(String, ConfigValue)>;
 
-impl<'de> Visitor<'de> for ConfigValueVisitor {
-    type Value = ConfigValue;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a TOML value")
-    }
-
-    fn visit_bool<E>(self, v: bool) -> Result<ConfigValue, E> {
-        Ok(ConfigValue::Bool(v))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> Result<ConfigValue, E> {
-        Ok(ConfigValue::Integer(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<ConfigValue, E> {
-        i64::try_from(v)
-            .map(ConfigValue::Integer)
-            .map_err(|_| E::custom(format!("integer {v} is too large")))
-    }
-
-    fn visit_i128<E: de::Error>(self, v: i128) -> Result<ConfigValue, E> {
-        i64::try_from(v)
-            .map(ConfigValue::Integer)
-            .map_err(|_| E::custom(format!("integer {v} is out of range")))
-    }
-
-    fn visit_u128<E: de::Error>(self, v: u128) -> Result<ConfigValue, E> {
-        i64::try_from(v)
-            .map(ConfigValue::Integer)
-            .map_err(|_| E::custom(format!("integer {v} is too large")))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> Result<ConfigValue, E> {
-        Ok(ConfigValue::Float(v))
-    }
-
-    fn visit_str<E>(self, v: &str) -> Result<ConfigValue, E> {
-        Ok(ConfigValue::String(v.to_owned()))
-    }
-
-    fn visit_string<E>(self, v: String) -> Result<ConfigValue, E> {
-        Ok(ConfigValue::String(v))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<ConfigValue, E> {
-        Err(E::custom("an empty value is not accepted"))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ConfigValue, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element()? {
-            items.push(item);
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a table")
         }
-        Ok(ConfigValue::Array(items))
-    }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ConfigValue, A::Error> {
-        let mut entries: Vec<(String, ConfigValue)> = Vec::new();
-        while let Some((key, value)) = map.next_entry::<String, ConfigValue>()? {
-            if entries.iter().any(|(k, _)| *k == key) {
-                return Err(de::Error::custom(format!("duplicate key `{key}`")));
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::new();
+            while let Some(entry) = map.next_entry()? {
+                entries.push(entry);
             }
-            entries.push((key, value));
+            Ok(entries)
         }
-        Ok(ConfigValue::Table(entries))
     }
+    table.deserialize_map(Entries)
 }

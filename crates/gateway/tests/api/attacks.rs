@@ -46,7 +46,7 @@ const ORDER: [u8; 32] = [
     0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
 ];
 
-/// The token cap of DESIGN.md "Tokens".
+/// The largest token accepted (`keygate_keyring::MAX_TOKEN_LEN`; docs/api.md).
 const MAX_TOKEN: usize = 8 * 1024;
 
 fn invalid_grant() -> Value {
@@ -181,7 +181,7 @@ fn standard_alphabet(segment: &str) -> String {
 // The app's real keys, as the gateway holds them.
 
 struct Vault {
-    store: Arc<dyn KeyStore>,
+    store: Arc<KeyStore>,
     master: MasterKey,
     _db: Backend,
 }

@@ -329,7 +329,8 @@ async fn a_hanging_receiver_never_slows_a_renew() {
 /// deliveries still open their secret.
 #[tokio::test]
 async fn a_master_key_rotation_reseals_webhook_secrets() {
-    use keygate_gateway::{admin, bootstrap, webhooks, Services, Settings};
+    use keygate_gateway::app::{admin, master_key, webhooks};
+    use keygate_gateway::{Services, Settings};
     use keygate_keyring::MasterKey;
 
     let dir = tempfile::tempdir().unwrap();
@@ -354,7 +355,7 @@ async fn a_master_key_rotation_reseals_webhook_secrets() {
 
     let during = settings(&new, vec![old.to_base64().to_string()]);
     let (services, _) = Services::open(&during).await.unwrap();
-    bootstrap::reseal_all(&services, &|_, _| {}).await.unwrap();
+    master_key::reseal_all(&services, &|_, _| {}).await.unwrap();
     services.db.close().await;
 
     let (services, _) = Services::open(&settings(&new, vec![])).await.unwrap();
@@ -363,5 +364,5 @@ async fn a_master_key_rotation_reseals_webhook_secrets() {
     let context = format!("webhook {}", created.app_id);
     let secret =
         services.keyring.open_secret(&context, &webhook.master_key_id, &webhook.sealed_secret);
-    assert_eq!(&*secret.unwrap(), set.secret.as_bytes());
+    assert_eq!(&*secret.unwrap(), set.secret.expose().as_bytes());
 }

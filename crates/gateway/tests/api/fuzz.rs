@@ -7,8 +7,9 @@
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-use keygate_gateway::extract::parse;
-use keygate_gateway::{admin, clock, Services, Settings};
+use keygate_gateway::app::admin;
+use keygate_gateway::http::extract::parse;
+use keygate_gateway::{clock, Services, Settings};
 use keygate_keyring::MAX_TOKEN_LEN;
 use keygate_sessions::{
     token_field, RenewInput, SessionError, SignInput, MAX_SUB, MAX_USERAGENT, RESERVED_CLAIMS,

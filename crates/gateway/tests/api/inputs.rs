@@ -4,12 +4,11 @@
 //! against a snapshot of the database: a refused request creates, consumes, revokes and
 //! changes nothing. (`errors.rs` covers the basic cases on `POST /root/apps`.)
 
-use keygate_store::Legacy;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use keygate_store::{Backend, PoolOptions};
+use keygate_store::{Backend, PoolOptions, Sql};
 use reqwest::{Method, RequestBuilder};
 use serde_json::{json, Value};
 
@@ -228,13 +227,8 @@ async fn snapshot(database_url: &str) -> Vec<String> {
     let db = Backend::connect(database_url, &options).await.unwrap();
     let mut rows = Vec::new();
     for sql in QUERIES {
-        let found: Vec<String> = match &db.legacy() {
-            Legacy::Sqlite(pools) => {
-                sqlx::query_scalar(sql).fetch_all(&pools.reader).await.unwrap()
-            }
-            Legacy::Postgres(pool) => sqlx::query_scalar(sql).fetch_all(pool).await.unwrap(),
-        };
-        rows.extend(found);
+        let found: Vec<(String,)> = keygate_store::testing::fetch_all(&db, Sql::new(sql)).await;
+        rows.extend(found.into_iter().map(|(row,)| row));
     }
     db.close().await;
     rows

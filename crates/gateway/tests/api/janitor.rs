@@ -2,7 +2,8 @@
 //! janitor, which deletes sessions that ended long ago and retired keys whose tokens have
 //! all expired, and nothing else.
 
-use keygate_gateway::{admin, janitor, Services, Settings};
+use keygate_gateway::app::{admin, janitor};
+use keygate_gateway::{Services, Settings};
 use keygate_keyring::KeyState;
 use keygate_sessions::SignInput;
 use keygate_tenants::SettingsPatch;

@@ -3,7 +3,7 @@
 //! - every (method, path) the document describes is routed: a request to it does not end in
 //!   the "no such endpoint" 404 or the 405 of the router's fallbacks;
 //! - every route the server registers is described. The paths are the route literals of
-//!   `src/routes/` (the only place routes are registered; compatibility routes come from the
+//!   `src/http/routes/` (the only place routes are registered; compatibility routes come from the
 //!   configuration and are out of scope), and the methods each path serves are found by
 //!   asking the running server every method: an unserved one answers 405.
 //!
@@ -19,9 +19,9 @@ use crate::helpers::{parts, spawn_app, Backend, TestApp};
 
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
-/// The path patterns of `src/routes/`: every string literal that looks like a route.
+/// The path patterns of `src/http/routes/`: every string literal that looks like a route.
 fn registered_paths() -> BTreeSet<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/routes");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http/routes");
     let mut paths = BTreeSet::new();
     let mut files = vec![dir];
     while let Some(path) = files.pop() {

@@ -2,18 +2,17 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use keygate_tenants::AppId;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::openapi::{BodyErrors, Removed, RootKeyErrors};
-use super::resource;
 use super::root::app_id;
-use crate::admin::{self, Actor, EventPage};
-use crate::error::{ApiError, Body as ErrorBody};
-use crate::extract::{JsonBody, RootAuth};
-use crate::webhooks::{WebhookSet, WebhookView};
-use crate::{webhooks, Services};
+use crate::app::admin::{self, Actor, EventPage};
+use crate::app::webhooks::{self, WebhookSet, WebhookView};
+use crate::bootstrap::Services;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{JsonBody, RootAuth};
+use crate::http::resource::resource;
+use crate::http::schema::{AppNotFound, BodyErrors, RootKeyErrors};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/root/apps/{app_id}/events").route(web::get().to(list_events))).service(
@@ -71,6 +70,12 @@ struct WebhookRequest {
     url: String,
 }
 
+/// The app whose webhook was removed.
+#[derive(Serialize, ToSchema)]
+struct Removed {
+    removed: AppId,
+}
+
 /// Sets the webhook with a new signing secret, shown only in this answer.
 #[utoipa::path(put, path = "/root/apps/{app_id}/webhook", tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
@@ -78,8 +83,7 @@ struct WebhookRequest {
     request_body = WebhookRequest,
     responses(
         (status = 200, description = "The webhook, with its signing secret.", body = WebhookSet),
-        (status = 404, description = "`not_found`: no such app (or a malformed id).",
-            body = ErrorBody),
+        AppNotFound,
         BodyErrors,
         RootKeyErrors,
     ))]
@@ -128,5 +132,5 @@ async fn remove_webhook(
 ) -> Result<HttpResponse, ApiError> {
     let app_id = app_id(&path)?;
     webhooks::remove(&services, app_id).await?;
-    Ok(HttpResponse::Ok().json(json!({"removed": app_id})))
+    Ok(HttpResponse::Ok().json(Removed { removed: app_id }))
 }

@@ -3,19 +3,23 @@
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
-use keygate_keyring::{KeyringError, VerifyError};
 use keygate_sessions::SessionError;
-use keygate_tenants::{AuthError, FieldError, StoreError, TenantError};
+use keygate_tenants::{AuthError, FieldError, StoreError};
 use serde::Serialize;
 use utoipa::ToSchema;
+
+pub use crate::app::chain;
+use crate::app::AppError;
 
 /// Seconds a client should wait before retrying a 503.
 pub(crate) const RETRY_AFTER: &str = "1";
 
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("{message}")]
-    Invalid { message: String, errors: Vec<FieldError> },
+    #[error("invalid request")]
+    Invalid(Vec<FieldError>),
     #[error("invalid refresh token")]
     InvalidGrant,
     #[error("invalid token")]
@@ -37,17 +41,15 @@ pub enum ApiError {
     #[error("too many failed authentication attempts from this address; retry in {0} s")]
     TooManyRequests(u64),
     #[error("service unavailable, retry later")]
-    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Unavailable(#[source] Cause),
     #[error("internal error")]
-    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Internal(#[source] Cause),
 }
 
 /// The body of every error answer.
-#[derive(Serialize, ToSchema)]
-#[schema(as = ErrorBody)]
-pub(crate) struct Body<'a> {
-    #[schema(value_type = ErrorCode)]
-    error: &'static str,
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody<'a> {
+    error: ErrorCode,
     /// For people, not for programs: match on `error`.
     message: String,
     /// One entry per bad field; only on a validation failure (400 `invalid_request`).
@@ -57,9 +59,9 @@ pub(crate) struct Body<'a> {
 }
 
 /// One bad field of a request.
-#[derive(Serialize, ToSchema)]
+#[derive(Debug, Serialize, ToSchema)]
 #[schema(as = FieldErrorEntry)]
-pub(crate) struct FieldEntry<'a> {
+pub struct FieldEntry<'a> {
     /// The field, named as in the JSON body (`token_expire`), or `body` for the body as a
     /// whole.
     error_field: &'a str,
@@ -67,10 +69,9 @@ pub(crate) struct FieldEntry<'a> {
 }
 
 /// The code of an error, for programs to match on.
-#[derive(ToSchema)]
-#[schema(rename_all = "snake_case")]
-#[allow(dead_code)] // documentation only
-pub(crate) enum ErrorCode {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
     /// 400: validation, malformed JSON.
     InvalidRequest,
     /// 401: a refresh token (`/renew`) or token (`/logout`) that is not accepted.
@@ -95,28 +96,21 @@ pub(crate) enum ErrorCode {
 
 impl ApiError {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            message: "invalid request".into(),
-            errors: vec![FieldError::new(field, message)],
-        }
+        Self::Invalid(vec![FieldError::new(field, message)])
     }
 
-    pub fn fields(errors: Vec<FieldError>) -> Self {
-        Self::Invalid { message: "invalid request".into(), errors }
-    }
-
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::Invalid { .. } => "invalid_request",
-            Self::InvalidGrant | Self::InvalidToken => "invalid_grant",
-            Self::InvalidClient | Self::InvalidRootKey => "invalid_client",
-            Self::NotFound(_) => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::PayloadTooLarge(_) => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::TooManyRequests(_) => "rate_limited",
-            Self::Unavailable(_) => "unavailable",
-            Self::Internal(_) => "internal",
+            Self::Invalid(_) => ErrorCode::InvalidRequest,
+            Self::InvalidGrant | Self::InvalidToken => ErrorCode::InvalidGrant,
+            Self::InvalidClient | Self::InvalidRootKey => ErrorCode::InvalidClient,
+            Self::NotFound(_) => ErrorCode::NotFound,
+            Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            Self::TooManyRequests(_) => ErrorCode::RateLimited,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -124,7 +118,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::Invalid { .. } => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::InvalidGrant | Self::InvalidToken => StatusCode::UNAUTHORIZED,
             Self::InvalidClient | Self::InvalidRootKey => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
@@ -148,7 +142,7 @@ impl ResponseError for ApiError {
             _ => {}
         }
         let errors = match self {
-            Self::Invalid { errors, .. } => Some(
+            Self::Invalid(errors) => Some(
                 errors
                     .iter()
                     .map(|e| FieldEntry { error_field: &e.field, error_message: &e.message })
@@ -166,43 +160,24 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.json(Body { error: self.code(), message: self.to_string(), errors })
+        response.json(ErrorBody { error: self.code(), message: self.to_string(), errors })
     }
 }
 
-/// An error and its sources on one line, for the log.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+impl From<AppError> for ApiError {
+    fn from(err: AppError) -> Self {
+        match err {
+            AppError::Invalid(errors) => Self::Invalid(errors),
+            AppError::NotFound(message) => Self::NotFound(message),
+            AppError::Unavailable(cause) => Self::Unavailable(cause),
+            AppError::Internal(cause) => Self::Internal(cause),
+        }
     }
-    text
 }
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        match err {
-            StoreError::NotFound => Self::NotFound("not found".into()),
-            // A conflict that survived its retries: concurrent writers, so try again.
-            StoreError::Unavailable(_) | StoreError::Conflict(_) => {
-                Self::Unavailable(Box::new(err))
-            }
-            other => Self::Internal(Box::new(other)),
-        }
-    }
-}
-
-impl From<TenantError> for ApiError {
-    fn from(err: TenantError) -> Self {
-        match err {
-            TenantError::Invalid(errors) => Self::fields(errors),
-            TenantError::NotFound => Self::NotFound("app not found".into()),
-            TenantError::Store(e) => e.into(),
-            other @ TenantError::Hash(_) => Self::Internal(Box::new(other)),
-        }
+        AppError::from(err).into()
     }
 }
 
@@ -216,49 +191,14 @@ impl From<AuthError> for ApiError {
     }
 }
 
-impl From<KeyringError> for ApiError {
-    fn from(err: KeyringError) -> Self {
-        match err {
-            KeyringError::KeyNotFound(id) => Self::NotFound(format!("key {id} not found")),
-            KeyringError::AlreadyRevoked(id) => {
-                Self::invalid("key_id", format!("key {id} is already revoked"))
-            }
-            KeyringError::Store(e) => e.into(),
-            other => Self::Internal(Box::new(other)),
-        }
-    }
-}
-
-impl From<VerifyError> for ApiError {
-    fn from(err: VerifyError) -> Self {
-        match err {
-            VerifyError::Keyring(e) => e.into(),
-            _ => Self::InvalidGrant,
-        }
-    }
-}
-
 impl From<SessionError> for ApiError {
     /// A rejected token is `invalid_grant`; callers other than `/renew` turn it into
     /// [`ApiError::InvalidToken`] for a fitting message.
     fn from(err: SessionError) -> Self {
         match err {
-            SessionError::Invalid(errors) => Self::fields(errors),
             SessionError::Rejected(_) => Self::InvalidGrant,
-            SessionError::Store(e) => e.into(),
-            SessionError::Keyring(e) => e.into(),
-            other @ SessionError::Corrupt(_) => Self::Internal(Box::new(other)),
+            other => AppError::from(other).into(),
         }
-    }
-}
-
-/// A tenant error as one line for the CLI.
-pub fn describe_tenant_error(err: &TenantError) -> String {
-    match err {
-        TenantError::Invalid(errors) => {
-            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
-        }
-        other => chain(other),
     }
 }
 
@@ -307,7 +247,9 @@ mod tests {
         let schema = serde_json::to_value(<ErrorCode as utoipa::PartialSchema>::schema()).unwrap();
         let documented: Vec<&str> =
             schema["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-        let mut used: Vec<&str> = one_of_each().iter().map(ApiError::code).collect();
+        let code =
+            |e: &ApiError| serde_json::to_value(e.code()).unwrap().as_str().unwrap().to_owned();
+        let mut used: Vec<String> = one_of_each().iter().map(code).collect();
         used.sort_unstable();
         used.dedup();
         let mut sorted = documented.clone();

@@ -1,24 +1,26 @@
-//! Administrative operations, shared by the root HTTP API and the CLI so both behave the
-//! same.
+//! Administrative operations on apps, their keys, sessions and events, shared by the root
+//! HTTP API and the CLI so both behave the same.
 
 use keygate_keyring::{KeyId, KeyRecord, KeyState, Revocation, Rotation};
 use keygate_sessions::{RevokeScope, SessionId, SessionView};
-use keygate_tenants::{App, AppId, AppRecord, FieldError, SettingsPatch, TenantError};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
-
-use crate::error::ApiError;
-use crate::metrics::RevokeReason;
-use crate::Services;
 pub use keygate_tenants::events::Actor;
 use keygate_tenants::events::EventKind;
+use keygate_tenants::{App, AppId, AppRecord, Secret, SettingsPatch, TenantError};
+use serde::Serialize;
 use serde_json::json;
+use utoipa::ToSchema;
+
+use super::{expose_secret, AppError};
+use crate::bootstrap::Services;
+use crate::metrics::RevokeReason;
 
 /// The answer to creating an app. The app key is shown only here.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CreatedApp {
     pub app_id: AppId,
-    pub app_key: String,
+    #[serde(serialize_with = "expose_secret")]
+    #[schema(value_type = String)]
+    pub app_key: Secret,
     pub key_id: KeyId,
     pub public_key: String,
 }
@@ -27,7 +29,9 @@ pub struct CreatedApp {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RotatedAppKey {
     pub app_id: AppId,
-    pub app_key: String,
+    #[serde(serialize_with = "expose_secret")]
+    #[schema(value_type = String)]
+    pub app_key: Secret,
     /// Until when (Unix seconds) the previous app key keeps working; null without a grace.
     #[schema(required)]
     pub previous_key_valid_until: Option<i64>,
@@ -60,24 +64,15 @@ impl From<&KeyRecord> for KeyView {
     }
 }
 
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RotateAppKeyRequest {
-    /// Seconds during which the previous key keeps working (default 0).
-    #[serde(default)]
-    #[schema(minimum = 0, maximum = 604800)]
-    pub grace: i64,
-}
-
 /// Creates an app with its first two signing keys.
 pub async fn create_app(
     services: &Services,
     patch: &SettingsPatch,
     actor: Actor,
     now: i64,
-) -> Result<CreatedApp, ApiError> {
+) -> Result<CreatedApp, AppError> {
     let Some(name) = patch.name.as_deref() else {
-        return Err(ApiError::fields(vec![FieldError::new("name", "is required")]));
+        return Err(AppError::invalid("name", "is required"));
     };
     let (record, app_key) = services.tenants.create_app(name, patch, now).await?;
     let app_id = record.app.app_id;
@@ -97,33 +92,33 @@ pub async fn create_app(
     services.audit.event(app_id, EventKind::AppCreated, actor, detail).await;
     Ok(CreatedApp {
         app_id,
-        app_key: app_key.expose().to_owned(),
+        app_key: Secret::new(app_key.expose().to_owned()),
         key_id: signer.key_id,
         public_key: signer.public_key.clone(),
     })
 }
 
 /// The app with this id, or 404.
-pub async fn get_app(services: &Services, app_id: AppId) -> Result<AppRecord, ApiError> {
+pub async fn get_app(services: &Services, app_id: AppId) -> Result<AppRecord, AppError> {
     services
         .tenants
         .store()
         .get_app(app_id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("app {app_id} not found")))
+        .ok_or_else(|| AppError::NotFound(format!("app {app_id} not found")))
 }
 
 /// An app by id or by name (the CLI accepts either).
-pub async fn find_app(services: &Services, id_or_name: &str) -> Result<AppRecord, ApiError> {
+pub async fn find_app(services: &Services, id_or_name: &str) -> Result<AppRecord, AppError> {
     services.tenants.find(id_or_name).await.map_err(|e| match e {
         TenantError::NotFound => {
-            ApiError::NotFound(format!("no app with id or name {id_or_name:?}"))
+            AppError::NotFound(format!("no app with id or name {id_or_name:?}"))
         }
         other => other.into(),
     })
 }
 
-pub async fn list_apps(services: &Services) -> Result<Vec<App>, ApiError> {
+pub async fn list_apps(services: &Services) -> Result<Vec<App>, AppError> {
     Ok(services.tenants.list_apps().await?)
 }
 
@@ -133,7 +128,7 @@ pub async fn update_app(
     patch: &SettingsPatch,
     actor: Actor,
     now: i64,
-) -> Result<App, ApiError> {
+) -> Result<App, AppError> {
     let record = services.tenants.update_app(app_id, patch, now).await?;
     tracing::info!(%app_id, "app updated");
     let detail = json!({"name": record.app.name, "settings": record.app.settings});
@@ -141,7 +136,7 @@ pub async fn update_app(
     Ok(record.app)
 }
 
-pub async fn delete_app(services: &Services, app_id: AppId, actor: Actor) -> Result<(), ApiError> {
+pub async fn delete_app(services: &Services, app_id: AppId, actor: Actor) -> Result<(), AppError> {
     services.tenants.delete_app(app_id).await?;
     services.keyring.forget(app_id);
     tracing::info!(%app_id, "app deleted");
@@ -155,19 +150,19 @@ pub async fn rotate_app_key(
     grace: i64,
     actor: Actor,
     now: i64,
-) -> Result<RotatedAppKey, ApiError> {
+) -> Result<RotatedAppKey, AppError> {
     let rotated = services.tenants.rotate_app_key(app_id, grace, now).await?;
     tracing::info!(%app_id, grace, "app key rotated");
     let detail = json!({"grace": grace, "previous_key_valid_until": rotated.previous_valid_until});
     services.audit.event(app_id, EventKind::AppKeyRotated, actor, detail).await;
     Ok(RotatedAppKey {
         app_id,
-        app_key: rotated.app_key.expose().to_owned(),
+        app_key: Secret::new(rotated.app_key.expose().to_owned()),
         previous_key_valid_until: rotated.previous_valid_until,
     })
 }
 
-pub async fn list_keys(services: &Services, app_id: AppId) -> Result<Vec<KeyView>, ApiError> {
+pub async fn list_keys(services: &Services, app_id: AppId) -> Result<Vec<KeyView>, AppError> {
     get_app(services, app_id).await?;
     Ok(services.keyring.list(app_id).await?.iter().map(KeyView::from).collect())
 }
@@ -177,7 +172,7 @@ pub async fn rotate_keys(
     app_id: AppId,
     actor: Actor,
     now: i64,
-) -> Result<Rotation, ApiError> {
+) -> Result<Rotation, AppError> {
     get_app(services, app_id).await?;
     let rotation = services.keyring.rotate(app_id, now).await?;
     tracing::info!(%app_id, active = %rotation.active_key_id, "signing key rotated");
@@ -191,7 +186,7 @@ pub async fn revoke_key(
     key_id: KeyId,
     actor: Actor,
     now: i64,
-) -> Result<Revocation, ApiError> {
+) -> Result<Revocation, AppError> {
     get_app(services, app_id).await?;
     let revocation = services.keyring.revoke(app_id, key_id, now).await?;
     tracing::warn!(%app_id, %key_id, "signing key revoked");
@@ -208,7 +203,7 @@ pub async fn revoke_sessions(
     target: Option<SessionTarget<'_>>,
     actor: Actor,
     now: i64,
-) -> Result<u64, ApiError> {
+) -> Result<u64, AppError> {
     get_app(services, app_id).await?;
     let scope = match target {
         Some(SessionTarget::Session(id)) => RevokeScope::Session(id),
@@ -260,7 +255,7 @@ pub async fn list_sessions(
     app_id: AppId,
     sub: &str,
     now: i64,
-) -> Result<Vec<SessionView>, ApiError> {
+) -> Result<Vec<SessionView>, AppError> {
     get_app(services, app_id).await?;
     Ok(services.sessions.list(app_id, Some(sub), now).await?)
 }
@@ -286,14 +281,14 @@ pub async fn list_events(
     app_id: AppId,
     before: Option<&str>,
     limit: Option<i64>,
-) -> Result<EventPage, ApiError> {
+) -> Result<EventPage, AppError> {
     let limit = limit.unwrap_or(DEFAULT_EVENT_PAGE);
     if !(1..=MAX_EVENT_PAGE).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("must be 1 to {MAX_EVENT_PAGE}")));
+        return Err(AppError::invalid("limit", format!("must be 1 to {MAX_EVENT_PAGE}")));
     }
     if let Some(before) = before {
         if before.parse::<ulid::Ulid>().map(|u| u.to_string()).as_deref() != Ok(before) {
-            return Err(ApiError::invalid("before", "must be an event id (a 26-character ULID)"));
+            return Err(AppError::invalid("before", "must be an event id (a 26-character ULID)"));
         }
     }
     let events = services.audit.store().list(app_id, before, limit).await?;

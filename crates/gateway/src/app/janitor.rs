@@ -1,4 +1,4 @@
-//! The background jobs, run periodically: scheduled key rotation (DESIGN.md "Keys"), then
+//! The background jobs, run periodically: scheduled key rotation (docs/architecture.md), then
 //! clean-up of sessions that ended long ago and of retired keys whose tokens can no longer
 //! be valid.
 //!
@@ -6,18 +6,14 @@
 //! takes a Postgres advisory lock for the pass (`pg_try_advisory_xact_lock`). The others
 //! skip that pass. On SQLite there is one process, and it runs every pass.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web;
-
-use crate::admin::Actor;
+use super::admin::{self, Actor};
+use super::{chain, AppError};
+use crate::bootstrap::Services;
 use crate::clock;
-use crate::error::ApiError;
-use crate::Services;
 
-/// Takes the advisory lock that elects the gateway running a pass, for the current
-/// transaction. Its key is derived from the schema, so that deployments sharing a
-/// database in separate schemas elect separately.
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Report {
@@ -30,7 +26,7 @@ pub struct Report {
 }
 
 /// One pass at `now`, on this gateway, whatever the others do.
-pub async fn run_once(services: &Services, now: i64) -> Result<Report, ApiError> {
+pub async fn run_once(services: &Services, now: i64) -> Result<Report, AppError> {
     let rotated = rotate_due(services, now).await?;
     let sessions = services.sessions.purge(now).await?;
     if services.audit_retention > 0 {
@@ -54,7 +50,7 @@ pub async fn run_once(services: &Services, now: i64) -> Result<Report, ApiError>
 /// promotes its next key, provided that key has been published for at least the JWKS
 /// `max-age`, so that no verifier caching the JWKS meets an unknown kid. Returns how many
 /// apps rotated. One app's failure is logged and does not hold up the others.
-pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, ApiError> {
+pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, AppError> {
     let min_published = i64::try_from(services.jwks_max_age).unwrap_or(i64::MAX);
     let mut rotated = 0;
     for app in services.tenants.list_apps().await? {
@@ -62,7 +58,7 @@ pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, ApiError> 
         match services.keyring.rotate_if_due(app.app_id, period, min_published, now).await {
             Ok(Some(rotation)) => {
                 rotated += 1;
-                crate::admin::key_rotated(services, app.app_id, &rotation, Actor::Scheduler).await;
+                admin::key_rotated(services, app.app_id, &rotation, Actor::Scheduler).await;
                 tracing::info!(
                     app_id = %app.app_id,
                     active = %rotation.active_key_id,
@@ -73,8 +69,8 @@ pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, ApiError> 
             }
             Ok(None) => {}
             Err(e) => {
-                let e = ApiError::from(e);
-                tracing::warn!(app_id = %app.app_id, error = %crate::error::chain(&e), "scheduled key rotation failed");
+                let e = AppError::from(e);
+                tracing::warn!(app_id = %app.app_id, error = %chain(&e), "scheduled key rotation failed");
             }
         }
     }
@@ -83,7 +79,7 @@ pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, ApiError> 
 
 /// One pass at `now` if this gateway is elected for it (always on SQLite); `None` when
 /// another gateway holds the jobs lock.
-pub async fn run_elected(services: &Services, now: i64) -> Result<Option<Report>, ApiError> {
+pub async fn run_elected(services: &Services, now: i64) -> Result<Option<Report>, AppError> {
     let Some(lease) = services.db.try_jobs_lease().await? else {
         return Ok(None);
     };
@@ -93,7 +89,7 @@ pub async fn run_elected(services: &Services, now: i64) -> Result<Option<Report>
 }
 
 /// Runs a pass every `interval` for as long as the process lives.
-pub fn spawn(services: web::Data<Services>, interval: Duration) {
+pub fn spawn(services: Arc<Services>, interval: Duration) {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -108,7 +104,7 @@ pub fn spawn(services: web::Data<Services>, interval: Duration) {
                     );
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %crate::error::chain(&e), "janitor pass failed"),
+                Err(e) => tracing::warn!(error = %chain(&e), "janitor pass failed"),
             }
         }
     });

@@ -2,24 +2,20 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use keygate_sessions::{token_field, RenewInput, RevokeScope, SessionError, SessionId, SignInput};
-use keygate_sessions::{Issued, Verified};
-use keygate_tenants::AppId;
-use keygate_tenants::FieldError;
-use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use keygate_sessions::{Issued, SessionView, Verified};
+use keygate_tenants::{AppId, FieldError};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use super::openapi::{
-    AppKeyErrors, BodyErrors, LogoutAnswer, RenewRequest, RevokedCount, SessionList, SignRequest,
-    TokenRequest,
-};
-use super::resource;
-use crate::admin::{self, Actor};
+use crate::app::admin::{self, Actor};
+use crate::bootstrap::Services;
 use crate::clock;
-use crate::error::{ApiError, Body as ErrorBody};
-use crate::extract::{AppAuth, JsonBody};
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{AppAuth, JsonBody};
+use crate::http::resource::resource;
+use crate::http::schema::{AppKeyErrors, BodyErrors, RevokedCount};
 use crate::metrics::{RenewCount, RevokeReason};
-use crate::Services;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/app/{app_id}/sign").route(web::post().to(sign)))
@@ -33,6 +29,37 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 type Body = JsonBody<Map<String, Value>>;
 
+/// The body of `/verify` and `/logout`.
+#[derive(ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    /// A token of this app (at most 8 KiB).
+    #[schema(min_length = 1, max_length = 8192)]
+    token: String,
+}
+
+impl TokenRequest {
+    fn parse(body: &Map<String, Value>) -> Result<Self, ApiError> {
+        Ok(Self { token: token_field(body, "token").map_err(ApiError::Invalid)? })
+    }
+}
+
+/// The answer of `/logout`.
+#[derive(Serialize, ToSchema)]
+struct LogoutAnswer {
+    /// 1 if the token's session was revoked now, 0 if it already was.
+    #[schema(minimum = 0, maximum = 1)]
+    revoked: u64,
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// Live sessions, oldest first.
+#[derive(Serialize, ToSchema)]
+struct SessionList {
+    sessions: Vec<SessionView>,
+}
+
 /// Opens a session: answers an auth token and a refresh token.
 ///
 /// With `max_sessions_per_sub` > 0, opening one session too many revokes the subject's
@@ -40,7 +67,7 @@ type Body = JsonBody<Map<String, Value>>;
 #[utoipa::path(post, path = "/app/{app_id}/sign", tag = "tokens",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
-    request_body = SignRequest,
+    request_body = SignInput,
     responses(
         (status = 200, description = "The token response.", body = Issued),
         BodyErrors,
@@ -51,7 +78,7 @@ async fn sign(
     auth: AppAuth,
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
-    let input = SignInput::parse(body.0).map_err(ApiError::fields)?;
+    let input = SignInput::parse(body.0).map_err(ApiError::Invalid)?;
     let issued = services.sessions.sign(&auth.0.app, input, clock::now()).await?;
     services.metrics.session_opened();
     Ok(HttpResponse::Ok().json(issued))
@@ -66,7 +93,7 @@ async fn sign(
 #[utoipa::path(post, path = "/app/{app_id}/renew", tag = "tokens",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
-    request_body = RenewRequest,
+    request_body = RenewInput,
     responses(
         (status = 200, description = "The token response.", body = Issued),
         (status = 401, description = "`invalid_grant`, \"invalid refresh token\": any refresh \
@@ -80,7 +107,7 @@ async fn renew(
     auth: AppAuth,
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
-    let input = RenewInput::parse(&body.0).map_err(ApiError::fields)?;
+    let input = RenewInput::parse(&body.0).map_err(ApiError::Invalid)?;
     let renewed = services.sessions.renew(&auth.0.app, input, clock::now()).await;
     services.metrics.renew(RenewCount::of(&renewed));
     Ok(HttpResponse::Ok().json(renewed?.issued))
@@ -102,7 +129,7 @@ async fn verify(
     auth: AppAuth,
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
-    let token = token_field(&body.0, "token").map_err(ApiError::fields)?;
+    let TokenRequest { token } = TokenRequest::parse(&body.0)?;
     let verified = services.sessions.verify(&auth.0.app, &token, clock::now()).await?;
     Ok(HttpResponse::Ok().json(verified))
 }
@@ -124,20 +151,24 @@ async fn logout(
     auth: AppAuth,
     body: Body,
 ) -> Result<HttpResponse, ApiError> {
-    let token = token_field(&body.0, "token").map_err(ApiError::fields)?;
+    let TokenRequest { token } = TokenRequest::parse(&body.0)?;
     let revoked =
         services.sessions.logout(&auth.0.app, &token, clock::now()).await.map_err(|e| match e {
             SessionError::Rejected(_) => ApiError::InvalidToken,
             other => other.into(),
         })?;
     services.metrics.sessions_revoked(RevokeReason::Logout, revoked);
-    Ok(HttpResponse::Ok().json(json!({"status": "ok", "revoked": revoked})))
+    Ok(HttpResponse::Ok().json(LogoutAnswer { revoked, status: "ok" }))
 }
 
-#[derive(Debug, Deserialize)]
+/// The body of `/revoke`: exactly one of `session_id` (one session) and `sub` (every
+/// session of a subject).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevokeRequest {
+    #[schema(value_type = Option<SessionId>)]
     session_id: Option<String>,
+    #[schema(min_length = 1, max_length = 255)]
     sub: Option<String>,
 }
 
@@ -145,7 +176,7 @@ struct RevokeRequest {
 #[utoipa::path(post, path = "/app/{app_id}/revoke", tag = "tokens",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
-    request_body = super::openapi::RevokeRequest,
+    request_body = RevokeRequest,
     responses(
         (status = 200, description = "How many sessions were revoked.", body = RevokedCount),
         BodyErrors,
@@ -166,7 +197,7 @@ async fn revoke(
         }
         (None, Some(sub)) => RevokeScope::Subject(checked_sub(sub)?),
         _ => {
-            return Err(ApiError::fields(vec![
+            return Err(ApiError::Invalid(vec![
                 FieldError::new("session_id", "give exactly one of session_id and sub"),
                 FieldError::new("sub", "give exactly one of session_id and sub"),
             ]))
@@ -177,7 +208,7 @@ async fn revoke(
         services.sessions.revoke(app_id, scope, "revoked by the app", clock::now()).await?;
     services.metrics.sessions_revoked(RevokeReason::App, revoked);
     admin::sessions_revoked(&services, app_id, scope, revoked, Actor::App).await;
-    Ok(HttpResponse::Ok().json(json!({"revoked": revoked})))
+    Ok(HttpResponse::Ok().json(RevokedCount { revoked }))
 }
 
 fn checked_sub(sub: &str) -> Result<&str, ApiError> {
@@ -208,7 +239,7 @@ async fn sessions_of(
 ) -> Result<HttpResponse, ApiError> {
     let sub = checked_sub(sub)?;
     let sessions = services.sessions.list(auth.0.app.app_id, Some(sub), clock::now()).await?;
-    Ok(HttpResponse::Ok().json(json!({"sessions": sessions})))
+    Ok(HttpResponse::Ok().json(SessionList { sessions }))
 }
 
 /// The subject's live sessions, oldest first.

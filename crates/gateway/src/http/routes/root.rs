@@ -1,17 +1,18 @@
+//! The root API (root key): apps, their app keys, signing keys and sessions.
+
 use actix_web::{web, HttpResponse};
 use keygate_keyring::{KeyId, Revocation, Rotation};
 use keygate_tenants::{App, AppId, SettingsPatch};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
-use super::openapi::{
-    AppList, BodyErrors, CreateAppRequest, Deleted, KeyList, RevokedCount, RootKeyErrors,
-};
-use super::resource;
-use crate::admin::{self, Actor, CreatedApp, RotateAppKeyRequest, RotatedAppKey};
+use crate::app::admin::{self, Actor, CreatedApp, KeyView, RotatedAppKey};
+use crate::bootstrap::Services;
 use crate::clock;
-use crate::error::{ApiError, Body as ErrorBody};
-use crate::extract::{JsonBody, OptionalJsonBody, RootAuth};
-use crate::Services;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::{JsonBody, OptionalJsonBody, RootAuth};
+use crate::http::resource::resource;
+use crate::http::schema::{AppNotFound, BodyErrors, RevokedCount, RootKeyErrors};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -32,6 +33,33 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     );
 }
 
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RotateAppKeyRequest {
+    /// Seconds during which the previous key keeps working (default 0).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 604800)]
+    grace: i64,
+}
+
+/// Every app.
+#[derive(Serialize, ToSchema)]
+struct AppList {
+    apps: Vec<App>,
+}
+
+/// The app that was deleted.
+#[derive(Serialize, ToSchema)]
+struct Deleted {
+    deleted: AppId,
+}
+
+/// Every signing key of an app, in every state.
+#[derive(Serialize, ToSchema)]
+struct KeyList {
+    keys: Vec<KeyView>,
+}
+
 /// The app id of a root route's path; a malformed one is an unknown app (404).
 pub(super) fn app_id(raw: &str) -> Result<AppId, ApiError> {
     raw.parse().map_err(|_| ApiError::NotFound(format!("app {raw:?} not found")))
@@ -42,13 +70,14 @@ pub(super) fn app_id(raw: &str) -> Result<AppId, ApiError> {
     security(("root_key" = [])),
     responses((status = 200, description = "Every app.", body = AppList), RootKeyErrors))]
 async fn list_apps(_: RootAuth, services: web::Data<Services>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(json!({"apps": admin::list_apps(&services).await?})))
+    Ok(HttpResponse::Ok().json(AppList { apps: admin::list_apps(&services).await? }))
 }
 
 /// Creates an app with its active and next signing keys. The app key is shown only here.
 #[utoipa::path(post, path = "/root/apps", tag = "root",
     security(("root_key" = [])),
-    request_body = CreateAppRequest,
+    request_body(content = SettingsPatch, description = "A name, which is required here, and \
+        any other settings (absent ones take their default)."),
     responses(
         (status = 201, description = "The app, its app key and its active signing key.",
             body = CreatedApp),
@@ -70,8 +99,7 @@ async fn create_app(
     security(("root_key" = [])),
     responses(
         (status = 200, description = "The app's settings.", body = App),
-        (status = 404, description = "`not_found`: no such app (or a malformed id).",
-            body = ErrorBody),
+        AppNotFound,
         RootKeyErrors,
     ))]
 async fn get_app(
@@ -90,8 +118,7 @@ async fn get_app(
     request_body = SettingsPatch,
     responses(
         (status = 200, description = "The new settings.", body = App),
-        (status = 404, description = "`not_found`: no such app (or a malformed id).",
-            body = ErrorBody),
+        AppNotFound,
         BodyErrors,
         RootKeyErrors,
     ))]
@@ -112,8 +139,7 @@ async fn update_app(
     security(("root_key" = [])),
     responses(
         (status = 200, description = "The app is gone.", body = Deleted),
-        (status = 404, description = "`not_found`: no such app (or a malformed id).",
-            body = ErrorBody),
+        AppNotFound,
         RootKeyErrors,
     ))]
 async fn delete_app(
@@ -123,7 +149,7 @@ async fn delete_app(
 ) -> Result<HttpResponse, ApiError> {
     let app_id = app_id(&path)?;
     admin::delete_app(&services, app_id, Actor::Root).await?;
-    Ok(HttpResponse::Ok().json(json!({"deleted": app_id})))
+    Ok(HttpResponse::Ok().json(Deleted { deleted: app_id }))
 }
 
 /// Replaces an app's app key; with a `grace`, the previous one keeps working that long.
@@ -134,8 +160,7 @@ async fn delete_app(
         body is a grace of 0."),
     responses(
         (status = 200, description = "The new app key.", body = RotatedAppKey),
-        (status = 404, description = "`not_found`: no such app (or a malformed id).",
-            body = ErrorBody),
+        AppNotFound,
         BodyErrors,
         RootKeyErrors,
     ))]
@@ -157,8 +182,7 @@ async fn rotate_app_key(
     security(("root_key" = [])),
     responses(
         (status = 200, description = "The keys.", body = KeyList),
-        (status = 404, description = "`not_found`: no such app (or a malformed id).",
-            body = ErrorBody),
+        AppNotFound,
         RootKeyErrors,
     ))]
 async fn list_keys(
@@ -167,7 +191,7 @@ async fn list_keys(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let keys = admin::list_keys(&services, app_id(&path)?).await?;
-    Ok(HttpResponse::Ok().json(json!({"keys": keys})))
+    Ok(HttpResponse::Ok().json(KeyList { keys }))
 }
 
 /// A planned rotation: promotes the next key, retires the active one, publishes a new next
@@ -177,8 +201,7 @@ async fn list_keys(
     security(("root_key" = [])),
     responses(
         (status = 200, description = "The keys after the rotation.", body = Rotation),
-        (status = 404, description = "`not_found`: no such app (or a malformed id).",
-            body = ErrorBody),
+        AppNotFound,
         RootKeyErrors,
     ))]
 async fn rotate_keys(
@@ -224,8 +247,7 @@ async fn revoke_key(
     security(("root_key" = [])),
     responses(
         (status = 200, description = "How many sessions were revoked.", body = RevokedCount),
-        (status = 404, description = "`not_found`: no such app (or a malformed id).",
-            body = ErrorBody),
+        AppNotFound,
         RootKeyErrors,
     ))]
 async fn revoke_sessions(
@@ -235,5 +257,5 @@ async fn revoke_sessions(
 ) -> Result<HttpResponse, ApiError> {
     let revoked =
         admin::revoke_sessions(&services, app_id(&path)?, None, Actor::Root, clock::now()).await?;
-    Ok(HttpResponse::Ok().json(json!({"revoked": revoked})))
+    Ok(HttpResponse::Ok().json(RevokedCount { revoked }))
 }

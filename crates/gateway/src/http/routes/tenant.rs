@@ -1,19 +1,29 @@
+//! An app's public keys and settings.
+
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use keygate_keyring::Jwks;
+use keygate_keyring::{Jwks, PublishedKey};
 use keygate_tenants::{App, AppId};
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 
-use super::openapi::{AppKeyErrors, PublishedKeys, ServerErrors};
-use super::resource;
-use crate::error::{ApiError, Body as ErrorBody};
-use crate::extract::AppAuth;
-use crate::Services;
+use crate::app::AppError;
+use crate::bootstrap::Services;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::AppAuth;
+use crate::http::resource::resource;
+use crate::http::schema::{AppKeyErrors, ServerErrors};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/app/{app_id}/jwks.json").route(web::get().to(jwks)))
         .service(resource("/app/{app_id}/pub-keys").route(web::get().to(pub_keys)))
         .service(resource("/app/{app_id}").route(web::get().to(app_settings)));
+}
+
+/// The app's published keys (`next`, `active`, `retired`).
+#[derive(Serialize, ToSchema)]
+struct PublishedKeys<'a> {
+    keys: &'a [PublishedKey],
 }
 
 /// The app's published keys as an RFC 7517 key set; public, and cacheable.
@@ -35,7 +45,7 @@ async fn jwks(
     let unknown = || ApiError::NotFound("no such app".into());
     let app_id: AppId = path.parse().map_err(|_| unknown())?;
     services.tenants.app(app_id).await?.ok_or_else(unknown)?;
-    let keys = services.keyring.keys(app_id).await?;
+    let keys = services.keyring.keys(app_id).await.map_err(AppError::from)?;
     Ok(HttpResponse::Ok()
         .insert_header((
             header::CACHE_CONTROL,
@@ -53,8 +63,8 @@ async fn jwks(
         AppKeyErrors,
     ))]
 async fn pub_keys(services: web::Data<Services>, auth: AppAuth) -> Result<HttpResponse, ApiError> {
-    let keys = services.keyring.keys(auth.0.app.app_id).await?;
-    Ok(HttpResponse::Ok().json(json!({"keys": keys.published()})))
+    let keys = services.keyring.keys(auth.0.app.app_id).await.map_err(AppError::from)?;
+    Ok(HttpResponse::Ok().json(PublishedKeys { keys: keys.published() }))
 }
 
 /// The app's settings, without secrets.

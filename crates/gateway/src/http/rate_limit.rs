@@ -1,6 +1,6 @@
 //! Per-address limits on failed app-key and root-key checks.
 //!
-//! Failures are counted per client address ([`crate::client_ip`]) with a keyed GCRA limiter
+//! Failures are counted per client address ([`crate::http::client_ip`]) with a keyed GCRA limiter
 //! from `governor`: `auth_failure_burst` failures at once, then one more every
 //! `60 / auth_failures_per_minute` seconds. Once an address has spent its budget it is put
 //! on a small "spent" table, and every authentication attempt from it is answered 429 with
@@ -29,8 +29,8 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use keygate_tenants::AuthError;
 
-use crate::client_ip::client_ip;
-use crate::error::ApiError;
+use crate::http::client_ip::client_ip;
+use crate::http::error::ApiError;
 
 /// Above this many tracked addresses a failure also sweeps stale ones, without waiting
 /// for the periodic sweep.

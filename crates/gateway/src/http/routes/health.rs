@@ -1,16 +1,35 @@
-use actix_web::{web, HttpResponse};
-use serde_json::json;
+//! Liveness and readiness.
 
-use super::openapi::{Alive, Ready};
-use super::resource;
-use crate::error::{ApiError, Body as ErrorBody};
-use crate::Services;
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::bootstrap::Services;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::resource::resource;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     for path in ["/healthz", "/ping", "/health"] {
         cfg.service(resource(path).route(web::get().to(alive)));
     }
     cfg.service(resource("/readyz").route(web::get().to(ready)));
+}
+
+/// The process runs.
+#[derive(Serialize, ToSchema)]
+struct Alive {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
+/// The database answers.
+#[derive(Serialize, ToSchema)]
+struct Ready {
+    /// `sqlite` or `postgres`.
+    #[schema(example = "sqlite")]
+    database: &'static str,
+    #[schema(example = "ok")]
+    status: &'static str,
 }
 
 /// The process runs.
@@ -23,7 +42,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     description = "An alias of `/healthz`, kept for JWTPlus clients.",
     responses((status = 200, description = "The process runs.", body = Alive)))]
 async fn alive() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(Alive { status: "ok" })
 }
 
 /// The aliases of `/healthz`, for the OpenAPI document.
@@ -39,5 +58,5 @@ pub(super) struct Health;
     ))]
 async fn ready(services: web::Data<Services>) -> Result<HttpResponse, ApiError> {
     services.db.ping().await.map_err(|e| ApiError::Unavailable(Box::new(e)))?;
-    Ok(HttpResponse::Ok().json(json!({"status": "ok", "database": services.db.backend()})))
+    Ok(HttpResponse::Ok().json(Ready { database: services.db.backend(), status: "ok" }))
 }

@@ -12,22 +12,22 @@
 //! Each delivery carries `Keygate-Signature: t=UNIX_SECONDS,v1=HEX`, where HEX is the
 //! HMAC-SHA256, under the secret, of `UNIX_SECONDS.` followed by the exact body bytes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::web;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use hmac::{Hmac, Mac};
 use keygate_tenants::events::{Actor, Claimed, Delivery, EventKind, Webhook};
-use keygate_tenants::{AppId, FieldError};
+use keygate_tenants::{hmac_sha256, AppId, Secret, StoreError};
 use rand::RngCore;
 use serde::Serialize;
-use sha2::Sha256;
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
-use crate::error::ApiError;
-use crate::{clock, Services, Settings};
+use super::{admin, chain, expose_secret, AppError};
+use crate::bootstrap::Services;
+use crate::clock;
+use crate::config::Settings;
 
 /// The header that carries the signature.
 pub const SIGNATURE_HEADER: &str = "keygate-signature";
@@ -55,7 +55,9 @@ pub struct WebhookView {
 pub struct WebhookSet {
     pub app_id: AppId,
     pub url: String,
-    pub secret: String,
+    #[serde(serialize_with = "expose_secret")]
+    #[schema(value_type = String)]
+    pub secret: Secret,
 }
 
 fn context(app_id: AppId) -> String {
@@ -64,8 +66,8 @@ fn context(app_id: AppId) -> String {
 
 /// `url` if keygate may post to it: `https`, or `http` to a loopback host only (a receiver
 /// on the same machine), with a host and no credentials.
-pub fn check_url(url: &str) -> Result<reqwest::Url, ApiError> {
-    let bad = |message: &str| ApiError::fields(vec![FieldError::new("url", message)]);
+pub fn check_url(url: &str) -> Result<reqwest::Url, AppError> {
+    let bad = |message: &str| AppError::invalid("url", message);
     if url.len() > MAX_URL_LEN {
         return Err(bad(&format!("must be at most {MAX_URL_LEN} bytes")));
     }
@@ -93,16 +95,16 @@ pub async fn set(
     app_id: AppId,
     url: &str,
     actor: Actor,
-) -> Result<WebhookSet, ApiError> {
+) -> Result<WebhookSet, AppError> {
     let parsed = check_url(url)?;
     // Logged alone: a receiver's URL may carry a token in its path or query.
     let host = parsed.host_str().unwrap_or_default().to_owned();
     let url = parsed.to_string();
     let mut raw = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(raw.as_mut());
-    let secret = format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw.as_ref()));
+    let secret = Secret::new(format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(raw.as_ref())));
     let (sealed_secret, master_key_id) =
-        services.keyring.seal_secret(&context(app_id), secret.as_bytes())?;
+        services.keyring.seal_secret(&context(app_id), secret.expose().as_bytes())?;
     let webhook = Webhook {
         app_id,
         url: url.clone(),
@@ -111,9 +113,7 @@ pub async fn set(
         created_at: clock::now(),
     };
     services.audit.store().set_webhook(&webhook).await.map_err(|e| match e {
-        keygate_tenants::StoreError::NotFound => {
-            ApiError::NotFound(format!("app {app_id} not found"))
-        }
+        StoreError::NotFound => AppError::NotFound(format!("app {app_id} not found")),
         other => other.into(),
     })?;
     tracing::info!(%app_id, %host, "webhook set");
@@ -124,21 +124,21 @@ pub async fn set(
     Ok(WebhookSet { app_id, url, secret })
 }
 
-pub async fn get(services: &Services, app_id: AppId) -> Result<WebhookView, ApiError> {
-    crate::admin::get_app(services, app_id).await?;
+pub async fn get(services: &Services, app_id: AppId) -> Result<WebhookView, AppError> {
+    admin::get_app(services, app_id).await?;
     let webhook = services
         .audit
         .store()
         .webhook(app_id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("app {app_id} has no webhook")))?;
+        .ok_or_else(|| AppError::NotFound(format!("app {app_id} has no webhook")))?;
     Ok(WebhookView { app_id, url: webhook.url, created_at: webhook.created_at })
 }
 
-pub async fn remove(services: &Services, app_id: AppId) -> Result<(), ApiError> {
-    crate::admin::get_app(services, app_id).await?;
+pub async fn remove(services: &Services, app_id: AppId) -> Result<(), AppError> {
+    admin::get_app(services, app_id).await?;
     if !services.audit.store().delete_webhook(app_id).await? {
-        return Err(ApiError::NotFound(format!("app {app_id} has no webhook")));
+        return Err(AppError::NotFound(format!("app {app_id} has no webhook")));
     }
     tracing::info!(%app_id, "webhook removed");
     Ok(())
@@ -146,7 +146,7 @@ pub async fn remove(services: &Services, app_id: AppId) -> Result<(), ApiError> 
 
 /// Re-seals every webhook secret sealed under a previous master key (a master-key
 /// rotation); returns how many changed.
-pub async fn reseal_all(services: &Services) -> Result<usize, ApiError> {
+pub async fn reseal_all(services: &Services) -> Result<usize, AppError> {
     let store = services.audit.store();
     let current = services.keyring.master().id().to_owned();
     let mut resealed = 0;
@@ -170,13 +170,8 @@ pub async fn reseal_all(services: &Services) -> Result<usize, ApiError> {
 
 /// `t=SECONDS,v1=HEX`: the HMAC-SHA256 of `SECONDS.BODY` under `secret`.
 pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-    mac.update(timestamp.to_string().as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    format!("t={timestamp},v1={hex}")
+    let mac = hmac_sha256(secret, &[timestamp.to_string().as_bytes(), b".", body]);
+    format!("t={timestamp},v1={}", hex::encode(mac))
 }
 
 /// How deliveries are made and retried.
@@ -211,7 +206,7 @@ impl Deliverer {
     }
 
     /// Delivers what is due at `now`; returns how many events were settled.
-    pub async fn deliver_due(&self, services: &Services, now: i64) -> Result<usize, ApiError> {
+    pub async fn deliver_due(&self, services: &Services, now: i64) -> Result<usize, AppError> {
         let store = services.audit.store();
         // Long enough for an attempt to finish before another gateway may take it over.
         let lease = i64::try_from(self.timeout.as_secs()).unwrap_or(60).saturating_add(30);
@@ -300,7 +295,7 @@ fn without_url(err: &reqwest::Error) -> &'static str {
 
 /// Delivers webhooks for as long as the process lives: every `poll`, and whenever an event
 /// is recorded.
-pub fn spawn(services: web::Data<Services>, deliverer: Deliverer, poll: Duration) {
+pub fn spawn(services: Arc<Services>, deliverer: Deliverer, poll: Duration) {
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -313,7 +308,7 @@ pub fn spawn(services: web::Data<Services>, deliverer: Deliverer, poll: Duration
                     Ok(n) if n as i64 == BATCH => continue,
                     Ok(_) => break,
                     Err(err) => {
-                        tracing::warn!(error = %crate::error::chain(&err), "webhook delivery pass failed");
+                        tracing::warn!(error = %chain(&err), "webhook delivery pass failed");
                         break;
                     }
                 }

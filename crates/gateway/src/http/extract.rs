@@ -11,10 +11,10 @@ use actix_web::{web, FromRequest, HttpRequest};
 use keygate_tenants::{AppRecord, FieldError};
 use serde::de::DeserializeOwned;
 
+use crate::bootstrap::Services;
 use crate::clock;
-use crate::error::ApiError;
-use crate::rate_limit::Attempt;
-use crate::Services;
+use crate::http::error::ApiError;
+use crate::http::rate_limit::Attempt;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 16 * 1024;
@@ -157,7 +157,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let named = |e: serde_path_to_error::Error<serde_json::Error>| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        ApiError::fields(vec![FieldError::new(field_name(&path, &inner), clean_message(&inner))])
+        ApiError::Invalid(vec![FieldError::new(field_name(&path, &inner), clean_message(&inner))])
     };
     // serde would read a struct from an array by position; every body here is an object.
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
@@ -223,7 +223,7 @@ fn services(req: &HttpRequest) -> Result<web::Data<Services>, ApiError> {
 
 /// An app authenticated by its app key. Wrong key, unknown app and malformed id are all
 /// the same 403. Each failure counts against the client address; an address that has
-/// failed too often gets 429 before its key is looked at ([`crate::rate_limit`]).
+/// failed too often gets 429 before its key is looked at ([`crate::http::rate_limit`]).
 #[derive(Debug)]
 pub struct AppAuth(pub Arc<AppRecord>);
 

@@ -3,8 +3,8 @@
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
-use super::resource;
-use crate::Services;
+use crate::bootstrap::Services;
+use crate::http::resource::resource;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/metrics").route(web::get().to(metrics)));
@@ -17,5 +17,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn metrics(services: web::Data<Services>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, prometheus::TEXT_FORMAT))
-        .body(services.metrics.render(&services))
+        .body(services.metrics.render(&services.tenants, &services.db))
 }

@@ -1,0 +1,22 @@
+//! What every route shares: a resource that answers 405 to the methods it does not serve,
+//! and the two fallbacks of the router.
+
+use actix_web::{web, HttpResponse};
+
+use crate::http::error::ApiError;
+use crate::http::metrics::RouteLabel;
+
+pub async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound("no such endpoint".into()))
+}
+
+pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::MethodNotAllowed)
+}
+
+/// A resource whose unserved methods answer 405.
+/// The resource carries its pattern as the route label of the metrics, which the metrics
+/// middleware reads without matching the path again.
+pub fn resource(path: &'static str) -> actix_web::Resource {
+    web::resource(path).app_data(RouteLabel(path)).default_service(web::to(method_not_allowed))
+}

@@ -1,0 +1,25 @@
+//! Every route of the API, one module per group; [`openapi`] describes them all.
+
+use actix_web::web;
+
+pub use crate::http::resource::{method_not_allowed, not_found};
+
+mod events;
+mod health;
+mod metrics;
+mod openapi;
+mod root;
+mod sessions;
+mod tenant;
+
+/// Every route of the API. Each resource answers 405 to methods it does not serve.
+/// The token endpoints come first: the router tries resources in this order.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    sessions::configure(cfg);
+    tenant::configure(cfg);
+    health::configure(cfg);
+    metrics::configure(cfg);
+    openapi::configure(cfg);
+    root::configure(cfg);
+    events::configure(cfg);
+}

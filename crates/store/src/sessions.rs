@@ -1,0 +1,455 @@
+//! Sessions (refresh-token families). Every statement is written once over [`Backend`];
+//! renews, and signs without a session limit, go through the group-commit batcher of the
+//! open backend ([`sqlite_batch`] or [`pg_batch`]), where concurrent writes share one
+//! statement and one commit. Every session statement derives its columns from [`COLUMNS`].
+
+mod batch;
+mod pg_batch;
+mod sqlite_batch;
+
+use std::sync::OnceLock;
+
+use tokio::sync::oneshot;
+
+use crate::backend::WriteTx;
+use crate::{Backend, Kind, Sql, StoreError};
+use batch::{closed, InsertJob, RotateJob};
+
+/// A session's columns, in the order every statement writes or returns them, each with its
+/// Postgres type (for the arrays of a batch).
+const COLUMNS: [(&str, &str); 18] = [
+    ("session_id", "text"),
+    ("app_id", "text"),
+    ("sub", "text"),
+    ("claims", "text"),
+    ("created_at", "int8"),
+    ("expires_at", "int8"),
+    ("current_jid", "text"),
+    ("current_iat", "int8"),
+    ("current_exp", "int8"),
+    ("key_id", "text"),
+    ("prev_jid", "text"),
+    ("rotated_at", "int8"),
+    ("ip", "text"),
+    ("useragent", "text"),
+    ("last_renewed_at", "int8"),
+    ("revoked_at", "int8"),
+    ("revoked_reason", "text"),
+    ("current_digest", "bytea"),
+];
+
+/// The values of a rotation, in the order they are bound (see [`RotationRow::bind`]).
+const ROTATION: [(&str, &str); 11] = [
+    ("session_id", "text"),
+    ("app_id", "text"),
+    ("new_jid", "text"),
+    ("refresh_expire", "int8"),
+    ("key_id", "text"),
+    ("ip", "text"),
+    ("useragent", "text"),
+    ("now", "int8"),
+    ("expected", "text"),
+    ("presented", "bytea"),
+    ("digest", "bytea"),
+];
+
+/// Rows per multi-row INSERT of a bulk insert, well under SQLite's bound-parameter limit.
+const BULK_ROWS: usize = 500;
+
+/// The live sessions of a subject, oldest first: the ones a session limit evicts first.
+const LIVE_OF_SUBJECT: &str = "SELECT session_id FROM sessions WHERE app_id = $1 AND sub = $2 \
+    AND revoked_at IS NULL AND expires_at > $3 ORDER BY created_at, session_id";
+
+const UNROTATE: &str = "UPDATE sessions SET current_jid = $4, current_iat = $5, \
+    current_exp = $6, prev_jid = NULL, rotated_at = NULL, current_digest = NULL \
+    WHERE session_id = $1 AND app_id = $2 AND current_jid = $3";
+
+const TOUCH: &str = "UPDATE sessions SET ip = $3, useragent = $4, last_renewed_at = $5 \
+    WHERE session_id = $1 AND app_id = $2 AND revoked_at IS NULL AND expires_at > $5";
+
+const REVOKE_ONE: &str = "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+    WHERE app_id = $1 AND session_id = $2 AND revoked_at IS NULL AND expires_at > $3";
+const REVOKE_SUBJECT: &str = "UPDATE sessions SET revoked_at = $3, revoked_reason = $4 \
+    WHERE app_id = $1 AND sub = $2 AND revoked_at IS NULL AND expires_at > $3";
+const REVOKE_APP: &str = "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
+    WHERE app_id = $1 AND revoked_at IS NULL AND expires_at > $2";
+
+const PURGE: &str = "DELETE FROM sessions WHERE expires_at < $1 OR current_exp < $1 \
+    OR revoked_at < $1";
+
+/// The statements derived from [`COLUMNS`] and [`ROTATION`], built on first use.
+struct Statements {
+    /// `session_id, app_id, …`
+    names: String,
+    /// `INSERT INTO sessions (…) VALUES `, before the rows.
+    insert_into: String,
+    insert: String,
+    get: String,
+    live: String,
+    live_of_sub: String,
+    rotate: String,
+}
+
+fn statements() -> &'static Statements {
+    static STATEMENTS: OnceLock<Statements> = OnceLock::new();
+    STATEMENTS.get_or_init(|| {
+        let names = COLUMNS.map(|(name, _)| name).join(", ");
+        let insert_into = format!("INSERT INTO sessions ({names}) VALUES ");
+        let live = format!(
+            "SELECT {names} FROM sessions WHERE app_id = $1 AND revoked_at IS NULL \
+             AND expires_at > $2"
+        );
+        Statements {
+            insert: format!("{insert_into}{}", numbered(1, COLUMNS.len())),
+            get: format!("SELECT {names} FROM sessions WHERE app_id = $1 AND session_id = $2"),
+            live_of_sub: format!("{live} AND sub = $3 ORDER BY created_at, session_id"),
+            live: format!("{live} ORDER BY created_at, session_id"),
+            rotate: swap(|i| format!("${}", i + 1), "", &names),
+            insert_into,
+            names,
+        }
+    })
+}
+
+/// `rows` tuples of `width` numbered placeholders: `($1, $2), ($3, $4)`.
+fn numbered(rows: usize, width: usize) -> String {
+    let tuple = |row: usize| {
+        let marks: Vec<String> = (1..=width).map(|i| format!("${}", row * width + i)).collect();
+        format!("({})", marks.join(", "))
+    };
+    (0..rows).map(tuple).collect::<Vec<_>>().join(", ")
+}
+
+/// The compare-and-swap of a renew, where `value(i)` is the `i`-th value of [`ROTATION`]
+/// (a placeholder, or a column of the batch named in `from`): rotates only if the
+/// session's `current_jid` is still the expected one (and, with `presented`, its current
+/// token's digest is that one) and the session is live at `now`. The new token expires at
+/// min(now + refresh_expire, the session's absolute expiry).
+fn swap(value: impl Fn(usize) -> String, from: &str, returning: &str) -> String {
+    let [session, app_id, new_jid, lifetime, key_id, ip, agent, now, expected, presented, digest] =
+        std::array::from_fn(value);
+    format!(
+        "UPDATE sessions SET prev_jid = sessions.current_jid, current_jid = {new_jid}, \
+         current_iat = {now}, current_exp = CASE WHEN {now} + {lifetime} < \
+         sessions.expires_at THEN {now} + {lifetime} ELSE sessions.expires_at END, \
+         key_id = {key_id}, rotated_at = {now}, ip = {ip}, useragent = {agent}, \
+         last_renewed_at = {now}, current_digest = {digest}{from} \
+         WHERE sessions.session_id = {session} AND sessions.app_id = {app_id} \
+         AND sessions.current_jid = {expected} AND sessions.revoked_at IS NULL \
+         AND sessions.expires_at > {now} \
+         AND ({presented} IS NULL OR sessions.current_digest = {presented}) \
+         RETURNING {returning}"
+    )
+}
+
+/// A session as stored.
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct SessionRow {
+    pub session_id: String,
+    pub app_id: String,
+    pub sub: String,
+    /// JSON.
+    pub claims: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub current_jid: String,
+    pub current_iat: i64,
+    pub current_exp: i64,
+    pub key_id: String,
+    pub prev_jid: Option<String>,
+    pub rotated_at: Option<i64>,
+    pub ip: String,
+    pub useragent: String,
+    pub last_renewed_at: i64,
+    pub revoked_at: Option<i64>,
+    pub revoked_reason: Option<String>,
+    /// SHA-256 of the current refresh token.
+    pub current_digest: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SessionRow {
+    // The digest stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRow").field("session_id", &self.session_id).finish_non_exhaustive()
+    }
+}
+
+impl SessionRow {
+    /// Binds the row's values in the order of [`COLUMNS`].
+    fn bind(self, sql: Sql) -> Sql {
+        sql.bind(self.session_id)
+            .bind(self.app_id)
+            .bind(self.sub)
+            .bind(self.claims)
+            .bind(self.created_at)
+            .bind(self.expires_at)
+            .bind(self.current_jid)
+            .bind(self.current_iat)
+            .bind(self.current_exp)
+            .bind(self.key_id)
+            .bind(self.prev_jid)
+            .bind(self.rotated_at)
+            .bind(self.ip)
+            .bind(self.useragent)
+            .bind(self.last_renewed_at)
+            .bind(self.revoked_at)
+            .bind(self.revoked_reason)
+            .bind(self.current_digest)
+    }
+}
+
+/// The compare-and-swap of one renew: session `session_id` of `app_id` gets `new_jid` as
+/// its current token if `expected` still is.
+#[derive(Clone)]
+pub struct RotationRow {
+    pub session_id: String,
+    pub app_id: String,
+    pub new_jid: String,
+    /// The app's refresh lifetime.
+    pub refresh_expire: i64,
+    pub key_id: String,
+    pub ip: String,
+    pub useragent: String,
+    pub now: i64,
+    pub expected: String,
+    /// The digest the current token must have; `None`: not compared.
+    pub presented: Option<[u8; 32]>,
+    /// The digest of the new token.
+    pub digest: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for RotationRow {
+    // The digests stay out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotationRow").field("session_id", &self.session_id).finish_non_exhaustive()
+    }
+}
+
+impl RotationRow {
+    /// Binds the rotation's values in the order of [`ROTATION`].
+    fn bind(self, sql: Sql) -> Sql {
+        sql.bind(self.session_id)
+            .bind(self.app_id)
+            .bind(self.new_jid)
+            .bind(self.refresh_expire)
+            .bind(self.key_id)
+            .bind(self.ip)
+            .bind(self.useragent)
+            .bind(self.now)
+            .bind(self.expected)
+            .bind(self.presented.map(Vec::from))
+            .bind(self.digest.map(Vec::from))
+    }
+}
+
+/// Which live sessions of an app a revocation covers.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    Session(&'a str),
+    Subject(&'a str),
+    App,
+}
+
+/// The sessions table, with the group-commit batcher of its backend. Cloning it is cheap;
+/// the batcher runs until the last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct SessionTable {
+    db: Backend,
+    batcher: Option<Batcher>,
+}
+
+#[derive(Debug, Clone)]
+enum Batcher {
+    Sqlite(sqlite_batch::GroupCommit),
+    Postgres(pg_batch::PgBatch),
+}
+
+impl Batcher {
+    async fn rotate(&self, job: RotateJob) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(group) => group.submit(sqlite_batch::Job::Rotate(job)).await,
+            Self::Postgres(batch) => batch.rotations.send(job).await.map_err(|_| closed()),
+        }
+    }
+
+    async fn insert(&self, job: InsertJob) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite(group) => group.submit(sqlite_batch::Job::Insert(job)).await,
+            Self::Postgres(batch) => batch.inserts.send(job).await.map_err(|_| closed()),
+        }
+    }
+}
+
+impl SessionTable {
+    /// Inside a Tokio runtime this starts the group-commit tasks; outside one, every write
+    /// commits on its own.
+    pub fn open(db: &Backend) -> Self {
+        let batcher = match db.kind() {
+            Kind::Sqlite => sqlite_batch::GroupCommit::start(db).map(Batcher::Sqlite),
+            Kind::Postgres => pg_batch::PgBatch::start(db).map(Batcher::Postgres),
+        };
+        Self { db: db.clone(), batcher }
+    }
+
+    /// Inserts a session. With `max_per_sub` > 0, first revokes the subject's oldest live
+    /// sessions so that at most that many remain; returns how many were revoked.
+    pub async fn create(&self, row: SessionRow, max_per_sub: i64) -> Result<u64, StoreError> {
+        if let (Some(batcher), 0) = (&self.batcher, max_per_sub) {
+            let (reply, answer) = oneshot::channel();
+            batcher.insert(InsertJob { row, reply }).await?;
+            answer.await.map_err(|_| closed())??;
+            return Ok(0);
+        }
+        let mut tx = self.db.begin_write().await?;
+        let mut evicted = 0;
+        if max_per_sub > 0 {
+            // Serialise session creation per subject, so concurrent signs cannot both see
+            // room under the limit.
+            tx.lock(&format!("{}/{}", row.app_id, row.sub)).await?;
+            evicted = evict_oldest(&mut tx, &row, max_per_sub).await?;
+        }
+        tx.execute(row.bind(Sql::new(statements().insert.as_str()))).await?;
+        tx.commit().await?;
+        Ok(evicted)
+    }
+
+    /// Inserts many sessions in one transaction, without session limits.
+    pub async fn bulk_insert(&self, rows: Vec<SessionRow>) -> Result<u64, StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        let mut inserted = 0;
+        let mut rows = rows.into_iter();
+        loop {
+            let chunk: Vec<SessionRow> = rows.by_ref().take(BULK_ROWS).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let values = numbered(chunk.len(), COLUMNS.len());
+            let sql = Sql::new(format!("{}{values}", statements().insert_into));
+            inserted += tx.execute(chunk.into_iter().fold(sql, |sql, row| row.bind(sql))).await?;
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    pub async fn get(
+        &self,
+        app_id: &str,
+        session_id: &str,
+    ) -> Result<Option<SessionRow>, StoreError> {
+        let sql = Sql::new(statements().get.as_str()).bind(app_id).bind(session_id);
+        self.db.read(sql).fetch_optional().await
+    }
+
+    /// The compare-and-swap of a renew, as one statement (batched with concurrent ones):
+    /// the session as rotated, or `None` when another renew (or a revoke, or expiry) came
+    /// first.
+    pub async fn rotate(&self, rotation: RotationRow) -> Result<Option<SessionRow>, StoreError> {
+        let Some(batcher) = &self.batcher else {
+            return rotate_one(&self.db, rotation).await;
+        };
+        let (reply, answer) = oneshot::channel();
+        batcher.rotate(RotateJob { rotation, reply }).await?;
+        answer.await.map_err(|_| closed())?
+    }
+
+    /// Makes `restore_jid` (issued at `restore_iat`, expiring at `restore_exp`) the current
+    /// token again if `new_jid` still is; false if the session moved on.
+    pub async fn unrotate(
+        &self,
+        app_id: &str,
+        session_id: &str,
+        new_jid: &str,
+        restore_jid: &str,
+        restore_iat: i64,
+        restore_exp: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = Sql::new(UNROTATE)
+            .bind(session_id)
+            .bind(app_id)
+            .bind(new_jid)
+            .bind(restore_jid)
+            .bind(restore_iat)
+            .bind(restore_exp);
+        Ok(self.db.write(sql).execute().await? == 1)
+    }
+
+    /// Records a renew without rotation; false if the session is no longer live.
+    pub async fn touch(
+        &self,
+        app_id: &str,
+        session_id: &str,
+        ip: &str,
+        useragent: &str,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let sql = Sql::new(TOUCH).bind(session_id).bind(app_id).bind(ip).bind(useragent).bind(now);
+        Ok(self.db.write(sql).execute().await? == 1)
+    }
+
+    /// Revokes the live sessions in `scope`; returns how many.
+    pub async fn revoke(
+        &self,
+        app_id: &str,
+        scope: Scope<'_>,
+        reason: &str,
+        now: i64,
+    ) -> Result<u64, StoreError> {
+        let sql = match scope {
+            Scope::Session(id) => Sql::new(REVOKE_ONE).bind(app_id).bind(id),
+            Scope::Subject(sub) => Sql::new(REVOKE_SUBJECT).bind(app_id).bind(sub),
+            Scope::App => Sql::new(REVOKE_APP).bind(app_id),
+        };
+        self.db.write(sql.bind(now).bind(reason)).execute().await
+    }
+
+    /// Live sessions (not revoked, not past their absolute expiry), oldest first.
+    pub async fn list_live(
+        &self,
+        app_id: &str,
+        sub: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        let sql = match sub {
+            Some(sub) => {
+                Sql::new(statements().live_of_sub.as_str()).bind(app_id).bind(now).bind(sub)
+            }
+            None => Sql::new(statements().live.as_str()).bind(app_id).bind(now),
+        };
+        self.db.read(sql).fetch_all().await
+    }
+
+    /// Deletes sessions that ended before `ended_before`; returns how many.
+    pub async fn purge(&self, ended_before: i64) -> Result<u64, StoreError> {
+        self.db.write(Sql::new(PURGE).bind(ended_before)).execute().await
+    }
+}
+
+/// One rotation on its own: the single-statement compare-and-swap.
+async fn rotate_one(db: &Backend, rotation: RotationRow) -> Result<Option<SessionRow>, StoreError> {
+    db.write(rotation.bind(Sql::new(statements().rotate.as_str()))).fetch_optional().await
+}
+
+/// Inside a session-creating transaction: revokes the subject's oldest live sessions so
+/// that the new one fits under `max_per_sub`; returns how many.
+async fn evict_oldest(
+    tx: &mut WriteTx,
+    row: &SessionRow,
+    max_per_sub: i64,
+) -> Result<u64, StoreError> {
+    let sql = Sql::new(LIVE_OF_SUBJECT).bind(&row.app_id).bind(&row.sub).bind(row.created_at);
+    let live: Vec<(String,)> = tx.fetch_all(sql).await?;
+    let mut evicted = 0;
+    for (id,) in live.iter().take(evictions(live.len(), max_per_sub)) {
+        let sql = Sql::new(REVOKE_ONE).bind(&row.app_id).bind(id).bind(row.created_at);
+        evicted += tx.execute(sql.bind("session limit")).await?;
+    }
+    Ok(evicted)
+}
+
+/// How many of `live` sessions to evict so that a new one fits under `max_per_sub`.
+fn evictions(live: usize, max_per_sub: i64) -> usize {
+    match usize::try_from(max_per_sub) {
+        Ok(max) if max > 0 => (live + 1).saturating_sub(max),
+        _ => 0,
+    }
+}

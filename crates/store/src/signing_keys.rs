@@ -1,0 +1,166 @@
+//! The signing keys of apps (`app_keys`): their states, and their private halves sealed
+//! under the master key.
+
+use crate::{Backend, Sql, StoreError};
+
+/// A signing key as stored. `state` is `next`, `active`, `retired` or `revoked`.
+#[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct KeyRow {
+    pub key_id: String,
+    pub app_id: String,
+    pub state: String,
+    pub public_pem: String,
+    pub sealed_private: Vec<u8>,
+    pub master_key_id: String,
+    pub created_at: i64,
+    pub activated_at: Option<i64>,
+    pub retired_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl std::fmt::Debug for KeyRow {
+    // The sealed private key stays out of logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRow").field("key_id", &self.key_id).finish_non_exhaustive()
+    }
+}
+
+/// One step of [`SigningKeys::apply`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyWrite {
+    /// A new key of the app.
+    Insert(KeyRow),
+    /// The key moves from state `from` to `to` (`active`, `retired` or `revoked`), and the
+    /// time column of `to` is set to `at`; only if the key is still `from`.
+    Transition { key_id: String, from: String, to: String, at: i64 },
+}
+
+const SELECT_KEYS: &str = "SELECT key_id, app_id, state, public_pem, sealed_private, \
+    master_key_id, created_at, activated_at, retired_at, revoked_at FROM app_keys \
+    WHERE app_id = $1 ORDER BY key_id";
+
+const SELECT_OWNER: &str = "SELECT app_id FROM app_keys WHERE key_id = $1";
+
+const DELETE_RETIRED: &str = "DELETE FROM app_keys WHERE app_id = $1 AND state = 'retired' \
+    AND retired_at < $2";
+
+const INSERT_KEY: &str = "INSERT INTO app_keys (key_id, app_id, state, public_pem, \
+    sealed_private, master_key_id, created_at, activated_at, retired_at, revoked_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+const RESEAL: &str = "UPDATE app_keys SET sealed_private = $1, master_key_id = $2 \
+    WHERE key_id = $3 AND master_key_id = $4";
+
+/// The statement for a transition into `to`, which also stamps the matching time column.
+/// No key ever goes back to `next`: a next key is always a new one.
+fn transition_sql(to: &str) -> Result<String, StoreError> {
+    let column = match to {
+        "active" => "activated_at",
+        "retired" => "retired_at",
+        "revoked" => "revoked_at",
+        other => return Err(StoreError::Conflict(format!("a key cannot become {other} again"))),
+    };
+    Ok(format!(
+        "UPDATE app_keys SET state = $1, {column} = $2 \
+        WHERE key_id = $3 AND app_id = $4 AND state = $5"
+    ))
+}
+
+/// The `app_keys` table. A plan applied is announced to the other gateways.
+#[derive(Debug, Clone, Copy)]
+pub struct SigningKeys<'a> {
+    db: &'a Backend,
+}
+
+impl Backend {
+    pub fn signing_keys(&self) -> SigningKeys<'_> {
+        SigningKeys { db: self }
+    }
+}
+
+impl SigningKeys<'_> {
+    /// Every key of the app, revoked ones included, oldest first.
+    pub async fn list(&self, app_id: &str) -> Result<Vec<KeyRow>, StoreError> {
+        self.db.read(Sql::new(SELECT_KEYS).bind(app_id)).fetch_all().await
+    }
+
+    /// Applies the writes in one transaction. A transition whose key is no longer in its
+    /// `from` state, or an insert of another app's key, fails the whole plan with
+    /// `Conflict`, and nothing changes.
+    pub async fn apply(&self, app_id: &str, writes: &[KeyWrite]) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().await?;
+        for write in writes {
+            match write {
+                KeyWrite::Transition { key_id, from, to, at } => {
+                    let sql = Sql::new(transition_sql(to)?)
+                        .bind(to)
+                        .bind(*at)
+                        .bind(key_id)
+                        .bind(app_id)
+                        .bind(from);
+                    if tx.execute(sql).await? != 1 {
+                        return Err(StoreError::Conflict(format!(
+                            "key {key_id} is no longer {from}"
+                        )));
+                    }
+                }
+                KeyWrite::Insert(key) => {
+                    if key.app_id != app_id {
+                        return Err(StoreError::Conflict(format!(
+                            "key {} belongs to another app",
+                            key.key_id
+                        )));
+                    }
+                    let sql = Sql::new(INSERT_KEY)
+                        .bind(&key.key_id)
+                        .bind(&key.app_id)
+                        .bind(&key.state)
+                        .bind(&key.public_pem)
+                        .bind(key.sealed_private.as_slice())
+                        .bind(&key.master_key_id)
+                        .bind(key.created_at)
+                        .bind(key.activated_at)
+                        .bind(key.retired_at)
+                        .bind(key.revoked_at);
+                    tx.execute(sql).await?;
+                }
+            }
+        }
+        tx.after_commit(format!("keys {app_id}"));
+        tx.commit().await
+    }
+
+    /// Deletes the app's keys retired before `retired_before`; returns how many.
+    pub async fn delete_retired(
+        &self,
+        app_id: &str,
+        retired_before: i64,
+    ) -> Result<u64, StoreError> {
+        let sql = Sql::new(DELETE_RETIRED).bind(app_id).bind(retired_before);
+        self.db.write(sql).execute().await
+    }
+
+    /// The app a key belongs to, whatever the key's state.
+    pub async fn owner_of(&self, key_id: &str) -> Result<Option<String>, StoreError> {
+        let row: Option<(String,)> =
+            self.db.read(Sql::new(SELECT_OWNER).bind(key_id)).fetch_optional().await?;
+        Ok(row.map(|(app_id,)| app_id))
+    }
+
+    /// Replaces a key's sealed private key, if it is still sealed with `sealed_with`;
+    /// false if it is not (another run re-sealed it first) or the key is gone.
+    pub async fn reseal(
+        &self,
+        key_id: &str,
+        sealed_with: &str,
+        sealed_private: &[u8],
+        master_key_id: &str,
+    ) -> Result<bool, StoreError> {
+        let sql = Sql::new(RESEAL)
+            .bind(sealed_private)
+            .bind(master_key_id)
+            .bind(key_id)
+            .bind(sealed_with);
+        Ok(self.db.write(sql).execute().await? == 1)
+    }
+}
