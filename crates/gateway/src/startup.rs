@@ -64,11 +64,8 @@ impl Application {
         }
         if settings.webhook_poll_ms > 0 {
             let deliverer = webhooks::Deliverer::from_settings(settings)?;
-            webhooks::spawn(
-                services.clone().into_inner(),
-                deliverer,
-                Duration::from_millis(settings.webhook_poll_ms),
-            );
+            let poll = Duration::from_millis(settings.webhook_poll_ms);
+            webhooks::spawn(services.clone().into_inner(), deliverer, poll);
         }
         let server = HttpServer::new(move || {
             let mut app = App::new().app_data(services.clone()).app_data(trusted_proxies.clone());

@@ -1,10 +1,10 @@
-use std::sync::Arc;
-
 use keygate_tenants::StoreError;
 
 use crate::{KeyId, KeyState};
 
-#[derive(Debug, thiserror::Error)]
+/// `Clone` gives each caller that waited for one load (a cache's single flight) the same
+/// variant: a store failure keeps its kind, so `Unavailable` stays a 503.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum KeyringError {
     #[error("key {0} not found")]
     KeyNotFound(KeyId),
@@ -22,31 +22,6 @@ pub enum KeyringError {
     Material(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl KeyringError {
-    /// The error of a load that several callers waited for, for one of them: the same
-    /// variant (a store failure keeps its kind, so `Unavailable` stays a 503).
-    pub(crate) fn shared(error: Arc<Self>) -> Self {
-        Arc::try_unwrap(error).unwrap_or_else(|error| error.duplicate())
-    }
-
-    fn duplicate(&self) -> Self {
-        match self {
-            Self::KeyNotFound(id) => Self::KeyNotFound(*id),
-            Self::AlreadyRevoked(id) => Self::AlreadyRevoked(*id),
-            Self::Missing(state) => Self::Missing(*state),
-            Self::MasterKey(m) => Self::MasterKey(m.clone()),
-            Self::WrongMasterKey { key_id, sealed_with, current } => Self::WrongMasterKey {
-                key_id: *key_id,
-                sealed_with: sealed_with.clone(),
-                current: current.clone(),
-            },
-            Self::Unseal(id) => Self::Unseal(*id),
-            Self::Material(m) => Self::Material(m.clone()),
-            Self::Store(e) => Self::Store(e.duplicate()),
-        }
-    }
 }
 
 /// Why a presented token was not accepted. Only `Store` and `Keyring` are our failures;

@@ -470,9 +470,9 @@ impl Keyring {
     pub async fn keys(&self, app_id: AppId) -> Result<Arc<AppKeys>, KeyringError> {
         let load = async {
             let records = self.store.list_keys(app_id).await?;
-            Ok(Arc::new(AppKeys::load(&records, &self.master, &self.previous)?))
+            Ok::<_, KeyringError>(Arc::new(AppKeys::load(&records, &self.master, &self.previous)?))
         };
-        let keys = self.cache.try_get_with(app_id, load).await.map_err(KeyringError::shared)?;
+        let keys = self.cache.try_get_with(app_id, load).await.map_err(Arc::unwrap_or_clone)?;
         if keys.verifiers.is_empty() {
             self.cache.invalidate(&app_id).await;
         }

@@ -47,13 +47,9 @@ impl FromStr for KeyState {
     type Err = StoreError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "next" => Ok(Self::Next),
-            "active" => Ok(Self::Active),
-            "retired" => Ok(Self::Retired),
-            "revoked" => Ok(Self::Revoked),
-            other => Err(StoreError::Corrupt(format!("unknown key state {other:?}"))),
-        }
+        let states = [Self::Next, Self::Active, Self::Retired, Self::Revoked];
+        let state = states.into_iter().find(|state| state.as_str() == s);
+        state.ok_or_else(|| StoreError::Corrupt(format!("unknown key state {s:?}")))
     }
 }
 

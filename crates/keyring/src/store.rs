@@ -45,11 +45,8 @@ impl KeyStore {
     /// The app a key belongs to, whatever the key's state. Key ids are unique across apps.
     pub async fn owner_of(&self, key_id: KeyId) -> Result<Option<AppId>, StoreError> {
         let app_id = self.db.signing_keys().owner_of(&key_id.to_string()).await?;
-        app_id
-            .map(|id| {
-                id.parse().map_err(|_| StoreError::Corrupt("app_keys.app_id is not a ULID".into()))
-            })
-            .transpose()
+        let corrupt = || StoreError::Corrupt("app_keys.app_id is not a ULID".into());
+        app_id.map(|id| id.parse().map_err(|_| corrupt())).transpose()
     }
 
     /// Replaces a key's sealed private key, if it is still sealed with `sealed_with`;

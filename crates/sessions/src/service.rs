@@ -243,7 +243,7 @@ impl Sessions {
         };
         let refresh = refresh_claims(app, session.session_id, new_jid, now, session.current_exp);
         let issued = if session.current_exp == uncapped {
-            issue_auth(app, signer, &session, input, now).map(|mut issued| {
+            issue_auth(app, signer, &session, &input.ip, &input.useragent, now).map(|mut issued| {
                 issued.refresh_token = refresh_token;
                 issued.refresh_expires_in = refresh.exp - now;
                 issued
@@ -361,7 +361,7 @@ impl Sessions {
         input: &RenewInput,
         now: i64,
     ) -> Result<Renewed, SessionError> {
-        let mut issued = issue_auth(app, signer, session, input, now)?;
+        let mut issued = issue_auth(app, signer, session, &input.ip, &input.useragent, now)?;
         issued.refresh_token = input.refresh_token.clone();
         issued.refresh_expires_in = presented.exp - now;
         // On an app that rotates elsewhere, the session's user agent is the one of its last
@@ -594,27 +594,22 @@ fn issue(
     refresh: &RefreshClaims,
     now: i64,
 ) -> Result<Issued, SessionError> {
-    let auth = auth_claims(app, session, ip, useragent, now);
-    Ok(Issued {
-        auth_token: signer.sign(&auth)?,
-        refresh_token: signer.sign(refresh)?,
-        key_id: signer.key_id,
-        public_key: signer.public_key.clone(),
-        token_type: "Bearer",
-        expires_in: app.settings.token_expire,
-        refresh_expires_in: refresh.exp - now,
-        session_id: session.session_id,
-    })
+    let mut issued = issue_auth(app, signer, session, ip, useragent, now)?;
+    issued.refresh_token = signer.sign(refresh)?;
+    issued.refresh_expires_in = refresh.exp - now;
+    Ok(issued)
 }
 
+/// A new auth token for `session`, without a refresh token.
 fn issue_auth(
     app: &App,
     signer: &Signer,
     session: &Session,
-    input: &RenewInput,
+    ip: &str,
+    useragent: &str,
     now: i64,
 ) -> Result<Issued, SessionError> {
-    let auth = auth_claims(app, session, &input.ip, &input.useragent, now);
+    let auth = auth_claims(app, session, ip, useragent, now);
     Ok(Issued {
         auth_token: signer.sign(&auth)?,
         refresh_token: String::new(),

@@ -61,20 +61,6 @@ const INSERT_SETTING: &str =
 const PUT_SETTING: &str = "INSERT INTO settings (name, value) VALUES ($1, $2) \
     ON CONFLICT (name) DO UPDATE SET value = excluded.value";
 
-/// The app-key hashes an app accepts, as [`Apps::set_key`] writes them.
-#[derive(Clone, Copy)]
-pub struct KeyHashes<'a> {
-    pub current: &'a str,
-    pub previous: Option<&'a str>,
-    pub previous_expires_at: Option<i64>,
-}
-
-impl std::fmt::Debug for KeyHashes<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyHashes").finish_non_exhaustive()
-    }
-}
-
 /// The apps table. Every change to an app is announced to the other gateways.
 #[derive(Debug, Clone, Copy)]
 pub struct Apps<'a> {
@@ -158,18 +144,21 @@ impl Apps<'_> {
         Ok(())
     }
 
-    /// `NotFound` if the app is gone.
+    /// Sets the app-key hashes the app accepts: `current`, and `previous` until
+    /// `previous_expires_at`. `NotFound` if the app is gone.
     pub async fn set_key(
         &self,
         app_id: &str,
-        hashes: KeyHashes<'_>,
+        current: &str,
+        previous: Option<&str>,
+        previous_expires_at: Option<i64>,
         now: i64,
     ) -> Result<(), StoreError> {
         let sql = Sql::new(SET_APP_KEY)
             .bind(app_id)
-            .bind(hashes.current)
-            .bind(hashes.previous)
-            .bind(hashes.previous_expires_at)
+            .bind(current)
+            .bind(previous)
+            .bind(previous_expires_at)
             .bind(now);
         if self.db.write(sql).execute().await? == 0 {
             return Err(StoreError::NotFound);

@@ -12,10 +12,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Arguments, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
 
@@ -118,15 +118,13 @@ impl Backend {
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
                 .busy_timeout(options.busy_timeout);
-            let writer = SqlitePoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(options.busy_timeout)
-                .connect_with(connect.clone())
-                .await
-                .map_err(DbError::Connect)?;
-            let reader = SqlitePoolOptions::new()
-                .max_connections(options.sqlite_readers.max(1))
-                .acquire_timeout(options.busy_timeout)
+            let pool = |max_connections| {
+                SqlitePoolOptions::new()
+                    .max_connections(max_connections)
+                    .acquire_timeout(options.busy_timeout)
+            };
+            let writer = pool(1).connect_with(connect.clone()).await.map_err(DbError::Connect)?;
+            let reader = pool(options.sqlite_readers.max(1))
                 .connect_with(connect.create_if_missing(false))
                 .await
                 .map_err(DbError::Connect)?;
@@ -184,43 +182,40 @@ impl Backend {
     }
 
     pub fn pool_stats(&self) -> Vec<PoolStats> {
-        let stats = |name, pool: &sqlx::Pool<_>| PoolStats {
-            name,
-            size: pool.size(),
-            idle: pool.num_idle(),
-            max: pool.options().get_max_connections(),
-        };
+        fn stats<DB: sqlx::Database>(name: &'static str, pool: &sqlx::Pool<DB>) -> PoolStats {
+            let max = pool.options().get_max_connections();
+            PoolStats { name, size: pool.size(), idle: pool.num_idle(), max }
+        }
         match &self.pools {
             Pools::Sqlite { writer, reader } => {
                 vec![stats("sqlite_writer", writer), stats("sqlite_reader", reader)]
             }
-            Pools::Postgres(pool) => {
-                vec![PoolStats {
-                    name: "postgres",
-                    size: pool.size(),
-                    idle: pool.num_idle(),
-                    max: pool.options().get_max_connections(),
-                }]
-            }
+            Pools::Postgres(pool) => vec![stats("postgres", pool)],
         }
     }
 
     /// A statement for the reader pool.
     pub(crate) fn read(&self, sql: Sql) -> Bound<'_> {
-        Bound { backend: self, role: Role::Read, sql }
+        match &self.pools {
+            Pools::Sqlite { reader, .. } => Bound { on: On::Sqlite(reader), sql },
+            Pools::Postgres(pool) => Bound { on: On::Postgres(pool), sql },
+        }
     }
 
     /// A statement for the writer (on SQLite, its single writer connection), in autocommit.
     pub(crate) fn write(&self, sql: Sql) -> Bound<'_> {
-        Bound { backend: self, role: Role::Write, sql }
+        match &self.pools {
+            Pools::Sqlite { writer, .. } => Bound { on: On::Sqlite(writer), sql },
+            Pools::Postgres(pool) => Bound { on: On::Postgres(pool), sql },
+        }
     }
 
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite, so that it holds the write lock
     /// from its first statement.
     pub(crate) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
         let tx = match &self.pools {
-            Pools::Sqlite { writer, .. } => Tx::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?),
-            Pools::Postgres(pool) => Tx::Postgres(pool.begin().await?),
+            Pools::Sqlite { writer, .. } => On::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?),
+            Pools::Postgres(pool) => On::Postgres(pool.begin().await?),
         };
         Ok(WriteTx { tx, backend: self.clone(), announcements: Vec::new() })
     }
@@ -265,65 +260,30 @@ pub enum Arg {
     Bytes(Option<Vec<u8>>),
 }
 
-impl From<String> for Arg {
-    fn from(value: String) -> Self {
-        Self::Text(Some(value))
-    }
+/// `From` for each Rust type a statement binds, into the [`Arg`] that carries it.
+macro_rules! args_from {
+    ($($from:ty => |$v:ident| $arg:expr;)*) => {
+        $(impl From<$from> for Arg {
+            fn from($v: $from) -> Self {
+                $arg
+            }
+        })*
+    };
 }
-impl From<&str> for Arg {
-    fn from(value: &str) -> Self {
-        Self::Text(Some(value.to_owned()))
-    }
-}
-impl From<&String> for Arg {
-    fn from(value: &String) -> Self {
-        Self::Text(Some(value.clone()))
-    }
-}
-impl From<Option<String>> for Arg {
-    fn from(value: Option<String>) -> Self {
-        Self::Text(value)
-    }
-}
-impl From<Option<&str>> for Arg {
-    fn from(value: Option<&str>) -> Self {
-        Self::Text(value.map(str::to_owned))
-    }
-}
-impl From<&Option<String>> for Arg {
-    fn from(value: &Option<String>) -> Self {
-        Self::Text(value.clone())
-    }
-}
-impl From<i64> for Arg {
-    fn from(value: i64) -> Self {
-        Self::Int(Some(value))
-    }
-}
-impl From<Option<i64>> for Arg {
-    fn from(value: Option<i64>) -> Self {
-        Self::Int(value)
-    }
-}
-impl From<bool> for Arg {
-    fn from(value: bool) -> Self {
-        Self::Bool(value)
-    }
-}
-impl From<Vec<u8>> for Arg {
-    fn from(value: Vec<u8>) -> Self {
-        Self::Bytes(Some(value))
-    }
-}
-impl From<&[u8]> for Arg {
-    fn from(value: &[u8]) -> Self {
-        Self::Bytes(Some(value.to_vec()))
-    }
-}
-impl From<Option<Vec<u8>>> for Arg {
-    fn from(value: Option<Vec<u8>>) -> Self {
-        Self::Bytes(value)
-    }
+
+args_from! {
+    String => |v| Self::Text(Some(v));
+    &str => |v| Self::Text(Some(v.to_owned()));
+    &String => |v| Self::Text(Some(v.clone()));
+    Option<String> => |v| Self::Text(v);
+    Option<&str> => |v| Self::Text(v.map(str::to_owned));
+    &Option<String> => |v| Self::Text(v.clone());
+    i64 => |v| Self::Int(Some(v));
+    Option<i64> => |v| Self::Int(v);
+    bool => |v| Self::Bool(v);
+    Vec<u8> => |v| Self::Bytes(Some(v));
+    &[u8] => |v| Self::Bytes(Some(v.to_vec()));
+    Option<Vec<u8>> => |v| Self::Bytes(v);
 }
 
 /// A statement and its arguments, in placeholder order.
@@ -374,90 +334,79 @@ pub trait Row: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Sen
 impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
 {}
 
-#[derive(Debug, Clone, Copy)]
-enum Role {
-    Read,
-    Write,
-}
-
 /// A statement bound to the pool it runs on.
-#[derive(Debug)]
 pub(crate) struct Bound<'a> {
-    backend: &'a Backend,
-    role: Role,
+    on: On<&'a SqlitePool, &'a PgPool>,
     sql: Sql,
 }
 
-/// The pool a statement runs on.
-enum Pool<'a> {
-    Sqlite(&'a SqlitePool),
-    Postgres(&'a PgPool),
-}
-
-impl<'a> Bound<'a> {
-    fn into_parts(self) -> (Pool<'a>, std::borrow::Cow<'static, str>, Vec<Arg>) {
-        let pool = match (&self.backend.pools, self.role) {
-            (Pools::Sqlite { writer, .. }, Role::Write) => Pool::Sqlite(writer),
-            (Pools::Sqlite { reader, .. }, Role::Read) => Pool::Sqlite(reader),
-            (Pools::Postgres(pool), _) => Pool::Postgres(pool),
-        };
-        (pool, self.sql.text, self.sql.args)
-    }
-
+impl Bound<'_> {
     /// Runs the statement; returns how many rows it changed.
     pub(crate) async fn execute(self) -> Result<u64, StoreError> {
-        let (pool, text, args) = self.into_parts();
-        let done = match pool {
-            Pool::Sqlite(pool) => sqlx::query_with(&text, arguments::<Sqlite>(args)?)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-            Pool::Postgres(pool) => sqlx::query_with(&text, arguments::<Postgres>(args)?)
-                .execute(pool)
-                .await?
-                .rows_affected(),
-        };
-        Ok(done)
+        self.on.execute(self.sql).await
     }
 
     pub(crate) async fn fetch_optional<R: Row>(self) -> Result<Option<R>, StoreError> {
-        let (pool, text, args) = self.into_parts();
-        let row = match pool {
-            Pool::Sqlite(pool) => {
-                sqlx::query_as_with(&text, arguments::<Sqlite>(args)?).fetch_optional(pool).await?
-            }
-            Pool::Postgres(pool) => {
-                sqlx::query_as_with(&text, arguments::<Postgres>(args)?)
-                    .fetch_optional(pool)
-                    .await?
-            }
-        };
-        Ok(row)
+        self.on.fetch_optional(self.sql).await
     }
 
     pub(crate) async fn fetch_all<R: Row>(self) -> Result<Vec<R>, StoreError> {
-        let (pool, text, args) = self.into_parts();
-        let rows = match pool {
-            Pool::Sqlite(pool) => {
-                sqlx::query_as_with(&text, arguments::<Sqlite>(args)?).fetch_all(pool).await?
-            }
-            Pool::Postgres(pool) => {
-                sqlx::query_as_with(&text, arguments::<Postgres>(args)?).fetch_all(pool).await?
-            }
-        };
-        Ok(rows)
+        self.on.fetch_all(self.sql).await
     }
 }
 
-enum Tx {
-    Sqlite(Transaction<'static, Sqlite>),
-    Postgres(Transaction<'static, Postgres>),
+/// What a statement runs on, of either backend: a pool, a transaction, or its connection.
+enum On<S, P> {
+    Sqlite(S),
+    Postgres(P),
+}
+
+impl<'c, S, P> On<S, P>
+where
+    S: sqlx::Executor<'c, Database = Sqlite>,
+    P: sqlx::Executor<'c, Database = Postgres>,
+{
+    async fn execute(self, Sql { text, args }: Sql) -> Result<u64, StoreError> {
+        Ok(match self {
+            Self::Sqlite(on) => sqlx::query_with(&text, arguments::<Sqlite>(args)?)
+                .execute(on)
+                .await?
+                .rows_affected(),
+            Self::Postgres(on) => sqlx::query_with(&text, arguments::<Postgres>(args)?)
+                .execute(on)
+                .await?
+                .rows_affected(),
+        })
+    }
+
+    async fn fetch_optional<R: Row>(self, sql: Sql) -> Result<Option<R>, StoreError> {
+        let Sql { text, args } = sql;
+        Ok(match self {
+            Self::Sqlite(on) => {
+                sqlx::query_as_with(&text, arguments::<Sqlite>(args)?).fetch_optional(on).await?
+            }
+            Self::Postgres(on) => {
+                sqlx::query_as_with(&text, arguments::<Postgres>(args)?).fetch_optional(on).await?
+            }
+        })
+    }
+
+    async fn fetch_all<R: Row>(self, Sql { text, args }: Sql) -> Result<Vec<R>, StoreError> {
+        Ok(match self {
+            Self::Sqlite(on) => {
+                sqlx::query_as_with(&text, arguments::<Sqlite>(args)?).fetch_all(on).await?
+            }
+            Self::Postgres(on) => {
+                sqlx::query_as_with(&text, arguments::<Postgres>(args)?).fetch_all(on).await?
+            }
+        })
+    }
 }
 
 /// A write transaction of either backend. Changes to announce to the other gateways are
 /// collected with [`WriteTx::after_commit`] and sent once the transaction has committed.
 pub(crate) struct WriteTx {
-    tx: Tx,
+    tx: On<Transaction<'static, Sqlite>, Transaction<'static, Postgres>>,
     backend: Backend,
     announcements: Vec<String>,
 }
@@ -469,41 +418,26 @@ impl fmt::Debug for WriteTx {
 }
 
 impl WriteTx {
+    fn on(&mut self) -> On<&mut SqliteConnection, &mut PgConnection> {
+        match &mut self.tx {
+            On::Sqlite(tx) => On::Sqlite(&mut **tx),
+            On::Postgres(tx) => On::Postgres(&mut **tx),
+        }
+    }
+
     pub(crate) async fn execute(&mut self, sql: Sql) -> Result<u64, StoreError> {
-        let Sql { text, args } = sql;
-        let done = match &mut self.tx {
-            Tx::Sqlite(tx) => {
-                { sqlx::query_with(&text, arguments::<Sqlite>(args)?).execute(&mut **tx).await? }
-                    .rows_affected()
-            }
-            Tx::Postgres(tx) => {
-                { sqlx::query_with(&text, arguments::<Postgres>(args)?).execute(&mut **tx).await? }
-                    .rows_affected()
-            }
-        };
-        Ok(done)
+        self.on().execute(sql).await
     }
 
     pub(crate) async fn fetch_all<R: Row>(&mut self, sql: Sql) -> Result<Vec<R>, StoreError> {
-        let Sql { text, args } = sql;
-        let rows = match &mut self.tx {
-            Tx::Sqlite(tx) => {
-                sqlx::query_as_with(&text, arguments::<Sqlite>(args)?).fetch_all(&mut **tx).await?
-            }
-            Tx::Postgres(tx) => {
-                sqlx::query_as_with(&text, arguments::<Postgres>(args)?)
-                    .fetch_all(&mut **tx)
-                    .await?
-            }
-        };
-        Ok(rows)
+        self.on().fetch_all(sql).await
     }
 
     /// Serialises this transaction with every other that locks the same `key`, until it
     /// ends: a transaction-scoped advisory lock on Postgres. SQLite needs none, since its
     /// write transactions (`BEGIN IMMEDIATE`) already run one at a time.
     pub(crate) async fn lock(&mut self, key: &str) -> Result<(), StoreError> {
-        if let Tx::Postgres(tx) = &mut self.tx {
+        if let On::Postgres(tx) = &mut self.tx {
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
                 .bind(key)
                 .execute(&mut **tx)
@@ -519,8 +453,8 @@ impl WriteTx {
 
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
         match self.tx {
-            Tx::Sqlite(tx) => tx.commit().await?,
-            Tx::Postgres(tx) => tx.commit().await?,
+            On::Sqlite(tx) => tx.commit().await?,
+            On::Postgres(tx) => tx.commit().await?,
         }
         for payload in &self.announcements {
             self.backend.after_commit(payload).await;

@@ -52,16 +52,13 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable(_))
     }
+}
 
-    /// The error of a read that several callers waited for (a cache's single flight), for
-    /// one of them: the original when it is the last holder, else a copy of the same kind
-    /// (`Unavailable` stays a 503). The database's own error cannot be cloned: its message
-    /// is kept.
-    pub fn unshared(error: std::sync::Arc<Self>) -> Self {
-        std::sync::Arc::try_unwrap(error).unwrap_or_else(|error| error.duplicate())
-    }
-
-    pub fn duplicate(&self) -> Self {
+/// A copy of the same kind (`Unavailable` stays a 503), for each of the callers that waited
+/// for one read (a cache's single flight). The database's own error cannot be cloned: its
+/// message is kept.
+impl Clone for StoreError {
+    fn clone(&self) -> Self {
         let copy = |e: &sqlx::Error| sqlx::Error::Io(std::io::Error::other(e.to_string()));
         match self {
             Self::NotFound => Self::NotFound,

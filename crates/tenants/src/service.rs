@@ -282,11 +282,7 @@ impl Tenants {
     pub async fn delete_app(&self, app_id: AppId) -> Result<(), TenantError> {
         let deleted = self.store.delete_app(app_id).await?;
         self.forget(app_id);
-        if deleted {
-            Ok(())
-        } else {
-            Err(TenantError::NotFound)
-        }
+        deleted.then_some(()).ok_or(TenantError::NotFound)
     }
 
     pub async fn list_apps(&self) -> Result<Vec<App>, StoreError> {
@@ -397,7 +393,7 @@ fn name_taken(err: StoreError, name: &str) -> TenantError {
 
 /// A cached read whose `NotFound` means "absent" (and so was not cached).
 fn absent_as_none<T>(read: Result<T, Arc<StoreError>>) -> Result<Option<T>, StoreError> {
-    match read.map_err(StoreError::unshared) {
+    match read.map_err(Arc::unwrap_or_clone) {
         Err(StoreError::NotFound) => Ok(None),
         other => other.map(Some),
     }

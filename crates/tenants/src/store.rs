@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use keygate_store::apps::{AppRow, KeyHashes};
+use keygate_store::apps::AppRow;
 use keygate_store::Backend;
 
 use crate::{App, AppId, AppKeyHashes, AppRecord, AppSettings, OnReuse, StoreError};
@@ -49,12 +49,9 @@ impl AppStore {
         hashes: &AppKeyHashes,
         now: i64,
     ) -> Result<(), StoreError> {
-        let hashes = KeyHashes {
-            current: &hashes.current,
-            previous: hashes.previous.as_deref(),
-            previous_expires_at: hashes.previous_expires_at,
-        };
-        self.db.apps().set_key(&app_id.to_string(), hashes, now).await
+        let app_id = app_id.to_string();
+        let (previous, until) = (hashes.previous.as_deref(), hashes.previous_expires_at);
+        self.db.apps().set_key(&app_id, &hashes.current, previous, until, now).await
     }
 
     /// Deletes the app and, by cascade, everything it owns. False if there was no such app.

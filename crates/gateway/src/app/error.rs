@@ -4,7 +4,8 @@ use keygate_keyring::KeyringError;
 use keygate_sessions::SessionError;
 use keygate_tenants::{FieldError, StoreError, TenantError};
 
-type Cause = Box<dyn std::error::Error + Send + Sync>;
+/// What lies under an `Unavailable` or an `Internal` error.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -25,7 +26,7 @@ impl AppError {
         Self::Invalid(vec![FieldError::new(field, message)])
     }
 
-    /// The code of the error, as the API's error bodies name it.
+    /// The code of the error, as the API names it.
     pub fn code(&self) -> &'static str {
         match self {
             Self::Invalid(_) => "invalid_request",

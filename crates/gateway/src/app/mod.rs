@@ -9,7 +9,7 @@ pub mod janitor;
 pub mod master_key;
 pub mod webhooks;
 
-pub use error::{chain, AppError};
+pub use error::{chain, AppError, Cause};
 
 /// Serializes the one-time secret of an answer as its text (`serialize_with`): an answer
 /// shows it once, while its `Debug` never does.

@@ -202,19 +202,15 @@ fn print_apps(apps: &[App]) {
         println!("No apps yet. Create one with: keygate app create --name NAME");
         return;
     }
-    let rows: Vec<Vec<String>> = apps
-        .iter()
-        .map(|a| {
-            vec![
-                a.app_id.to_string(),
-                a.name.clone(),
-                format_secs(a.settings.token_expire),
-                format_secs(a.settings.refresh_expire),
-                format_time(a.created_at),
-            ]
-        })
-        .collect();
-    table(&["APP_ID", "NAME", "AUTH_TTL", "REFRESH_TTL", "CREATED"], &rows);
+    table(&["APP_ID", "NAME", "AUTH_TTL", "REFRESH_TTL", "CREATED"], apps, |a| {
+        vec![
+            a.app_id.to_string(),
+            a.name.clone(),
+            format_secs(a.settings.token_expire),
+            format_secs(a.settings.refresh_expire),
+            format_time(a.created_at),
+        ]
+    });
 }
 
 fn print_app(app: &App) {

@@ -42,20 +42,15 @@ pub async fn list(
     let app_id = app_or_id(services, app).await?;
     let page = admin::list_events(services, app_id, before, Some(limit)).await?;
     print_json_or(json, &page, || {
-        let rows: Vec<Vec<String>> = page
-            .events
-            .iter()
-            .map(|e| {
-                vec![
-                    e.event_id.clone(),
-                    format_time(e.created_at),
-                    e.kind.clone(),
-                    e.actor.clone(),
-                    e.detail.to_string(),
-                ]
-            })
-            .collect();
-        table(&["EVENT_ID", "TIME", "KIND", "ACTOR", "DETAIL"], &rows);
+        table(&["EVENT_ID", "TIME", "KIND", "ACTOR", "DETAIL"], &page.events, |e| {
+            vec![
+                e.event_id.clone(),
+                format_time(e.created_at),
+                e.kind.clone(),
+                e.actor.clone(),
+                e.detail.to_string(),
+            ]
+        });
         if let Some(next) = &page.next {
             println!("(more: --before {next})");
         }

@@ -62,18 +62,14 @@ pub async fn run(services: &Services, command: KeysCommand, json: bool) -> anyho
 
 pub fn print_keys(keys: &[KeyView]) {
     let optional = |t: Option<i64>| t.map(format_time).unwrap_or_else(|| "-".into());
-    let rows: Vec<Vec<String>> = keys
-        .iter()
-        .map(|k| {
-            vec![
-                k.key_id.to_string(),
-                k.status.to_string(),
-                format_time(k.created_at),
-                optional(k.activated_at),
-                optional(k.retired_at),
-                optional(k.revoked_at),
-            ]
-        })
-        .collect();
-    table(&["KEY_ID", "STATUS", "CREATED", "ACTIVATED", "RETIRED", "REVOKED"], &rows);
+    table(&["KEY_ID", "STATUS", "CREATED", "ACTIVATED", "RETIRED", "REVOKED"], keys, |k| {
+        vec![
+            k.key_id.to_string(),
+            k.status.to_string(),
+            format_time(k.created_at),
+            optional(k.activated_at),
+            optional(k.retired_at),
+            optional(k.revoked_at),
+        ]
+    });
 }

@@ -95,6 +95,8 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// A failure of a use case with its code, message and bad fields; any other failure with
+/// its causes.
 fn report(err: &anyhow::Error, json: bool) {
     if let Some(app_err) = err.downcast_ref::<AppError>() {
         let fields: Vec<_> = match app_err {

@@ -35,10 +35,11 @@ pub fn format_secs(seconds: i64) -> String {
     format!("{seconds}s")
 }
 
-/// Prints rows as aligned columns under a header.
-pub fn table(header: &[&str], rows: &[Vec<String>]) {
+/// Prints one row per item, as aligned columns under a header.
+pub fn table<T>(header: &[&str], items: &[T], row: impl Fn(&T) -> Vec<String>) {
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -50,6 +51,6 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
     };
     line(header.iter().map(|h| (*h).to_owned()).collect());
     for row in rows {
-        line(row.clone());
+        line(row);
     }
 }

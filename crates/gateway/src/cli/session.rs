@@ -47,24 +47,19 @@ pub async fn run(services: &Services, command: SessionsCommand, json: bool) -> a
             let app_id = admin::find_app(services, &app).await?.app.app_id;
             let sessions = admin::list_sessions(services, app_id, &sub, now).await?;
             print_json_or(json, &json!({"sessions": sessions}), || {
-                let rows: Vec<Vec<String>> = sessions
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.session_id.to_string(),
-                            s.sub.clone(),
-                            format_time(s.created_at),
-                            format_time(s.last_renewed_at),
-                            format_time(s.expires_at),
-                            s.ip.clone(),
-                            s.useragent.escape_debug().to_string(),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &["SESSION_ID", "SUB", "CREATED", "LAST_RENEWED", "EXPIRES", "IP", "USERAGENT"],
-                    &rows,
-                );
+                let header =
+                    ["SESSION_ID", "SUB", "CREATED", "LAST_RENEWED", "EXPIRES", "IP", "USERAGENT"];
+                table(&header, &sessions, |s| {
+                    vec![
+                        s.session_id.to_string(),
+                        s.sub.clone(),
+                        format_time(s.created_at),
+                        format_time(s.last_renewed_at),
+                        format_time(s.expires_at),
+                        s.ip.clone(),
+                        s.useragent.escape_debug().to_string(),
+                    ]
+                });
             });
         }
         SessionsCommand::Revoke { app, target } => {

@@ -9,12 +9,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 pub use crate::app::chain;
-use crate::app::AppError;
+use crate::app::{AppError, Cause};
 
 /// Seconds a client should wait before retrying a 503.
 pub(crate) const RETRY_AFTER: &str = "1";
-
-type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -68,30 +66,38 @@ pub struct FieldEntry<'a> {
     error_message: &'a str,
 }
 
+impl<'a> From<&'a FieldError> for FieldEntry<'a> {
+    fn from(e: &'a FieldError) -> Self {
+        Self { error_field: &e.field, error_message: &e.message }
+    }
+}
+
 /// The code of an error, for programs to match on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+// Each code has an HTTP status of its own, which is its discriminant.
+#[repr(u16)]
 pub enum ErrorCode {
     /// 400: validation, malformed JSON.
-    InvalidRequest,
+    InvalidRequest = 400,
     /// 401: a refresh token (`/renew`) or token (`/logout`) that is not accepted.
-    InvalidGrant,
+    InvalidGrant = 401,
     /// 403: bad app key, unknown app, malformed app id; bad root key.
-    InvalidClient,
+    InvalidClient = 403,
     /// 404: unknown endpoint; unknown app or key.
-    NotFound,
+    NotFound = 404,
     /// 405: the path exists, the method does not.
-    MethodNotAllowed,
+    MethodNotAllowed = 405,
     /// 413: a body over 16 KiB.
-    PayloadTooLarge,
+    PayloadTooLarge = 413,
     /// 415: a body without `Content-Type: application/json`.
-    UnsupportedMediaType,
+    UnsupportedMediaType = 415,
     /// 429: too many failed authentications from this address; see `Retry-After`.
-    RateLimited,
+    RateLimited = 429,
     /// 503: the database is down or overloaded; see `Retry-After`. Nothing was changed.
-    Unavailable,
+    Unavailable = 503,
     /// 500: an opaque failure; the cause is in the gateway's log.
-    Internal,
+    Internal = 500,
 }
 
 impl ApiError {
@@ -117,46 +123,23 @@ impl ApiError {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::Invalid(_) => StatusCode::BAD_REQUEST,
-            Self::InvalidGrant | Self::InvalidToken => StatusCode::UNAUTHORIZED,
-            Self::InvalidClient | Self::InvalidRootKey => StatusCode::FORBIDDEN,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        StatusCode::from_u16(self.code() as u16).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn error_response(&self) -> HttpResponse {
-        match self {
-            Self::Internal(cause) => {
-                tracing::error!(error = %chain(cause.as_ref()), "internal error")
-            }
-            Self::Unavailable(cause) => {
-                tracing::warn!(error = %chain(cause.as_ref()), "answering 503")
-            }
-            _ => {}
-        }
-        let errors = match self {
-            Self::Invalid(errors) => Some(
-                errors
-                    .iter()
-                    .map(|e| FieldEntry { error_field: &e.field, error_message: &e.message })
-                    .collect(),
-            ),
-            _ => None,
-        };
         let mut response = HttpResponse::build(self.status_code());
+        let mut errors = None;
         match self {
-            Self::Unavailable(_) => {
-                response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
-            }
+            Self::Invalid(fields) => errors = Some(fields.iter().map(FieldEntry::from).collect()),
             Self::TooManyRequests(secs) => {
                 response.insert_header((header::RETRY_AFTER, (*secs).max(1).to_string()));
+            }
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = %chain(cause.as_ref()), "answering 503");
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
+            }
+            Self::Internal(cause) => {
+                tracing::error!(error = %chain(cause.as_ref()), "internal error")
             }
             _ => {}
         }

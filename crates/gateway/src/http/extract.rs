@@ -48,10 +48,8 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJsonBody<T> {
         let bytes = read_body(req, payload, false);
         Box::pin(async move {
             let bytes = bytes.await?;
-            if bytes.is_empty() {
-                return Ok(OptionalJsonBody(None));
-            }
-            parse(&bytes).map(|v| OptionalJsonBody(Some(v)))
+            let value = if bytes.is_empty() { None } else { Some(parse(&bytes)?) };
+            Ok(OptionalJsonBody(value))
         })
     }
 }
@@ -215,10 +213,15 @@ fn presented_key(req: &HttpRequest) -> Option<String> {
     Some(key.to_owned())
 }
 
-fn services(req: &HttpRequest) -> Result<web::Data<Services>, ApiError> {
-    req.app_data::<web::Data<Services>>()
-        .cloned()
-        .ok_or_else(|| ApiError::Internal("services are not registered".into()))
+/// What an authentication starts from: the attempt, once admitted (429 for an address that
+/// has failed too often), the services, and the presented key.
+fn begin(req: &HttpRequest) -> Result<(Attempt, web::Data<Services>, Option<String>), ApiError> {
+    let attempt = Attempt::of(req);
+    attempt.admit()?;
+    let services = req.app_data::<web::Data<Services>>().cloned();
+    let services =
+        services.ok_or_else(|| ApiError::Internal("services are not registered".into()))?;
+    Ok((attempt, services, presented_key(req)))
 }
 
 /// An app authenticated by its app key. Wrong key, unknown app and malformed id are all
@@ -232,15 +235,10 @@ impl FromRequest for AppAuth {
     type Future = Fut<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let attempt = Attempt::of(req);
-        if let Err(limited) = attempt.admit() {
-            return Box::pin(std::future::ready(Err(limited)));
-        }
-        let services = services(req);
+        let begun = begin(req);
         let app_id = req.match_info().get("app_id").unwrap_or_default().to_owned();
-        let key = presented_key(req);
         Box::pin(async move {
-            let services = services?;
+            let (attempt, services, key) = begun?;
             let admit = || attempt.admitted();
             let outcome = services
                 .tenants
@@ -261,16 +259,11 @@ impl FromRequest for RootAuth {
     type Future = Fut<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let attempt = Attempt::of(req);
-        if let Err(limited) = attempt.admit() {
-            return Box::pin(std::future::ready(Err(limited)));
-        }
-        let services = services(req);
-        let key = presented_key(req);
+        let begun = begin(req);
         Box::pin(async move {
+            let (attempt, services, key) = begun?;
             let admit = || attempt.admitted();
-            let outcome =
-                services?.tenants.authenticate_root_admitted(key.as_deref(), &admit).await;
+            let outcome = services.tenants.authenticate_root_admitted(key.as_deref(), &admit).await;
             attempt.settle(outcome, ApiError::InvalidRootKey)?;
             Ok(RootAuth)
         })

@@ -6,11 +6,14 @@ use actix_web::{web, HttpResponse};
 use crate::http::error::ApiError;
 use crate::http::metrics::RouteLabel;
 
-pub async fn not_found() -> Result<HttpResponse, ApiError> {
+/// What a handler answers: a response, or an error of the API's contract.
+pub type Answer = Result<HttpResponse, ApiError>;
+
+pub async fn not_found() -> Answer {
     Err(ApiError::NotFound("no such endpoint".into()))
 }
 
-pub async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
+pub async fn method_not_allowed() -> Answer {
     Err(ApiError::MethodNotAllowed)
 }
 

@@ -76,3 +76,8 @@ pub struct RevokedCount {
 #[derive(Debug, IntoResponses)]
 #[response(status = 404)]
 pub struct AppNotFound(pub ErrorBody<'static>);
+
+/// `not_found`: no such app (or a malformed id), or the app has no webhook.
+#[derive(Debug, IntoResponses)]
+#[response(status = 404)]
+pub struct NoWebhook(pub ErrorBody<'static>);

@@ -11,8 +11,8 @@ use crate::app::webhooks::{self, WebhookSet, WebhookView};
 use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{JsonBody, RootAuth};
-use crate::http::resource::resource;
-use crate::http::schema::{AppNotFound, BodyErrors, RootKeyErrors};
+use crate::http::resource::{resource, Answer};
+use crate::http::schema::{AppNotFound, BodyErrors, NoWebhook, RootKeyErrors};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/root/apps/{app_id}/events").route(web::get().to(list_events))).service(
@@ -53,7 +53,7 @@ async fn list_events(
     services: web::Data<Services>,
     path: web::Path<String>,
     request: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let app_id = app_id(&path)?;
     let query = web::Query::<EventsQuery>::from_query(request.query_string()).map_err(|e| {
         ApiError::invalid("query", format!("takes only limit (1 to 500) and before: {e}"))
@@ -92,7 +92,7 @@ async fn set_webhook(
     services: web::Data<Services>,
     path: web::Path<String>,
     body: JsonBody<WebhookRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let set = webhooks::set(&services, app_id(&path)?, &body.0.url, Actor::Root).await?;
     Ok(HttpResponse::Ok().json(set))
 }
@@ -103,15 +103,14 @@ async fn set_webhook(
     security(("root_key" = [])),
     responses(
         (status = 200, description = "The webhook.", body = WebhookView),
-        (status = 404, description = "`not_found`: no such app (or a malformed id), or the \
-            app has no webhook.", body = ErrorBody),
+        NoWebhook,
         RootKeyErrors,
     ))]
 async fn get_webhook(
     _: RootAuth,
     services: web::Data<Services>,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     Ok(HttpResponse::Ok().json(webhooks::get(&services, app_id(&path)?).await?))
 }
 
@@ -121,15 +120,14 @@ async fn get_webhook(
     security(("root_key" = [])),
     responses(
         (status = 200, description = "The webhook is gone.", body = Removed),
-        (status = 404, description = "`not_found`: no such app (or a malformed id), or the \
-            app has no webhook.", body = ErrorBody),
+        NoWebhook,
         RootKeyErrors,
     ))]
 async fn remove_webhook(
     _: RootAuth,
     services: web::Data<Services>,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let app_id = app_id(&path)?;
     webhooks::remove(&services, app_id).await?;
     Ok(HttpResponse::Ok().json(Removed { removed: app_id }))

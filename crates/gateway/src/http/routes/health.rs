@@ -6,7 +6,7 @@ use utoipa::ToSchema;
 
 use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::resource::resource;
+use crate::http::resource::{resource, Answer};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     for path in ["/healthz", "/ping", "/health"] {
@@ -56,7 +56,7 @@ pub(super) struct Health;
         (status = 503, description = "`unavailable`: the database does not answer.",
             body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait."))),
     ))]
-async fn ready(services: web::Data<Services>) -> Result<HttpResponse, ApiError> {
+async fn ready(services: web::Data<Services>) -> Answer {
     services.db.ping().await.map_err(|e| ApiError::Unavailable(Box::new(e)))?;
     Ok(HttpResponse::Ok().json(Ready { database: services.db.backend(), status: "ok" }))
 }

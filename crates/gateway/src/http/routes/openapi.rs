@@ -15,7 +15,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::{events, health, metrics, root, sessions, tenant};
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::resource::resource;
+use crate::http::resource::{resource, Answer};
 
 /// The security scheme of the tenant endpoints (`security(("app_key" = []))`).
 const APP_KEY: &str = "app_key";
@@ -178,7 +178,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         (status = 500, description = "The document could not be built.", body = ErrorBody),
     )
 )]
-async fn serve() -> Result<HttpResponse, ApiError> {
+async fn serve() -> Answer {
     match &*DOCUMENT {
         Ok(json) => Ok(HttpResponse::Ok()
             .insert_header((header::CONTENT_TYPE, "application/json"))

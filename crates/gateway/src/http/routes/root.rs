@@ -11,7 +11,7 @@ use crate::bootstrap::Services;
 use crate::clock;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{JsonBody, OptionalJsonBody, RootAuth};
-use crate::http::resource::resource;
+use crate::http::resource::{resource, Answer};
 use crate::http::schema::{AppNotFound, BodyErrors, RevokedCount, RootKeyErrors};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -69,7 +69,7 @@ pub(super) fn app_id(raw: &str) -> Result<AppId, ApiError> {
 #[utoipa::path(get, path = "/root/apps", tag = "root",
     security(("root_key" = [])),
     responses((status = 200, description = "Every app.", body = AppList), RootKeyErrors))]
-async fn list_apps(_: RootAuth, services: web::Data<Services>) -> Result<HttpResponse, ApiError> {
+async fn list_apps(_: RootAuth, services: web::Data<Services>) -> Answer {
     Ok(HttpResponse::Ok().json(AppList { apps: admin::list_apps(&services).await? }))
 }
 
@@ -88,7 +88,7 @@ async fn create_app(
     _: RootAuth,
     services: web::Data<Services>,
     body: JsonBody<SettingsPatch>,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let created = admin::create_app(&services, &body.0, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Created().json(created))
 }
@@ -102,11 +102,7 @@ async fn create_app(
         AppNotFound,
         RootKeyErrors,
     ))]
-async fn get_app(
-    _: RootAuth,
-    services: web::Data<Services>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+async fn get_app(_: RootAuth, services: web::Data<Services>, path: web::Path<String>) -> Answer {
     let record = admin::get_app(&services, app_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(record.app))
 }
@@ -127,7 +123,7 @@ async fn update_app(
     services: web::Data<Services>,
     path: web::Path<String>,
     body: JsonBody<SettingsPatch>,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let app =
         admin::update_app(&services, app_id(&path)?, &body.0, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(app))
@@ -142,11 +138,7 @@ async fn update_app(
         AppNotFound,
         RootKeyErrors,
     ))]
-async fn delete_app(
-    _: RootAuth,
-    services: web::Data<Services>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+async fn delete_app(_: RootAuth, services: web::Data<Services>, path: web::Path<String>) -> Answer {
     let app_id = app_id(&path)?;
     admin::delete_app(&services, app_id, Actor::Root).await?;
     Ok(HttpResponse::Ok().json(Deleted { deleted: app_id }))
@@ -169,7 +161,7 @@ async fn rotate_app_key(
     services: web::Data<Services>,
     path: web::Path<String>,
     body: OptionalJsonBody<RotateAppKeyRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let grace = body.0.unwrap_or_default().grace;
     let rotated =
         admin::rotate_app_key(&services, app_id(&path)?, grace, Actor::Root, clock::now()).await?;
@@ -185,11 +177,7 @@ async fn rotate_app_key(
         AppNotFound,
         RootKeyErrors,
     ))]
-async fn list_keys(
-    _: RootAuth,
-    services: web::Data<Services>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+async fn list_keys(_: RootAuth, services: web::Data<Services>, path: web::Path<String>) -> Answer {
     let keys = admin::list_keys(&services, app_id(&path)?).await?;
     Ok(HttpResponse::Ok().json(KeyList { keys }))
 }
@@ -208,7 +196,7 @@ async fn rotate_keys(
     _: RootAuth,
     services: web::Data<Services>,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let rotation = admin::rotate_keys(&services, app_id(&path)?, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(rotation))
 }
@@ -232,7 +220,7 @@ async fn revoke_key(
     _: RootAuth,
     services: web::Data<Services>,
     path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let (raw_app, raw_key) = path.into_inner();
     let key_id: KeyId =
         raw_key.parse().map_err(|_| ApiError::NotFound(format!("key {raw_key:?} not found")))?;
@@ -254,7 +242,7 @@ async fn revoke_sessions(
     _: RootAuth,
     services: web::Data<Services>,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let revoked =
         admin::revoke_sessions(&services, app_id(&path)?, None, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(RevokedCount { revoked }))

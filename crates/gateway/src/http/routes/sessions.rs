@@ -13,7 +13,7 @@ use crate::bootstrap::Services;
 use crate::clock;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppAuth, JsonBody};
-use crate::http::resource::resource;
+use crate::http::resource::{resource, Answer};
 use crate::http::schema::{AppKeyErrors, BodyErrors, RevokedCount};
 use crate::metrics::{RenewCount, RevokeReason};
 
@@ -73,11 +73,7 @@ struct SessionList {
         BodyErrors,
         AppKeyErrors,
     ))]
-async fn sign(
-    services: web::Data<Services>,
-    auth: AppAuth,
-    body: Body,
-) -> Result<HttpResponse, ApiError> {
+async fn sign(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
     let input = SignInput::parse(body.0).map_err(ApiError::Invalid)?;
     let issued = services.sessions.sign(&auth.0.app, input, clock::now()).await?;
     services.metrics.session_opened();
@@ -102,11 +98,7 @@ async fn sign(
         BodyErrors,
         AppKeyErrors,
     ))]
-async fn renew(
-    services: web::Data<Services>,
-    auth: AppAuth,
-    body: Body,
-) -> Result<HttpResponse, ApiError> {
+async fn renew(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
     let input = RenewInput::parse(&body.0).map_err(ApiError::Invalid)?;
     let renewed = services.sessions.renew(&auth.0.app, input, clock::now()).await;
     services.metrics.renew(RenewCount::of(&renewed));
@@ -124,11 +116,7 @@ async fn renew(
         BodyErrors,
         AppKeyErrors,
     ))]
-async fn verify(
-    services: web::Data<Services>,
-    auth: AppAuth,
-    body: Body,
-) -> Result<HttpResponse, ApiError> {
+async fn verify(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
     let TokenRequest { token } = TokenRequest::parse(&body.0)?;
     let verified = services.sessions.verify(&auth.0.app, &token, clock::now()).await?;
     Ok(HttpResponse::Ok().json(verified))
@@ -146,11 +134,7 @@ async fn verify(
         BodyErrors,
         AppKeyErrors,
     ))]
-async fn logout(
-    services: web::Data<Services>,
-    auth: AppAuth,
-    body: Body,
-) -> Result<HttpResponse, ApiError> {
+async fn logout(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
     let TokenRequest { token } = TokenRequest::parse(&body.0)?;
     let revoked =
         services.sessions.logout(&auth.0.app, &token, clock::now()).await.map_err(|e| match e {
@@ -186,15 +170,11 @@ async fn revoke(
     services: web::Data<Services>,
     auth: AppAuth,
     body: JsonBody<RevokeRequest>,
-) -> Result<HttpResponse, ApiError> {
-    let session_id;
+) -> Answer {
     let scope = match (&body.0.session_id, &body.0.sub) {
-        (Some(id), None) => {
-            session_id = id.parse::<SessionId>().map_err(|_| {
-                ApiError::invalid("session_id", "must be a session id (a 26-character ULID)")
-            })?;
-            RevokeScope::Session(session_id)
-        }
+        (Some(id), None) => RevokeScope::Session(id.parse().map_err(|_| {
+            ApiError::invalid("session_id", "must be a session id (a 26-character ULID)")
+        })?),
         (None, Some(sub)) => RevokeScope::Subject(checked_sub(sub)?),
         _ => {
             return Err(ApiError::Invalid(vec![
@@ -232,11 +212,7 @@ struct SubjectQuery {
     sub: String,
 }
 
-async fn sessions_of(
-    services: &Services,
-    auth: &AppAuth,
-    sub: &str,
-) -> Result<HttpResponse, ApiError> {
+async fn sessions_of(services: &Services, auth: &AppAuth, sub: &str) -> Answer {
     let sub = checked_sub(sub)?;
     let sessions = services.sessions.list(auth.0.app.app_id, Some(sub), clock::now()).await?;
     Ok(HttpResponse::Ok().json(SessionList { sessions }))
@@ -256,7 +232,7 @@ async fn get_session(
     services: web::Data<Services>,
     auth: AppAuth,
     body: JsonBody<SubjectQuery>,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     sessions_of(&services, &auth, &body.0.sub).await
 }
 
@@ -274,7 +250,7 @@ async fn list_sessions(
     services: web::Data<Services>,
     auth: AppAuth,
     request: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+) -> Answer {
     let query = web::Query::<SubjectQuery>::from_query(request.query_string())
         .map_err(|_| ApiError::invalid("sub", "is required, as the only query parameter"))?;
     sessions_of(&services, &auth, &query.sub).await

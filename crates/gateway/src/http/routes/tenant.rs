@@ -11,7 +11,7 @@ use crate::app::AppError;
 use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::AppAuth;
-use crate::http::resource::resource;
+use crate::http::resource::{resource, Answer};
 use crate::http::schema::{AppKeyErrors, ServerErrors};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -38,10 +38,7 @@ struct PublishedKeys<'a> {
             body = ErrorBody),
         ServerErrors,
     ))]
-async fn jwks(
-    services: web::Data<Services>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+async fn jwks(services: web::Data<Services>, path: web::Path<String>) -> Answer {
     let unknown = || ApiError::NotFound("no such app".into());
     let app_id: AppId = path.parse().map_err(|_| unknown())?;
     services.tenants.app(app_id).await?.ok_or_else(unknown)?;
@@ -62,7 +59,7 @@ async fn jwks(
         (status = 200, description = "The published keys.", body = PublishedKeys),
         AppKeyErrors,
     ))]
-async fn pub_keys(services: web::Data<Services>, auth: AppAuth) -> Result<HttpResponse, ApiError> {
+async fn pub_keys(services: web::Data<Services>, auth: AppAuth) -> Answer {
     let keys = services.keyring.keys(auth.0.app.app_id).await.map_err(AppError::from)?;
     Ok(HttpResponse::Ok().json(PublishedKeys { keys: keys.published() }))
 }
