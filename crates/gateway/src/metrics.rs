@@ -113,14 +113,20 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registr
     metric
 }
 
+/// The metrics are built from constant names, help texts, labels and buckets: a failure is
+/// a bug in this file, caught by every test that starts a gateway.
+#[allow(clippy::expect_used)]
+fn built<M>(metric: prometheus::Result<M>) -> M {
+    metric.expect("metric definitions are constant and valid")
+}
+
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let metric = built(IntCounterVec::new(Opts::new(name, help), labels));
     register(registry, metric)
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let metric = IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let metric = built(IntCounter::new(name, help));
     register(registry, metric)
 }
 
@@ -139,24 +145,22 @@ impl Metrics {
         {
             tracing::error!(error = %err, "could not register the process metrics");
         }
-        let http_duration = HistogramVec::new(
+        let http_duration = built(HistogramVec::new(
             HistogramOpts::new(
                 "keygate_http_request_duration_seconds",
                 "Time to answer an HTTP request, by route pattern, method and status.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["route", "method", "status"],
-        )
-        .unwrap_or_else(|e| unreachable!("latency histogram: {e}"));
-        let db_pool = IntGaugeVec::new(
+        ));
+        let db_pool = built(IntGaugeVec::new(
             Opts::new(
                 "keygate_db_pool_connections",
-                "Backend connections by pool (sqlite_writer, sqlite_reader, postgres) and \
+                "Database connections by pool (sqlite_writer, sqlite_reader, postgres) and \
                  state (in_use, idle, max).",
             ),
             &["pool", "state"],
-        )
-        .unwrap_or_else(|e| unreachable!("pool gauge: {e}"));
+        ));
         Self {
             http_requests: counter_vec(
                 &registry,
