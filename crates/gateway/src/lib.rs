@@ -18,9 +18,6 @@ pub mod http;
 pub mod metrics;
 pub mod startup;
 
-// The paths by which the compatibility routes reach the HTTP layer.
-pub(crate) use http::{client_ip, error, extract, routes};
-
 pub use bootstrap::Services;
 pub use config::Settings;
 pub use startup::Application;

@@ -77,7 +77,7 @@ impl Application {
                 .wrap(middleware::from_fn(request_id::middleware))
                 .wrap(middleware::Logger::new(r#"%a "%r" %s %b %Dms request_id=%{x-request-id}o"#))
                 .configure(routes::configure)
-                .configure(|cfg| compat::configure(cfg, &compat))
+                .configure(|cfg| crate::http::compat::configure(cfg, &compat))
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)

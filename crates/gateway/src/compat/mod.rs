@@ -4,7 +4,8 @@
 //!
 //! A route is a front for the same renew as `/app/{id}/renew`: it inherits the app's
 //! rotation, grace and reuse rules, so a token rotated through one route and replayed on
-//! another is reuse.
+//! another is reuse. The routes are served by `crate::http::compat`; this module only reads
+//! and checks their configuration, and imports nothing from the layers above it.
 
 use std::sync::Arc;
 
@@ -15,11 +16,9 @@ use keygate_sessions::RenewMode;
 use keygate_tenants::AppId;
 use serde::Deserialize;
 
-mod handler;
 mod template;
 mod value;
 
-pub use handler::configure;
 pub use template::Template;
 pub use value::ConfigValue;
 

@@ -3,6 +3,7 @@
 //! limits, request ids, the metrics middleware and the OpenAPI document.
 
 pub mod client_ip;
+pub mod compat;
 pub mod error;
 pub mod extract;
 pub mod metrics;

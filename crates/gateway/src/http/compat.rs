@@ -11,11 +11,12 @@ use keygate_sessions::{Issued, Rejection, RenewInput, SessionError, MAX_USERAGEN
 use keygate_tenants::{App, StoreError};
 use serde_json::{Map, Value};
 
-use super::{AppSource, CompatRoute, ErrorKind, TokenSource};
-use crate::error::{chain, ApiError};
-use crate::extract::{parse, read_body};
+use crate::compat::{AppSource, CompatRoute, ErrorKind, TokenSource};
+use crate::http::error::{chain, ApiError};
+use crate::http::extract::{parse, read_body};
+use crate::http::routes;
 use crate::metrics::RenewCount;
-use crate::{clock, routes, Services};
+use crate::{clock, Services};
 
 /// Registers every route, each answering 405 to other methods.
 pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<CompatRoute>]) {
@@ -179,7 +180,8 @@ async fn find_app(
 /// (cut to the longest accepted, at a character boundary).
 fn renew_input(request: &HttpRequest, refresh_token: String) -> Result<RenewInput, Failure> {
     // The client's address: the peer, or what trusted proxies say it is.
-    let ip = crate::client_ip::client_ip(request).map(|ip| ip.to_string()).unwrap_or_default();
+    let ip =
+        crate::http::client_ip::client_ip(request).map(|ip| ip.to_string()).unwrap_or_default();
     let mut useragent = request
         .headers()
         .get(header::USER_AGENT)
@@ -235,7 +237,7 @@ fn fail(route: &CompatRoute, failure: Failure) -> HttpResponse {
     });
     let mut response = HttpResponse::build(spec.status);
     if failure.kind == ErrorKind::Unavailable {
-        response.insert_header((header::RETRY_AFTER, crate::error::RETRY_AFTER));
+        response.insert_header((header::RETRY_AFTER, crate::http::error::RETRY_AFTER));
     }
     response.content_type("application/json").body(body)
 }
