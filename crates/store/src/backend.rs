@@ -252,7 +252,7 @@ impl Backend {
 
 /// A value bound to a statement placeholder. Both backends encode each of these the same
 /// way as they did when bound directly.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum Arg {
     Text(Option<String>),
     Int(Option<i64>),
@@ -286,8 +286,9 @@ args_from! {
     Option<Vec<u8>> => |v| Self::Bytes(v);
 }
 
-/// A statement and its arguments, in placeholder order.
-#[derive(Debug, Clone)]
+/// A statement and its arguments, in placeholder order. `Debug` shows the statement only:
+/// the arguments may be hashes, sealed keys or token digests.
+#[derive(Clone)]
 pub struct Sql {
     text: std::borrow::Cow<'static, str>,
     args: Vec<Arg>,
@@ -303,6 +304,19 @@ impl Sql {
     pub fn bind(mut self, value: impl Into<Arg>) -> Self {
         self.args.push(value.into());
         self
+    }
+}
+
+impl fmt::Debug for Arg {
+    // The value may be a secret's hash, a sealed key or a token digest.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Arg(<redacted>)")
+    }
+}
+
+impl fmt::Debug for Sql {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sql").field("text", &self.text).field("args", &self.args.len()).finish()
     }
 }
 
@@ -485,5 +499,13 @@ mod tests {
         assert_eq!(redact_url("sqlite://./a.db"), "sqlite://./a.db");
         let err = DbError::Scheme(redact_url("mysql://u:hunter2@db/x"));
         assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn bound_values_never_reach_debug() {
+        let sql = Sql::new("SELECT $1, $2").bind("hunter2").bind(vec![0x42u8; 32]);
+        let shown = format!("{sql:?} {:?}", Arg::from("hunter2"));
+        assert!(shown.contains("SELECT $1, $2") && shown.contains("args: 2"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("66"), "{shown}");
     }
 }
