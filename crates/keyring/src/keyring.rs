@@ -479,10 +479,18 @@ impl Keyring {
         Ok(keys)
     }
 
-    /// The app's keys read again from the store, whatever the cache holds.
+    /// The app's keys read again from the store, whatever the cache holds. A failed read
+    /// leaves the cached keys in place: a token with an unknown `kid`, sent while the
+    /// database is down, must not evict the keys that still verify.
     async fn reload(&self, app_id: AppId) -> Result<Arc<AppKeys>, KeyringError> {
-        self.cache.invalidate(&app_id).await;
-        self.keys(app_id).await
+        let records = self.store.list_keys(app_id).await?;
+        let keys = Arc::new(AppKeys::load(&records, &self.master, &self.previous)?);
+        if keys.verifiers.is_empty() {
+            self.cache.invalidate(&app_id).await;
+        } else {
+            self.cache.insert(app_id, keys.clone()).await;
+        }
+        Ok(keys)
     }
 
     /// Drops the cached keys of every app.

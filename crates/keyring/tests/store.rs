@@ -50,6 +50,7 @@ macro_rules! store_cases {
 }
 
 store_cases!(
+    a_failed_reload_keeps_the_keys_that_verify,
     a_new_app_has_one_active_and_one_next_key,
     rotation_promotes_next_retires_active_and_publishes_a_new_next,
     revoking_the_active_key_promotes_next_at_once,
@@ -668,6 +669,30 @@ async fn a_revoked_key_verifies_nothing_and_leaves_the_jwks(db: Backend) {
     let (new_kid, new_token) = env.sign(app_id, "dave").await;
     assert_ne!(new_kid, kid);
     assert!(verify(&env.keyring, app_id, &new_token).await.is_ok());
+}
+
+/// A token with an unknown `kid` makes the keyring read the app's keys again; when that read
+/// fails (the database is down), the cached keys must stay and still verify.
+async fn a_failed_reload_keeps_the_keys_that_verify(db: Backend) {
+    let env = env(db.clone());
+    let app_id = env.app("outage").await;
+    let keyring = env.other_process(KeyringConfig {
+        reload_interval: Duration::ZERO,
+        ..KeyringConfig::default()
+    });
+    let (_, token) = env.sign(app_id, "frank").await;
+    assert!(verify(&keyring, app_id, &token).await.is_ok(), "cached now");
+    let (header, rest) = token.split_once('.').unwrap();
+    let mut header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    header["kid"] = serde_json::json!(ulid::Ulid::new().to_string());
+    let unknown_kid = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(header.to_string()));
+
+    db.close().await;
+    let reload = verify(&keyring, app_id, &unknown_kid).await;
+    assert!(matches!(reload, Err(VerifyError::Keyring(_))), "{reload:?}");
+    let known = verify(&keyring, app_id, &token).await;
+    assert!(known.is_ok(), "the cached keys were evicted by a failed reload: {known:?}");
 }
 
 async fn a_retired_key_still_verifies(db: Backend) {
