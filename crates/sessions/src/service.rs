@@ -528,12 +528,20 @@ fn judge(
     if current {
         return Verdict::Undone;
     }
-    let within_grace = session.rotated_at.is_some_and(|at| now - at < s.reuse_grace);
-    if Some(presented.jid) == session.prev_jid && within_grace && useragent == session.useragent {
+    let retry = within_grace(session.rotated_at, now, s.reuse_grace);
+    if Some(presented.jid) == session.prev_jid && retry && useragent == session.useragent {
         Verdict::Retry
     } else {
         Verdict::Reuse
     }
+}
+
+/// Whether a renew at `now` comes within `grace` seconds of the rotation at `rotated_at`.
+/// Each request reads the clock when it starts, so a renew that lost the swap to a later
+/// one can read a time before the rotation: that counts as 0 seconds after it, and with a
+/// grace of 0 no renew is ever a retry.
+fn within_grace(rotated_at: Option<i64>, now: i64, grace: i64) -> bool {
+    rotated_at.is_some_and(|at| now.saturating_sub(at).max(0) < grace)
 }
 
 fn reason(err: &VerifyError) -> &'static str {
@@ -620,4 +628,24 @@ fn issue_auth(
         refresh_expires_in: 0,
         session_id: session.session_id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::within_grace;
+
+    #[test]
+    fn a_grace_of_zero_never_allows_a_retry() {
+        for elapsed in [-5, -1, 0, 1, 60] {
+            assert!(!within_grace(Some(1_000), 1_000 + elapsed, 0), "elapsed {elapsed}");
+        }
+    }
+
+    #[test]
+    fn a_renew_that_read_the_clock_before_the_rotation_is_at_its_start() {
+        assert!(within_grace(Some(1_000), 999, 10));
+        assert!(within_grace(Some(1_000), 1_009, 10));
+        assert!(!within_grace(Some(1_000), 1_010, 10));
+        assert!(!within_grace(None, 1_000, 10), "a session never rotated has no retry");
+    }
 }

@@ -1293,3 +1293,27 @@ proptest! {
         runtime.block_on(run_model(ops, reuse_grace, on_reuse))?;
     }
 }
+
+/// Each request reads the clock when it starts, so a renew that lost the swap can carry a
+/// time before the rotation that beat it. Without a grace that is reuse, never a retry; with
+/// one, it is a retry from the same user agent.
+#[tokio::test]
+#[allow(clippy::disallowed_methods)] // jsonwebtoken checks `exp` against the real clock
+async fn a_renew_that_read_the_clock_before_the_winning_rotation() {
+    let wall =
+        i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap();
+    let start = wall - 60;
+    for (reuse_grace, expected) in
+        [(0, Outcome::Rejected(Rejection::ReuseDetected)), (10, Outcome::GraceRetry)]
+    {
+        let test_db = keygate_store::testing::sqlite().await;
+        let h = Harness::new(&test_db.db, reuse_grace, OnReuse::RevokeSession, start).await;
+        let signed =
+            h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
+        let (won, _) = h.renew(&signed.refresh_token, AGENTS[0], start + 1).await;
+        assert_eq!(won, Outcome::Rotated);
+        let (late, _) = h.renew(&signed.refresh_token, AGENTS[0], start).await;
+        assert_eq!(late, expected, "reuse_grace {reuse_grace}");
+        test_db.db.close().await;
+    }
+}
