@@ -1308,8 +1308,7 @@ async fn a_renew_that_read_the_clock_before_the_winning_rotation() {
     {
         let test_db = keygate_store::testing::sqlite().await;
         let h = Harness::new(&test_db.db, reuse_grace, OnReuse::RevokeSession, start).await;
-        let signed =
-            h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
+        let signed = h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
         let (won, _) = h.renew(&signed.refresh_token, AGENTS[0], start + 1).await;
         assert_eq!(won, Outcome::Rotated);
         let (late, _) = h.renew(&signed.refresh_token, AGENTS[0], start).await;
