@@ -35,6 +35,8 @@ pub struct Services {
     pub audit: Arc<Audit>,
     /// Seconds audit events are kept; 0 keeps them forever.
     pub audit_retention: i64,
+    /// `public_url`, checked and without its trailing `/`.
+    pub public_url: Option<String>,
 }
 
 /// What bootstrapping did that the operator must hear about.
@@ -48,6 +50,7 @@ impl Services {
     /// Opens the database, applies migrations, loads (or on first use generates) the master
     /// key, and makes sure a root key exists.
     pub async fn open(settings: &Settings) -> anyhow::Result<(Self, Bootstrap)> {
+        let public_url = settings.public_url()?;
         if settings.uses_embedded_database() {
             create_private_dir(&settings.data_dir)?;
         }
@@ -107,6 +110,7 @@ impl Services {
             audit,
             audit_retention: i64::try_from(settings.audit_retention_days.saturating_mul(86_400))
                 .unwrap_or(i64::MAX),
+            public_url,
         };
         Ok((services, Bootstrap { new_root_key }))
     }

@@ -76,6 +76,10 @@ pub struct Settings {
     pub webhook_retry_ms: u64,
     /// Days audit events are kept (the janitor deletes older ones); 0 keeps them forever.
     pub audit_retention_days: u64,
+    /// The gateway's own address as clients reach it (`https://auth.example.com`, maybe with
+    /// a path prefix): the base of the absolute URLs in the OAuth metadata, which is not
+    /// served without it.
+    pub public_url: Option<String>,
 }
 
 impl Default for Settings {
@@ -106,6 +110,7 @@ impl Default for Settings {
             webhook_max_attempts: 8,
             webhook_retry_ms: 1000,
             audit_retention_days: 90,
+            public_url: None,
         }
     }
 }
@@ -139,6 +144,7 @@ impl fmt::Debug for Settings {
             .field("webhook_max_attempts", &self.webhook_max_attempts)
             .field("webhook_retry_ms", &self.webhook_retry_ms)
             .field("audit_retention_days", &self.audit_retention_days)
+            .field("public_url", &self.public_url)
             .finish()
     }
 }
@@ -149,6 +155,8 @@ pub enum ConfigError {
     Load(#[from] config::ConfigError),
     #[error("configuration file {0} does not exist")]
     MissingFile(PathBuf),
+    #[error("public_url: {0}")]
+    PublicUrl(String),
 }
 
 impl Settings {
@@ -175,6 +183,7 @@ impl Settings {
             .source(environment);
         let mut settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.database_url = settings.database_url.filter(|url| !url.trim().is_empty());
+        settings.public_url()?;
         Ok(settings)
     }
 
@@ -184,6 +193,26 @@ impl Settings {
             Some(url) => url.clone(),
             None => format!("sqlite://{}", self.data_dir.join("keygate.db").display()),
         }
+    }
+
+    /// `public_url`, checked: an absolute `http` or `https` URL without user, query or
+    /// fragment, and without its trailing `/`. `None` when it is not set.
+    pub fn public_url(&self) -> Result<Option<String>, ConfigError> {
+        let Some(raw) = self.public_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let invalid = |why: &str| ConfigError::PublicUrl(format!("{raw:?} {why}"));
+        let url = url::Url::parse(raw).map_err(|e| invalid(&format!("is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+            return Err(invalid("must be an absolute http:// or https:// URL"));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid("must not carry a user or a password"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(invalid("must not have a query or a fragment"));
+        }
+        Ok(Some(url.as_str().trim_end_matches('/').to_owned()))
     }
 
     /// Whether the database is the embedded default inside `data_dir`.
@@ -265,5 +294,45 @@ mod tests {
         let settings = Settings::default();
         assert_eq!(settings.database_url(), "sqlite://./keygate-data/keygate.db");
         assert_eq!(settings.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn public_url_is_an_absolute_http_url_without_its_trailing_slash() {
+        let check = |value: &str| {
+            Settings { public_url: Some(value.into()), ..Settings::default() }.public_url()
+        };
+        assert_eq!(
+            check("https://auth.example.com/").unwrap().as_deref(),
+            Some("https://auth.example.com")
+        );
+        assert_eq!(
+            check("https://example.com/keygate/").unwrap().as_deref(),
+            Some("https://example.com/keygate")
+        );
+        assert_eq!(
+            check("http://127.0.0.1:8080").unwrap().as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert_eq!(check("  ").unwrap(), None);
+        assert_eq!(Settings::default().public_url().unwrap(), None);
+        for bad in [
+            "auth.example.com",
+            "ftp://example.com",
+            "https://u:p@example.com",
+            "https://example.com/?a=1",
+            "https://example.com/#x",
+            "file:///tmp",
+        ] {
+            let err = check(bad).unwrap_err().to_string();
+            assert!(err.starts_with("public_url: "), "{bad}: {err}");
+        }
+        let vars = config::Map::from([(
+            "KEYGATE_PUBLIC_URL".to_owned(),
+            "mailto:x@example.com".to_owned(),
+        )]);
+        assert!(
+            Settings::load_from(None, Some(vars)).is_err(),
+            "an invalid public_url refuses to load"
+        );
     }
 }

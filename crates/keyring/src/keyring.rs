@@ -45,9 +45,32 @@ pub struct Signer {
     pub key_id: KeyId,
     /// base64 of the SubjectPublicKeyInfo PEM, as token responses carry it.
     pub public_key: String,
-    /// base64url of `{"alg":"ES256","typ":"JWT","kid":…}`, the same for every token.
-    header: String,
+    /// base64url of `{"alg":"ES256","typ":…,"kid":…}` for each [`Typ`], in its order.
+    headers: [String; 3],
     key_pair: EcdsaKeyPair,
+}
+
+/// The JOSE `typ` of a signed token (RFC 7515 §4.1.9, RFC 8725 §3.11).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Typ {
+    /// `JWT`: every token of keygate's own profile.
+    Jwt,
+    /// `at+jwt`: an RFC 9068 access token.
+    AccessToken,
+    /// `refresh+jwt`: a refresh token that must never pass for an access token.
+    RefreshToken,
+}
+
+impl Typ {
+    const ALL: [Typ; 3] = [Typ::Jwt, Typ::AccessToken, Typ::RefreshToken];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Jwt => "JWT",
+            Self::AccessToken => "at+jwt",
+            Self::RefreshToken => "refresh+jwt",
+        }
+    }
 }
 
 impl std::fmt::Debug for Signer {
@@ -60,10 +83,16 @@ impl Signer {
     /// An ES256 JWS (RFC 7515 compact form) with header
     /// `{"alg":"ES256","typ":"JWT","kid":…}`.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyringError> {
+        self.sign_typed(Typ::Jwt, claims)
+    }
+
+    /// Like [`Self::sign`], with `typ` as the header's `typ`.
+    pub fn sign_typed<T: Serialize>(&self, typ: Typ, claims: &T) -> Result<String, KeyringError> {
         let payload = serde_json::to_vec(claims)
             .map_err(|e| KeyringError::Material(format!("claims: {e}")))?;
-        let mut token = String::with_capacity(self.header.len() + payload.len() * 4 / 3 + 92);
-        token.push_str(&self.header);
+        let header = &self.headers[typ as usize];
+        let mut token = String::with_capacity(header.len() + payload.len() * 4 / 3 + 92);
+        token.push_str(header);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
         let signature = self
@@ -144,11 +173,15 @@ impl AppKeys {
             verifiers.insert(key.key_id, decoding);
             let public_key = public_key_b64(&key.public_pem);
             if key.state == KeyState::Active {
-                let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": key.key_id});
+                let header = |typ: Typ| {
+                    let header =
+                        serde_json::json!({"alg": "ES256", "typ": typ.as_str(), "kid": key.key_id});
+                    URL_SAFE_NO_PAD.encode(header.to_string())
+                };
                 signer = Some(Arc::new(Signer {
                     key_id: key.key_id,
                     public_key: public_key.clone(),
-                    header: URL_SAFE_NO_PAD.encode(header.to_string()),
+                    headers: Typ::ALL.map(header),
                     key_pair: unseal(key, master, previous)?,
                 }));
             }

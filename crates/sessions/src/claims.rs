@@ -60,6 +60,13 @@ pub struct AuthClaims {
     pub sid: SessionId,
     pub ip: String,
     pub useragent: String,
+    /// The app id, in the tokens of an app with `access_token_profile = rfc9068` (RFC 9068
+    /// §2.2); in keygate's profile a custom claim of that name, if there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<Value>,
+    /// `jid` again, under RFC 9068's name; like `client_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<Value>,
     #[serde(flatten)]
     pub custom: Map<String, Value>,
 }

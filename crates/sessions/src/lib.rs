@@ -25,6 +25,7 @@ pub use ids::{Jid, SessionId};
 pub use input::{token_field, RenewInput, SignInput, MAX_CUSTOM_CLAIMS, MAX_SUB, MAX_USERAGENT};
 pub use model::{Session, SessionView, TokenDigest};
 pub use service::{
-    Issued, RenewMode, RenewOutcome, Renewed, Sessions, Verified, JANITOR_REVOKED_RETENTION,
+    Introspected, Issued, RenewMode, RenewOutcome, Renewed, Sessions, Verified,
+    JANITOR_REVOKED_RETENTION,
 };
 pub use store::{session_store, Restore, RevokeScope, Rotation, SessionStore};

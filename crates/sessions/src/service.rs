@@ -1,8 +1,8 @@
 use std::sync::Arc;
 
-use keygate_keyring::{jsonwebtoken, KeyId, Keyring, Signer, VerifyError};
+use keygate_keyring::{jsonwebtoken, KeyId, Keyring, Signer, Typ, VerifyError};
 use keygate_tenants::events::{Actor, AuditSink, EventKind, NewEvent};
-use keygate_tenants::{App, AppId, AppSettings, OnReuse, StoreError};
+use keygate_tenants::{AccessTokenProfile, App, AppId, AppSettings, OnReuse, StoreError};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -80,6 +80,32 @@ pub struct Verified {
 impl Verified {
     fn no(reason: &'static str) -> Self {
         Self { verified: false, claims: None, reason: Some(reason) }
+    }
+}
+
+/// A live token, as [`Sessions::introspect`] finds it.
+#[derive(Debug, Clone)]
+pub enum Introspected {
+    Auth(AuthClaims),
+    /// A session's current refresh token, with the session's subject.
+    Refresh {
+        claims: RefreshClaims,
+        sub: String,
+    },
+}
+
+/// A verified token of either kind.
+enum AnyToken {
+    Auth(AuthClaims),
+    Refresh(RefreshClaims),
+}
+
+impl AnyToken {
+    fn sid(&self) -> SessionId {
+        match self {
+            Self::Auth(claims) => claims.sid,
+            Self::Refresh(claims) => claims.sid,
+        }
     }
 }
 
@@ -224,8 +250,8 @@ impl Sessions {
         // the swap reads; near that end the token is signed again with the capped expiry,
         // and its digest (of the uncapped one) then makes its next renew a verified one.
         let uncapped = now.saturating_add(s.refresh_expire);
-        let refresh_token =
-            signer.sign(&refresh_claims(app, presented.sid, new_jid, now, uncapped))?;
+        let claims = refresh_claims(app, presented.sid, new_jid, now, uncapped);
+        let refresh_token = signer.sign_typed(typs(app).1, &claims)?;
         let key_id = signer.key_id.to_string();
         let rotation = Rotation {
             new_jid,
@@ -464,6 +490,79 @@ impl Sessions {
         Ok(self.store.revoke(app.app_id, RevokeScope::Session(claims.sid), "logout", now).await?)
     }
 
+    /// A live token of `app` (RFC 7662's "active"): an auth token within its lifetime whose
+    /// session is live, or the current refresh token of a live session. `None` for
+    /// anything else: malformed, another app's, expired, not yet valid, a refresh token that
+    /// was rotated away, a token of a revoked session. Nothing is written.
+    pub async fn introspect(
+        &self,
+        app: &App,
+        token: &str,
+        now: i64,
+    ) -> Result<Option<Introspected>, SessionError> {
+        let Some(token) = self.verify_any(app, token, now).await? else {
+            return Ok(None);
+        };
+        let session = match self.store.get(app.app_id, token.sid()).await? {
+            Some(session) if session.is_live(now) => session,
+            _ => return Ok(None),
+        };
+        Ok(match token {
+            AnyToken::Auth(claims) => Some(Introspected::Auth(claims)),
+            AnyToken::Refresh(claims) if claims.jid == session.current_jid => {
+                Some(Introspected::Refresh { claims, sub: session.sub })
+            }
+            AnyToken::Refresh(_) => None,
+        })
+    }
+
+    /// RFC 7009 revocation: ends the session of an auth or refresh token of `app` that is
+    /// within its lifetime. Anything else (malformed, another app's, expired) changes
+    /// nothing. Returns how many sessions were revoked.
+    pub async fn revoke_token(
+        &self,
+        app: &App,
+        token: &str,
+        now: i64,
+    ) -> Result<u64, SessionError> {
+        let Some(token) = self.verify_any(app, token, now).await? else {
+            return Ok(0);
+        };
+        let scope = RevokeScope::Session(token.sid());
+        Ok(self.store.revoke(app.app_id, scope, "revoked by the client (RFC 7009)", now).await?)
+    }
+
+    /// An auth or refresh token of `app`, by signature and claims, within its lifetime at
+    /// `now`; `None` if it is neither. Only a keyring failure is an error.
+    async fn verify_any(
+        &self,
+        app: &App,
+        token: &str,
+        now: i64,
+    ) -> Result<Option<AnyToken>, SessionError> {
+        let claims = match self.keyring.verify::<Value>(app.app_id, token, &validation(app)).await {
+            Ok(data) => data.claims,
+            Err(VerifyError::Keyring(e)) => return Err(SessionError::Keyring(e)),
+            Err(_) => return Ok(None),
+        };
+        let token = if claims.get("type").is_some() {
+            match serde_json::from_value::<RefreshClaims>(claims) {
+                Ok(claims) => AnyToken::Refresh(claims),
+                Err(_) => return Ok(None),
+            }
+        } else {
+            match serde_json::from_value::<AuthClaims>(claims) {
+                Ok(claims) if claims.is_auth_token() => AnyToken::Auth(claims),
+                _ => return Ok(None),
+            }
+        };
+        let (iat, nbf, exp) = match &token {
+            AnyToken::Auth(c) => (c.iat, c.nbf, c.exp),
+            AnyToken::Refresh(c) => (c.iat, c.nbf, c.exp),
+        };
+        Ok(outside_lifetime(iat, nbf, exp, now).is_none().then_some(token))
+    }
+
     pub async fn revoke(
         &self,
         app_id: AppId,
@@ -578,6 +677,18 @@ fn auth_claims(app: &App, session: &Session, ip: &str, useragent: &str, now: i64
     let s = &app.settings;
     let mut custom: Map<String, Value> = session.claims.clone();
     let aud = custom.remove("aud").unwrap_or_else(|| Value::String(s.audience.clone()));
+    let jid = Jid::new();
+    let (client_id, jti) = match s.access_token_profile {
+        // Custom claims of these names stay where they were: the tokens are byte for byte
+        // the ones before the profile existed.
+        AccessTokenProfile::Keygate => (None, None),
+        // The profile's claims take the place of custom claims of the same names.
+        AccessTokenProfile::Rfc9068 => {
+            custom.remove("client_id");
+            custom.remove("jti");
+            (Some(Value::String(app.app_id.to_string())), Some(Value::String(jid.to_string())))
+        }
+    };
     AuthClaims {
         iss: s.issuer.clone(),
         sub: session.sub.clone(),
@@ -585,11 +696,21 @@ fn auth_claims(app: &App, session: &Session, ip: &str, useragent: &str, now: i64
         iat: now,
         nbf: now.saturating_add(s.token_notbefore),
         exp: now.saturating_add(s.token_expire),
-        jid: Jid::new(),
+        jid,
         sid: session.session_id,
         ip: ip.to_owned(),
         useragent: useragent.to_owned(),
+        client_id,
+        jti,
         custom,
+    }
+}
+
+/// The JOSE `typ` of the app's auth and refresh tokens.
+fn typs(app: &App) -> (Typ, Typ) {
+    match app.settings.access_token_profile {
+        AccessTokenProfile::Keygate => (Typ::Jwt, Typ::Jwt),
+        AccessTokenProfile::Rfc9068 => (Typ::AccessToken, Typ::RefreshToken),
     }
 }
 
@@ -603,7 +724,7 @@ fn issue(
     now: i64,
 ) -> Result<Issued, SessionError> {
     let mut issued = issue_auth(app, signer, session, ip, useragent, now)?;
-    issued.refresh_token = signer.sign(refresh)?;
+    issued.refresh_token = signer.sign_typed(typs(app).1, refresh)?;
     issued.refresh_expires_in = refresh.exp - now;
     Ok(issued)
 }
@@ -619,7 +740,7 @@ fn issue_auth(
 ) -> Result<Issued, SessionError> {
     let auth = auth_claims(app, session, ip, useragent, now);
     Ok(Issued {
-        auth_token: signer.sign(&auth)?,
+        auth_token: signer.sign_typed(typs(app).0, &auth)?,
         refresh_token: String::new(),
         key_id: signer.key_id,
         public_key: signer.public_key.clone(),

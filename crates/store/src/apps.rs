@@ -20,6 +20,7 @@ pub struct AppRow {
     pub max_sessions_per_sub: i64,
     pub refresh_rotation: bool,
     pub on_reuse: String,
+    pub access_token_profile: String,
     pub app_key_hash: String,
     pub prev_app_key_hash: Option<String>,
     pub prev_app_key_expires_at: Option<i64>,
@@ -36,20 +37,21 @@ impl std::fmt::Debug for AppRow {
 
 const SELECT_APP: &str = "SELECT app_id, name, issuer, audience, token_expire, token_notbefore, \
     refresh_expire, refresh_notbefore, session_max_age, reuse_grace, rotation_period, \
-    max_sessions_per_sub, refresh_rotation, on_reuse, app_key_hash, prev_app_key_hash, \
-    prev_app_key_expires_at, created_at, updated_at FROM apps";
+    max_sessions_per_sub, refresh_rotation, on_reuse, access_token_profile, app_key_hash, \
+    prev_app_key_hash, prev_app_key_expires_at, created_at, updated_at FROM apps";
 
 const INSERT_APP: &str = "INSERT INTO apps (app_id, name, issuer, audience, token_expire, \
     token_notbefore, refresh_expire, refresh_notbefore, session_max_age, reuse_grace, \
-    rotation_period, max_sessions_per_sub, refresh_rotation, on_reuse, app_key_hash, \
-    prev_app_key_hash, prev_app_key_expires_at, created_at, updated_at) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)";
+    rotation_period, max_sessions_per_sub, refresh_rotation, on_reuse, access_token_profile, \
+    app_key_hash, prev_app_key_hash, prev_app_key_expires_at, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+    $20)";
 
 const UPDATE_APP: &str = "UPDATE apps SET name = $2, issuer = $3, audience = $4, \
     token_expire = $5, token_notbefore = $6, refresh_expire = $7, refresh_notbefore = $8, \
     session_max_age = $9, reuse_grace = $10, rotation_period = $11, \
-    max_sessions_per_sub = $12, refresh_rotation = $13, on_reuse = $14, updated_at = $15 \
-    WHERE app_id = $1";
+    max_sessions_per_sub = $12, refresh_rotation = $13, on_reuse = $14, \
+    access_token_profile = $15, updated_at = $16 WHERE app_id = $1";
 
 const SET_APP_KEY: &str = "UPDATE apps SET app_key_hash = $2, prev_app_key_hash = $3, \
     prev_app_key_expires_at = $4, updated_at = $5 WHERE app_id = $1";
@@ -88,7 +90,7 @@ fn changed(app_id: &str) -> String {
     format!("app {app_id}")
 }
 
-/// The first 14 columns of [`INSERT_APP`] and of [`UPDATE_APP`], in order.
+/// The first 15 columns of [`INSERT_APP`] and of [`UPDATE_APP`], in order.
 fn with_settings(sql: Sql, app: &AppRow) -> Sql {
     sql.bind(&app.app_id)
         .bind(&app.name)
@@ -104,6 +106,7 @@ fn with_settings(sql: Sql, app: &AppRow) -> Sql {
         .bind(app.max_sessions_per_sub)
         .bind(app.refresh_rotation)
         .bind(&app.on_reuse)
+        .bind(&app.access_token_profile)
 }
 
 impl Apps<'_> {

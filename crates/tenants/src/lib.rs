@@ -21,5 +21,5 @@ pub use ids::{AppId, ParseIdError};
 pub use model::{App, AppKeyHashes, AppRecord};
 pub use secret::{hash_secret, hmac_sha256, AppKey, RootKey, Secret};
 pub use service::{AuthError, RotatedAppKey, Tenants, TenantsConfig};
-pub use settings::{AppSettings, FieldError, OnReuse, SettingsPatch};
+pub use settings::{AccessTokenProfile, AppSettings, FieldError, OnReuse, SettingsPatch};
 pub use store::{app_store, AppStore};

@@ -56,6 +56,40 @@ impl FromStr for OnReuse {
     }
 }
 
+/// Which profile an app's tokens follow.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessTokenProfile {
+    /// keygate's own tokens: JOSE `typ` `JWT` for both tokens.
+    #[default]
+    Keygate,
+    /// RFC 9068: auth tokens typed `at+jwt`, with `client_id` (the app id) and `jti`;
+    /// refresh tokens typed `refresh+jwt`, so that a verifier checking `typ` never takes
+    /// one for an access token.
+    Rfc9068,
+}
+
+impl AccessTokenProfile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Keygate => "keygate",
+            Self::Rfc9068 => "rfc9068",
+        }
+    }
+}
+
+impl FromStr for AccessTokenProfile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "keygate" => Ok(Self::Keygate),
+            "rfc9068" => Ok(Self::Rfc9068),
+            other => Err(format!("must be \"keygate\" or \"rfc9068\", not {other:?}")),
+        }
+    }
+}
+
 /// The settings of one app. Durations are whole seconds, as in the API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct AppSettings {
@@ -71,6 +105,7 @@ pub struct AppSettings {
     pub max_sessions_per_sub: i64,
     pub refresh_rotation: bool,
     pub on_reuse: OnReuse,
+    pub access_token_profile: AccessTokenProfile,
 }
 
 const MINUTE: i64 = 60;
@@ -138,6 +173,9 @@ pub struct SettingsPatch {
     pub refresh_rotation: Option<bool>,
     /// What a reused refresh token revokes (default `revoke_session`).
     pub on_reuse: Option<OnReuse>,
+    /// The profile of the app's tokens (default `keygate`); `rfc9068` types them for
+    /// OAuth resource servers (docs/api.md).
+    pub access_token_profile: Option<AccessTokenProfile>,
 }
 
 impl AppSettings {
@@ -156,6 +194,7 @@ impl AppSettings {
             max_sessions_per_sub: 0,
             refresh_rotation: true,
             on_reuse: OnReuse::RevokeSession,
+            access_token_profile: AccessTokenProfile::Keygate,
         }
     }
 
@@ -231,7 +270,8 @@ impl SettingsPatch {
             rotation_period,
             max_sessions_per_sub,
             refresh_rotation,
-            on_reuse
+            on_reuse,
+            access_token_profile
         );
         let mut errors = s.validate();
         if let Some(name) = &self.name {

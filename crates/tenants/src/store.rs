@@ -5,7 +5,9 @@ use std::sync::Arc;
 use keygate_store::apps::AppRow;
 use keygate_store::Backend;
 
-use crate::{App, AppId, AppKeyHashes, AppRecord, AppSettings, OnReuse, StoreError};
+use crate::{
+    AccessTokenProfile, App, AppId, AppKeyHashes, AppRecord, AppSettings, OnReuse, StoreError,
+};
 
 /// Persistence of apps and instance-wide settings.
 #[derive(Debug, Clone)]
@@ -90,6 +92,7 @@ fn row_of(app: &App, key: &AppKeyHashes) -> AppRow {
         max_sessions_per_sub: s.max_sessions_per_sub,
         refresh_rotation: s.refresh_rotation,
         on_reuse: s.on_reuse.as_str().to_owned(),
+        access_token_profile: s.access_token_profile.as_str().to_owned(),
         app_key_hash: key.current.clone(),
         prev_app_key_hash: key.previous.clone(),
         prev_app_key_expires_at: key.previous_expires_at,
@@ -107,6 +110,8 @@ impl TryFrom<AppRow> for AppRecord {
             .parse()
             .map_err(|_| StoreError::Corrupt(format!("app id {:?} is not a ULID", row.app_id)))?;
         let on_reuse: OnReuse = row.on_reuse.parse().map_err(StoreError::Corrupt)?;
+        let access_token_profile: AccessTokenProfile =
+            row.access_token_profile.parse().map_err(StoreError::Corrupt)?;
         Ok(AppRecord {
             app: App {
                 app_id,
@@ -124,6 +129,7 @@ impl TryFrom<AppRow> for AppRecord {
                     max_sessions_per_sub: row.max_sessions_per_sub,
                     refresh_rotation: row.refresh_rotation,
                     on_reuse,
+                    access_token_profile,
                 },
                 created_at: row.created_at,
                 updated_at: row.updated_at,

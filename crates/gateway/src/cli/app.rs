@@ -1,7 +1,7 @@
 //! `keygate app`: create, list, show, update and delete apps, and rotate their app keys.
 
 use clap::{Args, Subcommand};
-use keygate_tenants::{App, OnReuse, SettingsPatch};
+use keygate_tenants::{AccessTokenProfile, App, OnReuse, SettingsPatch};
 use serde_json::json;
 
 use super::key::print_keys;
@@ -85,6 +85,10 @@ pub struct SettingsArgs {
     /// What a reused refresh token revokes.
     #[arg(long)]
     on_reuse: Option<OnReuse>,
+    /// The profile of the app's tokens: keygate, or rfc9068 (typed for OAuth resource
+    /// servers).
+    #[arg(long)]
+    access_token_profile: Option<AccessTokenProfile>,
 }
 
 impl SettingsArgs {
@@ -103,6 +107,7 @@ impl SettingsArgs {
             max_sessions_per_sub: self.max_sessions_per_sub,
             refresh_rotation: self.refresh_rotation,
             on_reuse: self.on_reuse,
+            access_token_profile: self.access_token_profile,
         }
     }
 }
@@ -230,6 +235,7 @@ fn print_app(app: &App) {
         ("max_sessions_per_sub", s.max_sessions_per_sub.to_string()),
         ("refresh_rotation", s.refresh_rotation.to_string()),
         ("on_reuse", s.on_reuse.as_str().to_owned()),
+        ("access_token_profile", s.access_token_profile.as_str().to_owned()),
         ("created_at", format_time(app.created_at)),
         ("updated_at", format_time(app.updated_at)),
     ];

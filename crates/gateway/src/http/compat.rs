@@ -7,13 +7,13 @@ use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use keygate_keyring::{VerifyError, MAX_TOKEN_LEN};
-use keygate_sessions::{Issued, Rejection, RenewInput, SessionError, MAX_USERAGENT};
+use keygate_sessions::{Issued, Rejection, RenewInput, SessionError};
 use keygate_tenants::{App, StoreError};
 use serde_json::{Map, Value};
 
 use crate::compat::{AppSource, CompatRoute, ErrorKind, TokenSource};
 use crate::http::error::{chain, ApiError};
-use crate::http::extract::{parse, read_body};
+use crate::http::extract::{direct_renew_input, parse, read_body, JSON};
 use crate::http::routes;
 use crate::metrics::RenewCount;
 use crate::{clock, Services};
@@ -124,7 +124,7 @@ async fn body_token(
     payload: &mut Payload,
     field: &str,
 ) -> Result<String, Failure> {
-    let bytes = read_body(request, payload, true).await.map_err(|_| ErrorKind::BadRequest)?;
+    let bytes = read_body(request, payload, JSON, true).await.map_err(|_| ErrorKind::BadRequest)?;
     // The body decoder of every endpoint: a JSON object, no duplicate members.
     let body: Map<String, Value> = parse(&bytes).map_err(|_| ErrorKind::BadRequest)?;
     match body.get(field) {
@@ -176,30 +176,8 @@ async fn find_app(
     }
 }
 
-/// The renew input of a client calling us directly: its address, and its `User-Agent`
-/// (cut to the longest accepted, at a character boundary).
 fn renew_input(request: &HttpRequest, refresh_token: String) -> Result<RenewInput, Failure> {
-    // The client's address: the peer, or what trusted proxies say it is.
-    let ip =
-        crate::http::client_ip::client_ip(request).map(|ip| ip.to_string()).unwrap_or_default();
-    let mut useragent = request
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    if useragent.len() > MAX_USERAGENT {
-        let mut end = MAX_USERAGENT;
-        while !useragent.is_char_boundary(end) {
-            end -= 1;
-        }
-        useragent.truncate(end);
-    }
-    let mut body = Map::new();
-    body.insert("refresh_token".into(), Value::String(refresh_token));
-    body.insert("ip".into(), Value::String(ip));
-    body.insert("useragent".into(), Value::String(useragent));
-    RenewInput::parse(&body).map_err(|_| ErrorKind::BadRequest.into())
+    direct_renew_input(request, refresh_token).map_err(|_| ErrorKind::BadRequest.into())
 }
 
 fn respond(route: &CompatRoute, issued: &Issued) -> HttpResponse {

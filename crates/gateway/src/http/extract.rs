@@ -8,8 +8,10 @@ use std::sync::Arc;
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
+use keygate_sessions::{RenewInput, MAX_USERAGENT};
 use keygate_tenants::{AppRecord, FieldError};
 use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 
 use crate::bootstrap::Services;
 use crate::clock;
@@ -31,7 +33,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = Fut<Self>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let bytes = read_body(req, payload, true);
+        let bytes = read_body(req, payload, JSON, true);
         Box::pin(async move { parse(&bytes.await?).map(JsonBody) })
     }
 }
@@ -45,7 +47,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJsonBody<T> {
     type Future = Fut<Self>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let bytes = read_body(req, payload, false);
+        let bytes = read_body(req, payload, JSON, false);
         Box::pin(async move {
             let bytes = bytes.await?;
             let value = if bytes.is_empty() { None } else { Some(parse(&bytes)?) };
@@ -54,17 +56,26 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJsonBody<T> {
     }
 }
 
-fn is_json(req: &HttpRequest) -> bool {
+/// The media type of JSON bodies.
+pub(crate) const JSON: &str = "application/json";
+/// The media type of OAuth 2.0 form bodies (RFC 6749 appendix B).
+pub(crate) const FORM: &str = "application/x-www-form-urlencoded";
+
+/// Whether the request's `Content-Type` is `media_type` (parameters such as `charset` aside).
+fn has_media_type(req: &HttpRequest, media_type: &str) -> bool {
     let Some(value) = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     let essence = value.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json")
+    essence.eq_ignore_ascii_case(media_type)
 }
 
+/// The body, of at most [`MAX_BODY`] bytes (413) and of `media_type` (415 otherwise; an
+/// empty body may come without it unless `required`).
 pub(crate) fn read_body(
     req: &HttpRequest,
     payload: &mut Payload,
+    media_type: &'static str,
     required: bool,
 ) -> Fut<web::Bytes> {
     let declared = req
@@ -72,7 +83,7 @@ pub(crate) fn read_body(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let json = is_json(req);
+    let typed = has_media_type(req, media_type);
     let payload = web::Payload::from_request(req, payload);
     Box::pin(async move {
         let payload = payload
@@ -90,7 +101,7 @@ pub(crate) fn read_body(
             }
             Err(_) => return Err(ApiError::PayloadTooLarge(MAX_BODY)),
         };
-        if !json && (required || !bytes.is_empty()) {
+        if !typed && (required || !bytes.is_empty()) {
             return Err(ApiError::UnsupportedMediaType);
         }
         Ok(bytes)
@@ -201,6 +212,36 @@ fn clean_message(err: &serde_json::Error) -> String {
         Some(i) => message[..i].to_owned(),
         None => message,
     }
+}
+
+/// The renew input of a client calling us directly (a compatibility route, the OAuth
+/// token endpoint): its address, and its `User-Agent` (cut to the longest accepted, at a
+/// character boundary).
+pub(crate) fn direct_renew_input(
+    request: &HttpRequest,
+    refresh_token: String,
+) -> Result<RenewInput, Vec<FieldError>> {
+    // The client's address: the peer, or what trusted proxies say it is.
+    let ip =
+        crate::http::client_ip::client_ip(request).map(|ip| ip.to_string()).unwrap_or_default();
+    let mut useragent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    if useragent.len() > MAX_USERAGENT {
+        let mut end = MAX_USERAGENT;
+        while !useragent.is_char_boundary(end) {
+            end -= 1;
+        }
+        useragent.truncate(end);
+    }
+    let mut body = Map::new();
+    body.insert("refresh_token".into(), Value::String(refresh_token));
+    body.insert("ip".into(), Value::String(ip));
+    body.insert("useragent".into(), Value::String(useragent));
+    RenewInput::parse(&body)
 }
 
 /// The presented secret: `Authorization: KEY` or `Authorization: Bearer KEY`.

@@ -7,6 +7,7 @@ pub mod compat;
 pub mod error;
 pub mod extract;
 pub mod metrics;
+pub mod oauth;
 pub mod rate_limit;
 pub mod request_id;
 pub mod resource;

@@ -4,6 +4,7 @@
 use utoipa::IntoResponses;
 
 use crate::http::error::ErrorBody;
+use crate::http::oauth::OAuthErrorBody;
 
 /// The failures of an endpoint that takes an app key.
 #[derive(Debug, IntoResponses)]
@@ -81,3 +82,31 @@ pub struct AppNotFound(pub ErrorBody<'static>);
 #[derive(Debug, IntoResponses)]
 #[response(status = 404)]
 pub struct NoWebhook(pub ErrorBody<'static>);
+
+/// The failures of the OAuth endpoints (RFC 6749 §5.2), each answered with
+/// `Cache-Control: no-store`.
+#[derive(Debug, IntoResponses)]
+pub enum OAuthErrors {
+    /// `invalid_request` (a body that is not a form, a parameter given twice or missing,
+    /// two client authentication methods), `invalid_grant` (a refresh token that is not
+    /// accepted), `unsupported_grant_type` or `invalid_scope`.
+    #[response(status = 400)]
+    BadRequest(OAuthErrorBody),
+    /// `invalid_client`: missing, malformed or wrong client credentials. With
+    /// `WWW-Authenticate: Basic` when the `Authorization` header was used or no
+    /// credentials came.
+    #[response(status = 401, headers(("WWW-Authenticate" = String, description = "`Basic realm=\"keygate\"`")))]
+    Unauthorized(OAuthErrorBody),
+    /// `invalid_request`: a body over 16 KiB.
+    #[response(status = 413)]
+    TooLarge(OAuthErrorBody),
+    /// `rate_limited`: too many failed authentications from this address.
+    #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
+    TooManyRequests(OAuthErrorBody),
+    /// `server_error`: an opaque failure; the cause is in the gateway's log.
+    #[response(status = 500)]
+    Internal(OAuthErrorBody),
+    /// `temporarily_unavailable`: the database is down or overloaded; nothing was changed.
+    #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
+    Unavailable(OAuthErrorBody),
+}

@@ -7,6 +7,7 @@ pub use crate::http::resource::{method_not_allowed, not_found};
 mod events;
 mod health;
 mod metrics;
+mod oauth;
 mod openapi;
 mod root;
 mod sessions;
@@ -16,6 +17,7 @@ mod tenant;
 /// The token endpoints come first: the router tries resources in this order.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     sessions::configure(cfg);
+    oauth::configure(cfg);
     tenant::configure(cfg);
     health::configure(cfg);
     metrics::configure(cfg);

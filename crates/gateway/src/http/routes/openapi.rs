@@ -9,11 +9,11 @@ use std::sync::LazyLock;
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{HeaderBuilder, ObjectBuilder, RefOr, Type};
 use utoipa::{Modify, OpenApi};
 
-use super::{events, health, metrics, root, sessions, tenant};
+use super::{events, health, metrics, oauth, root, sessions, tenant};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::resource::{resource, Answer};
 
@@ -21,6 +21,8 @@ use crate::http::resource::{resource, Answer};
 const APP_KEY: &str = "app_key";
 /// The security scheme of the root endpoints (`security(("root_key" = []))`).
 const ROOT_KEY: &str = "root_key";
+/// HTTP Basic client authentication of the OAuth endpoints.
+const CLIENT_SECRET_BASIC: &str = "client_secret_basic";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,7 +31,8 @@ const ROOT_KEY: &str = "root_key";
         description = "keygate, a multi-tenant auth gateway: ES256 tokens, rotating refresh \
             tokens with reuse detection, per-app signing keys.\n\n\
             Every request body is one JSON object sent with `Content-Type: application/json` \
-            (else 415), of at most 16 KiB (else 413). Every error answers the `ErrorBody`; \
+            (else 415), of at most 16 KiB (else 413), except on the OAuth endpoints, which \
+            read forms. Every error answers the `ErrorBody`; \
             a method that a documented path does not serve answers 405 `method_not_allowed`, \
             and an undocumented path 404 `not_found`. Every answer carries an \
             `X-Request-Id`. Compatibility routes (`[[compat.routes]]` in the configuration) \
@@ -43,6 +46,10 @@ const ROOT_KEY: &str = "root_key";
         sessions::revoke,
         sessions::get_session,
         sessions::list_sessions,
+        oauth::token,
+        oauth::revoke,
+        oauth::introspect,
+        oauth::metadata,
         tenant::jwks,
         tenant::pub_keys,
         tenant::app_settings,
@@ -68,6 +75,11 @@ const ROOT_KEY: &str = "root_key";
     modifiers(&SecuritySchemes, &Aliases, &RequestIdHeader),
     tags(
         (name = "tokens", description = "An app's tokens and sessions; `Authorization: <app_key>`."),
+        (name = "oauth", description = "The OAuth 2.0 face of an app (RFC 6749, 7009, 7662, \
+            8414): the app is a confidential client, its id the `client_id`, its app key the \
+            `client_secret`, sent with HTTP Basic (`client_secret_basic`) or in the form \
+            (`client_secret_post`). Bodies are `application/x-www-form-urlencoded`; errors \
+            answer the `OAuthErrorBody` of RFC 6749 §5.2."),
         (name = "app", description = "An app's keys and settings."),
         (name = "root", description = "Platform administration; `Authorization: <root_key>`."),
         (name = "operations", description = "Liveness, readiness, metrics, this document."),
@@ -101,6 +113,18 @@ impl Modify for SecuritySchemes {
                 ))),
             );
         }
+        components.add_security_scheme(
+            CLIENT_SECRET_BASIC,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "RFC 6749 §2.3.1: the app id as the user, the app key as the password, \
+                         each form-urlencoded before base64.",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -110,13 +134,14 @@ struct Aliases;
 
 impl Modify for Aliases {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        fn add<P: utoipa::Path>(openapi: &mut utoipa::openapi::OpenApi) {
+        fn add<P: utoipa::Path>(openapi: &mut utoipa::openapi::OpenApi, tag: &str) {
             let mut operation = P::operation();
-            operation.tags = Some(vec!["operations".to_owned()]);
+            operation.tags = Some(vec![tag.to_owned()]);
             openapi.paths.add_path_operation(P::path(), P::methods(), operation);
         }
-        add::<health::Ping>(openapi);
-        add::<health::Health>(openapi);
+        add::<health::Ping>(openapi, "operations");
+        add::<health::Health>(openapi, "operations");
+        add::<oauth::MetadataByIssuer>(openapi, "oauth");
     }
 }
 

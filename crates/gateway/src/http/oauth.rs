@@ -1,0 +1,372 @@
+//! The request side of the OAuth 2.0 face: form bodies (RFC 6749 §3.2 and appendix B),
+//! client authentication (§2.3.1) and the error answers of §5.2.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix_web::dev::Payload;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, HttpResponseBuilder, ResponseError};
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use keygate_sessions::SessionError;
+use keygate_tenants::{AppRecord, AuthError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::app::Cause;
+use crate::bootstrap::Services;
+use crate::clock;
+use crate::http::error::{chain, ApiError, RETRY_AFTER};
+use crate::http::extract::{read_body, FORM};
+use crate::http::rate_limit::Attempt;
+
+/// The realm of the `WWW-Authenticate` challenge of a failed Basic authentication.
+const CHALLENGE: &str = "Basic realm=\"keygate\", charset=\"UTF-8\"";
+/// The longest `Authorization: Basic` value looked at; an app id and key take 120 bytes.
+const MAX_BASIC: usize = 4096;
+
+/// base64 as RFC 7617 sends it, with or without its padding.
+const BASIC_BASE64: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// An error of the OAuth endpoints, answered as RFC 6749 §5.2 says.
+#[derive(Debug, thiserror::Error)]
+pub enum OAuthError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// `challenge`: the client tried the `Authorization` header, or sent no credentials,
+    /// and is told how to authenticate (`WWW-Authenticate`).
+    #[error("client authentication failed")]
+    InvalidClient { challenge: bool },
+    #[error("invalid refresh token")]
+    InvalidGrant,
+    #[error("only grant_type=refresh_token is supported")]
+    UnsupportedGrantType,
+    #[error("keygate has no scopes: a refresh keeps the session's grant, so scope must be absent")]
+    InvalidScope,
+    #[error("request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("too many failed authentication attempts from this address; retry in {0} s")]
+    RateLimited(u64),
+    #[error("service unavailable, retry later")]
+    Unavailable(#[source] Cause),
+    #[error("internal error")]
+    Internal(#[source] Cause),
+}
+
+/// The body of every error answer of the OAuth endpoints (RFC 6749 §5.2).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OAuthErrorBody {
+    /// `invalid_request`, `invalid_client`, `invalid_grant`, `unsupported_grant_type`,
+    /// `invalid_scope`, `rate_limited`, `temporarily_unavailable` or `server_error`.
+    #[schema(example = "invalid_grant")]
+    error: &'static str,
+    /// For people, not for programs: match on `error`.
+    error_description: String,
+}
+
+impl OAuthError {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidRequest(message.into())
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidRequest(_) | Self::PayloadTooLarge(_) => "invalid_request",
+            Self::InvalidClient { .. } => "invalid_client",
+            Self::InvalidGrant => "invalid_grant",
+            Self::UnsupportedGrantType => "unsupported_grant_type",
+            Self::InvalidScope => "invalid_scope",
+            Self::RateLimited(_) => "rate_limited",
+            Self::Unavailable(_) => "temporarily_unavailable",
+            Self::Internal(_) => "server_error",
+        }
+    }
+}
+
+/// `Cache-Control: no-store` and `Pragma: no-cache`, as every answer of the token,
+/// revocation and introspection endpoints carries (RFC 6749 §5.1).
+pub fn no_store(mut response: HttpResponseBuilder) -> HttpResponseBuilder {
+    response
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"));
+    response
+}
+
+impl ResponseError for OAuthError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = no_store(HttpResponse::build(self.status_code()));
+        match self {
+            Self::InvalidClient { challenge: true } => {
+                response.insert_header((header::WWW_AUTHENTICATE, CHALLENGE));
+            }
+            Self::RateLimited(secs) => {
+                response.insert_header((header::RETRY_AFTER, (*secs).max(1).to_string()));
+            }
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = %chain(cause.as_ref()), "answering 503");
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
+            }
+            Self::Internal(cause) => {
+                tracing::error!(error = %chain(cause.as_ref()), "internal error")
+            }
+            _ => {}
+        }
+        response.json(OAuthErrorBody { error: self.code(), error_description: self.to_string() })
+    }
+}
+
+impl From<ApiError> for OAuthError {
+    fn from(err: ApiError) -> Self {
+        match err {
+            ApiError::Invalid(fields) => {
+                let fields: Vec<String> = fields.iter().map(ToString::to_string).collect();
+                Self::InvalidRequest(fields.join("; "))
+            }
+            ApiError::InvalidGrant | ApiError::InvalidToken => Self::InvalidGrant,
+            ApiError::InvalidClient | ApiError::InvalidRootKey | ApiError::NotFound(_) => {
+                Self::InvalidClient { challenge: false }
+            }
+            ApiError::MethodNotAllowed => Self::invalid("method not allowed"),
+            ApiError::PayloadTooLarge(limit) => Self::PayloadTooLarge(limit),
+            ApiError::UnsupportedMediaType => {
+                Self::invalid(format!("the body must be {FORM} (RFC 6749 §3.2)"))
+            }
+            ApiError::TooManyRequests(secs) => Self::RateLimited(secs),
+            ApiError::Unavailable(cause) => Self::Unavailable(cause),
+            ApiError::Internal(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<SessionError> for OAuthError {
+    fn from(err: SessionError) -> Self {
+        ApiError::from(err).into()
+    }
+}
+
+/// A form body (`application/x-www-form-urlencoded`, at most 16 KiB): each parameter at
+/// most once (RFC 6749 §3.2), strictly percent-encoded UTF-8. A parameter without a value
+/// is as good as absent (§3.1); unknown parameters are kept and ignored by the endpoints.
+#[derive(Debug)]
+pub struct Form(HashMap<String, String>);
+
+impl Form {
+    /// The value of `name`, unless it is absent or empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// The value of `name`, which the request must carry.
+    pub fn require(&self, name: &str) -> Result<&str, OAuthError> {
+        self.get(name).ok_or_else(|| OAuthError::invalid(format!("{name} is required")))
+    }
+
+    fn parse(body: &[u8]) -> Result<Self, OAuthError> {
+        let mut params = HashMap::new();
+        for pair in body.split(|&b| b == b'&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = match pair.iter().position(|&b| b == b'=') {
+                Some(i) => (&pair[..i], &pair[i + 1..]),
+                None => (pair, &b""[..]),
+            };
+            let name = decode(name)
+                .ok_or_else(|| OAuthError::invalid("the body is not valid form encoding"))?;
+            let value = decode(value).ok_or_else(|| {
+                OAuthError::invalid(format!("{name}: not valid form encoding of UTF-8"))
+            })?;
+            if params.insert(name.clone(), value).is_some() {
+                return Err(OAuthError::invalid(format!("{name} is given more than once")));
+            }
+        }
+        Ok(Self(params))
+    }
+}
+
+/// One form-encoded name or value: `+` is a space, `%XX` a byte, and the bytes UTF-8.
+/// `None` for a `%` not followed by two hex digits, or bytes that are not UTF-8.
+fn decode(raw: &[u8]) -> Option<String> {
+    let mut rest = raw;
+    while let Some(i) = rest.iter().position(|&b| b == b'%') {
+        let hex = rest.get(i + 1..i + 3)?;
+        if !hex.iter().all(u8::is_ascii_hexdigit) {
+            return None;
+        }
+        rest = &rest[i + 3..];
+    }
+    let spaced: Vec<u8> = raw.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
+    let decoded = percent_encoding::percent_decode(&spaced).decode_utf8().ok()?;
+    Some(decoded.into_owned())
+}
+
+impl FromRequest for Form {
+    type Error = OAuthError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, OAuthError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let bytes = read_body(req, payload, FORM, true);
+        Box::pin(async move { Self::parse(&bytes.await?) })
+    }
+}
+
+/// The client credentials a request presents (RFC 6749 §2.3.1).
+#[derive(Debug, PartialEq, Eq)]
+enum Credentials {
+    /// `Authorization: Basic`, decoded.
+    Basic { id: String, secret: String },
+    /// `client_id` and `client_secret` in the body.
+    Post { id: String, secret: String },
+}
+
+/// The credentials of `req` with body `form`: exactly one method, well formed.
+fn credentials(req: &HttpRequest, form: &Form) -> Result<Credentials, OAuthError> {
+    let challenge = OAuthError::InvalidClient { challenge: true };
+    let Some(authorization) = req.headers().get(header::AUTHORIZATION) else {
+        return match (form.get("client_id"), form.get("client_secret")) {
+            (Some(id), Some(secret)) => {
+                Ok(Credentials::Post { id: id.to_owned(), secret: secret.to_owned() })
+            }
+            _ => Err(challenge),
+        };
+    };
+    if form.get("client_secret").is_some() {
+        return Err(OAuthError::invalid(
+            "use one client authentication method: the Authorization header or client_secret \
+             in the body, not both",
+        ));
+    }
+    let (id, secret) = basic(authorization.as_bytes()).ok_or(challenge)?;
+    if form.get("client_id").is_some_and(|body_id| body_id != id) {
+        return Err(OAuthError::invalid("client_id differs from the authenticated client"));
+    }
+    Ok(Credentials::Basic { id, secret })
+}
+
+/// The client id and secret of an `Authorization: Basic` value: base64 of the
+/// form-encoded id, `:`, and the form-encoded secret (RFC 6749 §2.3.1).
+fn basic(value: &[u8]) -> Option<(String, String)> {
+    if value.len() > MAX_BASIC {
+        return None;
+    }
+    let value = std::str::from_utf8(value).ok()?.trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = BASIC_BASE64.decode(encoded.trim()).ok()?;
+    let colon = decoded.iter().position(|&b| b == b':')?;
+    Some((decode(&decoded[..colon])?, decode(&decoded[colon + 1..])?))
+}
+
+/// Authenticates the client of an OAuth request to the app of its path: the client id is
+/// the app id, the secret its app key. Failures count against the client address as on
+/// the app-key routes; an address that failed too often is refused before its credentials
+/// are looked at.
+pub async fn authenticate(
+    req: &HttpRequest,
+    services: &web::Data<Services>,
+    form: &Form,
+) -> Result<Arc<AppRecord>, OAuthError> {
+    let attempt = Attempt::of(req);
+    attempt.admit()?;
+    let credentials = match credentials(req, form) {
+        Ok(credentials) => credentials,
+        Err(err @ OAuthError::InvalidClient { .. }) => {
+            // Counts against the address; the answer stays the challenge.
+            let _ = attempt.settle::<()>(Err(AuthError::Denied), ApiError::InvalidClient);
+            return Err(err);
+        }
+        Err(err) => return Err(err),
+    };
+    let (id, secret, challenge) = match &credentials {
+        Credentials::Basic { id, secret } => (id, secret, true),
+        Credentials::Post { id, secret } => (id, secret, false),
+    };
+    let path_id = req.match_info().get("app_id").unwrap_or_default();
+    let admit = || attempt.admitted();
+    let outcome = if id == path_id {
+        services
+            .tenants
+            .authenticate_app_admitted(path_id, Some(secret), clock::now(), &admit)
+            .await
+    } else {
+        Err(AuthError::Denied)
+    };
+    attempt.settle(outcome, ApiError::InvalidClient).map_err(|err| match err {
+        ApiError::InvalidClient => OAuthError::InvalidClient { challenge },
+        other => other.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn form_values_are_strictly_decoded() {
+        assert_eq!(decode(b"a+b%20c%3A%25").as_deref(), Some("a b c:%"));
+        assert_eq!(decode(b"%C3%A9").as_deref(), Some("é"));
+        assert_eq!(decode(b""), Some(String::new()));
+        for bad in [&b"%"[..], b"%2", b"%zz", b"a%2g", b"%C3", b"%FF"] {
+            assert_eq!(decode(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn a_form_names_each_parameter_once_and_empty_values_are_absent() {
+        let form = Form::parse(b"grant_type=refresh_token&scope=&x&&refresh_token=a%2Bb").unwrap();
+        assert_eq!(form.get("grant_type"), Some("refresh_token"));
+        assert_eq!(form.get("refresh_token"), Some("a+b"));
+        assert_eq!(form.get("scope"), None);
+        assert_eq!(form.get("x"), None);
+        for twice in [&b"a=1&a=1"[..], b"a=1&a=", b"a=&a", b"a=1&%61=2"] {
+            let err = Form::parse(twice).unwrap_err();
+            assert_eq!(err.code(), "invalid_request", "{}", String::from_utf8_lossy(twice));
+        }
+        assert!(Form::parse(b"a=%ZZ").is_err());
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded_after_base64() {
+        let encode =
+            |raw: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw));
+        let pair = |id: &str, secret: &str| Some((id.to_owned(), secret.to_owned()));
+        assert_eq!(basic(encode("app:s%3Acret%25").as_bytes()), pair("app", "s:cret%"));
+        assert_eq!(
+            basic(encode("app:a:b").as_bytes()),
+            pair("app", "a:b"),
+            "the first colon splits"
+        );
+        assert_eq!(basic(encode("app:a+b").as_bytes()), pair("app", "a b"));
+        assert_eq!(basic(encode("%61pp:x").as_bytes()), pair("app", "x"));
+        // Padding may be left out.
+        assert_eq!(basic(b"basic YXBwOng"), pair("app", "x"));
+        for bad in [
+            encode("no colon"),
+            "Basic !!!".to_owned(),
+            encode("app:%zz"),
+            "Bearer YXBwOng=".to_owned(),
+            "Basic".to_owned(),
+            format!("Basic {}", "A".repeat(MAX_BASIC)),
+        ] {
+            assert_eq!(basic(bad.as_bytes()), None, "{bad:.40}");
+        }
+        let not_utf8 =
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(b"app:\xff"));
+        assert_eq!(basic(not_utf8.as_bytes()), None);
+    }
+}

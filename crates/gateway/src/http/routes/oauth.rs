@@ -1,0 +1,307 @@
+//! The OAuth 2.0 face of an app: the token endpoint for the refresh-token grant (RFC 6749
+//! §6), revocation (RFC 7009), introspection (RFC 7662) and the authorization server
+//! metadata (RFC 8414). An app is a confidential client: its id is the client id, its app
+//! key the client secret. The sessions, rotation, grace, reuse detection and keys are the
+//! ones of `/renew`.
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use keygate_sessions::Introspected;
+use keygate_tenants::AppId;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use crate::bootstrap::Services;
+use crate::clock;
+use crate::http::error::{ApiError, ErrorBody};
+use crate::http::extract::direct_renew_input;
+use crate::http::oauth::{authenticate, no_store, Form, OAuthError};
+use crate::http::resource::{resource, Answer};
+use crate::http::schema::{OAuthErrors, ServerErrors};
+use crate::metrics::{RenewCount, RevokeReason};
+
+/// `Cache-Control` of the metadata document.
+const METADATA_MAX_AGE: &str = "public, max-age=300";
+/// The client authentication methods of every endpoint.
+const AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/app/{app_id}/oauth/token").route(web::post().to(token)))
+        .service(resource("/app/{app_id}/oauth/revoke").route(web::post().to(revoke)))
+        .service(resource("/app/{app_id}/oauth/introspect").route(web::post().to(introspect)))
+        .service(
+            resource("/app/{app_id}/.well-known/oauth-authorization-server")
+                .route(web::get().to(metadata)),
+        )
+        .service(
+            resource("/.well-known/oauth-authorization-server/app/{app_id}")
+                .route(web::get().to(metadata)),
+        );
+}
+
+type OAuthAnswer = Result<HttpResponse, OAuthError>;
+
+/// The form of the token endpoint.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the form that `Form` reads
+struct TokenForm {
+    /// Only `refresh_token`.
+    #[schema(example = "refresh_token")]
+    grant_type: String,
+    /// The refresh token.
+    refresh_token: String,
+    /// Refused when not empty: keygate has no scopes.
+    scope: Option<String>,
+    /// The app id, with `client_secret` (`client_secret_post`).
+    client_id: Option<String>,
+    /// The app key (`client_secret_post`).
+    client_secret: Option<String>,
+}
+
+/// The form of the revocation and introspection endpoints.
+#[derive(ToSchema)]
+#[allow(dead_code)] // documents the form that `Form` reads
+struct TokenHintForm {
+    /// An auth (access) or refresh token of this app.
+    token: String,
+    /// `access_token` or `refresh_token`; both kinds are looked for whatever it says.
+    token_type_hint: Option<String>,
+    /// The app id, with `client_secret` (`client_secret_post`).
+    client_id: Option<String>,
+    /// The app key (`client_secret_post`).
+    client_secret: Option<String>,
+}
+
+/// An RFC 6749 §5.1 token response.
+#[derive(Serialize, ToSchema)]
+struct TokenResponse {
+    /// keygate's auth token.
+    access_token: String,
+    #[schema(example = "Bearer")]
+    token_type: &'static str,
+    /// Seconds until the access token expires.
+    expires_in: i64,
+    /// The new refresh token; the presented one is spent.
+    refresh_token: String,
+}
+
+/// Trades a refresh token for a new pair: the refresh-token grant of RFC 6749 §6.
+///
+/// The renew of `/renew`: the refresh token rotates, the previous one is a retry within
+/// `reuse_grace` from the same `User-Agent`, and any other spent one is reuse, which
+/// revokes the session. The renew's `ip` is the caller's address, its `useragent` the
+/// request's `User-Agent`.
+#[utoipa::path(post, path = "/app/{app_id}/oauth/token", tag = "oauth",
+    params(("app_id" = AppId, Path, description = "The app's id: the client id.")),
+    security(("client_secret_basic" = []), ()),
+    request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "The token response.", body = TokenResponse,
+            headers(("Cache-Control" = String, description = "`no-store`"))),
+        OAuthErrors,
+    ))]
+async fn token(services: web::Data<Services>, request: HttpRequest, form: Form) -> OAuthAnswer {
+    let app = authenticate(&request, &services, &form).await?;
+    if form.require("grant_type")? != "refresh_token" {
+        return Err(OAuthError::UnsupportedGrantType);
+    }
+    let refresh_token = form.require("refresh_token")?.to_owned();
+    if form.get("scope").is_some() {
+        return Err(OAuthError::InvalidScope);
+    }
+    let input = direct_renew_input(&request, refresh_token).map_err(ApiError::Invalid)?;
+    let renewed = services.sessions.renew(&app.app, input, clock::now()).await;
+    services.metrics.renew(RenewCount::of(&renewed));
+    let issued = renewed?.issued;
+    Ok(no_store(HttpResponse::Ok()).json(TokenResponse {
+        access_token: issued.auth_token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+        refresh_token: issued.refresh_token,
+    }))
+}
+
+/// Revokes a token (RFC 7009): an auth or refresh token of this app, within its lifetime,
+/// ends its session.
+///
+/// An unknown, malformed, expired or other app's token is answered 200 too, and changes
+/// nothing (§2.2).
+#[utoipa::path(post, path = "/app/{app_id}/oauth/revoke", tag = "oauth",
+    params(("app_id" = AppId, Path, description = "The app's id: the client id.")),
+    security(("client_secret_basic" = []), ()),
+    request_body(content = TokenHintForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Done; the body is empty."),
+        OAuthErrors,
+    ))]
+async fn revoke(services: web::Data<Services>, request: HttpRequest, form: Form) -> OAuthAnswer {
+    let app = authenticate(&request, &services, &form).await?;
+    let token = form.require("token")?;
+    let revoked = services.sessions.revoke_token(&app.app, token, clock::now()).await?;
+    services.metrics.sessions_revoked(RevokeReason::Logout, revoked);
+    Ok(no_store(HttpResponse::Ok()).finish())
+}
+
+/// An RFC 7662 introspection response. Only `active` when the token is not active.
+#[derive(Default, Serialize, ToSchema)]
+struct Introspection {
+    active: bool,
+    /// `Bearer` for an auth (access) token, `N_A` for a refresh token (RFC 8693 §2.2.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_type: Option<&'static str>,
+    /// `access_token` or `refresh_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_use: Option<&'static str>,
+    /// The app id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+    /// Auth tokens only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    aud: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iat: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    nbf: Option<i64>,
+    /// The token's `jid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jti: Option<String>,
+    /// The session id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
+}
+
+/// Tells whether a token is active (RFC 7662), and what it says.
+///
+/// Active: an auth token of this app within its lifetime whose session is live, or the
+/// current refresh token of a live session. Anything else, including a token of another
+/// app, is `{"active": false}`. Nothing changes: no rotation, no reuse detection.
+#[utoipa::path(post, path = "/app/{app_id}/oauth/introspect", tag = "oauth",
+    params(("app_id" = AppId, Path, description = "The app's id: the client id.")),
+    security(("client_secret_basic" = []), ()),
+    request_body(content = TokenHintForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "The introspection response.", body = Introspection),
+        OAuthErrors,
+    ))]
+async fn introspect(
+    services: web::Data<Services>,
+    request: HttpRequest,
+    form: Form,
+) -> OAuthAnswer {
+    let app = authenticate(&request, &services, &form).await?;
+    let token = form.require("token")?;
+    let client_id = Some(app.app.app_id.to_string());
+    let answer = match services.sessions.introspect(&app.app, token, clock::now()).await? {
+        None => Introspection::default(),
+        Some(Introspected::Auth(claims)) => Introspection {
+            active: true,
+            token_type: Some("Bearer"),
+            token_use: Some("access_token"),
+            client_id,
+            sub: Some(claims.sub),
+            aud: Some(claims.aud),
+            iss: Some(claims.iss),
+            exp: Some(claims.exp),
+            iat: Some(claims.iat),
+            nbf: Some(claims.nbf),
+            jti: Some(claims.jid.to_string()),
+            sid: Some(claims.sid.to_string()),
+        },
+        Some(Introspected::Refresh { claims, sub }) => Introspection {
+            active: true,
+            token_type: Some("N_A"),
+            token_use: Some("refresh_token"),
+            client_id,
+            sub: Some(sub),
+            aud: None,
+            iss: Some(claims.iss),
+            exp: Some(claims.exp),
+            iat: Some(claims.iat),
+            nbf: Some(claims.nbf),
+            jti: Some(claims.jid.to_string()),
+            sid: Some(claims.sid.to_string()),
+        },
+    };
+    Ok(no_store(HttpResponse::Ok()).json(answer))
+}
+
+/// RFC 8414 authorization server metadata.
+#[derive(Serialize, ToSchema)]
+struct Metadata {
+    /// `<public_url>/app/<app_id>`.
+    issuer: String,
+    token_endpoint: String,
+    revocation_endpoint: String,
+    introspection_endpoint: String,
+    jwks_uri: String,
+    /// `["refresh_token"]`.
+    grant_types_supported: [&'static str; 1],
+    /// Empty: keygate has no authorization endpoint.
+    response_types_supported: [&'static str; 0],
+    token_endpoint_auth_methods_supported: [&'static str; 2],
+    revocation_endpoint_auth_methods_supported: [&'static str; 2],
+    introspection_endpoint_auth_methods_supported: [&'static str; 2],
+}
+
+/// The app's OAuth 2.0 authorization server metadata (RFC 8414); public, and cacheable.
+///
+/// Served at `/app/{app_id}/.well-known/oauth-authorization-server` and at
+/// `/.well-known/oauth-authorization-server/app/{app_id}`, the URL that RFC 8414 §3.1
+/// derives from the issuer. The URLs are built on the gateway's `public_url` setting,
+/// without which there is no metadata (404).
+#[utoipa::path(get, path = "/app/{app_id}/.well-known/oauth-authorization-server",
+    operation_id = "metadata", tag = "oauth",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    responses(
+        (status = 200, description = "The metadata.", body = Metadata,
+            headers(("Cache-Control" = String, description = "`public, max-age=300`"))),
+        (status = 404, description = "`not_found`: no such app (or a malformed id), or the \
+            gateway has no `public_url`.", body = ErrorBody),
+        ServerErrors,
+    ))]
+#[utoipa::path(get, path = "/.well-known/oauth-authorization-server/app/{app_id}",
+    operation_id = "metadata_by_issuer", tag = "oauth", impl_for = MetadataByIssuer,
+    description = "The same document, at the URL that RFC 8414 §3.1 derives from the issuer.",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    responses(
+        (status = 200, description = "The metadata.", body = Metadata,
+            headers(("Cache-Control" = String, description = "`public, max-age=300`"))),
+        (status = 404, description = "`not_found`: no such app (or a malformed id), or the \
+            gateway has no `public_url`.", body = ErrorBody),
+        ServerErrors,
+    ))]
+async fn metadata(services: web::Data<Services>, path: web::Path<String>) -> Answer {
+    let Some(public_url) = &services.public_url else {
+        return Err(ApiError::NotFound(
+            "no OAuth metadata: the gateway's public_url is not set".into(),
+        ));
+    };
+    let unknown = || ApiError::NotFound("no such app".into());
+    let app_id: AppId = path.parse().map_err(|_| unknown())?;
+    services.tenants.app(app_id).await?.ok_or_else(unknown)?;
+    let base = format!("{public_url}/app/{app_id}");
+    let document = Metadata {
+        token_endpoint: format!("{base}/oauth/token"),
+        revocation_endpoint: format!("{base}/oauth/revoke"),
+        introspection_endpoint: format!("{base}/oauth/introspect"),
+        jwks_uri: format!("{base}/jwks.json"),
+        issuer: base,
+        grant_types_supported: ["refresh_token"],
+        response_types_supported: [],
+        token_endpoint_auth_methods_supported: AUTH_METHODS,
+        revocation_endpoint_auth_methods_supported: AUTH_METHODS,
+        introspection_endpoint_auth_methods_supported: AUTH_METHODS,
+    };
+    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, METADATA_MAX_AGE)).json(document))
+}
+
+/// The second path of [`metadata`], for the OpenAPI document.
+pub(super) struct MetadataByIssuer;
