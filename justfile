@@ -32,6 +32,11 @@ interop:
     cargo build --bin keygate
     bash interop/run.sh target/debug/keygate
 
+# Drive the OAuth 2.0 endpoints with openid-client and Authlib (SQLite, and Postgres when reachable).
+interop-oauth:
+    cargo build --bin keygate
+    bash interop/oauth/run.sh target/debug/keygate
+
 # Check a live gateway against its GET /openapi.json with schemathesis (bounded: ~1 min).
 openapi-check:
     cargo build --bin keygate

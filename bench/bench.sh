@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `just bench`: renew and sign at c = 1, 8, 32, 128 against a release keygate, first on
+# `just bench`: renew, oauth-refresh (renew through the OAuth token endpoint) and sign at
+# c = 1, 8, 32, 128 against a release keygate, first on
 # SQLite (synchronous=FULL), then on Postgres; one table at the end.
 #   BENCH_DURATION=10s BENCH_CONNS="1 8 32 128" BENCH_BACKENDS="sqlite postgres" bash bench/bench.sh
 set -euo pipefail
@@ -17,7 +18,7 @@ for backend in ${BENCH_BACKENDS:-sqlite postgres}; do
     start_gateway "$work/$backend" "$url"
     create_app "bench-$backend"
     say "== $backend: gateway pid $GATEWAY_PID at $GATEWAY_URL"
-    for mode in ${BENCH_MODES:-renew sign}; do
+    for mode in ${BENCH_MODES:-renew oauth-refresh sign}; do
         for conns in ${BENCH_CONNS:-1 8 32 128}; do
             say "-- $backend $mode c=$conns"
             load "$mode" "$conns" "$backend" | tee -a "$results" >&2

@@ -41,7 +41,8 @@ cached_venv() {
 SERVER_PID=""
 
 # start_keygate NAME [VAR=VALUE ...]: starts "$BIN serve" in $TMP on a fresh embedded
-# database, with a new root key (kgr_NAME_…) and master key and the given extra settings,
+# database, with a new root key (kgr_NAME_…) and master key and the given extra settings
+# (KEYGATE_LISTEN among them picks the address; by default a free port on 127.0.0.1),
 # none of the caller's KEYGATE_* settings, its output in $TMP/server.stdout and
 # $TMP/server.stderr. Sets ROOT_KEY, MASTER_KEY, SERVER_PID, and BASE once /healthz answers.
 start_keygate() {
@@ -56,7 +57,7 @@ start_keygate() {
         export KEYGATE_ROOT_KEY="$ROOT_KEY" KEYGATE_MASTER_KEY="$MASTER_KEY" \
             KEYGATE_DATA_DIR="$TMP/data" KEYGATE_WORKERS=2
         [[ $# -eq 0 ]] || export "$@"
-        exec "$BIN" serve --listen 127.0.0.1:0
+        exec "$BIN" serve --listen "${KEYGATE_LISTEN:-127.0.0.1:0}"
     ) >"$TMP/server.stdout" 2>"$TMP/server.stderr" &
     SERVER_PID=$!
 

@@ -216,6 +216,23 @@ impl OidcClient {
         Ok(Self { http, token_url, auth })
     }
 
+    /// The token endpoint of a keygate app, with the app id and key as client credentials.
+    pub fn keygate(
+        base: &str,
+        app: &str,
+        app_key: &str,
+        connections: usize,
+    ) -> anyhow::Result<Self> {
+        let chains = OidcChains {
+            client_id: app.to_owned(),
+            client_secret: app_key.to_owned(),
+            auth: "client_secret_basic".into(),
+            token_path: format!("/app/{app}/oauth/token"),
+            refresh_tokens: Vec::new(),
+        };
+        Self::new(base, &chains, connections)
+    }
+
     /// A chain that starts from a pre-minted refresh token.
     pub fn chain(refresh_token: &str) -> Chain {
         Chain { refresh_token: refresh_token.to_owned(), auth_token: String::new() }

@@ -57,6 +57,10 @@ pub enum Mode {
     Verify,
     /// 50% renew, 40% verify, 10% sign.
     Mixed,
+    /// Renew like `renew`, through the app's OAuth 2.0 token endpoint
+    /// (`/app/{app}/oauth/token`, `grant_type=refresh_token`, HTTP Basic client
+    /// authentication).
+    OauthRefresh,
 }
 
 /// What the load drives.

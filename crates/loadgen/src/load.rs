@@ -67,6 +67,8 @@ async fn one(driver: &Driver, mode: Mode, driven: &mut Driven) -> Outcome {
             5..=8 => Mode::Verify,
             _ => Mode::Sign,
         },
+        // The driver is the token endpoint's client already.
+        Mode::OauthRefresh => Mode::Renew,
         other => other,
     };
     if mode == Mode::Renew {
@@ -122,6 +124,10 @@ async fn connect(args: &RunArgs) -> anyhow::Result<(Driver, Vec<Chain>)> {
             };
             let client = Client::new(&args.url, app, app_key, args.connections)?;
             let chains = open_chains(&client, args.connections).await?;
+            if args.mode == Mode::OauthRefresh {
+                let oauth = OidcClient::keygate(&args.url, app, app_key, args.connections)?;
+                return Ok((Driver::Oidc(oauth), chains));
+            }
             Ok((Driver::Keygate(client), chains))
         }
         Target::Oidc => {

@@ -111,6 +111,7 @@ impl Report {
             Mode::Sign => "sign",
             Mode::Verify => "verify",
             Mode::Mixed => "mixed",
+            Mode::OauthRefresh => "oauth-refresh",
         }
     }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use keygate_store::testing::{execute, fetch_all};
 use keygate_store::{Backend, Sql};
 use keygate_tenants::{
-    app_store, App, AppId, AppKey, AppKeyHashes, AppRecord, AppSettings, AppStore, AuthError,
-    OnReuse, SettingsPatch, StoreError, TenantError, Tenants, TenantsConfig,
+    app_store, AccessTokenProfile, App, AppId, AppKey, AppKeyHashes, AppRecord, AppSettings,
+    AppStore, AuthError, OnReuse, SettingsPatch, StoreError, TenantError, Tenants, TenantsConfig,
 };
 
 /// A fixed "now" (Unix seconds): time is a parameter, never read by the code under test.
@@ -87,6 +87,7 @@ fn record(name: &str) -> AppRecord {
                 max_sessions_per_sub: 8,
                 refresh_rotation: false,
                 on_reuse: OnReuse::RevokeSubject,
+                access_token_profile: AccessTokenProfile::Rfc9068,
             },
             created_at: NOW,
             updated_at: NOW + 1,

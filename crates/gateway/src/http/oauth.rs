@@ -23,7 +23,7 @@ use crate::http::extract::{read_body, FORM};
 use crate::http::rate_limit::Attempt;
 
 /// The realm of the `WWW-Authenticate` challenge of a failed Basic authentication.
-const CHALLENGE: &str = "Basic realm=\"keygate\", charset=\"UTF-8\"";
+const CHALLENGE: &str = "Basic realm=\"keygate\"";
 /// The longest `Authorization: Basic` value looked at; an app id and key take 120 bytes.
 const MAX_BASIC: usize = 4096;
 

@@ -19,6 +19,7 @@ mod inputs;
 mod keys;
 mod logs;
 mod memory;
+mod oauth;
 mod openapi;
 mod outage;
 mod races;

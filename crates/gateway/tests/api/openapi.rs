@@ -247,15 +247,37 @@ async fn the_document_states_the_contract() {
         ])
     );
 
-    let public = ["/app/{app_id}/jwks.json"];
+    let public = [
+        "/app/{app_id}/jwks.json",
+        "/app/{app_id}/.well-known/oauth-authorization-server",
+        "/.well-known/oauth-authorization-server/app/{app_id}",
+    ];
     for ((method, path), operation) in operations(&doc) {
         let at = format!("{method} {path}");
         let responses = operation["responses"].as_object().unwrap();
-        let error_of = |status: &str| {
+        let error_in = |status: &str, body: &str| {
             let schema = &responses.get(status).unwrap_or_else(|| panic!("{at}: no {status}"))
                 ["content"]["application/json"]["schema"];
-            assert_eq!(schema["$ref"], "#/components/schemas/ErrorBody", "{at} {status}");
+            assert_eq!(schema["$ref"], format!("#/components/schemas/{body}"), "{at} {status}");
         };
+        let error_of = |status: &str| error_in(status, "ErrorBody");
+        // The OAuth endpoints: Basic or form credentials, a form body, RFC 6749's errors.
+        if path.contains("/oauth/") {
+            let basic_or_form = serde_json::json!([{"client_secret_basic": []}, {}]);
+            assert_eq!(operation["security"], basic_or_form, "{at}");
+            let body = &operation["requestBody"];
+            let form = &body["content"]["application/x-www-form-urlencoded"]["schema"];
+            assert!(form.is_object(), "{at}: a form body");
+            assert_eq!(body["required"], Value::Bool(true), "{at}");
+            for status in ["400", "401", "413", "429", "500", "503"] {
+                error_in(status, "OAuthErrorBody");
+            }
+            assert!(responses.contains_key("200"), "{at}: no success response");
+            for (status, response) in responses {
+                assert!(response["headers"]["X-Request-Id"].is_object(), "{at} {status}");
+            }
+            continue;
+        }
         // Security: the app key on /app/, the root key on /root/, none elsewhere.
         let scheme = if public.contains(&path.as_str()) {
             None
