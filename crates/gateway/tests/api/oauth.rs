@@ -1359,7 +1359,7 @@ fn client_from(ip: &str) -> reqwest::Client {
 
 /// Asserts the 429 of the OAuth endpoints, with a whole number of seconds to wait.
 fn assert_limited(reply: &Reply, context: &str) {
-    assert_oauth_error(reply, 429, "too_many_requests", context);
+    assert_oauth_error(reply, 429, "rate_limited", context);
     let retry_after = reply.header("retry-after").expect("a 429 carries Retry-After");
     let secs: u64 = retry_after.parse().unwrap_or_else(|_| panic!("Retry-After {retry_after}"));
     assert!((1..=MAX_WAIT).contains(&secs), "{context}: Retry-After {secs}");
