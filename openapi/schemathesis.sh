@@ -63,7 +63,9 @@ trap 'exit 143' TERM
 # purpose, and a limited address would answer 429 to everything after them. Webhook
 # delivery is off: the webhooks that schemathesis sets name made-up hosts, and nothing may
 # be posted to them.
-start_keygate openapi KEYGATE_AUTH_FAILURES_PER_MINUTE=0 KEYGATE_WEBHOOK_POLL_MS=0
+# A public URL, so that the OAuth metadata is served (nothing fetches it).
+start_keygate openapi KEYGATE_AUTH_FAILURES_PER_MINUTE=0 KEYGATE_WEBHOOK_POLL_MS=0 \
+    KEYGATE_PUBLIC_URL=https://keygate.example
 
 # ---- the apps under test ----------------------------------------------------
 
@@ -89,7 +91,8 @@ APP_ID="$(field tenant.json app_id)"
 APP_KEY="$(field tenant.json app_key)"
 ROOT_APP_ID="$(field root.json app_id)"
 ROOT_KEY_ID="$(field root.json key_id)"
-export APP_ID APP_KEY ROOT_APP_ID ROOT_KEY_ID
+APP_BASIC="$(printf '%s:%s' "$APP_ID" "$APP_KEY" | base64 -w0)"
+export APP_ID APP_KEY APP_BASIC ROOT_APP_ID ROOT_KEY_ID
 
 # ---- the passes -------------------------------------------------------------
 
