@@ -201,7 +201,9 @@ impl Settings {
         let Some(raw) = self.public_url.as_deref().map(str::trim).filter(|u| !u.is_empty()) else {
             return Ok(None);
         };
-        let invalid = |why: &str| ConfigError::PublicUrl(format!("{raw:?} {why}"));
+        // A password in it stays out of the message.
+        let shown = redact_url(raw);
+        let invalid = |why: &str| ConfigError::PublicUrl(format!("{shown:?} {why}"));
         let url = url::Url::parse(raw).map_err(|e| invalid(&format!("is not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
             return Err(invalid("must be an absolute http:// or https:// URL"));
@@ -326,6 +328,8 @@ mod tests {
             let err = check(bad).unwrap_err().to_string();
             assert!(err.starts_with("public_url: "), "{bad}: {err}");
         }
+        let err = check("https://user:hunter2@example.com").unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "the password stays out of the message: {err}");
         let vars = config::Map::from([(
             "KEYGATE_PUBLIC_URL".to_owned(),
             "mailto:x@example.com".to_owned(),

@@ -62,13 +62,18 @@ pub struct AuthClaims {
     pub useragent: String,
     /// The app id, in the tokens of an app with `access_token_profile = rfc9068` (RFC 9068
     /// §2.2); in keygate's profile a custom claim of that name, if there is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub client_id: Option<Value>,
     /// `jid` again, under RFC 9068's name; like `client_id`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub jti: Option<Value>,
     #[serde(flatten)]
     pub custom: Map<String, Value>,
+}
+
+/// A claim that is there, `null` included (serde would read `null` as absent).
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
 }
 
 impl AuthClaims {
@@ -122,7 +127,22 @@ pub(crate) fn lenient_validation(app: &App) -> Validation {
 
 #[cfg(test)]
 mod tests {
-    use super::outside_lifetime;
+    use super::{outside_lifetime, AuthClaims};
+
+    #[test]
+    fn custom_claims_named_like_the_rfc_9068_ones_survive_a_round_trip() {
+        let token = serde_json::json!({
+            "iss": "i", "sub": "s", "aud": "a", "iat": 1, "nbf": 1, "exp": 2,
+            "jid": "01J00000000000000000000000", "sid": "01J00000000000000000000001",
+            "ip": "192.0.2.1", "useragent": "u", "client_id": null, "tenant": "t",
+        });
+        let claims: AuthClaims = serde_json::from_value(token.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&claims).unwrap(), token);
+        let mut without = token.clone();
+        without.as_object_mut().unwrap().remove("client_id");
+        let claims: AuthClaims = serde_json::from_value(without.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&claims).unwrap(), without, "absent stays absent");
+    }
 
     #[test]
     fn lifetime_is_nbf_inclusive_to_exp_exclusive_and_times_are_not_negative() {

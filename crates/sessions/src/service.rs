@@ -94,6 +94,15 @@ pub enum Introspected {
     },
 }
 
+/// Which part of a token's lifetime [`Sessions::verify_any`] accepts.
+#[derive(Debug, Clone, Copy)]
+enum Lifetime {
+    /// From `nbf` until `exp`.
+    Strict,
+    /// Until `exp`, a token not valid yet included.
+    NotExpired,
+}
+
 /// A verified token of either kind.
 enum AnyToken {
     Auth(AuthClaims),
@@ -500,7 +509,7 @@ impl Sessions {
         token: &str,
         now: i64,
     ) -> Result<Option<Introspected>, SessionError> {
-        let Some(token) = self.verify_any(app, token, now).await? else {
+        let Some(token) = self.verify_any(app, token, now, Lifetime::Strict).await? else {
             return Ok(None);
         };
         let session = match self.store.get(app.app_id, token.sid()).await? {
@@ -516,29 +525,31 @@ impl Sessions {
         })
     }
 
-    /// RFC 7009 revocation: ends the session of an auth or refresh token of `app` that is
-    /// within its lifetime. Anything else (malformed, another app's, expired) changes
-    /// nothing. Returns how many sessions were revoked.
+    /// RFC 7009 revocation: ends the session of an auth or refresh token of `app` that has
+    /// not expired (one not valid yet, under `token_notbefore` or `refresh_notbefore`,
+    /// counts). Anything else (malformed, another app's, expired) changes nothing. Returns
+    /// how many sessions were revoked.
     pub async fn revoke_token(
         &self,
         app: &App,
         token: &str,
         now: i64,
     ) -> Result<u64, SessionError> {
-        let Some(token) = self.verify_any(app, token, now).await? else {
+        let Some(token) = self.verify_any(app, token, now, Lifetime::NotExpired).await? else {
             return Ok(0);
         };
         let scope = RevokeScope::Session(token.sid());
         Ok(self.store.revoke(app.app_id, scope, "revoked by the client (RFC 7009)", now).await?)
     }
 
-    /// An auth or refresh token of `app`, by signature and claims, within its lifetime at
+    /// An auth or refresh token of `app`, by signature and claims, within `lifetime` at
     /// `now`; `None` if it is neither. Only a keyring failure is an error.
     async fn verify_any(
         &self,
         app: &App,
         token: &str,
         now: i64,
+        lifetime: Lifetime,
     ) -> Result<Option<AnyToken>, SessionError> {
         let claims = match self.keyring.verify::<Value>(app.app_id, token, &validation(app)).await {
             Ok(data) => data.claims,
@@ -559,6 +570,10 @@ impl Sessions {
         let (iat, nbf, exp) = match &token {
             AnyToken::Auth(c) => (c.iat, c.nbf, c.exp),
             AnyToken::Refresh(c) => (c.iat, c.nbf, c.exp),
+        };
+        let nbf = match lifetime {
+            Lifetime::Strict => nbf,
+            Lifetime::NotExpired => nbf.min(now),
         };
         Ok(outside_lifetime(iat, nbf, exp, now).is_none().then_some(token))
     }

@@ -145,7 +145,7 @@ impl From<ApiError> for OAuthError {
             ApiError::MethodNotAllowed => Self::invalid("method not allowed"),
             ApiError::PayloadTooLarge(limit) => Self::PayloadTooLarge(limit),
             ApiError::UnsupportedMediaType => {
-                Self::invalid(format!("the body must be {FORM} (RFC 6749 §3.2)"))
+                Self::invalid(format!("the body must be {FORM} (RFC 6749, section 3.2)"))
             }
             ApiError::TooManyRequests(secs) => Self::RateLimited(secs),
             ApiError::Unavailable(cause) => Self::Unavailable(cause),
@@ -187,14 +187,27 @@ impl Form {
             let name = decode(name)
                 .ok_or_else(|| OAuthError::invalid("the body is not valid form encoding"))?;
             let value = decode(value).ok_or_else(|| {
-                OAuthError::invalid(format!("{name}: not valid form encoding of UTF-8"))
+                OAuthError::invalid(format!("{}: not valid form encoding of UTF-8", shown(&name)))
             })?;
-            if params.insert(name.clone(), value).is_some() {
+            if params.contains_key(&name) {
+                let name = shown(&name);
                 return Err(OAuthError::invalid(format!("{name} is given more than once")));
             }
+            params.insert(name, value);
         }
         Ok(Self(params))
     }
+}
+
+/// A parameter name as an error description may quote it: the characters RFC 6749 §5.2
+/// allows there (printable ASCII but `"` and `\`), at most 40 of them.
+fn shown(name: &str) -> String {
+    let allowed = |c: &char| c.is_ascii_graphic() && *c != '"' && *c != '\\' || *c == ' ';
+    let mut shown: String = name.chars().filter(allowed).take(40).collect();
+    if shown.len() < name.len() {
+        shown.push_str("...");
+    }
+    shown
 }
 
 /// One form-encoded name or value: `+` is a space, `%XX` a byte, and the bytes UTF-8.
@@ -338,6 +351,19 @@ mod tests {
             assert_eq!(err.code(), "invalid_request", "{}", String::from_utf8_lossy(twice));
         }
         assert!(Form::parse(b"a=%ZZ").is_err());
+    }
+
+    #[test]
+    fn error_descriptions_quote_names_in_the_characters_rfc_6749_allows() {
+        assert_eq!(shown("grant_type"), "grant_type");
+        assert_eq!(shown("a\"b\\c\u{7f}d\u{e9}"), "abcd...");
+        assert_eq!(shown(&"x".repeat(100)), format!("{}...", "x".repeat(40)));
+        let err = Form::parse(b"%22%C3%A9=1&%22%C3%A9=2").unwrap_err();
+        let description = err.to_string();
+        assert!(
+            description.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\'),
+            "{description}"
+        );
     }
 
     #[test]

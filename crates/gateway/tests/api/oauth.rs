@@ -35,6 +35,8 @@ on_both_backends!(
     scopes_are_refused_and_empty_parameters_are_absent,
     revocation_ends_the_session_of_a_live_token,
     revocation_of_anything_else_changes_nothing,
+    a_token_not_valid_yet_is_revoked_and_inactive,
+    an_oversized_refresh_token_is_invalid_grant,
     introspection_describes_live_tokens_exactly,
     introspection_answers_inactive_for_anything_not_live,
     the_rfc9068_profile_types_its_tokens,
@@ -1566,4 +1568,35 @@ fn an_invalid_public_url_stops_the_gateway() {
         assert!(!status.success(), "{bad:?}: {log}");
         assert!(log.to_lowercase().contains("public_url"), "{bad:?} is not named: {log}");
     }
+}
+
+/// A pair fresh from `/sign` on an app with `token_notbefore` and `refresh_notbefore` is not
+/// valid yet: introspection says inactive, yet revoking either token ends the session (a
+/// client that logs out at once is not told "done" while its session lives on).
+async fn a_token_not_valid_yet_is_revoked_and_inactive(app: TestApp) {
+    let settings = json!({"name": "oauth-nbf", "token_notbefore": 60, "refresh_notbefore": 60});
+    let tenant = app.create_app(settings).await;
+    for which in ["refresh_token", "auth_token"] {
+        let signed = app.sign(&tenant, "nora").await;
+        let inactive = introspect(&app, &tenant, &basic(&tenant), &signed[which]).await;
+        assert_inactive(&inactive, which);
+        let reply = revoke(&app, &tenant, &basic(&tenant), &signed[which]).await;
+        assert_revoke_answer(&reply, which);
+        let (status, listed) = app.app_post(&tenant, "get-session", &json!({"sub": "nora"})).await;
+        assert_eq!(status, 200, "{listed}");
+        assert_eq!(listed["sessions"], json!([]), "{which}: the session ended");
+    }
+}
+
+/// A refresh token over the 8 KiB a token may have is a refused grant, like any token that
+/// is not one of ours, and changes nothing.
+async fn an_oversized_refresh_token_is_invalid_grant(app: TestApp) {
+    let tenant = app.create_app(json!({"name": "oauth-oversized"})).await;
+    let signed = app.sign(&tenant, "otto").await;
+    let oversized =
+        Value::String(format!("{}.{}", text(&signed["refresh_token"]), "A".repeat(9000)));
+    let reply = refresh(&app, &tenant, &basic(&tenant), &oversized).await;
+    assert_oauth_error(&reply, 400, "invalid_grant", "a 9 KB refresh token");
+    let reply = refresh(&app, &tenant, &basic(&tenant), &signed["refresh_token"]).await;
+    assert_tokens(&reply, 900, "the real one still renews");
 }

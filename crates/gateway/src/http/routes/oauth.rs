@@ -110,7 +110,15 @@ async fn token(services: web::Data<Services>, request: HttpRequest, form: Form) 
     if form.get("scope").is_some() {
         return Err(OAuthError::InvalidScope);
     }
-    let input = direct_renew_input(&request, refresh_token).map_err(ApiError::Invalid)?;
+    // Only the refresh token comes from the client; the address and user agent are ours.
+    let input = direct_renew_input(&request, refresh_token).map_err(|errors| {
+        if errors.iter().any(|e| e.field == "refresh_token") {
+            OAuthError::InvalidGrant
+        } else {
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            OAuthError::Internal(format!("the renew input: {}", errors.join("; ")).into())
+        }
+    })?;
     let renewed = services.sessions.renew(&app.app, input, clock::now()).await;
     services.metrics.renew(RenewCount::of(&renewed));
     let issued = renewed?.issued;
