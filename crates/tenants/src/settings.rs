@@ -314,7 +314,8 @@ mod tests {
             let o = field(name);
             assert_eq!((o.min_length, o.max_length), (Some(1), Some(max)), "{name}");
         }
-        assert_eq!(patch.properties.len(), RANGES.len() + 5, "every field is documented");
+        // name, issuer, audience, refresh_rotation, on_reuse, access_token_profile.
+        assert_eq!(patch.properties.len(), RANGES.len() + 6, "every field is documented");
     }
 
     #[test]
