@@ -37,6 +37,11 @@ interop-oauth:
     cargo build --bin keygate
     bash interop/oauth/run.sh target/debug/keygate
 
+# A primary and a synchronous standby from the installed PostgreSQL binaries: two failovers
+# and back, each checked (an acknowledged write is on both), then everything removed.
+pg-pair-selftest:
+    bash bench/pgpair.sh selftest
+
 # Check a live gateway against its GET /openapi.json with schemathesis (bounded: ~1 min).
 openapi-check:
     cargo build --bin keygate
