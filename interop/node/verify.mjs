@@ -12,6 +12,7 @@
 // The last line is "<summary>: N passed, M failed"; the exit code is 0 only if M == 0.
 
 import { readFileSync } from 'node:fs';
+import { CheckFailed, Checks, expect } from './checks.mjs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import * as jose from 'jose';
@@ -20,11 +21,6 @@ const ALGORITHMS = ['ES256'];
 const ULID = /^[0-9A-HJKMNP-TV-Z]{26}$/;
 const AUTH_CLAIMS = ['iss', 'sub', 'aud', 'iat', 'nbf', 'exp', 'jid', 'sid', 'ip', 'useragent'];
 
-class CheckFailed extends Error {}
-
-function expect(cond, message) {
-  if (!cond) throw new CheckFailed(message);
-}
 
 const sameJson = (a, b) => JSON.stringify(a) === JSON.stringify(b);
 
@@ -77,20 +73,8 @@ async function main(argv) {
   const jwks = JSON.parse(readFileSync(join(dir, 'jwks.json'), 'utf8'));
   const jwksResolver = jose.createLocalJWKSet(jwks);
 
-  let passed = 0;
-  let failed = 0;
-  async function check(name, fn) {
-    try {
-      await fn();
-      passed += 1;
-      if (verbose) console.log(`  ok   ${name}`);
-    } catch (e) {
-      failed += 1;
-      const why = e instanceof CheckFailed ? e.message : `${e?.name ?? 'Error'}: ${e?.message ?? e}`;
-      console.log(`  FAIL ${name}: ${why}`);
-      if (verbose && !(e instanceof CheckFailed)) console.log(e);
-    }
-  }
+  const checks = new Checks(verbose);
+  const check = (name, fn) => checks.check(name, fn);
 
   const options = (overrides = {}) => ({
     algorithms: ALGORITHMS,
@@ -211,8 +195,8 @@ async function main(argv) {
 
   const require = createRequire(import.meta.url);
   const joseVersion = require('jose/package.json').version;
-  console.log(`node    (jose ${joseVersion}, node ${process.versions.node}): ${passed} passed, ${failed} failed`);
-  return failed === 0 && passed > 0 ? 0 : 1;
+  console.log(`node    (jose ${joseVersion}, node ${process.versions.node}): ${checks.passed} passed, ${checks.failed} failed`);
+  return checks.failed === 0 && checks.passed > 0 ? 0 : 1;
 }
 
 main(process.argv.slice(2)).then(

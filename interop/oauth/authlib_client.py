@@ -22,13 +22,16 @@ import json
 import platform
 import sys
 import time
-import traceback
+from pathlib import Path
 from importlib.metadata import version
 from urllib.parse import parse_qsl
 
 import jwt
 import requests
 from authlib.integrations.requests_client import OAuth2Session, OAuthError
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "python"))
+from checks import CheckFailed, Checks, expect, expect_equal  # noqa: E402 (interop/python/checks.py)
 
 CHAIN = 20
 WRONG_KEY = "kg_" + "A" * 43
@@ -41,19 +44,6 @@ ACCESS_MEMBERS = ["active", "aud", "client_id", "exp", "iat", "iss", "jti", "nbf
                   "token_type", "token_use"]
 REFRESH_MEMBERS = ["active", "client_id", "exp", "iat", "iss", "jti", "nbf", "sid", "sub",
                    "token_type", "token_use"]
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def expect(cond, message):
-    if not cond:
-        raise CheckFailed(message)
-
-
-def expect_equal(actual, want, what):
-    expect(actual == want, f"{what}: got {actual!r}, want {want!r}")
 
 
 def expect_oauth_error(fn, error, what):
@@ -105,32 +95,14 @@ def verify_access_token(token, jwks, app):
                       options={"require": ["exp", "iat", "sub", "client_id", "jti"]})
 
 
-class Client:
+class Client(Checks):
     def __init__(self, config, verbose):
+        super().__init__(verbose)
         self.config = config
         self.public_url = config["public_url"]
         self.app = config["apps"]["keygate"]
         self.at_app = config["apps"]["rfc9068"]
-        self.verbose = verbose
-        self.passed = 0
-        self.failed = 0
         self.wire = []  # (auth method, response with its .request) of every OAuth2Session
-
-    def check(self, name, fn):
-        try:
-            fn()
-        except CheckFailed as e:
-            self.failed += 1
-            print(f"  FAIL {name}: {e}")
-        except Exception as e:
-            self.failed += 1
-            print(f"  FAIL {name}: {type(e).__name__}: {e}")
-            if self.verbose:
-                traceback.print_exc(file=sys.stdout)
-        else:
-            self.passed += 1
-            if self.verbose:
-                print(f"  ok   {name}")
 
     # ---- helpers ------------------------------------------------------------
 

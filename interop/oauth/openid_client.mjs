@@ -14,6 +14,7 @@
 // The last line is "<summary>: N passed, M failed"; the exit code is 0 only if M == 0.
 
 import { readFileSync } from 'node:fs';
+import { CheckFailed, Checks, expect } from '../node/checks.mjs';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 
@@ -37,11 +38,6 @@ const CHAIN = 5;
 // oauth4webapi.
 const CHALLENGE = [{ scheme: 'basic', parameters: { realm: 'keygate' } }];
 
-class CheckFailed extends Error {}
-
-function expect(cond, message) {
-  if (!cond) throw new CheckFailed(message);
-}
 
 const show = (v) => JSON.stringify(v);
 function expectEqual(actual, want, what) {
@@ -172,20 +168,8 @@ async function main(argv) {
   const APP = CONFIG.apps.keygate;
   const AT_APP = CONFIG.apps.rfc9068;
 
-  let passed = 0;
-  let failed = 0;
-  async function check(name, fn) {
-    try {
-      await fn();
-      passed += 1;
-      if (verbose) console.log(`  ok   ${name}`);
-    } catch (e) {
-      failed += 1;
-      const why = e instanceof CheckFailed ? e.message : `${e?.name ?? 'Error'}: ${e?.message ?? e}`;
-      console.log(`  FAIL ${name}: ${why}`);
-      if (verbose && !(e instanceof CheckFailed)) console.log(e);
-    }
-  }
+  const checks = new Checks(verbose);
+  const check = (name, fn) => checks.check(name, fn);
 
   // ---- discovery -----------------------------------------------------------
 
@@ -420,8 +404,8 @@ async function main(argv) {
   });
 
   const who = `openid-client ${VERSIONS.openidClient} (oauth4webapi ${VERSIONS.oauth4webapi}, jose ${VERSIONS.jose}, node ${process.versions.node})`;
-  console.log(`${CONFIG.backend.padEnd(8)} ${who}: ${passed} passed, ${failed} failed`);
-  return failed === 0 && passed > 0 ? 0 : 1;
+  console.log(`${CONFIG.backend.padEnd(8)} ${who}: ${checks.passed} passed, ${checks.failed} failed`);
+  return checks.failed === 0 && checks.passed > 0 ? 0 : 1;
 }
 
 main(process.argv.slice(2)).then(

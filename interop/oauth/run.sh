@@ -25,6 +25,7 @@ die() { printf 'interop-oauth: %s\n' "$*" >&2; exit 1; }
 warn() { printf 'interop-oauth: warning: %s\n' "$*" >&2; }
 
 source "$ROOT/scripts/live-gateway.sh"
+source "$INTEROP/lib.sh"
 
 # ---- the binary and the tools -----------------------------------------------
 
@@ -97,30 +98,6 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# api METHOD PATH AUTH BODY_FILE WANT_STATUS OUT_FILE
-api() {
-    local method=$1 path=$2 auth=$3 body=$4 want=$5 out=$6 status
-    local args=(-sS --max-time 10 -o "$out" -w '%{http_code}' -X "$method")
-    [[ -z "$auth" ]] || args+=(-H "Authorization: $auth")
-    [[ -z "$body" ]] || args+=(-H 'Content-Type: application/json' --data-binary "@$body")
-    status="$(curl "${args[@]}" "$BASE$path")" || die "$method $path: curl failed"
-    [[ "$status" == "$want" ]] || die "$method $path: HTTP $status, want $want: $(head -c 400 "$out")"
-}
-# field FILE KEY: a top-level string member of a JSON file
-field() {
-    "$PY" -c 'import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; assert isinstance(v, str) and v; print(v)' \
-        "$1" "$2" || die "$1 has no string member '$2': $(head -c 400 "$1")"
-}
-# json FILE PY_EXPR: write json.dumps(PY_EXPR) to FILE; PY_EXPR sees env vars as E and load()
-json() {
-    local out=$1 expr=$2
-    E_DIR="$TMP" "$PY" -c '
-import json, os, sys
-E = os.environ
-def load(name): return json.load(open(os.path.join(E["E_DIR"], name)))
-json.dump(eval(sys.argv[2]), open(sys.argv[1], "w"))
-' "$out" "$expr"
-}
 
 # create_app NAME PROFILE: creates an app (reuse_grace 0: any replay is a reuse) with the
 # access_token_profile PROFILE, then sets its issuer to its metadata issuer
@@ -142,28 +119,6 @@ create_app() {
         '{"app_id": load("created-" + E["E_NAME"] + ".json")["app_id"], "app_key": load("created-" + E["E_NAME"] + ".json")["app_key"], "issuer": E["E_ISSUER"], "audience": E["E_AUD"]}'
 }
 
-PASSED=0
-FAILED=0
-# run_client NAME CMD...: its last line must be "...: N passed, M failed"
-run_client() {
-    local name=$1 out rc=0 last p f
-    shift
-    out="$("$@" 2>&1)" || rc=$?
-    printf '%s\n' "$out"
-    last="$(printf '%s\n' "$out" | tail -n 1)"
-    if [[ "$last" =~ :\ ([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
-        p=${BASH_REMATCH[1]} f=${BASH_REMATCH[2]}
-    else
-        p=0 f=1
-        log "$name: no summary line (exit $rc)"
-    fi
-    if [[ $rc -ne 0 && $f -eq 0 ]]; then
-        f=1
-        log "$name: exit $rc"
-    fi
-    PASSED=$((PASSED + p))
-    FAILED=$((FAILED + f))
-}
 
 # run_pass BACKEND [VAR=VALUE ...]: one gateway on a fixed free port with public_url set to
 # its own address, two apps, both clients against it; then the gateway is stopped.
@@ -187,8 +142,8 @@ run_pass() {
     log "== $backend: keygate $("$BIN" --version | awk '{print $NF}') at $PUBLIC_URL (public_url), apps $(field "$TMP/app-oauth-interop-keygate.json" app_id) (keygate) and $(field "$TMP/app-oauth-interop-rfc9068.json" app_id) (rfc9068)"
 
     SETUP=0
-    run_client "openid-client ($backend)" node "$HERE/openid_client.mjs" "$TMP/config.json" ${INTEROP_VERBOSE:+-v}
-    run_client "authlib ($backend)" "$PY" "$HERE/authlib_client.py" "$TMP/config.json" ${INTEROP_VERBOSE:+-v}
+    run_checks "openid-client ($backend)" node "$HERE/openid_client.mjs" "$TMP/config.json" ${INTEROP_VERBOSE:+-v}
+    run_checks "authlib ($backend)" "$PY" "$HERE/authlib_client.py" "$TMP/config.json" ${INTEROP_VERBOSE:+-v}
     stop_server
 }
 

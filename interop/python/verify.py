@@ -19,13 +19,13 @@ import binascii
 import json
 import re
 import sys
-import traceback
 from pathlib import Path
 
 import cryptography
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from checks import CheckFailed, Checks, expect  # interop/python/checks.py, beside this file
 from jwt.exceptions import (
     InvalidAudienceError,
     InvalidIssuerError,
@@ -37,15 +37,6 @@ ALGORITHMS = ["ES256"]
 REQUIRED = ["iss", "aud", "exp"]
 ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 AUTH_CLAIMS = {"iss", "sub", "aud", "iat", "nbf", "exp", "jid", "sid", "ip", "useragent"}
-
-
-class CheckFailed(Exception):
-    pass
-
-
-def expect(cond, message):
-    if not cond:
-        raise CheckFailed(message)
 
 
 def expect_rejected(fn, error_type, what):
@@ -82,33 +73,13 @@ def flip_payload_byte(token):
     return tampered
 
 
-class Verifier:
+class Verifier(Checks):
     def __init__(self, fixture_dir, verbose):
+        super().__init__(verbose)
         d = Path(fixture_dir)
         self.expect = json.loads((d / "expect.json").read_text())
         self.steps = json.loads((d / "tokens.json").read_text())
         self.jwks = json.loads((d / "jwks.json").read_text())
-        self.verbose = verbose
-        self.passed = 0
-        self.failed = 0
-
-    # -- bookkeeping ---------------------------------------------------------
-
-    def check(self, name, fn):
-        try:
-            fn()
-        except CheckFailed as e:
-            self.failed += 1
-            print(f"  FAIL {name}: {e}")
-        except Exception as e:
-            self.failed += 1
-            print(f"  FAIL {name}: {type(e).__name__}: {e}")
-            if self.verbose:
-                traceback.print_exc(file=sys.stdout)
-        else:
-            self.passed += 1
-            if self.verbose:
-                print(f"  ok   {name}")
 
     # -- keys ----------------------------------------------------------------
 

@@ -697,10 +697,10 @@ fn auth_claims(app: &App, session: &Session, ip: &str, useragent: &str, now: i64
         // Custom claims of these names stay where they were: the tokens are byte for byte
         // the ones before the profile existed.
         AccessTokenProfile::Keygate => (None, None),
-        // The profile's claims take the place of custom claims of the same names.
+        // The profile's `client_id` takes the place of a custom claim of that name (`jti`
+        // is reserved: no custom claim has it).
         AccessTokenProfile::Rfc9068 => {
             custom.remove("client_id");
-            custom.remove("jti");
             (Some(Value::String(app.app_id.to_string())), Some(Value::String(jid.to_string())))
         }
     };

@@ -2,7 +2,7 @@
 //! naming each bad field on a validation failure.
 
 use actix_web::http::{header, StatusCode};
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 use keygate_sessions::SessionError;
 use keygate_tenants::{AuthError, FieldError, StoreError};
 use serde::Serialize;
@@ -131,20 +131,29 @@ impl ResponseError for ApiError {
         let mut errors = None;
         match self {
             Self::Invalid(fields) => errors = Some(fields.iter().map(FieldEntry::from).collect()),
-            Self::TooManyRequests(secs) => {
-                response.insert_header((header::RETRY_AFTER, (*secs).max(1).to_string()));
-            }
-            Self::Unavailable(cause) => {
-                tracing::warn!(error = %chain(cause.as_ref()), "answering 503");
-                response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
-            }
-            Self::Internal(cause) => {
-                tracing::error!(error = %chain(cause.as_ref()), "internal error")
-            }
+            Self::TooManyRequests(secs) => rate_limited(&mut response, *secs),
+            Self::Unavailable(cause) => unavailable(&mut response, cause),
+            Self::Internal(cause) => internal(cause),
             _ => {}
         }
         response.json(ErrorBody { error: self.code(), message: self.to_string(), errors })
     }
+}
+
+/// What a 429 adds to its answer, in either contract: `Retry-After`, whole seconds.
+pub(crate) fn rate_limited(response: &mut HttpResponseBuilder, secs: u64) {
+    response.insert_header((header::RETRY_AFTER, secs.max(1).to_string()));
+}
+
+/// What a 503 adds, in either contract: its cause in the log, and `Retry-After`.
+pub(crate) fn unavailable(response: &mut HttpResponseBuilder, cause: &Cause) {
+    tracing::warn!(error = %chain(cause.as_ref()), "answering 503");
+    response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
+}
+
+/// What a 500 does, in either contract: its cause goes to the log, never to the client.
+pub(crate) fn internal(cause: &Cause) {
+    tracing::error!(error = %chain(cause.as_ref()), "internal error");
 }
 
 impl From<AppError> for ApiError {

@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use crate::app::Cause;
 use crate::bootstrap::Services;
 use crate::clock;
-use crate::http::error::{chain, ApiError, RETRY_AFTER};
+use crate::http::error::{internal, rate_limited, unavailable, ApiError};
 use crate::http::extract::{read_body, FORM};
 use crate::http::rate_limit::Attempt;
 
@@ -115,16 +115,9 @@ impl ResponseError for OAuthError {
             Self::InvalidClient { challenge: true } => {
                 response.insert_header((header::WWW_AUTHENTICATE, CHALLENGE));
             }
-            Self::RateLimited(secs) => {
-                response.insert_header((header::RETRY_AFTER, (*secs).max(1).to_string()));
-            }
-            Self::Unavailable(cause) => {
-                tracing::warn!(error = %chain(cause.as_ref()), "answering 503");
-                response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
-            }
-            Self::Internal(cause) => {
-                tracing::error!(error = %chain(cause.as_ref()), "internal error")
-            }
+            Self::RateLimited(secs) => rate_limited(&mut response, *secs),
+            Self::Unavailable(cause) => unavailable(&mut response, cause),
+            Self::Internal(cause) => internal(cause),
             _ => {}
         }
         response.json(OAuthErrorBody { error: self.code(), error_description: self.to_string() })

@@ -15,7 +15,7 @@ use reqwest::{Method, RequestBuilder, Response};
 use serde_json::{json, Value};
 
 use crate::helpers::{assert_error, parts, CreatedApp, TestApp};
-use crate::on_both_backends;
+use crate::{on_both_backends, with_settings};
 
 on_both_backends!(
     failed_app_keys_are_limited_per_address,
@@ -24,27 +24,6 @@ on_both_backends!(
     a_spoofed_forwarded_for_does_not_escape_the_limit,
     a_body_over_16_kib_is_413,
 );
-
-/// Like `on_both_backends!`, with settings adjusted by `$adjust`.
-macro_rules! with_settings {
-    ($($case:ident: $adjust:ident),* $(,)?) => {$(
-        mod $case {
-            use crate::helpers::{spawn_app_with, Backend};
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$case(spawn_app_with(Backend::Sqlite, super::$adjust).await.unwrap()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(app) = spawn_app_with(Backend::Postgres, super::$adjust).await {
-                    super::$case(app).await;
-                }
-            }
-        }
-    )*};
-}
 
 with_settings!(
     a_trusted_proxy_s_clients_are_limited_one_by_one: trust_localhost,

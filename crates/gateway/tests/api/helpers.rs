@@ -139,6 +139,29 @@ macro_rules! on_both_backends {
     )*};
 }
 
+/// Like [`on_both_backends!`], each case with the settings `$adjust` changes:
+/// `with_settings!(case: adjust, …)` with `fn adjust(settings: &mut Settings)`.
+#[macro_export]
+macro_rules! with_settings {
+    ($($case:ident: $adjust:ident),* $(,)?) => {$(
+        mod $case {
+            use $crate::helpers::{spawn_app_with, Backend};
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$case(spawn_app_with(Backend::Sqlite, super::$adjust).await.unwrap()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(app) = spawn_app_with(Backend::Postgres, super::$adjust).await {
+                    super::$case(app).await;
+                }
+            }
+        }
+    )*};
+}
+
 impl TestApp {
     /// POSTs JSON to an app endpoint with the app key; returns status and body.
     pub async fn app_post(&self, app: &CreatedApp, endpoint: &str, body: &Value) -> (u16, Value) {

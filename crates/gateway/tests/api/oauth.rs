@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use url::form_urlencoded;
 
 use crate::helpers::{assert_error, header, parts, payload, CreatedApp, TestApp};
-use crate::on_both_backends;
+use crate::{on_both_backends, with_settings};
 
 on_both_backends!(
     refreshes_with_client_secret_basic_and_post,
@@ -46,27 +46,6 @@ on_both_backends!(
     failed_client_authentication_is_rate_limited,
     metadata_needs_public_url,
 );
-
-/// Like `on_both_backends!`, with settings adjusted by `$adjust`.
-macro_rules! with_settings {
-    ($($case:ident: $adjust:ident),* $(,)?) => {$(
-        mod $case {
-            use crate::helpers::{spawn_app_with, Backend};
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$case(spawn_app_with(Backend::Sqlite, super::$adjust).await.unwrap()).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                if let Some(app) = spawn_app_with(Backend::Postgres, super::$adjust).await {
-                    super::$case(app).await;
-                }
-            }
-        }
-    )*};
-}
 
 with_settings!(
     client_authentication_failures_are_invalid_client: unlimited,
