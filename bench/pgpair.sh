@@ -4,7 +4,12 @@
 # standby, make the old primary a standby of the new one from a fresh base backup).
 #
 #   source bench/pgpair.sh; pair_start DIR; ...; pair_stop
-#   bash bench/pgpair.sh selftest      # one failover and back, checked, then removed
+#   bash bench/pgpair.sh selftest      # two failovers, each checked, then removed
+#
+# Or from another program, one command per move; the pair's state is kept in DIR/pair.env:
+#   bash bench/pgpair.sh start DIR     # prints the multi-host URL of both nodes
+#   bash bench/pgpair.sh failover DIR  # prints "primary=b writable_after=0.26"
+#   bash bench/pgpair.sh stop DIR      # stops both servers and removes DIR
 #
 # The servers run as the `postgres` user when this runs as root (initdb refuses root).
 # PG_BIN picks the binaries (default: the newest /usr/lib/postgresql/*/bin).
@@ -165,9 +170,52 @@ pair_selftest() {
     pair_say "selftest passed"
 }
 
+# pair_save / pair_load: the pair's state in $PAIR_DIR/pair.env, for the one-move commands.
+pair_save() {
+    printf 'PAIR_PORT_A=%s\nPAIR_PORT_B=%s\nPAIR_PRIMARY=%s\n' "$PAIR_PORT_A" "$PAIR_PORT_B" "$PAIR_PRIMARY" \
+        >"$PAIR_DIR/pair.env"
+}
+pair_load() {
+    PAIR_DIR="$1"
+    [[ -f "$PAIR_DIR/pair.env" ]] || pair_die "no pair in $PAIR_DIR (start one with: bash bench/pgpair.sh start $PAIR_DIR)" || return 1
+    # shellcheck disable=SC1091
+    source "$PAIR_DIR/pair.env"
+}
+
+pair_usage() {
+    echo "usage: bash bench/pgpair.sh selftest | start DIR | failover DIR | url DIR | stop DIR (or source it)" >&2
+    exit 2
+}
+
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
+    set -euo pipefail
     case "${1:-}" in
         selftest) pair_selftest ;;
-        *) echo "usage: bash bench/pgpair.sh selftest (or source it)" >&2; exit 2 ;;
+        start)
+            [[ -n "${2:-}" ]] || pair_usage
+            [[ ! -e "$2/pair.env" ]] || pair_die "a pair already runs in $2"
+            pair_start "$2" || { pair_stop; exit 1; }
+            pair_save
+            pair_url
+            ;;
+        failover)
+            [[ -n "${2:-}" ]] || pair_usage
+            pair_load "$2"
+            pair_failover
+            pair_save
+            echo "primary=$PAIR_PRIMARY writable_after=$PAIR_WRITABLE_AFTER"
+            ;;
+        url)
+            [[ -n "${2:-}" ]] || pair_usage
+            pair_load "$2"
+            pair_url
+            ;;
+        stop)
+            [[ -n "${2:-}" ]] || pair_usage
+            [[ -d "$2" ]] || exit 0
+            PAIR_DIR="$2"
+            pair_stop
+            ;;
+        *) pair_usage ;;
     esac
 fi
