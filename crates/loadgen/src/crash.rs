@@ -38,7 +38,7 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 
 /// The root key the harness installs through `KEYGATE_ROOT_KEY`.
-const ROOT_KEY: &str = "kgr_crash_harness_root_key_not_for_production";
+pub(crate) const ROOT_KEY: &str = "kgr_crash_harness_root_key_not_for_production";
 const USERAGENT: &str = "keygate-crash";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,9 +92,9 @@ pub struct CrashArgs {
 
 /// A token pair the gateway answered.
 #[derive(Debug, Clone)]
-struct Pair {
-    refresh: String,
-    auth: String,
+pub(crate) struct Pair {
+    pub(crate) refresh: String,
+    pub(crate) auth: String,
 }
 
 /// Where a session's chain stands on the load side.
@@ -138,13 +138,13 @@ struct Driven {
 
 /// The outcome of the reconciliation.
 #[derive(Debug, Default)]
-struct Checks {
-    passed: u64,
-    violations: Vec<String>,
+pub(crate) struct Checks {
+    pub(crate) passed: u64,
+    pub(crate) violations: Vec<String>,
 }
 
 impl Checks {
-    fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+    pub(crate) fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
         if ok {
             self.passed += 1;
         } else {
@@ -274,25 +274,27 @@ struct CycleReport {
 
 /// A gateway process and its address.
 #[derive(Debug)]
-struct Gateway {
+pub(crate) struct Gateway {
     child: Child,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl Gateway {
     /// SIGKILL, then reap it.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// Starts the gateway in `dir` and waits for its "listening on" line.
-fn start_gateway(
+/// Starts the gateway in `dir` and waits for its "listening on" line. `env` is set last
+/// (for example a `KEYGATE_MASTER_KEY` that several gateways share).
+pub(crate) fn start_gateway(
     keygate: &Path,
     dir: &Path,
     database_url: Option<&str>,
     run: u32,
+    env: &[(&str, &str)],
 ) -> anyhow::Result<Gateway> {
     let stdout_path = dir.join(format!("stdout.{run}"));
     let stdout = File::create(&stdout_path)?;
@@ -314,6 +316,7 @@ fn start_gateway(
     if let Some(url) = database_url {
         command.env("KEYGATE_DATABASE_URL", url);
     }
+    command.envs(env.iter().copied());
     let mut child = command.spawn().with_context(|| format!("starting {}", keygate.display()))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -356,30 +359,71 @@ async fn drop_schema(base: &str, schema: &str) {
 
 /// The HTTP calls of the harness.
 #[derive(Clone)]
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    app_id: String,
-    app_key: String,
+pub(crate) struct Api {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
+    pub(crate) app_id: String,
+    pub(crate) app_key: String,
+    /// The `useragent` of every sign and renew (a grace retry must repeat it).
+    pub(crate) useragent: String,
+}
+
+/// What the gateway answered: the status (0 when no answer came), whether a `Retry-After`
+/// header came with it, and the body (`Null` when it is not JSON).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) retry_after: bool,
+    pub(crate) body: Value,
 }
 
 impl Api {
-    /// POSTs to an app endpoint: status and body, or 0 when no answer came.
-    async fn post(&self, endpoint: &str, body: &Value) -> (u16, Value) {
+    /// POSTs to an app endpoint.
+    pub(crate) async fn call(&self, endpoint: &str, body: &Value) -> Answer {
         let url = format!("{}/app/{}/{endpoint}", self.base, self.app_id);
         let sent = self.http.post(url).header("Authorization", &self.app_key).json(body).send();
-        let Ok(response) = sent.await else { return (0, Value::Null) };
+        let lost = Answer { status: 0, retry_after: false, body: Value::Null };
+        let Ok(response) = sent.await else { return lost };
         let status = response.status().as_u16();
+        let retry_after = response.headers().contains_key(reqwest::header::RETRY_AFTER);
         match response.bytes().await {
-            Ok(bytes) => (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)),
-            Err(_) => (0, Value::Null),
+            Ok(bytes) => Answer {
+                status,
+                retry_after,
+                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            },
+            Err(_) => lost,
         }
     }
 
-    async fn renew(&self, refresh: &str) -> (u16, Option<Pair>) {
-        let body = json!({"refresh_token": refresh, "ip": "198.51.100.9", "useragent": USERAGENT});
-        let (status, body) = self.post("renew", &body).await;
-        (status, pair(&body))
+    /// POSTs to an app endpoint: status and body, or 0 when no answer came.
+    async fn post(&self, endpoint: &str, body: &Value) -> (u16, Value) {
+        let answer = self.call(endpoint, body).await;
+        (answer.status, answer.body)
+    }
+
+    /// A renew, with the whole answer and the pair it carried.
+    pub(crate) async fn renew_answer(&self, refresh: &str) -> (Answer, Option<Pair>) {
+        let body =
+            json!({"refresh_token": refresh, "ip": "198.51.100.9", "useragent": self.useragent});
+        let answer = self.call("renew", &body).await;
+        let child = pair(&answer.body);
+        (answer, child)
+    }
+
+    pub(crate) async fn renew(&self, refresh: &str) -> (u16, Option<Pair>) {
+        let (answer, child) = self.renew_answer(refresh).await;
+        (answer.status, child)
+    }
+
+    /// Opens a session for `sub`: its id and its first pair.
+    pub(crate) async fn sign(&self, sub: &str) -> anyhow::Result<(String, Pair)> {
+        let body = json!({"sub": sub, "ip": "198.51.100.9", "useragent": self.useragent});
+        let (status, body) = self.post("sign", &body).await;
+        let (Some(first), Some(session_id)) = (pair(&body), body["session_id"].as_str()) else {
+            bail!("sign answered {status}: {body}");
+        };
+        Ok((session_id.to_owned(), first))
     }
 
     async fn verified(&self, auth: &str) -> Option<bool> {
@@ -391,7 +435,7 @@ impl Api {
     }
 }
 
-fn pair(body: &Value) -> Option<Pair> {
+pub(crate) fn pair(body: &Value) -> Option<Pair> {
     Some(Pair {
         refresh: body["refresh_token"].as_str()?.to_owned(),
         auth: body["auth_token"].as_str()?.to_owned(),
@@ -399,7 +443,7 @@ fn pair(body: &Value) -> Option<Pair> {
 }
 
 /// The `jid` claim of a JWT, read without verifying it.
-fn jid(token: &str) -> Option<String> {
+pub(crate) fn jid(token: &str) -> Option<String> {
     let part = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;
@@ -424,7 +468,7 @@ async fn one_cycle(
             Some(url)
         }
     };
-    let gateway = start_gateway(&args.keygate, dir, database_url.as_deref(), 1)?;
+    let gateway = start_gateway(&args.keygate, dir, database_url.as_deref(), 1, &[])?;
     let (api, driven, killed_after) = load_and_kill(args, http, gateway, cycle, &mut rng).await?;
     report.killed_after_ms = killed_after.as_millis();
 
@@ -442,7 +486,7 @@ async fn one_cycle(
     report.ok = journal.iter().filter(|r| r.status == 200).count() as u64;
     report.unknown = journal.iter().filter(|r| r.status == 0).count() as u64;
 
-    let gateway = start_gateway(&args.keygate, dir, database_url.as_deref(), 2)?;
+    let gateway = start_gateway(&args.keygate, dir, database_url.as_deref(), 2, &[])?;
     let api = Api { base: gateway.url.clone(), ..api };
     reconcile(&api, &chains, &journal, args.connections, &mut checks).await;
     if args.backend == Backend::Sqlite {
@@ -500,17 +544,18 @@ async fn load_and_kill(
     Ok((api, driven, killed_after))
 }
 
-/// Creates the app and opens the sessions, dealt out to the connections.
-async fn open_sessions(
-    args: &CrashArgs,
+/// Creates an app through the root API (root key [`ROOT_KEY`]) with this `reuse_grace`.
+pub(crate) async fn create_app(
     http: &reqwest::Client,
     base: &str,
-    cycle: u32,
-) -> anyhow::Result<(Api, Vec<Vec<Chain>>)> {
+    name: &str,
+    reuse_grace: u64,
+    useragent: &str,
+) -> anyhow::Result<Api> {
     let response = http
         .post(format!("{base}/root/apps"))
         .header("Authorization", ROOT_KEY)
-        .json(&json!({"name": format!("crash-{cycle}"), "reuse_grace": 0}))
+        .json(&json!({"name": name, "reuse_grace": reuse_grace}))
         .send()
         .await?;
     let status = response.status();
@@ -518,22 +563,28 @@ async fn open_sessions(
     if status != 201 {
         bail!("creating the app answered {status}: {created}");
     }
-    let api = Api {
+    Ok(Api {
         http: http.clone(),
         base: base.to_owned(),
         app_id: created["app_id"].as_str().context("no app_id")?.to_owned(),
         app_key: created["app_key"].as_str().context("no app_key")?.to_owned(),
-    };
+        useragent: useragent.to_owned(),
+    })
+}
+
+/// Creates the app and opens the sessions, dealt out to the connections.
+async fn open_sessions(
+    args: &CrashArgs,
+    http: &reqwest::Client,
+    base: &str,
+    cycle: u32,
+) -> anyhow::Result<(Api, Vec<Vec<Chain>>)> {
+    let api = create_app(http, base, &format!("crash-{cycle}"), 0, USERAGENT).await?;
     let mut per_connection: Vec<Vec<Chain>> = (0..args.connections).map(|_| Vec::new()).collect();
     for n in 0..args.sessions {
-        let body =
-            json!({"sub": format!("crash-{n}"), "ip": "198.51.100.9", "useragent": USERAGENT});
-        let (status, body) = api.post("sign", &body).await;
-        let (Some(latest), Some(session_id)) = (pair(&body), body["session_id"].as_str()) else {
-            bail!("sign answered {status}: {body}");
-        };
+        let (session_id, latest) = api.sign(&format!("crash-{n}")).await?;
         per_connection[n % args.connections].push(Chain {
-            session_id: session_id.to_owned(),
+            session_id,
             latest,
             state: ChainState::Unused,
         });
@@ -618,7 +669,7 @@ async fn wait_for(stop: &AtomicBool) {
 }
 
 /// Runs `f` over `items` with at most `concurrency` at a time, keeping the order.
-async fn each<T, R, F, Fut>(items: Vec<T>, concurrency: usize, f: F) -> Vec<R>
+pub(crate) async fn each<T, R, F, Fut>(items: Vec<T>, concurrency: usize, f: F) -> Vec<R>
 where
     T: Send + 'static,
     R: Send + 'static,
@@ -654,25 +705,11 @@ async fn reconcile(
     concurrency: usize,
     checks: &mut Checks,
 ) {
-    // The jid tree: parent jid -> child jid, from every 200 of the journal.
-    let mut children: HashMap<String, String> = HashMap::new();
-    let mut add_edge = |parent: &str, child: &str, checks: &mut Checks| {
-        let (Some(p), Some(c)) = (jid(parent), jid(child)) else {
-            checks.violations.push("a token without a jid".into());
-            return;
-        };
-        match children.get(&p) {
-            Some(known) => checks
-                .check(*known == c, || format!("parent jid {p} has two children: {known} and {c}")),
-            None => {
-                children.insert(p, c);
-                checks.passed += 1;
-            }
-        }
-    };
+    // The jid tree, from every 200 of the journal.
+    let mut tree = JidTree::default();
     for r in journal {
         if let Some(child) = &r.child {
-            add_edge(&r.parent, &child.refresh, checks);
+            tree.add(&r.parent, &child.refresh, checks);
         }
     }
 
@@ -693,7 +730,7 @@ async fn reconcile(
             )
         });
         if let Some(g) = grandchild {
-            add_edge(&chain.latest.refresh, &g.refresh, checks);
+            tree.add(&chain.latest.refresh, &g.refresh, checks);
         }
     }
     // … then refused: it renews exactly once.
@@ -760,7 +797,40 @@ async fn reconcile(
             )
         });
         if let Some(child) = child {
-            add_edge(&chain.latest.refresh, &child.refresh, checks);
+            tree.add(&chain.latest.refresh, &child.refresh, checks);
+        }
+    }
+}
+
+/// The jid tree of the renews: parent jid -> child jid. A parent with two different
+/// children is a violation (a grace retry answers the same child jid, signed again).
+#[derive(Debug, Default)]
+pub(crate) struct JidTree {
+    children: HashMap<String, String>,
+    /// How many edges gave a parent a second, different child.
+    pub(crate) doubled: usize,
+}
+
+impl JidTree {
+    /// Adds the edge of a 200: `parent` renewed to `child` (tokens, jids read from them).
+    pub(crate) fn add(&mut self, parent: &str, child: &str, checks: &mut Checks) {
+        let (Some(p), Some(c)) = (jid(parent), jid(child)) else {
+            checks.violations.push("a token without a jid".into());
+            return;
+        };
+        match self.children.get(&p) {
+            Some(known) => {
+                if *known != c {
+                    self.doubled += 1;
+                }
+                checks.check(*known == c, || {
+                    format!("parent jid {p} has two children: {known} and {c}")
+                })
+            }
+            None => {
+                self.children.insert(p, c);
+                checks.passed += 1;
+            }
         }
     }
 }

@@ -16,6 +16,7 @@
 
 mod client;
 mod crash;
+mod failover;
 mod load;
 mod preload;
 mod procstat;
@@ -45,6 +46,10 @@ enum Command {
     /// Kill a gateway under renew load, restart it on the same database, and check the
     /// journal of what it answered against what it now accepts (exit 1 on a violation).
     Crash(crash::CrashArgs),
+    /// Fail a replicated Postgres over again and again under renew load on several
+    /// gateways, and check that no token was lost, revived or doubled (exit 1 on a
+    /// violation); reports the window of failed renews per failover.
+    Failover(failover::FailoverArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -130,7 +135,7 @@ impl Cli {
     pub fn client_threads(&self) -> usize {
         match &self.command {
             Command::Run(args) => args.threads.max(1),
-            Command::Preload(_) | Command::Crash(_) => 2,
+            Command::Preload(_) | Command::Crash(_) | Command::Failover(_) => 2,
         }
     }
 }
@@ -161,6 +166,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!("crash harness: VIOLATIONS found (see above)");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Failover(args) => {
+            if failover::run(&args).await? {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("failover: VIOLATIONS found, or the run did not finish (see above)");
                 Ok(ExitCode::FAILURE)
             }
         }
