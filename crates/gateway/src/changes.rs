@@ -25,11 +25,13 @@ pub fn spawn_listener(services: Arc<Services>) {
         return;
     }
     tokio::spawn(async move {
+        let mut again = false;
         loop {
-            match listen(&services).await {
+            match listen(&services, again).await {
                 Ok(()) => return,
                 Err(error) => {
                     tracing::warn!(%error, "change listener failed; caches fall back to their TTL until it reconnects");
+                    again = true;
                     tokio::time::sleep(RECONNECT_DELAY).await;
                 }
             }
@@ -38,9 +40,15 @@ pub fn spawn_listener(services: Arc<Services>) {
 }
 
 /// Receives announcements until the pool closes (`Ok`) or the connection fails (`Err`).
-async fn listen(services: &Services) -> Result<(), StoreError> {
+/// `again`: the listener failed before, so what was announced meanwhile is lost (after a
+/// failover, on the old primary) and every cached entry is dropped once it listens again.
+async fn listen(services: &Services, again: bool) -> Result<(), StoreError> {
     let Some(listener) = services.db.listen_changes().await else { return Ok(()) };
     let mut listener = listener?;
+    if again {
+        tracing::info!("change listener reconnected");
+        forget_everything(services);
+    }
     loop {
         match listener.recv().await? {
             Heard::Change(payload) => apply(services, &payload),

@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -19,6 +20,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Arguments, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
 
+use crate::hosts::{Follower, Targets};
 use crate::StoreError;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -42,6 +44,10 @@ pub enum DbError {
     Connect(#[source] sqlx::Error),
     #[error("could not apply migrations: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("invalid database URL: {0}")]
+    Url(String),
+    #[error("no database host qualifies: {0}")]
+    NoHost(String),
 }
 
 /// Which database a [`Backend`] is open on.
@@ -64,6 +70,8 @@ impl Kind {
 #[derive(Clone)]
 pub struct Backend {
     pub(crate) pools: Pools,
+    /// Chooses the host of a multi-host Postgres URL; `None` for one host.
+    follower: Option<Arc<Follower>>,
 }
 
 #[derive(Clone)]
@@ -128,19 +136,37 @@ impl Backend {
                 .connect_with(connect.create_if_missing(false))
                 .await
                 .map_err(DbError::Connect)?;
-            Ok(Self { pools: Pools::Sqlite { writer, reader } })
+            Ok(Self { pools: Pools::Sqlite { writer, reader }, follower: None })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let lock_timeout = format!("{}ms", options.busy_timeout.as_millis());
-            let connect = PgConnectOptions::from_str(url)
-                .map_err(DbError::Connect)?
-                .options([("lock_timeout", lock_timeout.as_str())]);
+            let session = |connect: PgConnectOptions| {
+                connect.options([("lock_timeout", lock_timeout.as_str())])
+            };
             let pool = PgPoolOptions::new()
                 .max_connections(options.postgres_connections.max(1))
-                .acquire_timeout(options.busy_timeout)
-                .connect_with(connect)
+                .acquire_timeout(options.busy_timeout);
+            let Some(targets) = Targets::parse(url)? else {
+                let connect = session(PgConnectOptions::from_str(url).map_err(DbError::Connect)?);
+                let pool = pool.connect_with(connect).await.map_err(DbError::Connect)?;
+                return Ok(Self { pools: Pools::Postgres(pool), follower: None });
+            };
+            // Several hosts (or a target_session_attrs): find the one that qualifies, open
+            // the pool on it, and follow it from then on.
+            let follower = Arc::new(Follower::new(targets.map_options(session)));
+            let (_, watch) =
+                follower.search().await.map_err(|reasons| DbError::NoHost(reasons.join("; ")))?;
+            let admit = follower.clone();
+            let pool = pool
+                .after_connect(move |conn, _| {
+                    let admit = admit.clone();
+                    Box::pin(async move { admit.admit(conn).await })
+                })
+                .connect_with(follower.current_options())
                 .await
                 .map_err(DbError::Connect)?;
-            Ok(Self { pools: Pools::Postgres(pool) })
+            tracing::info!(host = %follower.current_host(), "database host chosen");
+            tokio::spawn(follower.clone().follow(pool.clone(), watch));
+            Ok(Self { pools: Pools::Postgres(pool), follower: Some(follower) })
         } else {
             Err(DbError::Scheme(redact_url(url)))
         }
@@ -197,16 +223,16 @@ impl Backend {
     /// A statement for the reader pool.
     pub(crate) fn read(&self, sql: Sql) -> Bound<'_> {
         match &self.pools {
-            Pools::Sqlite { reader, .. } => Bound { on: On::Sqlite(reader), sql },
-            Pools::Postgres(pool) => Bound { on: On::Postgres(pool), sql },
+            Pools::Sqlite { reader, .. } => Bound { on: On::Sqlite(reader), sql, db: self },
+            Pools::Postgres(pool) => Bound { on: On::Postgres(pool), sql, db: self },
         }
     }
 
     /// A statement for the writer (on SQLite, its single writer connection), in autocommit.
     pub(crate) fn write(&self, sql: Sql) -> Bound<'_> {
         match &self.pools {
-            Pools::Sqlite { writer, .. } => Bound { on: On::Sqlite(writer), sql },
-            Pools::Postgres(pool) => Bound { on: On::Postgres(pool), sql },
+            Pools::Sqlite { writer, .. } => Bound { on: On::Sqlite(writer), sql, db: self },
+            Pools::Postgres(pool) => Bound { on: On::Postgres(pool), sql, db: self },
         }
     }
 
@@ -214,10 +240,24 @@ impl Backend {
     /// from its first statement.
     pub(crate) async fn begin_write(&self) -> Result<WriteTx, StoreError> {
         let tx = match &self.pools {
-            Pools::Sqlite { writer, .. } => On::Sqlite(writer.begin_with("BEGIN IMMEDIATE").await?),
-            Pools::Postgres(pool) => On::Postgres(pool.begin().await?),
+            Pools::Sqlite { writer, .. } => {
+                writer.begin_with("BEGIN IMMEDIATE").await.map(On::Sqlite)
+            }
+            Pools::Postgres(pool) => pool.begin().await.map(On::Postgres),
         };
+        let tx = self.noticed(tx.map_err(StoreError::from))?;
         Ok(WriteTx { tx, backend: self.clone(), announcements: Vec::new() })
+    }
+
+    /// Passes a statement's result on; a failure that looks like a lost host (unavailable)
+    /// first asks the follower of a multi-host URL to look for the one that qualifies now.
+    pub(crate) fn noticed<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let (Err(error), Some(follower)) = (&result, &self.follower) {
+            if error.is_unavailable() {
+                follower.suspect();
+            }
+        }
+        result
     }
 
     /// Announces a committed change on [`CHANGES_CHANNEL`] (Postgres; SQLite has one
@@ -352,20 +392,21 @@ impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, 
 pub(crate) struct Bound<'a> {
     on: On<&'a SqlitePool, &'a PgPool>,
     sql: Sql,
+    db: &'a Backend,
 }
 
 impl Bound<'_> {
     /// Runs the statement; returns how many rows it changed.
     pub(crate) async fn execute(self) -> Result<u64, StoreError> {
-        self.on.execute(self.sql).await
+        self.db.noticed(self.on.execute(self.sql).await)
     }
 
     pub(crate) async fn fetch_optional<R: Row>(self) -> Result<Option<R>, StoreError> {
-        self.on.fetch_optional(self.sql).await
+        self.db.noticed(self.on.fetch_optional(self.sql).await)
     }
 
     pub(crate) async fn fetch_all<R: Row>(self) -> Result<Vec<R>, StoreError> {
-        self.on.fetch_all(self.sql).await
+        self.db.noticed(self.on.fetch_all(self.sql).await)
     }
 }
 
@@ -440,11 +481,13 @@ impl WriteTx {
     }
 
     pub(crate) async fn execute(&mut self, sql: Sql) -> Result<u64, StoreError> {
-        self.on().execute(sql).await
+        let result = self.on().execute(sql).await;
+        self.backend.noticed(result)
     }
 
     pub(crate) async fn fetch_all<R: Row>(&mut self, sql: Sql) -> Result<Vec<R>, StoreError> {
-        self.on().fetch_all(sql).await
+        let result = self.on().fetch_all(sql).await;
+        self.backend.noticed(result)
     }
 
     /// Serialises this transaction with every other that locks the same `key`, until it
@@ -466,10 +509,11 @@ impl WriteTx {
     }
 
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
-        match self.tx {
-            On::Sqlite(tx) => tx.commit().await?,
-            On::Postgres(tx) => tx.commit().await?,
-        }
+        let committed = match self.tx {
+            On::Sqlite(tx) => tx.commit().await,
+            On::Postgres(tx) => tx.commit().await,
+        };
+        self.backend.noticed(committed.map_err(StoreError::from))?;
         for payload in &self.announcements {
             self.backend.after_commit(payload).await;
         }
@@ -477,16 +521,34 @@ impl WriteTx {
     }
 }
 
-/// The URL with any password replaced, fit for messages and logs.
+/// The URL with any password replaced, fit for messages and logs: in the user part of
+/// `scheme://user:password@host…` (also with a host list, which the `url` crate refuses)
+/// and in a `password=` query parameter.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            // Only fails for URLs that cannot have a password, and this one has one.
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{hosts}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some(("password", _)) => "password=***".to_owned(),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
         }
-        _ => url.to_owned(),
-    }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 #[cfg(test)]
@@ -497,6 +559,15 @@ mod tests {
     fn passwords_never_reach_messages() {
         assert_eq!(redact_url("postgres://u:hunter2@db:5432/x"), "postgres://u:***@db:5432/x");
         assert_eq!(redact_url("sqlite://./a.db"), "sqlite://./a.db");
+        assert_eq!(
+            redact_url("postgres://u:hunter2@a:1,b:2/x?target_session_attrs=read-write"),
+            "postgres://u:***@a:1,b:2/x?target_session_attrs=read-write"
+        );
+        assert_eq!(
+            redact_url("postgres://u@a/x?sslmode=disable&password=hunter2"),
+            "postgres://u@a/x?sslmode=disable&password=***"
+        );
+        assert_eq!(redact_url("postgres://p%40ss:h%3Aunter2@db/x"), "postgres://p%40ss:***@db/x");
         let err = DbError::Scheme(redact_url("mysql://u:hunter2@db/x"));
         assert!(!err.to_string().contains("hunter2"));
     }

@@ -37,15 +37,20 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
-/// SQLite's BUSY and LOCKED (with their extended codes), and Postgres' shutdown, "cannot
-/// connect now", too many connections, serialization, deadlock, lock timeout and statement
-/// timeout: all mean "try again", never "your input is bad".
+/// SQLite's BUSY and LOCKED (with their extended codes), and Postgres' connection
+/// exceptions (class 08), shutdown, "cannot connect now", too many connections,
+/// serialization, deadlock, lock timeout, statement timeout and a write on a read-only
+/// server (a standby, after a failover): all mean "try again", never "your input is bad".
 fn is_transient(code: Option<&str>) -> bool {
     let Some(code) = code else { return false };
     if let Ok(sqlite) = code.parse::<i32>() {
         return matches!(sqlite & 0xff, 5 | 6);
     }
-    matches!(code, "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "55P03" | "57014")
+    code.starts_with("08")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01" | "55P03" | "57014" | "25006"
+        )
 }
 
 impl StoreError {

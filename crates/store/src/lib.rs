@@ -8,6 +8,7 @@ pub mod apps;
 pub mod audit;
 mod backend;
 mod error;
+mod hosts;
 pub mod jobs;
 pub mod sessions;
 pub mod signing_keys;

@@ -14,6 +14,7 @@ mod cli;
 mod compat;
 mod errors;
 mod events;
+mod failover;
 mod fuzz;
 mod inputs;
 mod keys;
