@@ -249,6 +249,25 @@ fn load_breaches(journal: &[Sent]) -> Vec<String> {
         .collect()
 }
 
+/// The lines of a gateway's log, counted by message (the timestamp left out, and the
+/// message cut at 160 characters), most frequent first.
+fn log_digest(path: &Path) -> Vec<(u64, String)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        // `2026-12-03T17:28:54.328431Z ERROR target: message`: drop the timestamp.
+        let message = match line.split_once(' ') {
+            Some((stamp, rest)) if stamp.contains('T') && stamp.ends_with('Z') => rest,
+            _ => line,
+        };
+        let message: String = message.chars().take(160).collect();
+        *counts.entry(message).or_default() += 1;
+    }
+    let mut digest: Vec<(u64, String)> = counts.into_iter().map(|(m, n)| (n, m)).collect();
+    digest.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    digest
+}
+
 /// The nearest-rank percentile `p` (0..=1) of `values`.
 fn percentile(values: &[f64], p: f64) -> f64 {
     if values.is_empty() {
@@ -586,6 +605,7 @@ async fn drive_run(
     let unavailable = journal.iter().filter(|s| s.status == 503).count();
     let unknown = journal.iter().filter(|s| s.status == 0).count();
     let other = journal.len() - ok - unavailable - unknown;
+    let unrecovered = windows.iter().filter(|w| w.span().is_none()).count();
     let spans: Vec<f64> =
         windows.iter().filter_map(Window::span).map(|d| d.as_secs_f64()).collect();
     let gaps: Vec<f64> = windows.iter().map(|w| w.longest_gap.as_secs_f64()).collect();
@@ -607,6 +627,12 @@ async fn drive_run(
         slowest.as_secs_f64(),
         checks.passed
     );
+    for n in 1..=args.gateways {
+        let log = work.join(format!("gateway-{n}")).join("stderr.1");
+        for (count, line) in log_digest(&log).iter().take(6) {
+            println!("failover: gateway-{n} log: {count} x {line}");
+        }
+    }
     for v in violations.iter().take(40) {
         println!("  VIOLATION: {v}");
     }
@@ -616,14 +642,18 @@ async fn drive_run(
     let errors = journal.iter().filter(|s| !matches!(s.status, 0 | 200 | 503)).count()
         + journal.iter().filter(|s| s.status == 503 && !s.retry_after).count();
     println!(
-        "failover: {} failovers, {} renews journaled ({ok} 200, {unavailable} 503, {unknown} unknown, {other} other), {} lost, {} revived, {} doubled, {errors} other errors; 503 window p50 {:.2} s, max {:.2} s",
+        "failover: {} failovers, {} renews journaled ({ok} 200, {unavailable} 503, {unknown} unknown, {other} other), {} lost, {} revived, {} doubled, {errors} other errors; 503 window p50 {:.2} s, max {}",
         failovers.len(),
         journal.len(),
         outcome.lost,
         outcome.revived,
         outcome.doubled,
         percentile(&spans, 0.5),
-        percentile(&spans, 1.0),
+        if unrecovered > 0 {
+            format!("never ended ({unrecovered} failovers)")
+        } else {
+            format!("{:.2} s", percentile(&spans, 1.0))
+        },
     );
     let passed = violations.is_empty();
     drop(fleet);
@@ -1001,6 +1031,22 @@ mod tests {
         assert_eq!((tree.doubled, checks.violations.len()), (0, 0));
         tree.add(&token("p"), &token("d"), &mut checks);
         assert_eq!((tree.doubled, checks.violations.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_log_digest_counts_messages_without_their_timestamps() {
+        let dir = std::env::temp_dir().join(format!("keygate-digest-{}", ulid::Ulid::new()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("stderr.1");
+        std::fs::write(
+            &log,
+            "2026-12-03T17:28:54.1Z WARN a: x\n2026-12-03T17:28:55.2Z WARN a: x\n\nplain\n",
+        )
+        .unwrap();
+        let digest = log_digest(&log);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(digest, vec![(2, "WARN a: x".to_string()), (1, "plain".into())]);
+        assert!(log_digest(&dir.join("none")).is_empty());
     }
 
     #[test]
