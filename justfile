@@ -86,6 +86,11 @@ mutants:
     cargo mutants --version >/dev/null 2>&1 || cargo install cargo-mutants --locked
     cargo mutants --workspace -j 1 --timeout 300
 
+# Failover fault run: a primary and a synchronous standby, two gateways under renew load, 10
+# failovers alternating the primary, then the journal reconciled (lost, revived, doubled, 503 window).
+failover *ARGS:
+    bash bench/failover.sh {{ARGS}}
+
 # Two gateways on a fresh Postgres schema behind HAProxy, without Docker (Ctrl-C stops).
 cluster:
     bash bench/cluster.sh
