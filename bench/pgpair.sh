@@ -9,6 +9,8 @@
 # Or from another program, one command per move; the pair's state is kept in DIR/pair.env:
 #   bash bench/pgpair.sh start DIR     # prints the multi-host URL of both nodes
 #   bash bench/pgpair.sh failover DIR  # prints "primary=b writable_after=0.26"
+#   bash bench/pgpair.sh crash DIR     # the first half: the primary stopped, no node writable
+#   bash bench/pgpair.sh promote DIR   # the second half: the standby promoted, the old one rejoins
 #   bash bench/pgpair.sh stop DIR      # stops both servers and removes DIR
 #
 # The servers run as the `postgres` user when this runs as root (initdb refuses root).
@@ -113,11 +115,25 @@ pair_url() {
 # again. Sets PAIR_PRIMARY, and PAIR_WRITABLE_AFTER: the seconds from the stop until the
 # new primary was out of recovery. (Call it directly, not in $(…): it sets variables.)
 pair_failover() {
-    local old="$PAIR_PRIMARY" new started
-    new=$(pair_other "$old")
+    local started
     started=$(date +%s.%N)
-    as_pg "$PG_BIN/pg_ctl" -D "$PAIR_DIR/$old" -m immediate -w stop >/dev/null \
-        || pair_die "could not stop $old" || return 1
+    pair_crash || return 1
+    pair_promote "$started"
+}
+
+# pair_crash: stops the primary at once, as a crash would; no node takes writes until
+# pair_promote.
+pair_crash() {
+    as_pg "$PG_BIN/pg_ctl" -D "$PAIR_DIR/$PAIR_PRIMARY" -m immediate -w stop >/dev/null \
+        || pair_die "could not stop $PAIR_PRIMARY"
+}
+
+# pair_promote [STARTED]: promotes the standby of the stopped primary and makes the old
+# primary its standby (the rest of pair_failover). PAIR_WRITABLE_AFTER counts from STARTED
+# (a date +%s.%N; default now).
+pair_promote() {
+    local old="$PAIR_PRIMARY" new started="${1:-$(date +%s.%N)}"
+    new=$(pair_other "$old")
     as_pg "$PG_BIN/pg_ctl" -D "$PAIR_DIR/$new" -w -t 60 promote >/dev/null \
         || pair_die "could not promote $new" || return 1
     for _ in $(seq 1 300); do
@@ -183,7 +199,7 @@ pair_load() {
 }
 
 pair_usage() {
-    echo "usage: bash bench/pgpair.sh selftest | start DIR | failover DIR | url DIR | stop DIR (or source it)" >&2
+    echo "usage: bash bench/pgpair.sh selftest | start DIR | failover DIR | crash DIR | promote DIR | url DIR | stop DIR (or source it)" >&2
     exit 2
 }
 
@@ -198,12 +214,17 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
             pair_save
             pair_url
             ;;
-        failover)
+        failover | promote)
             [[ -n "${2:-}" ]] || pair_usage
             pair_load "$2"
-            pair_failover
+            if [[ "$1" == failover ]]; then pair_failover; else pair_promote; fi
             pair_save
             echo "primary=$PAIR_PRIMARY writable_after=$PAIR_WRITABLE_AFTER"
+            ;;
+        crash)
+            [[ -n "${2:-}" ]] || pair_usage
+            pair_load "$2"
+            pair_crash
             ;;
         url)
             [[ -n "${2:-}" ]] || pair_usage

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{parts, payload, spawn_app_with, Backend, CreatedApp, TestApp};
+use crate::helpers::{assert_error, parts, payload, spawn_app_with, Backend, CreatedApp, TestApp};
 
 /// A primary and a synchronous standby in a temp dir, stopped and removed on drop.
 struct Pair {
@@ -68,6 +68,16 @@ impl Pair {
     fn failover(&self) -> String {
         pgpair(&["failover", self.dir.to_str().unwrap()])
     }
+
+    /// The first half of a failover: the primary stopped at once, no node takes writes.
+    fn crash(&self) {
+        pgpair(&["crash", self.dir.to_str().unwrap()]);
+    }
+
+    /// The second half: the standby promoted, the old primary its standby.
+    fn promote(&self) -> String {
+        pgpair(&["promote", self.dir.to_str().unwrap()])
+    }
 }
 
 impl Drop for Pair {
@@ -76,15 +86,18 @@ impl Drop for Pair {
     }
 }
 
+/// The settings of a gateway on the pair's URL.
+fn on_pair(s: &mut keygate_gateway::Settings, url: &str) {
+    s.database_url = Some(url.to_owned());
+    // A request that finds no writable host is answered within a second.
+    s.database_busy_timeout_ms = 1000;
+    // Only an announcement can refresh the caches within the test.
+    s.cache_ttl = 600;
+}
+
 /// Two gateways on the pair's URL with the same master and root keys.
 async fn gateways(url: &str) -> (TestApp, TestApp) {
-    let adjust = |s: &mut keygate_gateway::Settings, url: &str| {
-        s.database_url = Some(url.to_owned());
-        // A request that finds no writable host is answered within a second.
-        s.database_busy_timeout_ms = 1000;
-        // Only an announcement can refresh the caches within the test.
-        s.cache_ttl = 600;
-    };
+    let adjust = on_pair;
     let first = spawn_app_with(Backend::Sqlite, |s| adjust(s, url)).await.unwrap();
     let master = std::fs::read_to_string(first.data_dir().join("master.key")).unwrap();
     let root_key = first.root_key.clone();
@@ -230,5 +243,72 @@ async fn gateways_follow_the_primary_through_a_failover_and_lose_nothing() {
         let ready = gateway.request(Method::GET, "/readyz").send().await.unwrap();
         assert_eq!(ready.status(), 200);
     }
+    drop(pair);
+}
+
+/// A renew through `gateway`: its status, `Retry-After` and body.
+async fn renew_once(
+    gateway: &TestApp,
+    app: &CreatedApp,
+    token: &Value,
+) -> (u16, Option<String>, Value) {
+    let response = gateway
+        .request(Method::POST, &format!("/app/{}/renew", app.app_id))
+        .header("Authorization", &app.app_key)
+        .json(&json!({"refresh_token": token, "ip": "203.0.113.7", "useragent": "test-agent"}))
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let (status, body) = parts(response).await;
+    (status, retry_after, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_no_host_takes_writes_requests_get_503_and_consume_nothing() {
+    let Some(pair) = Pair::start() else { return };
+    let gateway = spawn_app_with(Backend::Sqlite, |s| on_pair(s, &pair.url)).await.unwrap();
+    // With no grace, a token consumed by a failed renew could never renew again.
+    let app = gateway.create_app(json!({"name": "no-primary", "reuse_grace": 0})).await;
+    let token = gateway.sign(&app, "ivy").await["refresh_token"].clone();
+
+    let pair = tokio::task::spawn_blocking(move || {
+        pair.crash();
+        pair
+    })
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        let (status, retry_after, body) = renew_once(&gateway, &app, &token).await;
+        assert_error(status, &body, 503, "unavailable");
+        assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+    }
+    let body = json!({"sub": "ivy", "ip": "203.0.113.7", "useragent": "test-agent"});
+    let (status, answer) = gateway.app_post(&app, "sign", &body).await;
+    assert_error(status, &answer, 503, "unavailable");
+    let ready = gateway.request(Method::GET, "/readyz").send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    let pair = tokio::task::spawn_blocking(move || {
+        let line = pair.promote();
+        eprintln!("promoted: {line}");
+        pair
+    })
+    .await
+    .unwrap();
+    // The gateway moves to the promoted node; the token that got the 503s still renews.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let renewed = loop {
+        let (status, _, body) = renew_once(&gateway, &app, &token).await;
+        match status {
+            200 => break body,
+            503 => assert!(Instant::now() < deadline, "no renew within 30 s of the promotion"),
+            other => panic!("renew answered {other} after the promotion: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(gateway.verified(&app, &renewed["auth_token"]).await);
+    let (status, body) = gateway.renew(&app, &renewed["refresh_token"]).await;
+    assert_eq!(status, 200, "{body}");
     drop(pair);
 }
