@@ -281,6 +281,9 @@ pub struct Keyring {
 const MAX_OWNERS: u64 = 100_000;
 
 /// A cache TTL this long keeps keys until they change (the cache refuses longer ones).
+// mutants: `*` mutated to `+` or `/` gives a shorter bound (days or minutes instead of a
+// century), which only caps a cache_ttl configured longer than that: keys are then read
+// again sooner, and every answer stays the same. No test waits that long.
 const LONGEST_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl Keyring {

@@ -167,6 +167,29 @@ mod tests {
         assert!(rotation_due(&keys, 1000, 300, 1250));
     }
 
+    /// Due at the first second both conditions hold: `activated_at + rotation_period` and
+    /// `next.created_at + min_published` are the first due seconds, not the last ones
+    /// before; a key never activated counts from its creation.
+    #[test]
+    fn rotation_is_due_from_the_first_second_both_times_are_over() {
+        let master = MasterKey::generate();
+        let app = AppId::new();
+        let mut active = generate(app, KeyState::Active, &master, 0).unwrap();
+        active.activated_at = Some(100);
+        let next = generate(app, KeyState::Next, &master, 500).unwrap();
+        let keys = [active.clone(), next.clone()];
+        assert!(!rotation_due(&keys, 1000, 300, 1099));
+        assert!(rotation_due(&keys, 1000, 300, 1100), "the period ends at activation + period");
+        assert!(!rotation_due(&keys, 100, 700, 1199));
+        assert!(rotation_due(&keys, 100, 700, 1200), "next is published long enough at 1200");
+        active.activated_at = None;
+        active.created_at = 50;
+        let never_activated = [active, next];
+        assert!(!rotation_due(&never_activated, 1000, 300, 1049));
+        assert!(rotation_due(&never_activated, 1000, 300, 1050), "from its creation");
+        assert!(!rotation_due(&never_activated[..1], 0, 0, 5000), "no next key, no rotation");
+    }
+
     #[derive(Debug, Clone)]
     enum Op {
         Rotate,

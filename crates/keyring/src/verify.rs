@@ -113,6 +113,11 @@ mod tests {
         assert!(matches!(inspect("a.b"), Err(VerifyError::Malformed)));
         assert!(matches!(inspect("a.b.c.d"), Err(VerifyError::Malformed)));
         assert!(matches!(inspect(&"a".repeat(MAX_TOKEN_LEN + 1)), Err(VerifyError::TooLarge)));
+        // 8 KiB is still read (and found malformed); a byte more is not.
+        let at_limit = format!("a.b.{}", "c".repeat(8 * 1024 - 4));
+        assert_eq!(at_limit.len(), 8192);
+        assert!(matches!(inspect(&at_limit), Err(VerifyError::Malformed)));
+        assert!(matches!(inspect(&format!("{at_limit}c")), Err(VerifyError::TooLarge)));
         assert!(matches!(inspect("eyJ=.e30.c2ln"), Err(VerifyError::Malformed)));
     }
 

@@ -142,6 +142,11 @@ mod tests {
         without.as_object_mut().unwrap().remove("client_id");
         let claims: AuthClaims = serde_json::from_value(without.clone()).unwrap();
         assert_eq!(serde_json::to_value(&claims).unwrap(), without, "absent stays absent");
+        let mut named = token.clone();
+        named["client_id"] = serde_json::json!("app-7");
+        let claims: AuthClaims = serde_json::from_value(named.clone()).unwrap();
+        assert_eq!(claims.client_id, Some(serde_json::json!("app-7")));
+        assert_eq!(serde_json::to_value(&claims).unwrap(), named, "a value stays that value");
     }
 
     #[test]

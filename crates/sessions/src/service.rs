@@ -185,6 +185,8 @@ impl Sessions {
         let issued = issue(app, &signer, &session, &session.ip, &session.useragent, &refresh, now)?;
         session.current_digest = Some(TokenDigest::of(&issued.refresh_token));
         let evicted = self.store.create(&session, s.max_sessions_per_sub).await?;
+        // mutants: the comparison only decides whether to log; `evicted` is a count, so `>`
+        // mutated to `>=`, `==` or `<` changes a log line and nothing else.
         if evicted > 0 {
             tracing::info!(app_id = %app.app_id, evicted, "session limit reached: oldest sessions revoked");
         }
@@ -216,6 +218,10 @@ impl Sessions {
     /// happens only if the token's bytes are the ones keygate issued as current. `None`
     /// when it did not rotate, for whatever reason: the caller then verifies the token and
     /// judges it in full, so this path never rejects, revokes or answers on its own.
+    // mutants: replacing the body with `Ok(None)` is equivalent in every answer: the
+    // caller then verifies the same token by signature and rotates it the same way (a
+    // verified swap on the jid alone); only the cost of the renew changes (the benchmarks
+    // see it, tests do not).
     async fn renew_current(
         &self,
         app: &App,
@@ -666,6 +672,10 @@ fn reason(err: &VerifyError) -> &'static str {
         VerifyError::Header(_) => "unacceptable token header",
         VerifyError::UnknownKey => "unknown signing key",
         VerifyError::Invalid(e) => match e.kind() {
+            // mutants: deleting the arms of ExpiredSignature and ImmatureSignature is
+            // equivalent: `validation()` turns off jsonwebtoken's `exp` and `nbf` checks
+            // (time is a parameter), so it never reports them; `outside_lifetime` names the
+            // expired and not-yet-valid tokens instead.
             ErrorKind::ExpiredSignature => "token expired",
             ErrorKind::ImmatureSignature => "token not yet valid",
             ErrorKind::InvalidSignature => "invalid signature",

@@ -16,8 +16,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use keygate_keyring::{key_store, Keyring, KeyringConfig, MasterKey};
 use keygate_sessions::{
-    session_store, Issued, Jid, Rejection, RenewInput, RenewOutcome, Restore, RevokeScope,
-    Rotation, Session, SessionError, SessionId, SessionStore, Sessions, SignInput, TokenDigest,
+    session_store, Introspected, Issued, Jid, Rejection, RenewInput, RenewMode, RenewOutcome,
+    Restore, RevokeScope, Rotation, Session, SessionError, SessionId, SessionStore, Sessions,
+    SignInput, TokenDigest,
 };
 use keygate_store::Backend;
 use keygate_tenants::{
@@ -1315,4 +1316,322 @@ async fn a_renew_that_read_the_clock_before_the_winning_rotation() {
         assert_eq!(late, expected, "reuse_grace {reuse_grace}");
         test_db.db.close().await;
     }
+}
+
+// ---------------------------------------------------------------- service cases
+
+/// A harness over a fresh SQLite database whose clock starts a minute ago, as in
+/// [`a_renew_that_read_the_clock_before_the_winning_rotation`].
+#[allow(clippy::disallowed_methods)] // jsonwebtoken checks `exp` against the real clock
+async fn service_harness(reuse_grace: i64) -> (keygate_store::testing::TestDb, Harness, i64) {
+    let wall =
+        i64::try_from(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()).unwrap();
+    let start = wall - 60;
+    let test_db = keygate_store::testing::sqlite().await;
+    let h = Harness::new(&test_db.db, reuse_grace, OnReuse::RevokeSession, start).await;
+    (test_db, h, start)
+}
+
+fn renew_input(token: &str, agent: &str) -> RenewInput {
+    RenewInput {
+        refresh_token: token.to_owned(),
+        ip: "203.0.113.50".to_owned(),
+        useragent: agent.to_owned(),
+    }
+}
+
+/// A renew of `app`'s token: the outcome and the issued pair, or the rejection.
+async fn renew_of(
+    sessions: &Sessions,
+    app: &App,
+    token: &str,
+    agent: &str,
+    now: i64,
+) -> Result<(RenewOutcome, Issued), Rejection> {
+    match sessions.renew(app, renew_input(token, agent), now).await {
+        Ok(renewed) => Ok((renewed.outcome, renewed.issued)),
+        Err(SessionError::Rejected(why)) => Err(why),
+        Err(other) => panic!("a renew failed on the server side: {other:?}"),
+    }
+}
+
+/// A renew of the current token answers a token whose digest the session stored, so that
+/// its own renew is matched by digest; the lifetimes it reports are the app's.
+#[tokio::test]
+async fn a_rotation_answers_the_token_whose_digest_it_stored() {
+    let (test_db, h, start) = service_harness(0).await;
+    let signed = h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
+    let s = &h.app.settings;
+    assert_eq!((signed.expires_in, signed.refresh_expires_in), (s.token_expire, s.refresh_expire));
+    let stored = h.sessions.store().get(h.app.app_id, signed.session_id).await.unwrap().unwrap();
+    assert_eq!(stored.current_digest, Some(TokenDigest::of(&signed.refresh_token)));
+
+    let now = start + 7;
+    let (outcome, issued) =
+        renew_of(&h.sessions, &h.app, &signed.refresh_token, AGENTS[0], now).await.unwrap();
+    assert_eq!(outcome, RenewOutcome::Rotated);
+    assert_eq!((issued.expires_in, issued.refresh_expires_in), (s.token_expire, s.refresh_expire));
+    let token = Token::decode(issued.refresh_token.clone());
+    assert_eq!((token.iat, token.exp), (now, now + s.refresh_expire));
+    let stored = h.sessions.store().get(h.app.app_id, signed.session_id).await.unwrap().unwrap();
+    assert_eq!(stored.current_digest, Some(TokenDigest::of(&issued.refresh_token)));
+    assert_eq!((stored.current_jid, stored.current_exp), (token.jid, token.exp));
+    test_db.db.close().await;
+}
+
+/// Near its absolute expiry a session's new refresh token expires with it: the token is
+/// signed again with the capped expiry, and it still renews (verified by signature).
+#[tokio::test]
+async fn a_rotation_near_the_end_of_the_session_caps_the_new_token() {
+    let (test_db, mut h, start) = service_harness(0).await;
+    h.app.settings.session_max_age = 100;
+    let signed = h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
+    assert_eq!(signed.refresh_expires_in, 100, "capped at the session's end from the start");
+    let now = start + 10;
+    let (outcome, issued) =
+        renew_of(&h.sessions, &h.app, &signed.refresh_token, AGENTS[0], now).await.unwrap();
+    assert_eq!(outcome, RenewOutcome::Rotated);
+    let token = Token::decode(issued.refresh_token.clone());
+    assert_eq!(token.exp, start + 100, "the new token ends with the session");
+    assert_eq!(issued.refresh_expires_in, 90);
+    let (outcome, _) =
+        renew_of(&h.sessions, &h.app, &issued.refresh_token, AGENTS[0], now + 1).await.unwrap();
+    assert_eq!(outcome, RenewOutcome::Rotated);
+    test_db.db.close().await;
+}
+
+/// The session's current token, presented byte for byte, is still checked for its
+/// lifetime and issuer: a digest match alone never renews it.
+#[tokio::test]
+async fn the_current_token_renews_only_within_its_lifetime_and_under_the_apps_issuer() {
+    let (test_db, mut h, start) = service_harness(0).await;
+    h.app.settings.refresh_expire = 100;
+    h.app.settings.refresh_notbefore = 10;
+    let signed = h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
+    let t = &signed.refresh_token;
+    for now in [start, start + 9, start + 100, start + 101] {
+        let answer = renew_of(&h.sessions, &h.app, t, AGENTS[0], now).await;
+        assert_eq!(answer.err(), Some(Rejection::InvalidToken), "at start + {}", now - start);
+    }
+    let mut moved = h.app.clone();
+    moved.settings.issuer = "https://issuer.example/elsewhere".to_owned();
+    let answer = renew_of(&h.sessions, &moved, t, AGENTS[0], start + 50).await;
+    assert_eq!(answer.err(), Some(Rejection::InvalidToken), "another issuer");
+    let stored = h.sessions.store().get(h.app.app_id, signed.session_id).await.unwrap().unwrap();
+    assert_eq!((stored.prev_jid, stored.revoked_at), (None, None), "nothing happened");
+    // From nbf (inclusive) to exp (exclusive).
+    let (outcome, issued) = renew_of(&h.sessions, &h.app, t, AGENTS[0], start + 10).await.unwrap();
+    assert_eq!(outcome, RenewOutcome::Rotated);
+    let next = &issued.refresh_token;
+    let (outcome, _) = renew_of(&h.sessions, &h.app, next, AGENTS[0], start + 109).await.unwrap();
+    assert_eq!(outcome, RenewOutcome::Rotated);
+    test_db.db.close().await;
+}
+
+/// An app that does not rotate: the refresh token stays current and only a new auth token
+/// is issued; the session records the renew. A token that a rotation replaced before the
+/// app stopped rotating is refused, and is not reuse.
+#[tokio::test]
+async fn an_app_that_does_not_rotate_keeps_the_refresh_token() {
+    let (test_db, mut h, start) = service_harness(0).await;
+    let signed = h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
+    let (_, rotated) =
+        renew_of(&h.sessions, &h.app, &signed.refresh_token, AGENTS[0], start + 1).await.unwrap();
+    h.app.settings.refresh_rotation = false;
+
+    let t1 = &rotated.refresh_token;
+    let now = start + 5;
+    let (outcome, issued) = renew_of(&h.sessions, &h.app, t1, AGENTS[1], now).await.unwrap();
+    assert_eq!(outcome, RenewOutcome::NotRotating);
+    assert_eq!(&issued.refresh_token, t1);
+    let exp = Token::decode(t1.clone()).exp;
+    assert_eq!(issued.refresh_expires_in, exp - now);
+    assert!(h
+        .sessions
+        .is_auth_token_of(&h.app, &issued.auth_token, signed.session_id)
+        .await
+        .unwrap());
+    let stored = h.sessions.store().get(h.app.app_id, signed.session_id).await.unwrap().unwrap();
+    assert_eq!(stored.current_jid, Token::decode(t1.clone()).jid, "still current");
+    assert_eq!((stored.useragent.as_str(), stored.ip.as_str()), (AGENTS[1], "203.0.113.50"));
+    assert_eq!(stored.last_renewed_at, now);
+
+    let answer = renew_of(&h.sessions, &h.app, &signed.refresh_token, AGENTS[1], now).await;
+    assert_eq!(answer.err(), Some(Rejection::InvalidToken), "not the session's token");
+    let stored = h.sessions.store().get(h.app.app_id, signed.session_id).await.unwrap().unwrap();
+    assert_eq!(stored.revoked_at, None, "and not reuse");
+
+    let scope = RevokeScope::Session(signed.session_id);
+    h.sessions.revoke(h.app.app_id, scope, "logout", now + 1).await.unwrap();
+    let answer = renew_of(&h.sessions, &h.app, t1, AGENTS[1], now + 2).await;
+    assert_eq!(answer.err(), Some(Rejection::SessionGone));
+    test_db.db.close().await;
+}
+
+/// [`RenewMode::KeepRefreshToken`] on an app that rotates: the current token gets a new
+/// auth token and stays current, and the session is left as it is (its user agent is the
+/// one the grace compares retries with). Any other token is judged as on a rotating renew.
+#[tokio::test]
+async fn a_renew_that_keeps_the_refresh_token_on_a_rotating_app_changes_nothing() {
+    let (test_db, h, start) = service_harness(10).await;
+    let signed = h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
+    let (_, rotated) =
+        renew_of(&h.sessions, &h.app, &signed.refresh_token, AGENTS[0], start + 1).await.unwrap();
+    let before = h.sessions.store().get(h.app.app_id, signed.session_id).await.unwrap().unwrap();
+
+    let keep = |token: &str, agent: &str, now: i64| {
+        let (sessions, app) = (&h.sessions, &h.app);
+        let (token, agent) = (token.to_owned(), agent.to_owned());
+        async move {
+            let presented = sessions.verify_refresh(app, &token, now).await.unwrap();
+            let input = renew_input(&token, &agent);
+            match sessions
+                .renew_presented(app, &presented, &input, RenewMode::KeepRefreshToken, now)
+                .await
+            {
+                Ok(renewed) => Ok((renewed.outcome, renewed.issued)),
+                Err(SessionError::Rejected(why)) => Err(why),
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+    };
+    let now = start + 3;
+    let (outcome, issued) = keep(&rotated.refresh_token, AGENTS[1], now).await.unwrap();
+    assert_eq!(outcome, RenewOutcome::NotRotating);
+    assert_eq!(issued.refresh_token, rotated.refresh_token);
+    assert_eq!(issued.refresh_expires_in, Token::decode(rotated.refresh_token.clone()).exp - now);
+    let after = h.sessions.store().get(h.app.app_id, signed.session_id).await.unwrap().unwrap();
+    assert_eq!(after, before, "nothing written");
+
+    // The replaced token, within the grace from the agent of the rotation: a retry.
+    let (outcome, retried) = keep(&signed.refresh_token, AGENTS[0], now).await.unwrap();
+    assert_eq!(outcome, RenewOutcome::GraceRetry);
+    assert_eq!(Token::decode(retried.refresh_token).jid, after.current_jid);
+    // From another agent: reuse, and the session ends.
+    let answer = keep(&signed.refresh_token, AGENTS[1], now).await;
+    assert_eq!(answer.err(), Some(Rejection::ReuseDetected));
+    let ended = h.sessions.store().get(h.app.app_id, signed.session_id).await.unwrap().unwrap();
+    assert_eq!(ended.revoked_reason.as_deref(), Some(REUSE));
+    test_db.db.close().await;
+}
+
+/// `/verify`: an auth token verifies while its session is live, and each refusal says why.
+#[tokio::test]
+async fn verify_accepts_a_live_sessions_auth_token_and_says_why_it_refuses() {
+    let (test_db, mut h, start) = service_harness(0).await;
+    h.app.settings.session_max_age = 100;
+    h.app.settings.token_expire = 1000;
+    let signed = h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
+    let auth = &signed.auth_token;
+    let verified = h.sessions.verify(&h.app, auth, start + 99).await.unwrap();
+    assert!(verified.verified && verified.reason.is_none());
+    let claims = verified.claims.expect("a verified token's claims");
+    assert_eq!((claims["sub"].as_str(), claims["iat"].as_i64()), (Some("alice"), Some(start)));
+
+    let refused = |token: String, now: i64| {
+        let (sessions, app) = (&h.sessions, &h.app);
+        async move {
+            let answer = sessions.verify(app, &token, now).await.unwrap();
+            assert!(!answer.verified && answer.claims.is_none());
+            answer.reason.unwrap()
+        }
+    };
+    assert_eq!(refused(auth.clone(), start + 100).await, "session expired or unknown");
+    assert_eq!(refused(auth.clone(), start + 1000).await, "token expired");
+    assert_eq!(refused(corrupt_signature(auth), start + 1).await, "invalid signature");
+    assert_eq!(refused("not.a.token".to_owned(), start + 1).await, "malformed token");
+    assert_eq!(refused("x".repeat(9000), start + 1).await, "token too large");
+    assert_eq!(refused(h.foreign.raw.clone(), start + 1).await, "unknown signing key");
+    let header = URL_SAFE_NO_PAD.encode(r#"{"alg":"HS256","typ":"JWT"}"#);
+    let (_, rest) = auth.split_once('.').unwrap();
+    assert_eq!(refused(format!("{header}.{rest}"), start + 1).await, "unacceptable token header");
+    let mut moved = h.app.clone();
+    moved.settings.issuer = "https://issuer.example/elsewhere".to_owned();
+    let answer = h.sessions.verify(&moved, auth, start + 1).await.unwrap();
+    assert_eq!(answer.reason, Some("wrong issuer"));
+
+    // A token whose custom claims carry a reserved name is not an auth token.
+    let mut input = sign_input("bob", AGENTS[0]);
+    input.custom.insert("type".into(), json!("refresh"));
+    let odd = h.sessions.sign(&h.app, input, start).await.unwrap();
+    assert_eq!(refused(odd.auth_token, start + 1).await, "not an auth token");
+
+    let scope = RevokeScope::Session(signed.session_id);
+    h.sessions.revoke(h.app.app_id, scope, "logout", start + 2).await.unwrap();
+    assert_eq!(refused(auth.clone(), start + 3).await, "session revoked");
+    test_db.db.close().await;
+}
+
+/// Whether a token is an auth token of a given session: of this app, of that session,
+/// and not a refresh token.
+#[tokio::test]
+async fn an_auth_token_belongs_to_its_session_only() {
+    let (test_db, h, start) = service_harness(0).await;
+    let a = h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
+    let b = h.sessions.sign(&h.app, sign_input("bob", AGENTS[0]), start).await.unwrap();
+    let of = |token: &str, sid: SessionId| {
+        let (sessions, app, token) = (&h.sessions, &h.app, token.to_owned());
+        async move { sessions.is_auth_token_of(app, &token, sid).await.unwrap() }
+    };
+    assert!(of(&a.auth_token, a.session_id).await);
+    assert!(!of(&a.auth_token, b.session_id).await, "another session");
+    assert!(!of(&a.refresh_token, a.session_id).await, "a refresh token");
+    assert!(!of(&corrupt_signature(&a.auth_token), a.session_id).await, "a forgery");
+    test_db.db.close().await;
+}
+
+/// The janitor deletes a session only once it ended more than a day ago, so that none of
+/// its auth tokens (at most a day long) is still valid when it goes.
+#[tokio::test]
+async fn purge_keeps_an_ended_session_for_a_day() {
+    let (test_db, h, start) = service_harness(0).await;
+    let signed = h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
+    let scope = RevokeScope::Session(signed.session_id);
+    h.sessions.revoke(h.app.app_id, scope, "logout", start + 1).await.unwrap();
+    assert_eq!(h.sessions.purge(start + 1 + 86_400).await.unwrap(), 0);
+    assert!(h.sessions.store().get(h.app.app_id, signed.session_id).await.unwrap().is_some());
+    assert_eq!(h.sessions.purge(start + 2 + 86_400).await.unwrap(), 1);
+    assert!(h.sessions.store().get(h.app.app_id, signed.session_id).await.unwrap().is_none());
+    test_db.db.close().await;
+}
+
+/// RFC 7009 revocation, introspection and logout find the session of either token.
+#[tokio::test]
+async fn revocation_introspection_and_logout_find_the_tokens_session() {
+    let (test_db, h, start) = service_harness(0).await;
+    let now = start + 1;
+    let a = h.sessions.sign(&h.app, sign_input("alice", AGENTS[0]), start).await.unwrap();
+    let live = h.sessions.introspect(&h.app, &a.refresh_token, now).await.unwrap();
+    assert!(matches!(live, Some(Introspected::Refresh { ref sub, .. }) if sub == "alice"));
+    let live = h.sessions.introspect(&h.app, &a.auth_token, now).await.unwrap();
+    assert!(matches!(live, Some(Introspected::Auth(ref c)) if c.sid == a.session_id));
+    assert_eq!(h.sessions.revoke_token(&h.app, &a.refresh_token, now).await.unwrap(), 1);
+    assert!(h.sessions.introspect(&h.app, &a.auth_token, now).await.unwrap().is_none());
+    assert_eq!(h.sessions.revoke_token(&h.app, &a.auth_token, now).await.unwrap(), 0);
+
+    let b = h.sessions.sign(&h.app, sign_input("bob", AGENTS[0]), start).await.unwrap();
+    assert_eq!(h.sessions.revoke_token(&h.app, &b.auth_token, now).await.unwrap(), 1);
+    let c = h.sessions.sign(&h.app, sign_input("carol", AGENTS[0]), start).await.unwrap();
+    assert_eq!(h.sessions.logout(&h.app, &c.refresh_token, now).await.unwrap(), 1);
+    let d = h.sessions.sign(&h.app, sign_input("dave", AGENTS[0]), start).await.unwrap();
+    assert_eq!(h.sessions.logout(&h.app, &d.auth_token, now).await.unwrap(), 1);
+    for s in [&b, &c, &d] {
+        let row = h.sessions.store().get(h.app.app_id, s.session_id).await.unwrap().unwrap();
+        assert!(row.revoked_at.is_some(), "{}", s.session_id);
+    }
+
+    // A refresh token that a rotation replaced is not active any more; neither is a token
+    // whose custom claims carry a reserved name.
+    let e = h.sessions.sign(&h.app, sign_input("erin", AGENTS[0]), start).await.unwrap();
+    let (_, rotated) =
+        renew_of(&h.sessions, &h.app, &e.refresh_token, AGENTS[0], now).await.unwrap();
+    assert!(h.sessions.introspect(&h.app, &e.refresh_token, now).await.unwrap().is_none());
+    let current = h.sessions.introspect(&h.app, &rotated.refresh_token, now).await.unwrap();
+    assert!(matches!(current, Some(Introspected::Refresh { .. })));
+    let mut input = sign_input("frank", AGENTS[0]);
+    input.custom.insert("kid".into(), json!("mine"));
+    let odd = h.sessions.sign(&h.app, input, start).await.unwrap();
+    assert!(h.sessions.introspect(&h.app, &odd.auth_token, now).await.unwrap().is_none());
+    assert_eq!(h.sessions.revoke_token(&h.app, &odd.auth_token, now).await.unwrap(), 0);
+    test_db.db.close().await;
 }
