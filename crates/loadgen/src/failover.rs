@@ -30,10 +30,12 @@
 //!   answer other than 200 and 503, and every 503 with `Retry-After`.
 //!
 //! For each failover it reports pgpair's `writable_after` and the window during which
-//! renews failed: from the first answer other than 200 after the failover command started
-//! to the first 200 after the last one (overall and per gateway), the 503s in it, and the
-//! longest time without any 200. Exit 1 on any violation; the work directory (gateway
-//! logs, pgpair logs) is then kept.
+//! renews did not succeed, overall and per gateway: from the first answer other than 200
+//! (or the start of the first stall, more than 0.5 s without a 200) after the failover
+//! command started, to the first 200 after the last such answer and the last stall; the
+//! 503s in it, and the longest time without any 200. Exit 1 on any violation, or when
+//! renews did not flow again before the next failover; the work directory (gateway logs,
+//! pgpair logs) is then kept.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -144,6 +146,10 @@ fn lock(journal: &Journal) -> std::sync::MutexGuard<'_, Vec<Sent>> {
     journal.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// A time without any 200 longer than this is a stall, even without an error: at the
+/// load's rate (thousands of renews a second) the gaps between 200s are well under 10 ms.
+const STALL: Duration = Duration::from_millis(500);
+
 /// What happened around one failover.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Window {
@@ -151,6 +157,10 @@ struct Window {
     /// first 200 after the last such answer (`None`: renews did not flow again).
     first_failure: Option<Duration>,
     recovered: Option<Duration>,
+    /// The first and the last stall (more than [`STALL`] without a 200): from the last 200
+    /// before it to the first 200 after it; `trailing`: the period ended in one.
+    stalls: Option<(Duration, Duration)>,
+    trailing_stall: bool,
     /// Answers other than 200, of which 503s and lost answers.
     failures: u64,
     unavailable: u64,
@@ -161,12 +171,33 @@ struct Window {
 }
 
 impl Window {
-    /// How long renews failed: 0 when none did, `None` when they did not flow again.
+    /// When renews stopped succeeding: the first failure or the start of the first stall.
+    fn start(&self) -> Option<Duration> {
+        match (self.first_failure, self.stalls) {
+            (Some(f), Some((s, _))) => Some(f.min(s)),
+            (f, s) => f.or(s.map(|s| s.0)),
+        }
+    }
+
+    /// When they flowed again: after the last failure and the last stall.
+    fn end(&self) -> Option<Duration> {
+        let failed_unrecovered = self.first_failure.is_some() && self.recovered.is_none();
+        if failed_unrecovered || self.trailing_stall {
+            return None;
+        }
+        match (self.recovered, self.stalls) {
+            (Some(r), Some((_, e))) => Some(r.max(e)),
+            (r, s) => r.or(s.map(|s| s.1)),
+        }
+    }
+
+    /// How long renews did not succeed: 0 when they always did, `None` when they did not
+    /// flow again.
     fn span(&self) -> Option<Duration> {
-        match (self.first_failure, self.recovered) {
-            (None, _) => Some(Duration::ZERO),
-            (Some(first), Some(recovered)) => Some(recovered.saturating_sub(first)),
-            (Some(_), None) => None,
+        match self.start() {
+            None if !self.trailing_stall => Some(Duration::ZERO),
+            None => None,
+            Some(start) => self.end().map(|end| end.saturating_sub(start)),
         }
     }
 }
@@ -179,7 +210,12 @@ fn window(answers: &[(Duration, u16)], from: Duration, until: Duration) -> Windo
     for &(at, status) in answers.iter().filter(|(at, _)| *at >= from && *at < until) {
         if status == 200 {
             w.ok += 1;
-            w.longest_gap = w.longest_gap.max(at - last_ok);
+            let gap = at - last_ok;
+            w.longest_gap = w.longest_gap.max(gap);
+            if gap > STALL {
+                let first = w.stalls.map_or(last_ok - from, |s| s.0);
+                w.stalls = Some((first, at - from));
+            }
             last_ok = at;
             if recovering {
                 w.recovered = Some(at - from);
@@ -197,7 +233,9 @@ fn window(answers: &[(Duration, u16)], from: Duration, until: Duration) -> Windo
             recovering = true;
         }
     }
-    w.longest_gap = w.longest_gap.max(until.saturating_sub(last_ok));
+    let tail = until.saturating_sub(last_ok);
+    w.longest_gap = w.longest_gap.max(tail);
+    w.trailing_stall = tail > STALL;
     w
 }
 
@@ -260,12 +298,27 @@ fn log_digest(path: &Path) -> Vec<(u64, String)> {
             Some((stamp, rest)) if stamp.contains('T') && stamp.ends_with('Z') => rest,
             _ => line,
         };
-        let message: String = message.chars().take(160).collect();
+        let message: String = mask_ids(message).chars().take(160).collect();
         *counts.entry(message).or_default() += 1;
     }
     let mut digest: Vec<(u64, String)> = counts.into_iter().map(|(m, n)| (n, m)).collect();
     digest.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
     digest
+}
+
+/// `key=ID` with ID a ULID (app, session, request ids) becomes `key=*`, so that the
+/// digest counts one message for every session.
+fn mask_ids(message: &str) -> String {
+    let ulid =
+        |v: &str| v.len() == 26 && v.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+    message
+        .split(' ')
+        .map(|word| match word.split_once('=') {
+            Some((key, value)) if ulid(value) => format!("{key}=*"),
+            _ => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The nearest-rank percentile `p` (0..=1) of `values`.
@@ -694,12 +747,13 @@ fn secs(d: Option<Duration>) -> String {
 }
 
 fn progress(i: u32, n: u32, f: &Failover, w: &Window, per_gateway: &[Window]) -> String {
-    let failed = match w.first_failure {
-        None => "no renew failed".to_owned(),
-        Some(first) => format!(
-            "renews failed from +{:.2} s to +{} s ({} s; {})",
-            first.as_secs_f64(),
-            secs(w.recovered),
+    let failed = match w.start() {
+        None if !w.trailing_stall => "renews never stopped".to_owned(),
+        None => "renews stopped at the end".to_owned(),
+        Some(start) => format!(
+            "renews did not succeed from +{:.2} s to +{} s ({} s; {})",
+            start.as_secs_f64(),
+            secs(w.end()),
             secs(w.span()),
             per_gateway
                 .iter()
@@ -939,17 +993,38 @@ mod tests {
             (ms(1200), 503),
             (ms(1300), 200), // a 200 between failures does not end the window
             (ms(1400), 503),
+            (ms(1550), 200),
+            (ms(1600), 200),
+            (ms(1700), 200),
+            (ms(1800), 200),
             (ms(1900), 200),
             (ms(2000), 200),
+            (ms(2300), 200),
             (ms(5000), 503), // after the period
         ];
-        let w = window(&answers, ms(1000), ms(3000));
+        let w = window(&answers, ms(1000), ms(2400));
         assert_eq!(w.first_failure, Some(ms(100)));
-        assert_eq!(w.recovered, Some(ms(900)));
-        assert_eq!(w.span(), Some(ms(800)));
-        assert_eq!((w.failures, w.unavailable, w.lost, w.ok), (3, 2, 1, 4));
-        // 1300 -> 1900 without a 200, and 2000 -> 3000 at the end.
-        assert_eq!(w.longest_gap, ms(1000));
+        assert_eq!(w.recovered, Some(ms(550)));
+        assert_eq!((w.stalls, w.trailing_stall), (None, false));
+        assert_eq!(w.span(), Some(ms(450)));
+        assert_eq!((w.failures, w.unavailable, w.lost, w.ok), (3, 2, 1, 9));
+        assert_eq!(w.longest_gap, ms(300));
+    }
+
+    #[test]
+    fn a_stall_without_errors_is_part_of_the_window() {
+        // Errors at once, a stray 200 (committed before the stop), then 3 s of nothing.
+        let answers =
+            [(ms(50), 200), (ms(60), 503), (ms(80), 200), (ms(3080), 200), (ms(3090), 200)];
+        let w = window(&answers, ms(0), ms(3100));
+        assert_eq!((w.first_failure, w.recovered), (Some(ms(60)), Some(ms(80))));
+        assert_eq!(w.stalls, Some((ms(80), ms(3080))));
+        assert_eq!((w.start(), w.end(), w.span()), (Some(ms(60)), Some(ms(3080)), Some(ms(3020))));
+        assert_eq!(w.longest_gap, ms(3000));
+        // A hang right after the stop, no error at all.
+        let hang = window(&[(ms(10), 200), (ms(2010), 200), (ms(2020), 200)], ms(0), ms(2030));
+        assert_eq!(hang.first_failure, None);
+        assert_eq!(hang.span(), Some(ms(2000)));
     }
 
     #[test]
@@ -960,10 +1035,9 @@ mod tests {
         let stuck = window(&[(ms(10), 200), (ms(20), 503)], ms(0), ms(30));
         assert_eq!(stuck.first_failure, Some(ms(20)));
         assert_eq!(stuck.span(), None);
-        // A hang without any answer shows in the gap, not in the failures.
-        let hang = window(&[(ms(10), 200), (ms(2010), 200)], ms(0), ms(2020));
-        assert_eq!(hang.span(), Some(Duration::ZERO));
-        assert_eq!(hang.longest_gap, ms(2000));
+        // Answers that stop coming: a stall until the end of the period.
+        let silent = window(&[(ms(10), 200)], ms(0), ms(2000));
+        assert_eq!((silent.trailing_stall, silent.span()), (true, None));
     }
 
     #[test]
@@ -1040,12 +1114,12 @@ mod tests {
         let log = dir.join("stderr.1");
         std::fs::write(
             &log,
-            "2026-12-03T17:28:54.1Z WARN a: x\n2026-12-03T17:28:55.2Z WARN a: x\n\nplain\n",
+            "2026-12-03T17:28:54.1Z WARN a: x id=01M8YFZ96M3RMA11FD426R3F3H\n2026-12-03T17:28:55.2Z WARN a: x id=01M8YFZ8XR5AEYE1BM1F7NJT78\n\nplain\n",
         )
         .unwrap();
         let digest = log_digest(&log);
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(digest, vec![(2, "WARN a: x".to_string()), (1, "plain".into())]);
+        assert_eq!(digest, vec![(2, "WARN a: x id=*".to_string()), (1, "plain".into())]);
         assert!(log_digest(&dir.join("none")).is_empty());
     }
 
