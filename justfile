@@ -80,7 +80,7 @@ fuzz SECONDS="60":
     cd fuzz && cargo +nightly fuzz run request --sanitizer none -- -max_total_time={{SECONDS}}
     cd fuzz && cargo +nightly fuzz run token --sanitizer none -- -max_total_time={{SECONDS}}
 
-# Mutation testing of the security core (cargo-mutants; installed if missing). Takes about 90 minutes on 2 cores.
+# Mutation testing of the security core (cargo-mutants; installed if missing). Takes about 75 minutes on 2 cores.
 # What is mutated and tested: .cargo/mutants.toml; the report lands in mutants.out/.
 mutants:
     cargo mutants --version >/dev/null 2>&1 || cargo install cargo-mutants --locked

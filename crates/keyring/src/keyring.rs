@@ -476,6 +476,11 @@ impl Keyring {
                     self.cache.invalidate(&app_id).await;
                     return Ok(outcome);
                 }
+                // mutants: a guard of `true`, `<=` for `<`, or `*=` for `+=` above (the count
+                // stays 0) only allow more attempts: a plan conflicts only when another
+                // writer's plan applied, so the retries still end, with the same keys; the
+                // bound only stops a writer starved by endless contention, which no test
+                // can produce. Too few attempts are caught (a concurrent rotation fails).
                 Err(StoreError::Conflict(_)) if attempt < PLAN_ATTEMPTS => continue,
                 Err(other) => return Err(other.into()),
             }
@@ -490,6 +495,8 @@ impl Keyring {
         retired_before: i64,
     ) -> Result<u64, KeyringError> {
         let deleted = self.store.delete_retired(app_id, retired_before).await?;
+        // mutants: `>=` for `>` only drops the cache also when nothing was deleted: the
+        // keys are read again, the same.
         if deleted > 0 {
             self.cache.invalidate(&app_id).await;
         }

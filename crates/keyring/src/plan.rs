@@ -167,6 +167,30 @@ mod tests {
         assert!(rotation_due(&keys, 1000, 300, 1250));
     }
 
+    /// A transition changes the key it names, never another key in the same state.
+    #[test]
+    fn apply_changes_the_named_key_only() {
+        let master = MasterKey::generate();
+        let (app, mut keys) = new_app(&master);
+        for now in [1, 2] {
+            let plan = rotation(&keys, generate(app, KeyState::Next, &master, now).unwrap(), now);
+            apply(&mut keys, &plan.unwrap()).unwrap();
+        }
+        assert_eq!((keys[0].state, keys[1].state), (KeyState::Retired, KeyState::Retired));
+        let second = keys[1].key_id;
+        let plan = revocation(&keys, second, generate(app, KeyState::Next, &master, 3).unwrap(), 3);
+        apply(&mut keys, &plan.unwrap()).unwrap();
+        assert_eq!((keys[0].state, keys[0].revoked_at), (KeyState::Retired, None));
+        assert_eq!((keys[1].state, keys[1].revoked_at), (KeyState::Revoked, Some(3)));
+        let stale = [KeyChange::Transition {
+            key_id: second,
+            from: KeyState::Retired,
+            to: KeyState::Revoked,
+            at: 4,
+        }];
+        assert!(matches!(apply(&mut keys, &stale), Err(KeyringError::KeyNotFound(_))));
+    }
+
     /// Due at the first second both conditions hold: `activated_at + rotation_period` and
     /// `next.created_at + min_published` are the first due seconds, not the last ones
     /// before; a key never activated counts from its creation.

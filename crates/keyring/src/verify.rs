@@ -64,6 +64,8 @@ pub fn check_signature(token: &str) -> Result<(), VerifyError> {
         return Err(refused());
     }
     // Room for the decoder's estimate of 86 characters; exactly 64 bytes must come out.
+    // mutants: `* 2` for `+ 2` is equivalent: a larger buffer changes nothing, since only
+    // a decode of exactly SIGNATURE_LEN bytes is accepted.
     let mut raw = [0u8; SIGNATURE_LEN + 2];
     match URL_SAFE_NO_PAD.decode_slice(encoded, &mut raw) {
         Ok(SIGNATURE_LEN) => {}

@@ -57,6 +57,9 @@ store_cases!(
     revoking_the_next_key_replaces_it,
     revoking_twice_is_already_revoked,
     a_stale_plan_changes_nothing,
+    concurrent_rotations_retry_and_all_apply,
+    purging_retired_keys_stops_them_verifying_at_once,
+    forget_all_drops_every_cached_key,
     scheduled_rotation_waits_for_the_period_and_the_publication,
     the_database_holds_no_plaintext_private_key,
     sealed_keys_need_their_master_key_and_their_own_row,
@@ -452,6 +455,56 @@ async fn a_stale_plan_changes_nothing(db: Backend) {
     }];
     assert!(matches!(env.store.apply(other_app, &hijack).await, Err(StoreError::Conflict(_))));
     assert_eq!(env.keys(app_id).await, before);
+}
+
+/// Two processes rotate at once: both read the same keys, one plan applies, the other
+/// conflicts and is planned again on the new keys, so both rotations happen.
+async fn concurrent_rotations_retry_and_all_apply(db: Backend) {
+    let env = env(db);
+    let app_id = env.app("contended").await;
+    let other = env.other_process(KeyringConfig::default());
+    for round in 0..5 {
+        let now = NOW + 10 * round;
+        let (a, b) = tokio::join!(env.keyring.rotate(app_id, now), other.rotate(app_id, now));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_ne!(a.active_key_id, b.active_key_id, "round {round}: two rotations");
+    }
+    let keys = env.keys(app_id).await;
+    assert_eq!(keys.len(), 12, "two first keys and ten new next keys");
+    assert_eq!(keys.iter().filter(|k| k.state == KeyState::Retired).count(), 10);
+    the(&keys, KeyState::Active);
+    the(&keys, KeyState::Next);
+}
+
+/// Keys retired before the cutoff are deleted, and the keyring stops trusting them at once
+/// (its cache is dropped), not when the cache expires.
+async fn purging_retired_keys_stops_them_verifying_at_once(db: Backend) {
+    let env = env(db);
+    let app_id = env.app("purged").await;
+    let (old_active, token) = env.sign(app_id, "alice").await;
+    env.keyring.rotate(app_id, NOW + 10).await.unwrap();
+    assert_eq!(state_of(&env.keys(app_id).await, old_active), KeyState::Retired);
+    verify(&env.keyring, app_id, &token).await.expect("a retired key verifies (and is cached)");
+    assert_eq!(env.keyring.purge_retired(app_id, NOW + 10).await.unwrap(), 0, "retired at it");
+    verify(&env.keyring, app_id, &token).await.expect("still there");
+    assert_eq!(env.keyring.purge_retired(app_id, NOW + 11).await.unwrap(), 1);
+    assert!(env.keys(app_id).await.iter().all(|k| k.key_id != old_active));
+    let refused = verify(&env.keyring, app_id, &token).await;
+    assert!(matches!(refused, Err(VerifyError::UnknownKey)), "{refused:?}");
+}
+
+/// After another process revoked a key, `forget_all` makes this one read the keys again.
+async fn forget_all_drops_every_cached_key(db: Backend) {
+    let env = env(db);
+    let app_id = env.app("forgetful").await;
+    let (key_id, token) = env.sign(app_id, "alice").await;
+    verify(&env.keyring, app_id, &token).await.expect("cached");
+    let other = env.other_process(KeyringConfig::default());
+    other.revoke(app_id, key_id, NOW + 1).await.unwrap();
+    verify(&env.keyring, app_id, &token).await.expect("the cache does not know yet");
+    env.keyring.forget_all();
+    let refused = verify(&env.keyring, app_id, &token).await;
+    assert!(matches!(refused, Err(VerifyError::UnknownKey)), "{refused:?}");
 }
 
 async fn scheduled_rotation_waits_for_the_period_and_the_publication(db: Backend) {
@@ -969,8 +1022,11 @@ async fn a_master_key_rotation_reseals_every_key(db: Backend) {
     let (during, _) = sign(&both, app_id, "bob").await;
     assert_eq!(during, before, "the same signing key, opened with the previous master key");
 
-    let report = both.reseal(&[app_id], &|_, _| {}).await.unwrap();
+    let heard = std::sync::Mutex::new(Vec::new());
+    let progress = |done, of| heard.lock().unwrap().push((done, of));
+    let report = both.reseal(&[app_id], &progress).await.unwrap();
     assert_eq!((report.resealed, report.already_current), (2, 0));
+    assert_eq!(*heard.lock().unwrap(), [(1, 2), (2, 2)], "progress after each key");
     assert_eq!(report.master_key_id, fresh().id());
     assert!(env.keys(app_id).await.iter().all(|k| k.master_key_id == fresh().id()));
     // A second run (or a concurrent one that lost) changes nothing.
@@ -980,6 +1036,19 @@ async fn a_master_key_rotation_reseals_every_key(db: Backend) {
     // The keyring that failed before opens everything now (a failed load is not cached).
     let (after, _) = sign(&alone, app_id, "carol").await;
     assert_eq!(after, before);
+
+    // Other secrets (webhook secrets): sealed under the current master key, opened by the
+    // id they were sealed with and only for their own context, by a keyring that still
+    // knows that master key.
+    let (sealed, sealed_with) = env.keyring.seal_secret("webhook w1", b"s3cret").unwrap();
+    assert_eq!(sealed_with, env.keyring.master().id());
+    assert!(!contains(&sealed, b"s3cret"));
+    let opened = env.keyring.open_secret("webhook w1", &sealed_with, &sealed).unwrap();
+    assert_eq!(opened.as_slice(), b"s3cret");
+    assert!(env.keyring.open_secret("webhook w2", &sealed_with, &sealed).is_err());
+    assert!(both.open_secret("webhook w1", fresh().id(), &sealed).is_err(), "another key");
+    let opened = both.open_secret("webhook w1", &sealed_with, &sealed).unwrap();
+    assert_eq!(opened.as_slice(), b"s3cret", "a previous master key still opens it");
     let stale = Keyring::new(key_store(&env.db), old(), KeyringConfig::default());
     assert!(matches!(stale.keys(app_id).await, Err(KeyringError::WrongMasterKey { .. })));
 }
