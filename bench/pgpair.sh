@@ -66,7 +66,7 @@ EOF
 host replication postgres 127.0.0.1/32 trust
 EOF
     pair_node_start a "$PAIR_PORT_A" || return 1
-    as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$PAIR_PORT_A" -U postgres -D "$PAIR_DIR/b" -R -X stream \
+    as_pg "$PG_BIN/pg_basebackup" --checkpoint=fast -h 127.0.0.1 -p "$PAIR_PORT_A" -U postgres -D "$PAIR_DIR/b" -R -X stream \
         >"$PAIR_DIR/basebackup.log" 2>&1 || pair_die "pg_basebackup failed: $(tail -n 3 "$PAIR_DIR/basebackup.log")" || return 1
     pair_node_start b "$PAIR_PORT_B" || return 1
     PAIR_PRIMARY=a
@@ -145,7 +145,7 @@ pair_promote() {
     # The old primary follows the new one: a fresh base backup of it (the databases of a
     # test are small; pg_rewind would need the WAL since they parted kept on both).
     rm -rf "${PAIR_DIR:?}/${old:?}"
-    as_pg "$PG_BIN/pg_basebackup" -h 127.0.0.1 -p "$(pair_port "$new")" -U postgres -D "$PAIR_DIR/$old" \
+    as_pg "$PG_BIN/pg_basebackup" --checkpoint=fast -h 127.0.0.1 -p "$(pair_port "$new")" -U postgres -D "$PAIR_DIR/$old" \
         -R -X stream >"$PAIR_DIR/basebackup.log" 2>&1 \
         || pair_die "pg_basebackup of $old failed: $(tail -n 3 "$PAIR_DIR/basebackup.log")" || return 1
     pair_node_start "$old" "$(pair_port "$old")" || return 1
