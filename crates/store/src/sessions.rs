@@ -302,6 +302,8 @@ impl SessionTable {
         }
         let mut tx = self.db.begin_write().await?;
         let mut evicted = 0;
+        // mutants: `>=` is equivalent: a limit of 0 took the batcher above (every backend
+        // has one), and without one `evictions` evicts nothing for 0.
         if max_per_sub > 0 {
             // Serialise session creation per subject, so concurrent signs cannot both see
             // room under the limit.
@@ -424,7 +426,10 @@ impl SessionTable {
     }
 }
 
-/// One rotation on its own: the single-statement compare-and-swap.
+/// One rotation on its own: the single-statement compare-and-swap. Reached only without a
+/// batcher, or for the jobs of a batch that failed for a reason other than an unreachable
+/// database; the sessions suite always has a batcher, so its mutants are caught only by the
+/// gateway's API tests (not run per mutant).
 async fn rotate_one(db: &Backend, rotation: RotationRow) -> Result<Option<SessionRow>, StoreError> {
     db.write(rotation.bind(Sql::new(statements().rotate.as_str()))).fetch_optional().await
 }
@@ -448,6 +453,8 @@ async fn evict_oldest(
 
 /// How many of `live` sessions to evict so that a new one fits under `max_per_sub`.
 fn evictions(live: usize, max_per_sub: i64) -> usize {
+    // mutants: the guard (`true`, `>=`) is equivalent for the one caller, which evicts only
+    // when `max_per_sub > 0`; it keeps 0 meaning "no limit" should another caller appear.
     match usize::try_from(max_per_sub) {
         Ok(max) if max > 0 => (live + 1).saturating_sub(max),
         _ => 0,
