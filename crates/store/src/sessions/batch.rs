@@ -35,6 +35,8 @@ pub(super) fn digest(digest: &Option<[u8; 32]>) -> Option<&[u8]> {
     digest.as_ref().map(<[u8; 32]>::as_slice)
 }
 
+// mutants: the batch-size comparison only changes how jobs are grouped; the answers stay
+// the same (a throughput mutant, which `just bench` sees).
 /// Waits for a job, then takes every other one waiting, up to [`MAX_BATCH`]; the next
 /// batch forms while this one is written. `None` once every sender is gone.
 pub(super) async fn next<J>(queue: &mut mpsc::Receiver<J>) -> Option<Vec<J>> {
@@ -48,6 +50,9 @@ pub(super) async fn next<J>(queue: &mut mpsc::Receiver<J>) -> Option<Vec<J>> {
     Some(jobs)
 }
 
+// mutants: the `unreachable(&err)` guards here and `fail` are reached only when a batch
+// fails (a held lock, a lost database): the gateway's outage tests cover them, the sessions
+// suite does not (docs/reliability.md, "The store code of sessions").
 /// Answers a batch of inserts whose statement ended in `done`; see [`settle_rotations`].
 pub(super) async fn settle_inserts(
     db: &Backend,
