@@ -141,15 +141,7 @@ async fn renew_chain(
         );
         let gateway = if turn % 2 == 0 { &gateways.0 } else { &gateways.1 };
         let was_over = failed_over.load(Ordering::SeqCst);
-        let response = gateway
-            .request(Method::POST, &format!("/app/{}/renew", app.app_id))
-            .header("Authorization", &app.app_key)
-            .json(&json!({"refresh_token": token, "ip": "203.0.113.7", "useragent": "failover-agent"}))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("the gateway itself must always answer: {e}"));
-        let retry_after = response.headers().get("retry-after").cloned();
-        let (status, body) = parts(response).await;
+        let (status, retry_after, body) = renew_once(gateway, &app, &token).await;
         statuses.push(status);
         match status {
             200 => {
