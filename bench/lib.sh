@@ -84,7 +84,7 @@ table() {
     python3 -c '
 import json, sys
 rows = [json.loads(l) for l in sys.stdin if l.strip().startswith("{")]
-head = ["backend", "mode", "conns", "rate", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "cpu %", "peak RSS MiB"]
+head = ["backend", "mode", "conns", "rate", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "gateway CPU %", "gateway CPU µs/req", "peak RSS MiB"]
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 for r in rows:
@@ -92,6 +92,7 @@ for r in rows:
         r["label"], r["mode"], r["connections"], r["rate"] or "closed", int(r["rps"]),
         r["p50_ms"], r["p99_ms"], r["p999_ms"], r["failures"],
         r["server_cpu_pct"] if r["server_cpu_pct"] is not None else "-",
+        r.get("server_cpu_us_per_req") if r.get("server_cpu_us_per_req") is not None else "-",
         r["server_peak_rss_mib"] if r["server_peak_rss_mib"] is not None else "-"]) + " |")
 '
 }

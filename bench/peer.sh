@@ -141,7 +141,7 @@ for r in rows:
 def cell(r, key, fmt="{}"):
     return "-" if r is None or r.get(key) is None else fmt.format(r[key])
 
-head = ["round", "keygate req/s", "peer req/s", "ratio", "keygate p50/p99 ms", "peer p50/p99 ms", "keygate cpu %", "peer cpu %"]
+head = ["round", "keygate req/s", "peer req/s", "ratio", "keygate p50/p99 ms", "peer p50/p99 ms", "keygate cpu %", "peer cpu %", "keygate CPU µs/req", "peer CPU µs/req"]
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 ratios = []
@@ -156,6 +156,7 @@ for n in sorted(set(sides["keygate"]) | set(sides["peer"])):
         "-" if ratio is None else f"{ratio:.2f}",
         f"{cell(k, 'p50_ms')} / {cell(k, 'p99_ms')}", f"{cell(p, 'p50_ms')} / {cell(p, 'p99_ms')}",
         cell(k, "server_cpu_pct", "{:.0f}"), cell(p, "server_cpu_pct", "{:.0f}"),
+        cell(k, "server_cpu_us_per_req", "{:.1f}"), cell(p, "server_cpu_us_per_req", "{:.1f}"),
     ]) + " |")
 print()
 if ratios:

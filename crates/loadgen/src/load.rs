@@ -8,7 +8,7 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 
 use crate::client::{Chain, Client, OidcChains, OidcClient, Status};
-use crate::procstat::{peak_rss_mib, CpuMeter};
+use crate::procstat::{peak_rss_mib, CpuMeter, ServerCpu};
 use crate::report::{Report, Tally};
 use crate::{Mode, RunArgs, Target};
 
@@ -175,12 +175,12 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Report> {
         rate: args.rate,
         seconds,
         tally,
-        server_cpu_pct: cpu,
+        server_cpu: cpu,
         server_peak_rss_mib: args.pid.and_then(peak_rss_mib),
     })
 }
 
-type Measured = (Tally, f64, Option<f64>);
+type Measured = (Tally, f64, ServerCpu);
 
 /// C connections, each sending its next request as soon as the last one is answered.
 async fn closed_loop(
@@ -215,12 +215,13 @@ async fn closed_loop(
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu = args.pid.and_then(CpuMeter::start);
     tokio::time::sleep_until(end.into()).await;
-    let cpu_pct = cpu.and_then(|m| m.percent());
+    let percent = cpu.as_ref().and_then(CpuMeter::percent);
     let mut tally = Tally::default();
     while let Some(result) = tasks.join_next().await {
         tally.merge(&result.context("a load task failed")?);
     }
-    Ok((tally, args.duration.as_secs_f64(), cpu_pct))
+    let seconds = cpu.as_ref().and_then(CpuMeter::seconds);
+    Ok((tally, args.duration.as_secs_f64(), ServerCpu { percent, seconds }))
 }
 
 /// Requests at a fixed rate; each one's latency counts from when it was due, so time spent
@@ -267,8 +268,10 @@ async fn open_loop(
         // Reap finished tasks as we go so the set stays small.
         while tasks.try_join_next().is_some() {}
     }
-    let cpu_pct = cpu.flatten().and_then(|m| m.percent());
+    let cpu = cpu.flatten();
+    let percent = cpu.as_ref().and_then(CpuMeter::percent);
     while tasks.join_next().await.is_some() {}
+    let seconds = cpu.as_ref().and_then(CpuMeter::seconds);
     let tally = tally.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok((tally, args.duration.as_secs_f64(), cpu_pct))
+    Ok((tally, args.duration.as_secs_f64(), ServerCpu { percent, seconds }))
 }

@@ -48,7 +48,21 @@ impl CpuMeter {
 
     /// Percent of one core used since `start` (200% = both cores of a 2-core machine).
     pub fn percent(&self) -> Option<f64> {
-        let used = cpu_seconds(self.pid, self.ticks)? - self.start_cpu;
-        Some(100.0 * used / self.start.elapsed().as_secs_f64())
+        Some(100.0 * self.seconds()? / self.start.elapsed().as_secs_f64())
     }
+
+    /// CPU seconds (user + system) used since `start`.
+    pub fn seconds(&self) -> Option<f64> {
+        Some(cpu_seconds(self.pid, self.ticks)? - self.start_cpu)
+    }
+}
+
+/// What the server's process used over a measured run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServerCpu {
+    /// Percent of one core over the measured interval.
+    pub percent: Option<f64>,
+    /// CPU seconds from the start of the measured interval until its last request was
+    /// answered: the cost of the requests it counts, give or take one per connection.
+    pub seconds: Option<f64>,
 }

@@ -4,6 +4,7 @@ use std::fmt::Write;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
+use crate::procstat::ServerCpu;
 use crate::{Mode, Target};
 
 /// Latencies in microseconds, from 1 µs to 60 s, with 3 significant digits.
@@ -74,7 +75,7 @@ pub struct Report {
     pub rate: Option<u64>,
     pub seconds: f64,
     pub tally: Tally,
-    pub server_cpu_pct: Option<f64>,
+    pub server_cpu: ServerCpu,
     pub server_peak_rss_mib: Option<f64>,
 }
 
@@ -99,6 +100,13 @@ impl Report {
     pub fn rps(&self) -> f64 {
         let ok = self.requests() - self.failures();
         ok as f64 / self.seconds.max(f64::EPSILON)
+    }
+
+    /// The server's CPU time per request answered (any status), in microseconds.
+    pub fn cpu_us_per_request(&self) -> Option<f64> {
+        let requests = self.requests();
+        let seconds = self.server_cpu.seconds?;
+        (requests > 0).then(|| seconds * 1e6 / requests as f64)
     }
 
     fn quantile(&self, q: f64) -> f64 {
@@ -133,7 +141,8 @@ impl Report {
             "p999_ms": self.quantile(0.999),
             "max_ms": ms(self.tally.latency.max()),
             "statuses": statuses,
-            "server_cpu_pct": self.server_cpu_pct.map(|v| v.round()),
+            "server_cpu_pct": self.server_cpu.percent.map(|v| v.round()),
+            "server_cpu_us_per_req": self.cpu_us_per_request().map(|v| (v * 10.0).round() / 10.0),
             "server_peak_rss_mib": self.server_peak_rss_mib.map(|v| (v * 10.0).round() / 10.0),
             "target": match self.target {
                 Target::Keygate => "keygate",
@@ -152,7 +161,7 @@ impl Report {
             |v: Option<f64>, unit: &str| v.map_or("-".to_owned(), |v| format!("{v:.0}{unit}"));
         let _ = writeln!(
             out,
-            "{:<10} {:<7} {:>5} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8}",
+            "{:<10} {:<7} {:>5} {:>7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>8}",
             "label",
             "mode",
             "conns",
@@ -166,11 +175,12 @@ impl Report {
             "max ms",
             "errors",
             "cpu",
+            "µs/req",
             "rss MiB"
         );
         let _ = writeln!(
             out,
-            "{:<10} {:<7} {:>5} {:>7} {:>9} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>6} {:>8}",
+            "{:<10} {:<7} {:>5} {:>7} {:>9} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>6} {:>8} {:>8}",
             self.label,
             self.mode_name(),
             self.connections,
@@ -183,7 +193,8 @@ impl Report {
             self.quantile(0.999),
             ms(self.tally.latency.max()),
             self.failures(),
-            opt(self.server_cpu_pct, "%"),
+            opt(self.server_cpu.percent, "%"),
+            self.cpu_us_per_request().map_or("-".to_owned(), |v| format!("{v:.1}")),
             self.server_peak_rss_mib.map_or("-".to_owned(), |v| format!("{v:.1}")),
         );
         out
@@ -217,5 +228,41 @@ impl Report {
             ));
         }
         lines.join("\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(statuses: &[(u16, u64)], seconds: Option<f64>) -> Report {
+        let mut tally = Tally::default();
+        for &(status, n) in statuses {
+            for _ in 0..n {
+                tally.record(status, 1_000);
+            }
+        }
+        Report {
+            target: Target::Keygate,
+            label: "t".into(),
+            mode: Mode::Renew,
+            connections: 1,
+            rate: None,
+            seconds: 10.0,
+            tally,
+            server_cpu: ServerCpu { percent: Some(50.0), seconds },
+            server_peak_rss_mib: None,
+        }
+    }
+
+    #[test]
+    fn cpu_per_request_divides_the_servers_cpu_by_every_answered_request() {
+        let r = report(&[(200, 300), (401, 100)], Some(0.02));
+        assert_eq!(r.cpu_us_per_request(), Some(50.0));
+        let line: serde_json::Value = serde_json::from_str(&r.json_line()).unwrap();
+        assert_eq!(line["server_cpu_us_per_req"], 50.0);
+        assert!(r.table().contains("µs/req"));
+        assert_eq!(report(&[], Some(1.0)).cpu_us_per_request(), None, "no request, no figure");
+        assert_eq!(report(&[(200, 5)], None).cpu_us_per_request(), None, "no pid, no figure");
     }
 }
