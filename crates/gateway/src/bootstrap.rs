@@ -58,6 +58,7 @@ impl Services {
         let pool_options = PoolOptions {
             postgres_connections: settings.postgres_max_connections,
             busy_timeout: Duration::from_millis(settings.database_busy_timeout_ms.max(1)),
+            in_doubt_timeout: Duration::from_millis(settings.database_in_doubt_timeout_ms),
             ..PoolOptions::default()
         };
         let db = Backend::connect(&url, &pool_options)

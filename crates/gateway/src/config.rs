@@ -38,9 +38,13 @@ pub struct Settings {
     pub cache_ttl: u64,
     /// The most connections a gateway opens to Postgres.
     pub postgres_max_connections: u32,
-    /// Milliseconds a database statement waits for a lock before the request is answered
-    /// 503 (nothing is changed, and the client's token is not consumed).
+    /// Milliseconds a write waits for a connection to a writable database host, and a
+    /// statement for a lock, before the request is answered 503 (nothing is changed, and
+    /// the client's token is not consumed).
     pub database_busy_timeout_ms: u64,
+    /// Milliseconds a write whose answer was lost while it committed (in doubt) keeps trying
+    /// to learn whether it committed, before the request is answered 503.
+    pub database_in_doubt_timeout_ms: u64,
     /// Seconds between janitor passes (deleting ended sessions and expired retired keys);
     /// 0 turns the janitor off.
     pub janitor_interval: u64,
@@ -97,6 +101,7 @@ impl Default for Settings {
             postgres_max_connections: 16,
             janitor_interval: 300,
             database_busy_timeout_ms: 5000,
+            database_in_doubt_timeout_ms: 5000,
             compat: CompatSettings::default(),
             auth_failures_per_minute: 10,
             auth_failure_burst: 10,
@@ -132,6 +137,7 @@ impl fmt::Debug for Settings {
             .field("postgres_max_connections", &self.postgres_max_connections)
             .field("janitor_interval", &self.janitor_interval)
             .field("database_busy_timeout_ms", &self.database_busy_timeout_ms)
+            .field("database_in_doubt_timeout_ms", &self.database_in_doubt_timeout_ms)
             .field("compat_routes", &self.compat.routes.len())
             .field("auth_failures_per_minute", &self.auth_failures_per_minute)
             .field("auth_failure_burst", &self.auth_failure_burst)

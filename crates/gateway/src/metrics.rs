@@ -101,6 +101,7 @@ pub struct Metrics {
     key_revocations: IntCounter,
     app_key_cache: IntCounterVec,
     db_pool: IntGaugeVec,
+    db_in_doubt: IntCounterVec,
     events: IntCounterVec,
     webhook_deliveries: IntCounterVec,
 }
@@ -204,6 +205,15 @@ impl Metrics {
                 &["result"],
             ),
             db_pool: register(&registry, db_pool),
+            db_in_doubt: counter_vec(
+                &registry,
+                "keygate_db_in_doubt_writes_total",
+                "Writes whose answer was lost while they committed, by write (rotate, sign, \
+                 revoke, touch, unrotate) and how they were resolved: committed, applied \
+                 (had not committed; written then), superseded (had not committed; no longer \
+                 applied), unresolved (answered 503 with the outcome unknown).",
+                &["write", "outcome"],
+            ),
             events: counter_vec(
                 &registry,
                 "keygate_audit_events_total",
@@ -264,6 +274,10 @@ impl Metrics {
         catch_up(&self.app_key_cache.with_label_values(&["hit"]), hits);
         catch_up(&self.app_key_cache.with_label_values(&["miss"]), misses);
         self.record_pools(db);
+        for count in db.in_doubt_counts() {
+            let labels = [count.write.as_str(), count.outcome.as_str()];
+            catch_up(&self.db_in_doubt.with_label_values(&labels), count.count);
+        }
         let mut out = Vec::new();
         if let Err(err) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %err, "could not encode the metrics");

@@ -1635,3 +1635,71 @@ async fn revocation_introspection_and_logout_find_the_tokens_session() {
     assert_eq!(h.sessions.revoke_token(&h.app, &odd.auth_token, now).await.unwrap(), 0);
     test_db.db.close().await;
 }
+
+// ---------------------------------------------------------------- writes in doubt
+
+/// Eight rotations share one batch whose commit goes in doubt (Postgres, through a proxy
+/// that loses the batch's answer after it committed, or swallows the batch): each caller
+/// resolves its own rotation, gets the session as rotated to its new token, and each
+/// session rotated exactly once.
+async fn a_batch_of_rotations_in_doubt_is_resolved_job_by_job(
+    fault: keygate_store::testing::Fault,
+    outcome: keygate_store::in_doubt::Outcome,
+) {
+    use keygate_store::in_doubt::Write;
+    use keygate_store::testing::FaultProxy;
+    let Ok(base) = std::env::var("TEST_DATABASE_URL") else { return };
+    let proxy = FaultProxy::start(&base).await;
+    let test_db = keygate_store::testing::postgres_through(&proxy).await.unwrap();
+    let f = fixture(test_db.db.clone()).await;
+    let sessions: Vec<Session> = (0..8).map(|i| f.session(&format!("batch-{i}"), NOW)).collect();
+    for session in &sessions {
+        f.create(session).await;
+    }
+    let ids: Vec<String> = sessions.iter().map(|s| s.session_id.to_string()).collect();
+    proxy.arm(&ids.iter().map(String::as_str).collect::<Vec<_>>(), fault);
+
+    // One task polls all eight before the batcher runs (a current-thread runtime): they
+    // share one statement, which the proxy sees carrying all eight session ids.
+    let new_jids: Vec<Jid> = sessions.iter().map(|_| Jid::new()).collect();
+    let f = &f;
+    let renews = sessions.iter().zip(&new_jids).map(|(s, new_jid)| async move {
+        let r = rotation(*new_jid, &f.key_id);
+        f.store.rotate(f.app_id, s.session_id, s.current_jid, &r, NOW + 1).await
+    });
+    let rotated = futures::future::join_all(renews).await;
+    assert_eq!(proxy.fired(), 1, "one statement carried the eight rotations");
+
+    for ((session, new_jid), rotated) in sessions.iter().zip(&new_jids).zip(rotated) {
+        let rotated = rotated.unwrap().expect("resolved as rotated");
+        assert_eq!(rotated.current_jid, *new_jid);
+        assert_eq!(rotated.prev_jid, Some(session.current_jid));
+        // Exactly once: the old token swaps no more, the new one does.
+        assert!(f
+            .rotate(session.session_id, session.current_jid, Jid::new(), NOW + 2)
+            .await
+            .is_none());
+        assert!(f.rotate(session.session_id, *new_jid, Jid::new(), NOW + 2).await.is_some());
+    }
+    let counts = test_db.db.in_doubt_counts();
+    let count =
+        |o| counts.iter().find(|c| c.write == Write::Rotate && c.outcome == o).unwrap().count;
+    assert_eq!(count(outcome), 8, "{counts:?}");
+    assert_eq!(counts.iter().map(|c| c.count).sum::<u64>(), 8, "{counts:?}");
+    test_db.db.close().await;
+}
+
+#[tokio::test]
+async fn a_batch_of_rotations_that_committed_with_its_answer_lost_is_resolved_job_by_job() {
+    use keygate_store::in_doubt::Outcome;
+    use keygate_store::testing::Fault;
+    a_batch_of_rotations_in_doubt_is_resolved_job_by_job(Fault::LoseAnswer, Outcome::Committed)
+        .await;
+}
+
+#[tokio::test]
+async fn a_batch_of_rotations_that_never_arrived_is_resolved_job_by_job() {
+    use keygate_store::in_doubt::Outcome;
+    use keygate_store::testing::Fault;
+    a_batch_of_rotations_in_doubt_is_resolved_job_by_job(Fault::Swallow, Outcome::Applied).await;
+}

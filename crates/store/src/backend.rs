@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
@@ -21,7 +22,7 @@ use sqlx::sqlite::{
 use sqlx::{Arguments, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
 
 use crate::hosts::{Follower, Targets};
-use crate::StoreError;
+use crate::{in_doubt, StoreError};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -29,6 +30,10 @@ static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres
 /// How long a query waits for a connection (or SQLite for its lock) before the request is
 /// answered 503.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a write whose outcome is in doubt (its answer lost while it committed) keeps
+/// trying to learn that outcome before the request is answered 503.
+pub const IN_DOUBT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The Postgres channel on which a change to an app, its signing keys or the root key is
 /// announced (`NOTIFY`), so that every gateway on the database drops what it cached about
@@ -72,6 +77,10 @@ pub struct Backend {
     pub(crate) pools: Pools,
     /// Chooses the host of a multi-host Postgres URL; `None` for one host.
     follower: Option<Arc<Follower>>,
+    pub(crate) busy_timeout: Duration,
+    pub(crate) in_doubt_timeout: Duration,
+    /// How the writes found in doubt ended, for metrics.
+    pub(crate) in_doubt: Arc<in_doubt::Counts>,
 }
 
 #[derive(Clone)]
@@ -97,13 +106,21 @@ pub struct PoolOptions {
     pub sqlite_readers: u32,
     pub postgres_connections: u32,
     /// How long a statement waits for a lock (SQLite's busy timeout, Postgres'
-    /// `lock_timeout`) or a request for a pooled connection, before failing as unavailable.
+    /// `lock_timeout`) or a write for a connection to a writable host, before failing as
+    /// unavailable (nothing was sent).
     pub busy_timeout: Duration,
+    /// How long a write whose outcome is in doubt keeps trying to learn it.
+    pub in_doubt_timeout: Duration,
 }
 
 impl Default for PoolOptions {
     fn default() -> Self {
-        Self { sqlite_readers: 4, postgres_connections: 16, busy_timeout: BUSY_TIMEOUT }
+        Self {
+            sqlite_readers: 4,
+            postgres_connections: 16,
+            busy_timeout: BUSY_TIMEOUT,
+            in_doubt_timeout: IN_DOUBT_TIMEOUT,
+        }
     }
 }
 
@@ -118,6 +135,20 @@ pub struct PoolStats {
 
 impl Backend {
     pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, DbError> {
+        let (pools, follower) = Self::open(url, options).await?;
+        Ok(Self {
+            pools,
+            follower,
+            busy_timeout: options.busy_timeout,
+            in_doubt_timeout: options.in_doubt_timeout,
+            in_doubt: Arc::default(),
+        })
+    }
+
+    async fn open(
+        url: &str,
+        options: &PoolOptions,
+    ) -> Result<(Pools, Option<Arc<Follower>>), DbError> {
         if url.starts_with("sqlite:") {
             let connect = SqliteConnectOptions::from_str(url)
                 .map_err(DbError::Connect)?
@@ -136,7 +167,7 @@ impl Backend {
                 .connect_with(connect.create_if_missing(false))
                 .await
                 .map_err(DbError::Connect)?;
-            Ok(Self { pools: Pools::Sqlite { writer, reader }, follower: None })
+            Ok((Pools::Sqlite { writer, reader }, None))
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let lock_timeout = format!("{}ms", options.busy_timeout.as_millis());
             let session = |connect: PgConnectOptions| {
@@ -148,7 +179,7 @@ impl Backend {
             let Some(targets) = Targets::parse(url)? else {
                 let connect = session(PgConnectOptions::from_str(url).map_err(DbError::Connect)?);
                 let pool = pool.connect_with(connect).await.map_err(DbError::Connect)?;
-                return Ok(Self { pools: Pools::Postgres(pool), follower: None });
+                return Ok((Pools::Postgres(pool), None));
             };
             // Several hosts (or a target_session_attrs): find the one that qualifies, open
             // the pool on it, and follow it from then on.
@@ -166,7 +197,7 @@ impl Backend {
                 .map_err(DbError::Connect)?;
             tracing::info!(host = %follower.current_host(), "database host chosen");
             tokio::spawn(follower.clone().follow(pool.clone(), watch));
-            Ok(Self { pools: Pools::Postgres(pool), follower: Some(follower) })
+            Ok((Pools::Postgres(pool), Some(follower)))
         } else {
             Err(DbError::Scheme(redact_url(url)))
         }
@@ -229,11 +260,27 @@ impl Backend {
     }
 
     /// A statement for the writer (on SQLite, its single writer connection), in autocommit.
-    pub(crate) fn write(&self, sql: Sql) -> Bound<'_> {
-        match &self.pools {
-            Pools::Sqlite { writer, .. } => Bound { on: On::Sqlite(writer), sql, db: self },
-            Pools::Postgres(pool) => Bound { on: On::Postgres(pool), sql, db: self },
-        }
+    /// Its connection is acquired first, so that a failure to reach the database (nothing
+    /// sent) is told apart from a failure after the statement was sent, which leaves the
+    /// write in doubt ([`StoreError::InDoubt`]).
+    pub(crate) fn write(&self, sql: Sql) -> Written<'_> {
+        Written { sql, db: self }
+    }
+
+    /// How long a write waits for a connection to a writable host (and a statement for a
+    /// lock) before it fails as unavailable, with nothing sent.
+    pub fn busy_timeout(&self) -> Duration {
+        self.busy_timeout
+    }
+
+    /// How long a write in doubt keeps trying to learn its outcome.
+    pub fn in_doubt_timeout(&self) -> Duration {
+        self.in_doubt_timeout
+    }
+
+    /// How the writes found in doubt so far ended, by write and outcome.
+    pub fn in_doubt_counts(&self) -> Vec<in_doubt::Count> {
+        self.in_doubt.snapshot()
     }
 
     /// A write transaction: `BEGIN IMMEDIATE` on SQLite, so that it holds the write lock
@@ -361,7 +408,7 @@ impl fmt::Debug for Sql {
 }
 
 /// Builds the arguments of either backend from [`Arg`]s: the one function that encodes.
-fn arguments<'q, DB: sqlx::Database>(args: Vec<Arg>) -> Result<DB::Arguments<'q>, StoreError>
+fn arguments<'q, DB: sqlx::Database>(args: Vec<Arg>) -> Result<DB::Arguments<'q>, sqlx::Error>
 where
     Option<String>: Encode<'q, DB> + Type<DB>,
     Option<i64>: Encode<'q, DB> + Type<DB>,
@@ -377,7 +424,7 @@ where
             Arg::Bool(v) => out.add(v),
             Arg::Bytes(v) => out.add(v),
         };
-        added.map_err(|e| StoreError::Other(sqlx::Error::Encode(e)))?;
+        added.map_err(sqlx::Error::Encode)?;
     }
     Ok(out)
 }
@@ -398,15 +445,67 @@ pub(crate) struct Bound<'a> {
 impl Bound<'_> {
     /// Runs the statement; returns how many rows it changed.
     pub(crate) async fn execute(self) -> Result<u64, StoreError> {
-        self.db.noticed(self.on.execute(self.sql).await)
+        self.db.noticed(self.on.execute(self.sql).await.map_err(StoreError::from))
     }
 
     pub(crate) async fn fetch_optional<R: Row>(self) -> Result<Option<R>, StoreError> {
-        self.db.noticed(self.on.fetch_optional(self.sql).await)
+        self.db.noticed(self.on.fetch_optional(self.sql).await.map_err(StoreError::from))
     }
 
     pub(crate) async fn fetch_all<R: Row>(self) -> Result<Vec<R>, StoreError> {
-        self.db.noticed(self.on.fetch_all(self.sql).await)
+        self.db.noticed(self.on.fetch_all(self.sql).await.map_err(StoreError::from))
+    }
+}
+
+/// A write statement, in autocommit, on a connection of the writer acquired for it.
+pub(crate) struct Written<'a> {
+    sql: Sql,
+    db: &'a Backend,
+}
+
+/// A connection taken from a pool of either backend.
+enum Conn {
+    Sqlite(PoolConnection<Sqlite>),
+    Postgres(PoolConnection<Postgres>),
+}
+
+impl Conn {
+    fn on(&mut self) -> On<&mut SqliteConnection, &mut PgConnection> {
+        match self {
+            Self::Sqlite(conn) => On::Sqlite(&mut **conn),
+            Self::Postgres(conn) => On::Postgres(&mut **conn),
+        }
+    }
+}
+
+impl Written<'_> {
+    /// A connection of the writer: waits at most the busy timeout; a failure here is a
+    /// known one (nothing was sent).
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let conn = match &self.db.pools {
+            Pools::Sqlite { writer, .. } => writer.acquire().await.map(Conn::Sqlite),
+            Pools::Postgres(pool) => pool.acquire().await.map(Conn::Postgres),
+        };
+        self.db.noticed(conn.map_err(StoreError::from))
+    }
+
+    /// Runs the statement; returns how many rows it changed.
+    pub(crate) async fn execute(self) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = conn.on().execute(self.sql).await;
+        self.db.noticed(result.map_err(StoreError::after_sent))
+    }
+
+    pub(crate) async fn fetch_optional<R: Row>(self) -> Result<Option<R>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = conn.on().fetch_optional(self.sql).await;
+        self.db.noticed(result.map_err(StoreError::after_sent))
+    }
+
+    pub(crate) async fn fetch_all<R: Row>(self) -> Result<Vec<R>, StoreError> {
+        let mut conn = self.conn().await?;
+        let result = conn.on().fetch_all(self.sql).await;
+        self.db.noticed(result.map_err(StoreError::after_sent))
     }
 }
 
@@ -421,7 +520,7 @@ where
     S: sqlx::Executor<'c, Database = Sqlite>,
     P: sqlx::Executor<'c, Database = Postgres>,
 {
-    async fn execute(self, Sql { text, args }: Sql) -> Result<u64, StoreError> {
+    async fn execute(self, Sql { text, args }: Sql) -> Result<u64, sqlx::Error> {
         Ok(match self {
             Self::Sqlite(on) => sqlx::query_with(&text, arguments::<Sqlite>(args)?)
                 .execute(on)
@@ -434,7 +533,7 @@ where
         })
     }
 
-    async fn fetch_optional<R: Row>(self, sql: Sql) -> Result<Option<R>, StoreError> {
+    async fn fetch_optional<R: Row>(self, sql: Sql) -> Result<Option<R>, sqlx::Error> {
         let Sql { text, args } = sql;
         Ok(match self {
             Self::Sqlite(on) => {
@@ -446,7 +545,7 @@ where
         })
     }
 
-    async fn fetch_all<R: Row>(self, Sql { text, args }: Sql) -> Result<Vec<R>, StoreError> {
+    async fn fetch_all<R: Row>(self, Sql { text, args }: Sql) -> Result<Vec<R>, sqlx::Error> {
         Ok(match self {
             Self::Sqlite(on) => {
                 sqlx::query_as_with(&text, arguments::<Sqlite>(args)?).fetch_all(on).await?
@@ -482,12 +581,25 @@ impl WriteTx {
 
     pub(crate) async fn execute(&mut self, sql: Sql) -> Result<u64, StoreError> {
         let result = self.on().execute(sql).await;
-        self.backend.noticed(result)
+        self.backend.noticed(result.map_err(StoreError::from))
+    }
+
+    pub(crate) async fn fetch_optional<R: Row>(
+        &mut self,
+        sql: Sql,
+    ) -> Result<Option<R>, StoreError> {
+        let result = self.on().fetch_optional(sql).await;
+        self.backend.noticed(result.map_err(StoreError::from))
     }
 
     pub(crate) async fn fetch_all<R: Row>(&mut self, sql: Sql) -> Result<Vec<R>, StoreError> {
         let result = self.on().fetch_all(sql).await;
-        self.backend.noticed(result)
+        self.backend.noticed(result.map_err(StoreError::from))
+    }
+
+    /// Which backend the transaction runs on.
+    pub(crate) fn kind(&self) -> Kind {
+        self.backend.kind()
     }
 
     /// Serialises this transaction with every other that locks the same `key`, until it
@@ -513,7 +625,9 @@ impl WriteTx {
             On::Sqlite(tx) => tx.commit().await,
             On::Postgres(tx) => tx.commit().await,
         };
-        self.backend.noticed(committed.map_err(StoreError::from))?;
+        // An error answered to COMMIT rolled the transaction back; a lost answer leaves it
+        // in doubt.
+        self.backend.noticed(committed.map_err(StoreError::after_sent))?;
         for payload in &self.announcements {
             self.backend.after_commit(payload).await;
         }

@@ -9,6 +9,7 @@ pub mod audit;
 mod backend;
 mod error;
 mod hosts;
+pub mod in_doubt;
 pub mod jobs;
 pub mod sessions;
 pub mod signing_keys;
@@ -17,6 +18,6 @@ pub mod testing;
 
 pub use backend::{
     redact_url, Arg, Backend, DbError, Kind, PoolOptions, PoolStats, Row, Sql, BUSY_TIMEOUT,
-    CHANGES_CHANNEL,
+    CHANGES_CHANNEL, IN_DOUBT_TIMEOUT,
 };
 pub use error::StoreError;

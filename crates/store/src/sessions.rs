@@ -10,10 +10,12 @@ mod sqlite_batch;
 use std::sync::OnceLock;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::backend::WriteTx;
+use crate::in_doubt::{self, Found, Outcome, Write};
 use crate::{Backend, Kind, Sql, StoreError};
-use batch::{closed, InsertJob, RotateJob};
+use batch::{closed, InsertJob, RotateJob, Ticket};
 
 /// A session's columns, in the order every statement writes or returns them, each with its
 /// Postgres type (for the arrays of a batch).
@@ -73,6 +75,18 @@ const REVOKE_SUBJECT: &str = "UPDATE sessions SET revoked_at = $3, revoked_reaso
     WHERE app_id = $1 AND sub = $2 AND revoked_at IS NULL AND expires_at > $3";
 const REVOKE_APP: &str = "UPDATE sessions SET revoked_at = $2, revoked_reason = $3 \
     WHERE app_id = $1 AND revoked_at IS NULL AND expires_at > $2";
+
+// The sessions a revocation of each scope revoked (bound as the revocation is), to resolve
+// one in doubt; `FOR UPDATE` is added on Postgres.
+const REVOKED_ONE: &str = "SELECT session_id FROM sessions WHERE app_id = $1 \
+    AND session_id = $2 AND revoked_at = $3 AND revoked_reason = $4";
+const REVOKED_SUBJECT: &str = "SELECT session_id FROM sessions WHERE app_id = $1 \
+    AND sub = $2 AND revoked_at = $3 AND revoked_reason = $4";
+const REVOKED_APP: &str = "SELECT session_id FROM sessions WHERE app_id = $1 \
+    AND revoked_at = $2 AND revoked_reason = $3";
+
+/// A session's current token, to resolve an unrotate in doubt.
+const CURRENT_JID: &str = "SELECT current_jid FROM sessions WHERE session_id = $1 AND app_id = $2";
 
 const PURGE: &str = "DELETE FROM sessions WHERE expires_at < $1 OR current_exp < $1 \
     OR revoked_at < $1";
@@ -291,15 +305,62 @@ impl SessionTable {
         Self { db: db.clone(), batcher }
     }
 
+    /// A ticket for a write sent through a batcher: it must be sent within the busy timeout.
+    fn ticket(&self) -> Ticket {
+        Ticket::new(Instant::now() + self.db.busy_timeout())
+    }
+
     /// Inserts a session. With `max_per_sub` > 0, first revokes the subject's oldest live
-    /// sessions so that at most that many remain; returns how many were revoked.
+    /// sessions so that at most that many remain; returns how many were revoked. An insert
+    /// in doubt is resolved before this returns.
     pub async fn create(&self, row: SessionRow, max_per_sub: i64) -> Result<u64, StoreError> {
-        if let (Some(batcher), 0) = (&self.batcher, max_per_sub) {
-            let (reply, answer) = oneshot::channel();
-            batcher.insert(InsertJob { row, reply }).await?;
-            answer.await.map_err(|_| closed())??;
-            return Ok(0);
+        let created = match (&self.batcher, max_per_sub) {
+            (Some(batcher), 0) => {
+                let ticket = self.ticket();
+                let (reply, answer) = oneshot::channel();
+                let job = InsertJob { row: row.clone(), reply, ticket: ticket.clone() };
+                batch::submit_and_wait(ticket, answer, batcher.insert(job)).await.map(|()| 0)
+            }
+            _ => self.create_in_tx(row.clone(), max_per_sub).await,
+        };
+        match created {
+            Err(err) if err.is_in_doubt() => {
+                let attempt = || self.resolve_create(&row, max_per_sub);
+                in_doubt::resolve(&self.db, Write::Sign, &err, attempt).await
+            }
+            other => other,
         }
+    }
+
+    /// An insert in doubt: inserted again if it is not there (a lost insert still running
+    /// makes this wait for it, on the session id's unique index), else found committed.
+    async fn resolve_create(
+        &self,
+        row: &SessionRow,
+        max_per_sub: i64,
+    ) -> Result<Found<u64>, StoreError> {
+        match self.create_in_tx(row.clone(), max_per_sub).await {
+            Ok(evicted) => Ok(Found::new(Outcome::Applied, evicted)),
+            Err(StoreError::Conflict(_)) => {
+                // Session ids are unique: the lost insert had committed. Read it under a lock,
+                // so that this transaction's commit waits for the synchronous standby too.
+                let mut tx = self.db.begin_write().await?;
+                let sql = Sql::new(for_update(CURRENT_JID, tx.kind()))
+                    .bind(&row.session_id)
+                    .bind(&row.app_id);
+                let jid: Option<(String,)> = tx.fetch_optional(sql).await?;
+                tx.commit().await?;
+                match jid {
+                    Some((jid,)) if jid == row.current_jid => Ok(Found::new(Outcome::Committed, 0)),
+                    _ => Err(StoreError::Conflict("another session has this id".into())),
+                }
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    /// The insert in a transaction of its own, after the evictions of a session limit.
+    async fn create_in_tx(&self, row: SessionRow, max_per_sub: i64) -> Result<u64, StoreError> {
         let mut tx = self.db.begin_write().await?;
         let mut evicted = 0;
         // mutants: `>=` is equivalent: a limit of 0 took the batcher above (every backend
@@ -344,14 +405,24 @@ impl SessionTable {
 
     /// The compare-and-swap of a renew, as one statement (batched with concurrent ones):
     /// the session as rotated, or `None` when another renew (or a revoke, or expiry) came
-    /// first.
+    /// first. A rotation in doubt is resolved before this returns.
     pub async fn rotate(&self, rotation: RotationRow) -> Result<Option<SessionRow>, StoreError> {
-        let Some(batcher) = &self.batcher else {
-            return rotate_one(&self.db, rotation).await;
+        let rotated = match &self.batcher {
+            None => rotate_one(&self.db, rotation.clone()).await,
+            Some(batcher) => {
+                let ticket = self.ticket();
+                let (reply, answer) = oneshot::channel();
+                let job = RotateJob { rotation: rotation.clone(), reply, ticket: ticket.clone() };
+                batch::submit_and_wait(ticket, answer, batcher.rotate(job)).await
+            }
         };
-        let (reply, answer) = oneshot::channel();
-        batcher.rotate(RotateJob { rotation, reply }).await?;
-        answer.await.map_err(|_| closed())?
+        match rotated {
+            Err(err) if err.is_in_doubt() => {
+                let attempt = || resolve_rotation(&self.db, &rotation);
+                in_doubt::resolve(&self.db, Write::Rotate, &err, attempt).await
+            }
+            other => other,
+        }
     }
 
     /// Makes `restore_jid` (issued at `restore_iat`, expiring at `restore_exp`) the current
@@ -372,7 +443,28 @@ impl SessionTable {
             .bind(restore_jid)
             .bind(restore_iat)
             .bind(restore_exp);
-        Ok(self.db.write(sql).execute().await? == 1)
+        match self.db.write(sql.clone()).execute().await {
+            Ok(changed) => Ok(changed == 1),
+            Err(err) if err.is_in_doubt() => {
+                let attempt = || async {
+                    let mut tx = self.db.begin_write().await?;
+                    if tx.execute(sql.clone()).await? == 1 {
+                        tx.commit().await?;
+                        return Ok(Found::new(Outcome::Applied, true));
+                    }
+                    let current =
+                        Sql::new(for_update(CURRENT_JID, tx.kind())).bind(session_id).bind(app_id);
+                    let jid: Option<(String,)> = tx.fetch_optional(current).await?;
+                    tx.commit().await?;
+                    Ok(match jid {
+                        Some((jid,)) if jid == restore_jid => Found::new(Outcome::Committed, true),
+                        _ => Found::new(Outcome::Superseded, false),
+                    })
+                };
+                in_doubt::resolve(&self.db, Write::Unrotate, &err, attempt).await
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Records a renew without rotation; false if the session is no longer live.
@@ -385,7 +477,18 @@ impl SessionTable {
         now: i64,
     ) -> Result<bool, StoreError> {
         let sql = Sql::new(TOUCH).bind(session_id).bind(app_id).bind(ip).bind(useragent).bind(now);
-        Ok(self.db.write(sql).execute().await? == 1)
+        match self.db.write(sql.clone()).execute().await {
+            Ok(changed) => Ok(changed == 1),
+            // Idempotent: run again, it answers the same.
+            Err(err) if err.is_in_doubt() => {
+                let attempt = || async {
+                    let changed = self.db.write(sql.clone()).execute().await?;
+                    Ok(Found::new(Outcome::Applied, changed == 1))
+                };
+                in_doubt::resolve(&self.db, Write::Touch, &err, attempt).await
+            }
+            Err(err) => Err(err),
+        }
     }
 
     /// Revokes the live sessions in `scope`; returns how many.
@@ -396,12 +499,46 @@ impl SessionTable {
         reason: &str,
         now: i64,
     ) -> Result<u64, StoreError> {
-        let sql = match scope {
-            Scope::Session(id) => Sql::new(REVOKE_ONE).bind(app_id).bind(id),
-            Scope::Subject(sub) => Sql::new(REVOKE_SUBJECT).bind(app_id).bind(sub),
-            Scope::App => Sql::new(REVOKE_APP).bind(app_id),
+        let bound = |text: &'static str| {
+            let sql = match scope {
+                Scope::Session(id) => Sql::new(text).bind(app_id).bind(id),
+                Scope::Subject(sub) => Sql::new(text).bind(app_id).bind(sub),
+                Scope::App => Sql::new(text).bind(app_id),
+            };
+            sql.bind(now).bind(reason)
         };
-        self.db.write(sql.bind(now).bind(reason)).execute().await
+        let (revoke, revoked) = match scope {
+            Scope::Session(_) => (REVOKE_ONE, REVOKED_ONE),
+            Scope::Subject(_) => (REVOKE_SUBJECT, REVOKED_SUBJECT),
+            Scope::App => (REVOKE_APP, REVOKED_APP),
+        };
+        match self.db.write(bound(revoke)).execute().await {
+            // A revocation in doubt runs again (it is idempotent), then counts what it
+            // revoked with the lost one: the sessions of the scope revoked at `now` for
+            // `reason`.
+            Err(err) if err.is_in_doubt() => {
+                let attempt = || async {
+                    let mut tx = self.db.begin_write().await?;
+                    let now_revoked = tx.execute(bound(revoke)).await?;
+                    let text = for_update(revoked, tx.kind());
+                    let sql = match scope {
+                        Scope::Session(id) => Sql::new(text).bind(app_id).bind(id),
+                        Scope::Subject(sub) => Sql::new(text).bind(app_id).bind(sub),
+                        Scope::App => Sql::new(text).bind(app_id),
+                    };
+                    let all: Vec<(String,)> = tx.fetch_all(sql.bind(now).bind(reason)).await?;
+                    tx.commit().await?;
+                    let outcome = match (now_revoked, all.len()) {
+                        (0, 0) => Outcome::Superseded,
+                        (0, _) => Outcome::Committed,
+                        _ => Outcome::Applied,
+                    };
+                    Ok(Found::new(outcome, all.len() as u64))
+                };
+                in_doubt::resolve(&self.db, Write::Revoke, &err, attempt).await
+            }
+            other => other,
+        }
     }
 
     /// Live sessions (not revoked, not past their absolute expiry), oldest first.
@@ -432,6 +569,43 @@ impl SessionTable {
 /// gateway's API tests (not run per mutant).
 async fn rotate_one(db: &Backend, rotation: RotationRow) -> Result<Option<SessionRow>, StoreError> {
     db.write(rotation.bind(Sql::new(statements().rotate.as_str()))).fetch_optional().await
+}
+
+/// A rotation in doubt, in one transaction: the same compare-and-swap again (a lost
+/// statement still running holds the row, so this waits for it); if it does not apply, the
+/// session read under a lock. It holds the new jid: the lost rotation had committed. It
+/// does not: nothing was spent, and the session moved on otherwise (answered as a lost race).
+async fn resolve_rotation(
+    db: &Backend,
+    rotation: &RotationRow,
+) -> Result<Found<Option<SessionRow>>, StoreError> {
+    let mut tx = db.begin_write().await?;
+    let swap = rotation.clone().bind(Sql::new(statements().rotate.as_str()));
+    if let Some(row) = tx.fetch_optional::<SessionRow>(swap).await? {
+        tx.commit().await?;
+        return Ok(Found::new(Outcome::Applied, Some(row)));
+    }
+    let get = for_update(statements().get.as_str(), tx.kind());
+    let sql = Sql::new(get).bind(&rotation.app_id).bind(&rotation.session_id);
+    let row: Option<SessionRow> = tx.fetch_optional(sql).await?;
+    // On Postgres the lock gave this transaction an id, so its commit waits for the
+    // synchronous standby: the rotation found is durable there before it is answered.
+    tx.commit().await?;
+    Ok(match row {
+        Some(row) if row.current_jid == rotation.new_jid && row.revoked_at.is_none() => {
+            Found::new(Outcome::Committed, Some(row))
+        }
+        _ => Found::new(Outcome::Superseded, None),
+    })
+}
+
+/// `text` with `FOR UPDATE` on Postgres; SQLite's write transactions (`BEGIN IMMEDIATE`)
+/// already hold the write lock.
+fn for_update(text: &'static str, kind: Kind) -> std::borrow::Cow<'static, str> {
+    match kind {
+        Kind::Postgres => format!("{text} FOR UPDATE").into(),
+        Kind::Sqlite => text.into(),
+    }
 }
 
 /// Inside a session-creating transaction: revokes the subject's oldest live sessions so

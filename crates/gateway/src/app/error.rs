@@ -54,7 +54,7 @@ impl From<StoreError> for AppError {
         match err {
             StoreError::NotFound => Self::NotFound("not found".into()),
             // A conflict that survived its retries: concurrent writers, so try again.
-            StoreError::Unavailable(_) | StoreError::Conflict(_) => {
+            StoreError::Unavailable(_) | StoreError::InDoubt(_) | StoreError::Conflict(_) => {
                 Self::Unavailable(Box::new(err))
             }
             other => Self::Internal(Box::new(other)),

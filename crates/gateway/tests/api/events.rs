@@ -13,7 +13,7 @@ use crate::helpers::{assert_error, parts, spawn_app_with, Backend, CreatedApp, T
 use crate::on_both_backends;
 
 /// The value of one sample of `/metrics`, or 0 when it is not there (yet).
-async fn metric(app: &TestApp, sample: &str) -> f64 {
+pub(crate) async fn metric(app: &TestApp, sample: &str) -> f64 {
     let response = app.request(Method::GET, "/metrics").send().await.unwrap();
     assert_eq!(response.status(), 200);
     let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();

@@ -16,6 +16,7 @@ mod errors;
 mod events;
 mod failover;
 mod fuzz;
+mod in_doubt;
 mod inputs;
 mod keys;
 mod logs;

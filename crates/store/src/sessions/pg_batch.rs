@@ -72,7 +72,8 @@ fn insert_sql() -> &'static str {
     })
 }
 
-async fn insert_batch(db: &Backend, pool: &PgPool, jobs: Vec<InsertJob>) {
+async fn insert_batch(db: &Backend, pool: &PgPool, mut jobs: Vec<InsertJob>) {
+    let Some(mut conn) = batch::connect(&mut jobs, pool.acquire()).await else { return };
     let query = sqlx::query::<Postgres>(insert_sql())
         .bind(column(&jobs, |j| j.row.session_id.as_str()))
         .bind(column(&jobs, |j| j.row.app_id.as_str()))
@@ -92,8 +93,9 @@ async fn insert_batch(db: &Backend, pool: &PgPool, jobs: Vec<InsertJob>) {
         .bind(column(&jobs, |j| j.row.revoked_at))
         .bind(column(&jobs, |j| j.row.revoked_reason.as_deref()))
         .bind(column(&jobs, |j| j.row.current_digest.as_deref()));
-    let done = query.execute(pool).await.map(drop);
-    batch::settle_inserts(db, jobs, done, is_unreachable).await;
+    let done = query.execute(&mut *conn).await.map(drop);
+    drop(conn);
+    batch::settle_inserts(db, jobs, done).await;
 }
 
 /// The batched compare-and-swap; the arrays are in the order of [`ROTATION`].
@@ -107,7 +109,8 @@ fn rotate_sql() -> &'static str {
     })
 }
 
-async fn rotate_batch(db: &Backend, pool: &PgPool, jobs: Vec<RotateJob>) {
+async fn rotate_batch(db: &Backend, pool: &PgPool, mut jobs: Vec<RotateJob>) {
+    let Some(mut conn) = batch::connect(&mut jobs, pool.acquire()).await else { return };
     let query = sqlx::query_as::<Postgres, SessionRow>(rotate_sql())
         .bind(column(&jobs, |j| j.rotation.session_id.as_str()))
         .bind(column(&jobs, |j| j.rotation.app_id.as_str()))
@@ -120,18 +123,7 @@ async fn rotate_batch(db: &Backend, pool: &PgPool, jobs: Vec<RotateJob>) {
         .bind(column(&jobs, |j| j.rotation.expected.as_str()))
         .bind(column(&jobs, |j| digest(&j.rotation.presented)))
         .bind(column(&jobs, |j| digest(&j.rotation.digest)));
-    let rows = query.fetch_all(pool).await;
-    batch::settle_rotations(db, jobs, rows, is_unreachable).await;
-}
-
-/// Whether a batch failed because the database is unreachable or the pool exhausted.
-fn is_unreachable(err: &sqlx::Error) -> bool {
-    matches!(
-        err,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed
-    )
+    let rows = query.fetch_all(&mut *conn).await;
+    drop(conn);
+    batch::settle_rotations(db, jobs, rows).await;
 }

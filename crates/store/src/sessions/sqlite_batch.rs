@@ -69,7 +69,8 @@ fn positional(rows: usize, width: usize) -> String {
     vec![tuple.as_str(); rows].join(", ")
 }
 
-async fn insert_batch(db: &Backend, writer: &SqlitePool, jobs: Vec<InsertJob>) {
+async fn insert_batch(db: &Backend, writer: &SqlitePool, mut jobs: Vec<InsertJob>) {
+    let Some(mut conn) = batch::connect(&mut jobs, writer.acquire()).await else { return };
     let sql = format!("{}{}", statements().insert_into, positional(jobs.len(), COLUMNS.len()));
     let mut query = sqlx::query::<Sqlite>(&sql);
     for job in &jobs {
@@ -95,8 +96,10 @@ async fn insert_batch(db: &Backend, writer: &SqlitePool, jobs: Vec<InsertJob>) {
             .bind(r.current_digest.as_deref());
     }
     // Batches differ in size, so their statements are not worth keeping prepared.
-    let done = query.persistent(false).execute(writer).await.map(drop);
-    batch::settle_inserts(db, jobs, done, is_busy).await;
+    let done = query.persistent(false).execute(&mut *conn).await.map(drop);
+    // The job-by-job retry takes the writer's one connection.
+    drop(conn);
+    batch::settle_inserts(db, jobs, done).await;
 }
 
 /// The batched compare-and-swap for `rows` rotations (a power of two up to [`MAX_BATCH`]).
@@ -116,7 +119,8 @@ fn rotate_batch_sql(rows: usize) -> &'static str {
     })
 }
 
-async fn rotate_batch(db: &Backend, writer: &SqlitePool, jobs: Vec<RotateJob>) {
+async fn rotate_batch(db: &Backend, writer: &SqlitePool, mut jobs: Vec<RotateJob>) {
+    let Some(mut conn) = batch::connect(&mut jobs, writer.acquire()).await else { return };
     let mut query = sqlx::query_as::<Sqlite, SessionRow>(rotate_batch_sql(jobs.len()));
     for job in &jobs {
         let r = &job.rotation;
@@ -148,18 +152,7 @@ async fn rotate_batch(db: &Backend, writer: &SqlitePool, jobs: Vec<RotateJob>) {
             .bind(None::<&[u8]>)
             .bind(None::<&[u8]>);
     }
-    let rows = query.fetch_all(writer).await;
-    batch::settle_rotations(db, jobs, rows, is_busy).await;
-}
-
-/// Whether a batch failed because the database is busy or gone (another process holds the
-/// write lock past the busy timeout, say), rather than because of its data.
-fn is_busy(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => {
-            db.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
-        }
-        _ => false,
-    }
+    let rows = query.fetch_all(&mut *conn).await;
+    drop(conn);
+    batch::settle_rotations(db, jobs, rows).await;
 }
