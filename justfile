@@ -86,8 +86,9 @@ mutants:
     cargo mutants --version >/dev/null 2>&1 || cargo install cargo-mutants --locked
     cargo mutants --workspace -j 1 --timeout 300
 
-# Failover fault run: a primary and a synchronous standby, two gateways under renew load, 10
-# failovers alternating the primary, then the journal reconciled (lost, revived, doubled, 503 window).
+# Failover fault run: a primary and a synchronous standby, two gateways under renew load at
+# reuse_grace 0, 10 failovers alternating the primary (--stop-mode fast: a switchover's
+# shutdown), then the journal reconciled (lost, revived, doubled, 503 window, writes in doubt).
 failover *ARGS:
     bash bench/failover.sh {{ARGS}}
 

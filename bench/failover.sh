@@ -33,7 +33,8 @@ for binary in "$BENCH" "$KEYGATE"; do
     }
 done
 
-# The harness's defaults are the run's: 10 failovers, 128 sessions, 32 connections, 2
-# gateways, reuse_grace 30 s, 3 s of warm-up, 4 s of load after each failover. Options on
-# the command line override them (and these paths).
+# The harness's defaults are the run's: 10 failovers (the primary stopped with -m
+# immediate; --stop-mode fast for a switchover's shutdown), 128 sessions, 32 connections, 2
+# gateways, reuse_grace 0, 3 s of warm-up, 4 s of load after each failover. Options on the
+# command line override them (and these paths).
 exec "$BENCH" failover --keygate "$KEYGATE" --pgpair "$ROOT/bench/pgpair.sh" "$@"

@@ -15,6 +15,9 @@
 #
 # The servers run as the `postgres` user when this runs as root (initdb refuses root).
 # PG_BIN picks the binaries (default: the newest /usr/lib/postgresql/*/bin).
+# PAIR_STOP_MODE is how failover and crash stop the primary: `immediate` (the default, as a
+# crash would) or `fast` (as a planned switchover does: sessions are ended, and a commit that
+# waits for the standby is cut short after it committed locally).
 # shellcheck shell=bash
 
 pair_say() { printf 'pgpair: %s\n' "$*" >&2; }
@@ -121,10 +124,13 @@ pair_failover() {
     pair_promote "$started"
 }
 
-# pair_crash: stops the primary at once, as a crash would; no node takes writes until
-# pair_promote.
+# pair_crash: stops the primary (PAIR_STOP_MODE: at once, as a crash would, or fast); no
+# node takes writes until pair_promote.
 pair_crash() {
-    as_pg "$PG_BIN/pg_ctl" -D "$PAIR_DIR/$PAIR_PRIMARY" -m immediate -w stop >/dev/null \
+    local mode="${PAIR_STOP_MODE:-immediate}"
+    [[ "$mode" == immediate || "$mode" == fast ]] \
+        || pair_die "PAIR_STOP_MODE must be immediate or fast, not $mode" || return 1
+    as_pg "$PG_BIN/pg_ctl" -D "$PAIR_DIR/$PAIR_PRIMARY" -m "$mode" -w stop >/dev/null \
         || pair_die "could not stop $PAIR_PRIMARY"
 }
 

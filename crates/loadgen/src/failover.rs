@@ -74,9 +74,14 @@ pub struct FailoverArgs {
     /// Gateway processes on the one database.
     #[arg(long, default_value_t = 2)]
     gateways: usize,
-    /// The app's `reuse_grace`, in seconds.
-    #[arg(long, default_value_t = 30)]
+    /// The app's `reuse_grace`, in seconds. With 0, a renew answered 503 whose rotation had
+    /// committed would lose its session when retried: the run checks that none does.
+    #[arg(long, default_value_t = 0)]
     grace: u64,
+    /// How each failover stops the primary: `immediate` (as a crash would) or `fast` (as a
+    /// planned switchover does; it cuts short the commits waiting for the standby).
+    #[arg(long, value_enum, default_value_t = StopMode::Immediate)]
+    stop_mode: StopMode,
     /// Steady load before the first failover.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "3s")]
     warmup: Duration,
@@ -91,7 +96,8 @@ pub struct FailoverArgs {
     #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
     retry_delay: Duration,
     /// A request without an answer after this long counts as lost (and is sent again).
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    /// Above the gateway's longest hold (busy timeout plus in-doubt timeout: 10 s).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
     request_timeout: Duration,
     /// Seed of the random choices (the jitter); by default a random one, printed.
     #[arg(long)]
@@ -103,6 +109,22 @@ pub struct FailoverArgs {
     /// (to try the harness on gateways that cannot follow a failover; use --failovers 0).
     #[arg(long)]
     single_host: bool,
+}
+
+/// How a failover stops the primary (`PAIR_STOP_MODE` of bench/pgpair.sh).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StopMode {
+    Immediate,
+    Fast,
+}
+
+impl StopMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Immediate => "immediate",
+            Self::Fast => "fast",
+        }
+    }
 }
 
 /// One renew answer of the journal.
@@ -306,6 +328,48 @@ fn log_digest(path: &Path) -> Vec<(u64, String)> {
     digest
 }
 
+/// The gateways' `keygate_db_in_doubt_writes_total`, summed: `rotate committed 3, …`, the
+/// samples that are not 0, or `none`.
+async fn in_doubt_summary(http: &reqwest::Client, apis: &[Api]) -> String {
+    let mut totals: Vec<(String, f64)> = Vec::new();
+    for api in apis {
+        let text = match http.get(format!("{}/metrics", api.base)).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(e) => return format!("unknown (/metrics of {}: {e})", api.base),
+        };
+        for (labels, value) in in_doubt_samples(&text) {
+            match totals.iter_mut().find(|(l, _)| *l == labels) {
+                Some((_, total)) => *total += value,
+                None => totals.push((labels, value)),
+            }
+        }
+    }
+    let shown: Vec<String> =
+        totals.iter().filter(|(_, v)| *v > 0.0).map(|(l, v)| format!("{l} {v}")).collect();
+    if shown.is_empty() {
+        "none".to_owned()
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// `("rotate committed", 3.0)` for each sample of `keygate_db_in_doubt_writes_total`.
+fn in_doubt_samples(metrics: &str) -> Vec<(String, f64)> {
+    let label = |labels: &str, name: &str| {
+        let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+        labels[start..].split('"').next().map(str::to_owned)
+    };
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("keygate_db_in_doubt_writes_total{")?;
+            let (labels, value) = rest.split_once("} ")?;
+            let name = format!("{} {}", label(labels, "write")?, label(labels, "outcome")?);
+            Some((name, value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 /// `key=ID` with ID a ULID (app, session, request ids) becomes `key=*`, so that the
 /// digest counts one message for every session.
 fn mask_ids(message: &str) -> String {
@@ -350,6 +414,8 @@ fn first_host(url: &str) -> anyhow::Result<String> {
 #[derive(Debug)]
 struct Moves {
     script: PathBuf,
+    /// How the primary is stopped (`PAIR_STOP_MODE`).
+    stop_mode: StopMode,
     /// The pair's directory (removed by `stop`).
     dir: PathBuf,
     /// Where the scripts' stderr goes.
@@ -362,6 +428,7 @@ impl Moves {
         let log_path = self.logs.join(format!("pgpair-{name}.log"));
         let log = File::create(&log_path)?;
         let out = Command::new("bash")
+            .env("PAIR_STOP_MODE", self.stop_mode.as_str())
             .arg(&self.script)
             .args(args)
             .arg(&self.dir)
@@ -388,8 +455,18 @@ struct Pair {
 
 impl Pair {
     /// Starts it: the pair and its multi-host URL.
-    fn start(script: &Path, dir: &Path, logs: &Path) -> anyhow::Result<(Pair, String)> {
-        let moves = Moves { script: script.to_owned(), dir: dir.to_owned(), logs: logs.to_owned() };
+    fn start(
+        script: &Path,
+        dir: &Path,
+        logs: &Path,
+        stop_mode: StopMode,
+    ) -> anyhow::Result<(Pair, String)> {
+        let moves = Moves {
+            script: script.to_owned(),
+            stop_mode,
+            dir: dir.to_owned(),
+            logs: logs.to_owned(),
+        };
         let pair = Pair { moves: Arc::new(moves), keep_logs: true };
         let out = pair.moves.command(&["start"], "start")?;
         let url = out.lines().last().unwrap_or_default().trim().to_owned();
@@ -461,8 +538,9 @@ async fn run_inner(args: &FailoverArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let work = std::fs::canonicalize(&work)?;
     println!(
-        "failover: {} failovers, {} gateways, {} sessions, {} connections, reuse_grace {} s, warm-up {:?}, settle {:?}, seed {seed}, work dir {}",
+        "failover: {} failovers (primary stopped in {} mode), {} gateways, {} sessions, {} connections, reuse_grace {} s, warm-up {:?}, settle {:?}, seed {seed}, work dir {}",
         args.failovers,
+        args.stop_mode.as_str(),
         args.gateways,
         args.sessions,
         args.connections,
@@ -534,7 +612,7 @@ async fn drive_run(
     work: &Path,
     rng: &mut StdRng,
 ) -> anyhow::Result<bool> {
-    let (mut pair, multi_host) = Pair::start(script, &work.join("pair"), work)?;
+    let (mut pair, multi_host) = Pair::start(script, &work.join("pair"), work, args.stop_mode)?;
     let url = if args.single_host { first_host(&multi_host)? } else { multi_host };
     println!("failover: pair started; the gateways use {url}");
     let master = master_key(keygate)?;
@@ -680,6 +758,7 @@ async fn drive_run(
         slowest.as_secs_f64(),
         checks.passed
     );
+    println!("failover: writes in doubt, resolved: {}", in_doubt_summary(&http, &apis).await);
     for n in 1..=args.gateways {
         let log = work.join(format!("gateway-{n}")).join("stderr.1");
         for (count, line) in log_digest(&log).iter().take(6) {
@@ -1105,6 +1184,18 @@ mod tests {
         assert_eq!((tree.doubled, checks.violations.len()), (0, 0));
         tree.add(&token("p"), &token("d"), &mut checks);
         assert_eq!((tree.doubled, checks.violations.len()), (1, 1));
+    }
+
+    #[test]
+    fn in_doubt_samples_are_read_by_write_and_outcome() {
+        let text = "# HELP keygate_db_in_doubt_writes_total x\n\
+            keygate_db_in_doubt_writes_total{outcome=\"committed\",write=\"rotate\"} 3\n\
+            keygate_db_in_doubt_writes_total{outcome=\"unresolved\",write=\"sign\"} 0\n\
+            keygate_renew_total{outcome=\"rotated\"} 9\n";
+        assert_eq!(
+            in_doubt_samples(text),
+            vec![("rotate committed".to_owned(), 3.0), ("sign unresolved".to_owned(), 0.0)]
+        );
     }
 
     #[test]
