@@ -84,7 +84,14 @@ pub struct Settings {
     /// a path prefix): the base of the absolute URLs in the OAuth metadata, which is not
     /// served without it.
     pub public_url: Option<String>,
+    /// Serves the admin console in the browser at `/console/` (off: `/console/` is 404).
+    pub console: bool,
+    /// Minutes a console sign-in lasts, at most 720 (12 hours).
+    pub console_session_minutes: u64,
 }
+
+/// The longest a console sign-in may last, in minutes.
+pub const CONSOLE_SESSION_MAX_MINUTES: u64 = 12 * 60;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -116,6 +123,8 @@ impl Default for Settings {
             webhook_retry_ms: 1000,
             audit_retention_days: 90,
             public_url: None,
+            console: false,
+            console_session_minutes: CONSOLE_SESSION_MAX_MINUTES,
         }
     }
 }
@@ -151,6 +160,8 @@ impl fmt::Debug for Settings {
             .field("webhook_retry_ms", &self.webhook_retry_ms)
             .field("audit_retention_days", &self.audit_retention_days)
             .field("public_url", &self.public_url)
+            .field("console", &self.console)
+            .field("console_session_minutes", &self.console_session_minutes)
             .finish()
     }
 }
@@ -163,6 +174,8 @@ pub enum ConfigError {
     MissingFile(PathBuf),
     #[error("public_url: {0}")]
     PublicUrl(String),
+    #[error("console_session_minutes must be 1 to {CONSOLE_SESSION_MAX_MINUTES}, not {0}")]
+    ConsoleSession(u64),
 }
 
 impl Settings {
@@ -190,7 +203,27 @@ impl Settings {
         let mut settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.database_url = settings.database_url.filter(|url| !url.trim().is_empty());
         settings.public_url()?;
+        settings.console_session()?;
         Ok(settings)
+    }
+
+    /// How long a console sign-in lasts, checked: 1 minute to 12 hours.
+    pub fn console_session(&self) -> Result<std::time::Duration, ConfigError> {
+        match self.console_session_minutes {
+            0 => Err(ConfigError::ConsoleSession(0)),
+            m if m > CONSOLE_SESSION_MAX_MINUTES => Err(ConfigError::ConsoleSession(m)),
+            m => Ok(std::time::Duration::from_secs(m * 60)),
+        }
+    }
+
+    /// Whether `listen` is a loopback address (a console cookie without `Secure` is then
+    /// acceptable: nothing leaves the machine).
+    pub fn listens_on_loopback(&self) -> bool {
+        let host = match self.listen.rsplit_once(':') {
+            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+            None => self.listen.as_str(),
+        };
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
     }
 
     /// The database URL in force: the configured one, or the embedded SQLite default.

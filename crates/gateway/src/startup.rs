@@ -54,6 +54,13 @@ impl Application {
             .unwrap_or(2)
             .max(1);
         let services = web::Data::new(services);
+        let console = if settings.console {
+            let lifetime = settings.console_session()?;
+            let secure = !settings.listens_on_loopback();
+            Some(web::Data::new(crate::http::console::Console::new(lifetime, secure)))
+        } else {
+            None
+        };
         changes::spawn_listener(services.clone().into_inner());
         if settings.janitor_interval > 0 {
             let every = Duration::from_secs(settings.janitor_interval);
@@ -77,6 +84,11 @@ impl Application {
                 .wrap(middleware::from_fn(request_id::middleware))
                 .wrap(middleware::Logger::new(r#"%a "%r" %s %b %Dms request_id=%{x-request-id}o"#))
                 .configure(routes::configure)
+                .configure(|cfg| {
+                    if let Some(console) = &console {
+                        crate::http::console::configure(cfg, console.clone());
+                    }
+                })
                 .configure(|cfg| crate::http::compat::configure(cfg, &compat))
                 .default_service(web::to(routes::not_found))
         })

@@ -26,6 +26,12 @@ pub enum ApiError {
     InvalidClient,
     #[error("invalid root key")]
     InvalidRootKey,
+    /// A console request without a live console session.
+    #[error("not signed in to the console, or the console session ended: sign in again")]
+    ConsoleSignIn,
+    /// A console request that changes something, without its session's CSRF token.
+    #[error("missing or wrong X-CSRF-Token for this console session")]
+    Csrf,
     #[error("{0}")]
     NotFound(String),
     #[error("method not allowed")]
@@ -82,7 +88,8 @@ pub enum ErrorCode {
     InvalidRequest = 400,
     /// 401: a refresh token (`/renew`) or token (`/logout`) that is not accepted.
     InvalidGrant = 401,
-    /// 403: bad app key, unknown app, malformed app id; bad root key.
+    /// 403: bad app key, unknown app, malformed app id; bad root key; (console) no console
+    /// session, or a change without its CSRF token.
     InvalidClient = 403,
     /// 404: unknown endpoint; unknown app or key.
     NotFound = 404,
@@ -109,7 +116,9 @@ impl ApiError {
         match self {
             Self::Invalid(_) => ErrorCode::InvalidRequest,
             Self::InvalidGrant | Self::InvalidToken => ErrorCode::InvalidGrant,
-            Self::InvalidClient | Self::InvalidRootKey => ErrorCode::InvalidClient,
+            Self::InvalidClient | Self::InvalidRootKey | Self::ConsoleSignIn | Self::Csrf => {
+                ErrorCode::InvalidClient
+            }
             Self::NotFound(_) => ErrorCode::NotFound,
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
@@ -207,6 +216,8 @@ mod tests {
             ApiError::InvalidToken,
             ApiError::InvalidClient,
             ApiError::InvalidRootKey,
+            ApiError::ConsoleSignIn,
+            ApiError::Csrf,
             ApiError::NotFound("gone".into()),
             ApiError::MethodNotAllowed,
             ApiError::PayloadTooLarge(1),
@@ -222,6 +233,8 @@ mod tests {
                 | ApiError::InvalidToken
                 | ApiError::InvalidClient
                 | ApiError::InvalidRootKey
+                | ApiError::ConsoleSignIn
+                | ApiError::Csrf
                 | ApiError::NotFound(_)
                 | ApiError::MethodNotAllowed
                 | ApiError::PayloadTooLarge(_)

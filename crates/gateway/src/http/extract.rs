@@ -300,6 +300,11 @@ impl FromRequest for RootAuth {
     type Future = Fut<Self>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        // The root API mounted under /console/api: a console session instead of the key.
+        if let Some(console) = req.app_data::<web::Data<crate::http::console::Console>>() {
+            let authorized = console.authorize(req).map(|()| RootAuth);
+            return Box::pin(async move { authorized });
+        }
         let begun = begin(req);
         Box::pin(async move {
             let (attempt, services, key) = begun?;

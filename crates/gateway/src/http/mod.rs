@@ -4,6 +4,7 @@
 
 pub mod client_ip;
 pub mod compat;
+pub mod console;
 pub mod error;
 pub mod extract;
 pub mod metrics;

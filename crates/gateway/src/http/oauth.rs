@@ -132,9 +132,11 @@ impl From<ApiError> for OAuthError {
                 Self::InvalidRequest(fields.join("; "))
             }
             ApiError::InvalidGrant | ApiError::InvalidToken => Self::InvalidGrant,
-            ApiError::InvalidClient | ApiError::InvalidRootKey | ApiError::NotFound(_) => {
-                Self::InvalidClient { challenge: false }
-            }
+            ApiError::InvalidClient
+            | ApiError::InvalidRootKey
+            | ApiError::ConsoleSignIn
+            | ApiError::Csrf
+            | ApiError::NotFound(_) => Self::InvalidClient { challenge: false },
             ApiError::MethodNotAllowed => Self::invalid("method not allowed"),
             ApiError::PayloadTooLarge(limit) => Self::PayloadTooLarge(limit),
             ApiError::UnsupportedMediaType => {

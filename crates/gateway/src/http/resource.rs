@@ -21,5 +21,11 @@ pub async fn method_not_allowed() -> Answer {
 /// The resource carries its pattern as the route label of the metrics, which the metrics
 /// middleware reads without matching the path again.
 pub fn resource(path: &'static str) -> actix_web::Resource {
-    web::resource(path).app_data(RouteLabel(path)).default_service(web::to(method_not_allowed))
+    resource_as(path, path)
+}
+
+/// Like [`resource`], for a resource inside a scope: `path` within the scope, `label` the
+/// whole pattern.
+pub fn resource_as(path: &'static str, label: &'static str) -> actix_web::Resource {
+    web::resource(path).app_data(RouteLabel(label)).default_service(web::to(method_not_allowed))
 }

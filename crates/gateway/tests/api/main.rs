@@ -12,6 +12,7 @@ mod attacks;
 mod auth;
 mod cli;
 mod compat;
+mod console;
 mod errors;
 mod events;
 mod failover;

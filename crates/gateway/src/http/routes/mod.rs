@@ -25,3 +25,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     root::configure(cfg);
     events::configure(cfg);
 }
+
+/// The root API as the console uses it, under `/console/api` (inside the console's scope).
+pub fn console_api(cfg: &mut web::ServiceConfig) {
+    root::configure_console(cfg);
+}

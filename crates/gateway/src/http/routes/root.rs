@@ -14,23 +14,47 @@ use crate::http::extract::{JsonBody, OptionalJsonBody, RootAuth};
 use crate::http::resource::{resource, Answer};
 use crate::http::schema::{AppNotFound, BodyErrors, RevokedCount, RootKeyErrors};
 
+/// The root API's resources, each made by `$res!(PATH)` from its path under `/root`.
+macro_rules! routes {
+    ($cfg:expr, $res:ident) => {
+        $cfg.service(
+            $res!("/apps").route(web::get().to(list_apps)).route(web::post().to(create_app)),
+        )
+        .service(
+            $res!("/apps/{app_id}")
+                .route(web::get().to(get_app))
+                .route(web::patch().to(update_app))
+                .route(web::delete().to(delete_app)),
+        )
+        .service($res!("/apps/{app_id}/sessions").route(web::delete().to(revoke_sessions)))
+        .service($res!("/apps/{app_id}/rotate-app-key").route(web::post().to(rotate_app_key)))
+        .service($res!("/apps/{app_id}/keys").route(web::get().to(list_keys)))
+        .service($res!("/apps/{app_id}/keys/rotate").route(web::post().to(rotate_keys)))
+        .service($res!("/apps/{app_id}/keys/{key_id}/revoke").route(web::post().to(revoke_key)))
+    };
+}
+
+macro_rules! under_root {
+    ($path:literal) => {
+        resource(concat!("/root", $path))
+    };
+}
+
+/// Inside the `/console` scope, as `/console/api/…`.
+macro_rules! under_console {
+    ($path:literal) => {
+        crate::http::resource::resource_as(concat!("/api", $path), concat!("/console/api", $path))
+    };
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        resource("/root/apps").route(web::get().to(list_apps)).route(web::post().to(create_app)),
-    )
-    .service(
-        resource("/root/apps/{app_id}")
-            .route(web::get().to(get_app))
-            .route(web::patch().to(update_app))
-            .route(web::delete().to(delete_app)),
-    )
-    .service(resource("/root/apps/{app_id}/sessions").route(web::delete().to(revoke_sessions)))
-    .service(resource("/root/apps/{app_id}/rotate-app-key").route(web::post().to(rotate_app_key)))
-    .service(resource("/root/apps/{app_id}/keys").route(web::get().to(list_keys)))
-    .service(resource("/root/apps/{app_id}/keys/rotate").route(web::post().to(rotate_keys)))
-    .service(
-        resource("/root/apps/{app_id}/keys/{key_id}/revoke").route(web::post().to(revoke_key)),
-    );
+    routes!(cfg, under_root);
+}
+
+/// The same API for the console, inside its scope: the handlers' [`RootAuth`] then takes a
+/// console session (see `http::console`).
+pub fn configure_console(cfg: &mut web::ServiceConfig) {
+    routes!(cfg, under_console);
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
