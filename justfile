@@ -42,6 +42,11 @@ interop-oauth:
 pg-pair-selftest:
     bash bench/pgpair.sh selftest
 
+# Drive the admin console in Debian's Chromium (installed if missing, as root) with playwright-core.
+console-test:
+    cargo build --bin keygate
+    bash interop/console/run.sh target/debug/keygate
+
 # Check a live gateway against its GET /openapi.json with schemathesis (bounded: ~1 min).
 openapi-check:
     cargo build --bin keygate
