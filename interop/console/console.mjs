@@ -88,7 +88,7 @@ try {
   check("no cookie holds the root key", !cookies.some((c) => c.value.includes(ROOT_KEY)));
 
   // ---- create an app: its key is shown once and works
-  await page.getByLabel("Name").fill("browser-app");
+  await page.getByLabel("Name", { exact: true }).fill("browser-app");
   await page.getByRole("button", { name: "Create" }).click();
   await page.locator("#secret").waitFor();
   const appKey = (await page.locator("#secret").textContent()).trim();
@@ -100,13 +100,17 @@ try {
   const app = apps.find((a) => a.name === "browser-app");
   check("the app exists", Boolean(app));
   check("the shown app key opens sessions", (await signWith(app.app_id, appKey)) === 200);
-  await page.getByRole("link", { name: "Open the app" }).click();
+  await page.reload();
+  await page.getByRole("heading", { name: "Apps" }).waitFor();
+  const live = await page.locator(`#apps tr[data-app="${app.app_id}"] td.live`).textContent();
+  check("the list shows the app's live sessions", live.trim() === "1", live);
+  check("the key is not shown again", (await page.locator("#secret").count()) === 0);
+  await page.getByRole("link", { name: "browser-app" }).click();
   await page.getByRole("heading", { name: "browser-app" }).waitFor();
   check("the app page links its JWKS", (await page.locator("#jwks").getAttribute("href")) === `/app/${app.app_id}/jwks.json`);
   await page.reload();
   await page.getByRole("heading", { name: "browser-app" }).waitFor();
   check("a reload keeps the console session", true);
-  check("the key is not shown again", (await page.locator("#secret").count()) === 0);
 
   // ---- a bad setting: the API's message next to its field; then a good one
   await page.getByLabel("Auth token lifetime (s)").fill("-5");
@@ -154,8 +158,9 @@ try {
   check("and created nothing", !(await root("GET", "/root/apps")).json.apps.some((a) => a.name === "csrf-less"));
 
   // ---- delete an app after typing its name
-  await page.goto(`${BASE}/console/#/apps`);
-  await page.getByLabel("Name").fill("to-delete");
+  await page.getByRole("link", { name: "Apps", exact: true }).click();
+  await page.getByRole("heading", { name: "Apps", exact: true }).waitFor();
+  await page.getByLabel("Name", { exact: true }).fill("to-delete");
   await page.getByRole("button", { name: "Create" }).click();
   await page.getByRole("link", { name: "Open the app" }).click();
   await page.getByRole("heading", { name: "to-delete" }).waitFor();

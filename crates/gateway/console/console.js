@@ -155,20 +155,27 @@ async function appsPage() {
   const list = h("div", {});
   const refreshList = async () => {
     const r = await api("GET", "/apps");
-    list.replaceChildren(appTable(r.json.apps));
+    list.replaceChildren(appTable(r.json.apps, await liveSessions()));
   };
-  list.replaceChildren(appTable(result.json.apps));
+  list.replaceChildren(appTable(result.json.apps, await liveSessions()));
   show(h("h1", {}, "Apps"), created, list, form);
 }
 
-function appTable(apps) {
+// Live sessions by app id ({} when they cannot be read: the list still shows).
+async function liveSessions() {
+  const r = await api("GET", "/live-sessions");
+  return r.status === 200 ? r.json.live_sessions : {};
+}
+
+function appTable(apps, live) {
   if (!apps.length) return h("p", { class: "muted" }, "No apps yet.");
   return h("div", { class: "scroll" }, h("table", { id: "apps" },
-    h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Name"), h("th", { scope: "col" }, "App id"), h("th", { scope: "col" }, "Created"))),
-    h("tbody", {}, apps.map((app) => h("tr", {},
+    h("thead", {}, h("tr", {}, ["Name", "App id", "Created", "Live sessions"].map((t) => h("th", { scope: "col" }, t)))),
+    h("tbody", {}, apps.map((app) => h("tr", { "data-app": app.app_id },
       h("td", { "data-label": "Name" }, h("a", { href: `#/apps/${app.app_id}` }, app.name)),
       h("td", { "data-label": "App id" }, h("code", {}, app.app_id)),
-      h("td", { "data-label": "Created" }, date(app.created_at)))))));
+      h("td", { "data-label": "Created" }, date(app.created_at)),
+      h("td", { "data-label": "Live sessions", class: "live" }, live[app.app_id] ?? "–"))))));
 }
 
 // The settings the console edits: [field, label, kind, choices].

@@ -605,6 +605,11 @@ impl Sessions {
         Ok(self.store.list_live(app_id, sub, now).await?.iter().map(SessionView::from).collect())
     }
 
+    /// How many live sessions each app has at `now` (apps without any are absent).
+    pub async fn live_counts(&self, now: i64) -> Result<Vec<(AppId, u64)>, SessionError> {
+        Ok(self.store.count_live_by_app(now).await?)
+    }
+
     /// Deletes sessions that ended more than [`JANITOR_REVOKED_RETENTION`] ago.
     pub async fn purge(&self, now: i64) -> Result<u64, SessionError> {
         Ok(self.store.purge(now - JANITOR_REVOKED_RETENTION).await?)

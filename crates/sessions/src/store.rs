@@ -165,6 +165,19 @@ impl SessionStore {
         rows.into_iter().map(Session::try_from).collect()
     }
 
+    /// How many live sessions each app has at `now` (apps without any are absent).
+    pub async fn count_live_by_app(&self, now: i64) -> Result<Vec<(AppId, u64)>, StoreError> {
+        let rows = self.table.count_live_by_app(now).await?;
+        rows.into_iter()
+            .map(|(app_id, count)| {
+                let app_id = app_id
+                    .parse()
+                    .map_err(|_| StoreError::Corrupt(format!("sessions.app_id {app_id:?}")))?;
+                Ok((app_id, u64::try_from(count).unwrap_or(0)))
+            })
+            .collect()
+    }
+
     /// Deletes sessions that ended before `ended_before` (expired, or revoked). Returns how
     /// many.
     pub async fn purge(&self, ended_before: i64) -> Result<u64, StoreError> {

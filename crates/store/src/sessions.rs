@@ -88,6 +88,10 @@ const REVOKED_APP: &str = "SELECT session_id FROM sessions WHERE app_id = $1 \
 /// A session's current token, to resolve an unrotate in doubt.
 const CURRENT_JID: &str = "SELECT current_jid FROM sessions WHERE session_id = $1 AND app_id = $2";
 
+/// How many live sessions each app has (apps without any are absent).
+const LIVE_BY_APP: &str = "SELECT app_id, COUNT(*) FROM sessions \
+    WHERE revoked_at IS NULL AND expires_at > $1 GROUP BY app_id";
+
 const PURGE: &str = "DELETE FROM sessions WHERE expires_at < $1 OR current_exp < $1 \
     OR revoked_at < $1";
 
@@ -555,6 +559,12 @@ impl SessionTable {
             None => Sql::new(statements().live.as_str()).bind(app_id).bind(now),
         };
         self.db.read(sql).fetch_all().await
+    }
+
+    /// How many live sessions each app has, at `now`: one scan of the live sessions (apps
+    /// without any are absent).
+    pub async fn count_live_by_app(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        self.db.read(Sql::new(LIVE_BY_APP).bind(now)).fetch_all().await
     }
 
     /// Deletes sessions that ended before `ended_before`; returns how many.

@@ -250,6 +250,22 @@ pub enum SessionTarget<'a> {
     Subject(&'a str),
 }
 
+/// How many live sessions each app has at `now`, every app listed (0 for none). One scan
+/// of the live sessions.
+pub async fn live_session_counts(
+    services: &Services,
+    now: i64,
+) -> Result<std::collections::BTreeMap<AppId, u64>, AppError> {
+    let mut counts: std::collections::BTreeMap<AppId, u64> =
+        list_apps(services).await?.into_iter().map(|app| (app.app_id, 0)).collect();
+    for (app_id, live) in services.sessions.live_counts(now).await? {
+        if let Some(count) = counts.get_mut(&app_id) {
+            *count = live;
+        }
+    }
+    Ok(counts)
+}
+
 pub async fn list_sessions(
     services: &Services,
     app_id: AppId,

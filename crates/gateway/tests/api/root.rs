@@ -6,7 +6,7 @@ use serde_json::json;
 use crate::helpers::{assert_error, parts, TestApp};
 use crate::on_both_backends;
 
-on_both_backends!(app_lifecycle, unknown_apps_are_404_for_root);
+on_both_backends!(app_lifecycle, unknown_apps_are_404_for_root, live_sessions_are_counted_per_app);
 
 async fn app_lifecycle(app: TestApp) {
     let created = app
@@ -105,4 +105,27 @@ async fn unknown_apps_are_404_for_root(app: TestApp) {
         let (status, body) = parts(app.root(method, &path).send().await.unwrap()).await;
         assert_error(status, &body, 404, "not_found");
     }
+}
+
+/// `GET /root/live-sessions`: every app, with its sessions that are neither revoked nor
+/// past their absolute expiry; the root key only.
+async fn live_sessions_are_counted_per_app(app: TestApp) {
+    let busy = app.create_app(json!({"name": "busy"})).await;
+    let idle = app.create_app(json!({"name": "idle"})).await;
+    let kept = app.sign(&busy, "ann").await;
+    app.sign(&busy, "ben").await;
+    let ended = app.sign(&busy, "cat").await;
+    let (status, body) =
+        app.app_post(&busy, "logout", &json!({"token": ended["auth_token"]})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) =
+        parts(app.root(Method::GET, "/root/live-sessions").send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["live_sessions"][&busy.app_id], 2, "{body}");
+    assert_eq!(body["live_sessions"][&idle.app_id], 0, "{body}");
+    assert_eq!(body["live_sessions"].as_object().unwrap().len(), 2, "{body}");
+    assert!(kept["session_id"].is_string());
+    let response = app.request(Method::GET, "/root/live-sessions").send().await.unwrap();
+    let (status, body) = parts(response).await;
+    assert_error(status, &body, 403, "invalid_client");
 }

@@ -54,6 +54,7 @@ const CLIENT_SECRET_BASIC: &str = "client_secret_basic";
         tenant::pub_keys,
         tenant::app_settings,
         root::list_apps,
+        root::live_sessions,
         root::create_app,
         root::get_app,
         root::update_app,

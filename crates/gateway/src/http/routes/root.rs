@@ -20,6 +20,7 @@ macro_rules! routes {
         $cfg.service(
             $res!("/apps").route(web::get().to(list_apps)).route(web::post().to(create_app)),
         )
+        .service($res!("/live-sessions").route(web::get().to(live_sessions)))
         .service(
             $res!("/apps/{app_id}")
                 .route(web::get().to(get_app))
@@ -72,6 +73,15 @@ struct AppList {
     apps: Vec<App>,
 }
 
+/// The live sessions of every app.
+#[derive(Serialize, ToSchema)]
+struct LiveSessions {
+    /// Live sessions (not revoked, not past their absolute expiry) by app id; 0 for an app
+    /// without any.
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
+    live_sessions: std::collections::BTreeMap<AppId, u64>,
+}
+
 /// The app that was deleted.
 #[derive(Serialize, ToSchema)]
 struct Deleted {
@@ -95,6 +105,17 @@ pub(super) fn app_id(raw: &str) -> Result<AppId, ApiError> {
     responses((status = 200, description = "Every app.", body = AppList), RootKeyErrors))]
 async fn list_apps(_: RootAuth, services: web::Data<Services>) -> Answer {
     Ok(HttpResponse::Ok().json(AppList { apps: admin::list_apps(&services).await? }))
+}
+
+/// How many live sessions each app has. One scan of the live sessions: for a console or a
+/// dashboard, not for every request.
+#[utoipa::path(get, path = "/root/live-sessions", tag = "root",
+    security(("root_key" = [])),
+    responses((status = 200, description = "Live sessions by app.", body = LiveSessions),
+        RootKeyErrors))]
+async fn live_sessions(_: RootAuth, services: web::Data<Services>) -> Answer {
+    let live_sessions = admin::live_session_counts(&services, clock::now()).await?;
+    Ok(HttpResponse::Ok().json(LiveSessions { live_sessions }))
 }
 
 /// Creates an app with its active and next signing keys. The app key is shown only here.
