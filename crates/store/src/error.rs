@@ -123,7 +123,7 @@ impl Clone for StoreError {
 }
 
 /// An error and its sources on one line, for the log.
-pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -20,4 +20,4 @@ pub use backend::{
     redact_url, Arg, Backend, DbError, Kind, PoolOptions, PoolStats, Row, Sql, BUSY_TIMEOUT,
     CHANGES_CHANNEL, IN_DOUBT_TIMEOUT,
 };
-pub use error::StoreError;
+pub use error::{chain, StoreError};

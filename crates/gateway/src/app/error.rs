@@ -38,16 +38,7 @@ impl AppError {
 }
 
 /// An error and its sources on one line, for the log.
-pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use keygate_store::chain;
 
 impl From<StoreError> for AppError {
     fn from(err: StoreError) -> Self {

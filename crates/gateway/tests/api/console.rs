@@ -19,14 +19,18 @@ async fn console_app() -> TestApp {
     .unwrap()
 }
 
-/// Signs in: the `Cookie` header to send, and the CSRF token.
-async fn sign_in(app: &TestApp) -> (String, String) {
-    let response = app
-        .request(Method::POST, "/console/api/login")
-        .json(&json!({"root_key": app.root_key}))
+/// `POST /console/api/login` with `root_key`.
+async fn login(app: &TestApp, root_key: &str) -> reqwest::Response {
+    app.request(Method::POST, "/console/api/login")
+        .json(&json!({"root_key": root_key}))
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Signs in: the `Cookie` header to send, and the CSRF token.
+async fn sign_in(app: &TestApp) -> (String, String) {
+    let response = login(app, &app.root_key).await;
     let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
     let (status, body) = parts(response).await;
     assert_eq!(status, 200, "{body}");
@@ -51,12 +55,7 @@ async fn the_console_is_off_by_default() {
         let (status, _) = parts(app.request(Method::GET, path).send().await.unwrap()).await;
         assert_eq!(status, 404, "{path}");
     }
-    let response = app
-        .request(Method::POST, "/console/api/login")
-        .json(&json!({"root_key": app.root_key}))
-        .send()
-        .await
-        .unwrap();
+    let response = login(&app, &app.root_key).await;
     assert_eq!(response.status(), 404);
 }
 
@@ -88,12 +87,7 @@ async fn the_page_and_its_assets_are_served_with_strict_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_in_gives_an_opaque_cookie_and_changes_need_the_csrf_token() {
     let app = console_app().await;
-    let response = app
-        .request(Method::POST, "/console/api/login")
-        .json(&json!({"root_key": app.root_key}))
-        .send()
-        .await
-        .unwrap();
+    let response = login(&app, &app.root_key).await;
     assert_strict_headers(response.headers());
     let set_cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_owned();
     let (status, body) = parts(response).await;
@@ -180,12 +174,7 @@ async fn a_signed_out_session_is_refused() {
 async fn wrong_root_keys_meet_the_per_address_limit() {
     let app = console_app().await;
     let attempt = || async {
-        let response = app
-            .request(Method::POST, "/console/api/login")
-            .json(&json!({"root_key": "kgr_not_the_root_key_at_all_0123456789"}))
-            .send()
-            .await
-            .unwrap();
+        let response = login(&app, "kgr_not_the_root_key_at_all_0123456789").await;
         let retry_after = response.headers().get("retry-after").cloned();
         let (status, body): (u16, Value) = parts(response).await;
         (status, body, retry_after)
@@ -198,12 +187,7 @@ async fn wrong_root_keys_meet_the_per_address_limit() {
     assert_error(status, &body, 429, "rate_limited");
     assert!(retry_after.is_some());
     // The right key is refused too from that address, until the wait is over.
-    let response = app
-        .request(Method::POST, "/console/api/login")
-        .json(&json!({"root_key": app.root_key}))
-        .send()
-        .await
-        .unwrap();
+    let response = login(&app, &app.root_key).await;
     assert_eq!(response.status(), 429);
 }
 
