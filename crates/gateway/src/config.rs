@@ -338,6 +338,17 @@ mod tests {
     }
 
     #[test]
+    fn the_console_cookie_is_secure_unless_the_gateway_listens_on_loopback() {
+        let on = |listen: &str| Settings { listen: listen.into(), ..Settings::default() };
+        for loopback in ["127.0.0.1:8080", "[::1]:8080", "localhost:8080", "127.0.0.2:1"] {
+            assert!(on(loopback).listens_on_loopback(), "{loopback}");
+        }
+        for exposed in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:443", "auth.example.com:443"] {
+            assert!(!on(exposed).listens_on_loopback(), "{exposed}");
+        }
+    }
+
+    #[test]
     fn public_url_is_an_absolute_http_url_without_its_trailing_slash() {
         let check = |value: &str| {
             Settings { public_url: Some(value.into()), ..Settings::default() }.public_url()
