@@ -205,3 +205,68 @@ async fn a_revoke_that_never_arrived_is_applied() {
     let (status, body) = app.renew(&tenant, &signed["refresh_token"]).await;
     assert_error(status, &body, 401, "invalid_grant");
 }
+
+/// While no host takes connections, no renew is held longer than the busy timeout: one
+/// queued behind a batch that waits for a connection is withdrawn at its own deadline (and
+/// never sent later), instead of waiting for that batch and then for its own connection,
+/// twice the timeout. Sixteen clients renew for three seconds of outage; every answer is a
+/// 503 with Retry-After, and the slowest takes the timeout plus a margin for the machine,
+/// far from twice the timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_renew_waits_longer_than_the_busy_timeout_for_a_writable_host() {
+    const BUSY_MS: u64 = 1000;
+    let Some((app, proxy)) = through_proxy(|s| s.database_busy_timeout_ms = BUSY_MS).await else {
+        return;
+    };
+    let tenant = app.create_app(json!({"name": "bounded", "reuse_grace": 0})).await;
+    let mut tokens = Vec::new();
+    for i in 0..16 {
+        tokens.push(app.sign(&tenant, &format!("bounded-{i}")).await["refresh_token"].clone());
+    }
+    proxy.cut().await;
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let clients = tokens.iter().map(|token| {
+        let (app, tenant) = (&app, &tenant);
+        async move {
+            let mut slowest = std::time::Duration::ZERO;
+            let mut answers = 0;
+            while std::time::Instant::now() < until {
+                let started = std::time::Instant::now();
+                let response = app
+                    .request(Method::POST, &format!("/app/{}/renew", tenant.app_id))
+                    .header("Authorization", &tenant.app_key)
+                    .json(&json!({"refresh_token": token, "ip": "203.0.113.7", "useragent": "test-agent"}))
+                    .send()
+                    .await
+                    .unwrap();
+                slowest = slowest.max(started.elapsed());
+                assert_eq!(response.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+                let (status, body) = parts(response).await;
+                assert_error(status, &body, 503, "unavailable");
+                answers += 1;
+            }
+            (slowest, answers)
+        }
+    });
+    let results = futures::future::join_all(clients).await;
+    let slowest = results.iter().map(|(s, _)| *s).max().unwrap();
+    let answers: usize = results.iter().map(|(_, n)| n).sum();
+    assert!(answers >= 32, "the outage was observed: {answers} answers");
+    assert!(
+        slowest.as_millis() < u128::from(BUSY_MS) * 3 / 2,
+        "a renew was held {slowest:?} with a busy timeout of {BUSY_MS} ms"
+    );
+    proxy.restore().await;
+    // Nothing was spent: once the database is back, every token renews.
+    for token in &tokens {
+        let mut status = 0;
+        for _ in 0..100 {
+            status = app.renew(&tenant, token).await.0;
+            if status == 200 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 200, "a token refused during the outage renews afterwards");
+    }
+}

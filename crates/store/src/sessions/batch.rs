@@ -285,3 +285,51 @@ fn fail<J: Job>(jobs: Vec<J>, err: &StoreError) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A job whose batcher is busy past the job's deadline is withdrawn by its caller (503)
+    /// and the batcher can no longer send it; one the batcher claimed first is waited for.
+    #[tokio::test(start_paused = true)]
+    async fn a_job_not_sent_by_its_deadline_is_withdrawn_and_never_sent() {
+        let ticket = Ticket::new(Instant::now() + Duration::from_millis(100));
+        let (_reply, answer) = oneshot::channel::<Result<(), StoreError>>();
+        let started = Instant::now();
+        let waited = submit_and_wait(ticket.clone(), answer, async { Ok(()) }).await;
+        assert!(matches!(waited, Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))));
+        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        assert!(!ticket.send(), "the batcher may not send a withdrawn job");
+
+        let ticket = Ticket::new(Instant::now() + Duration::from_millis(100));
+        let (reply, answer) = oneshot::channel::<Result<(), StoreError>>();
+        assert!(ticket.send(), "the batcher claims it before the deadline");
+        let batcher = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let _ = reply.send(Ok(()));
+        });
+        let waited = submit_and_wait(ticket.clone(), answer, async { Ok(()) }).await;
+        assert!(waited.is_ok(), "a sent job is waited for past its deadline: {waited:?}");
+        assert!(!ticket.abandon());
+        batcher.await.unwrap();
+    }
+
+    /// A reply dropped unanswered is in doubt once the job was sent, a known failure before.
+    #[tokio::test]
+    async fn a_lost_reply_is_in_doubt_only_after_the_job_was_sent() {
+        for sent in [false, true] {
+            let ticket = Ticket::new(Instant::now() + Duration::from_secs(5));
+            if sent {
+                assert!(ticket.send());
+            }
+            let (reply, answer) = oneshot::channel::<Result<(), StoreError>>();
+            drop(reply);
+            let waited = submit_and_wait(ticket, answer, async { Ok(()) }).await.unwrap_err();
+            assert_eq!(waited.is_in_doubt(), sent, "{waited:?}");
+            assert!(waited.is_unavailable());
+        }
+    }
+}
