@@ -294,14 +294,15 @@ mod tests {
 
     /// A job whose batcher is busy past the job's deadline is withdrawn by its caller (503)
     /// and the batcher can no longer send it; one the batcher claimed first is waited for.
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_job_not_sent_by_its_deadline_is_withdrawn_and_never_sent() {
         let ticket = Ticket::new(Instant::now() + Duration::from_millis(100));
         let (_reply, answer) = oneshot::channel::<Result<(), StoreError>>();
         let started = Instant::now();
         let waited = submit_and_wait(ticket.clone(), answer, async { Ok(()) }).await;
         assert!(matches!(waited, Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut))));
-        assert_eq!(started.elapsed(), Duration::from_millis(100));
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(100) && took < Duration::from_secs(5), "{took:?}");
         assert!(!ticket.send(), "the batcher may not send a withdrawn job");
 
         let ticket = Ticket::new(Instant::now() + Duration::from_millis(100));
