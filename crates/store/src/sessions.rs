@@ -503,7 +503,7 @@ impl SessionTable {
         reason: &str,
         now: i64,
     ) -> Result<u64, StoreError> {
-        let bound = |text: &'static str| {
+        let bound = |text: std::borrow::Cow<'static, str>| {
             let sql = match scope {
                 Scope::Session(id) => Sql::new(text).bind(app_id).bind(id),
                 Scope::Subject(sub) => Sql::new(text).bind(app_id).bind(sub),
@@ -516,21 +516,16 @@ impl SessionTable {
             Scope::Subject(_) => (REVOKE_SUBJECT, REVOKED_SUBJECT),
             Scope::App => (REVOKE_APP, REVOKED_APP),
         };
-        match self.db.write(bound(revoke)).execute().await {
+        match self.db.write(bound(revoke.into())).execute().await {
             // A revocation in doubt runs again (it is idempotent), then counts what it
             // revoked with the lost one: the sessions of the scope revoked at `now` for
             // `reason`.
             Err(err) if err.is_in_doubt() => {
                 let attempt = || async {
                     let mut tx = self.db.begin_write().await?;
-                    let now_revoked = tx.execute(bound(revoke)).await?;
-                    let text = for_update(revoked, tx.kind());
-                    let sql = match scope {
-                        Scope::Session(id) => Sql::new(text).bind(app_id).bind(id),
-                        Scope::Subject(sub) => Sql::new(text).bind(app_id).bind(sub),
-                        Scope::App => Sql::new(text).bind(app_id),
-                    };
-                    let all: Vec<(String,)> = tx.fetch_all(sql.bind(now).bind(reason)).await?;
+                    let now_revoked = tx.execute(bound(revoke.into())).await?;
+                    let sql = bound(for_update(revoked, tx.kind()));
+                    let all: Vec<(String,)> = tx.fetch_all(sql).await?;
                     tx.commit().await?;
                     let outcome = match (now_revoked, all.len()) {
                         (0, 0) => Outcome::Superseded,
