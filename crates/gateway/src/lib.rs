@@ -6,6 +6,7 @@
 //! - [`app`]: the use cases that the root API and the CLI share, with their own error;
 //! - [`bootstrap`]: the [`Services`] of one process, over [`audit`] and [`metrics`].
 
+pub mod activity;
 pub mod app;
 pub mod audit;
 pub mod bootstrap;

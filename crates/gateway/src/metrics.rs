@@ -6,7 +6,9 @@
 
 use keygate_sessions::{Rejection, RenewOutcome, Renewed, SessionError};
 use keygate_store::Backend;
-use keygate_tenants::Tenants;
+use keygate_tenants::{AppId, Tenants};
+
+use crate::activity::Activity;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -104,6 +106,7 @@ pub struct Metrics {
     db_in_doubt: IntCounterVec,
     events: IntCounterVec,
     webhook_deliveries: IntCounterVec,
+    activity: Activity,
 }
 
 /// Registers `metric` in `registry`; the names are constants, so this cannot clash.
@@ -226,6 +229,7 @@ impl Metrics {
                 "Webhook delivery attempts, by result: delivered, retry, failed.",
                 &["result"],
             ),
+            activity: Activity::default(),
             registry,
         }
     }
@@ -237,8 +241,15 @@ impl Metrics {
         self.http_duration.with_label_values(&[route, method, status]).observe(seconds);
     }
 
-    pub fn renew(&self, count: RenewCount) {
+    /// Counts one renew of `app`, here and in its [`Activity`].
+    pub fn renew(&self, app: AppId, count: RenewCount) {
         self.renews.with_label_values(&[count.as_str()]).inc();
+        self.activity.renew(app, count, crate::clock::now());
+    }
+
+    /// Each app's activity over the last hour (the console's overview).
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     pub fn session_opened(&self) {

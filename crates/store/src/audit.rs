@@ -56,7 +56,7 @@ const INSERT_EVENT: &str = "INSERT INTO audit_events (event_id, app_id, kind, ac
 
 const LIST_EVENTS: &str = "SELECT event_id, app_id, kind, actor, detail, created_at \
     FROM audit_events WHERE app_id = $1 AND ($2 IS NULL OR event_id < $2) \
-    ORDER BY event_id DESC LIMIT $3";
+    AND ($4 IS NULL OR kind = $4) ORDER BY event_id DESC LIMIT $3";
 
 /// The outer conditions are checked again on the row a concurrent claim may have just
 /// updated (Postgres), so an event is never claimed twice within a lease.
@@ -101,9 +101,15 @@ impl Audit<'_> {
         self.db.write(sql).execute().await.map(drop)
     }
 
-    /// Newest first, older than `before` when it is given.
-    pub async fn list(&self, app: &str, before: Option<&str>, limit: i64) -> Result<Vec<EventRow>> {
-        let sql = Sql::new(LIST_EVENTS).bind(app).bind(before).bind(limit);
+    /// Newest first, older than `before` when it is given, of one `kind` when it is given.
+    pub async fn list(
+        &self,
+        app: &str,
+        before: Option<&str>,
+        kind: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let sql = Sql::new(LIST_EVENTS).bind(app).bind(before).bind(limit).bind(kind);
         self.db.read(sql).fetch_all().await
     }
 

@@ -74,6 +74,27 @@ impl EventKind {
     }
 }
 
+impl std::str::FromStr for EventKind {
+    type Err = UnknownEventKind;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == s).ok_or(UnknownEventKind)
+    }
+}
+
+/// A name that is not one of [`EventKind::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownEventKind;
+
+impl fmt::Display for UnknownEventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = EventKind::ALL.iter().map(|k| k.as_str()).collect();
+        write!(f, "must be one of {}", names.join(", "))
+    }
+}
+
+impl std::error::Error for UnknownEventKind {}
+
 impl fmt::Display for EventKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -198,8 +219,16 @@ impl EventStore {
     }
 
     /// The app's events, newest first, older than `before` when it is given.
-    pub async fn list(&self, app: AppId, before: Option<&str>, limit: i64) -> Result<Vec<Event>> {
-        let rows = self.db.audit().list(&app.to_string(), before, limit).await?;
+    /// The app's events older than `before`, of one `kind` when it is given, newest first.
+    pub async fn list(
+        &self,
+        app: AppId,
+        before: Option<&str>,
+        kind: Option<EventKind>,
+        limit: i64,
+    ) -> Result<Vec<Event>> {
+        let kind = kind.map(EventKind::as_str);
+        let rows = self.db.audit().list(&app.to_string(), before, kind, limit).await?;
         rows.into_iter().map(event_of).collect()
     }
 

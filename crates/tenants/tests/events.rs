@@ -79,15 +79,15 @@ async fn events_page_newest_first_per_app(db: Backend) {
         recorded.push(e);
     }
     store.record(&event(b, "app_created", NOW)).await.unwrap();
-    let page = store.list(a, None, 3).await.unwrap();
+    let page = store.list(a, None, None, 3).await.unwrap();
     let ids: Vec<_> = page.iter().map(|e| e.event_id.clone()).collect();
     let want: Vec<_> = recorded.iter().rev().take(3).map(|e| e.event_id.clone()).collect();
     assert_eq!(ids, want);
     assert_eq!(page[0], recorded[4], "every field round-trips");
-    let rest = store.list(a, Some(&ids[2]), 3).await.unwrap();
+    let rest = store.list(a, Some(&ids[2]), None, 3).await.unwrap();
     assert_eq!(rest.len(), 2);
     assert_eq!(rest[1].event_id, recorded[0].event_id);
-    assert_eq!(store.list(b, None, 10).await.unwrap().len(), 1, "scoped to the app");
+    assert_eq!(store.list(b, None, None, 10).await.unwrap().len(), 1, "scoped to the app");
 }
 
 async fn only_events_of_an_app_with_a_webhook_are_queued(db: Backend) {
@@ -160,7 +160,7 @@ async fn retention_deletes_old_events_only(db: Backend) {
     store.record(&event(app, "app_created", NOW - 100)).await.unwrap();
     store.record(&event(app, "app_updated", NOW)).await.unwrap();
     assert_eq!(store.purge(NOW - 50).await.unwrap(), 1);
-    let left = store.list(app, None, 10).await.unwrap();
+    let left = store.list(app, None, None, 10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].kind, "app_updated");
 }

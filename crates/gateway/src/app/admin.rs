@@ -205,11 +205,7 @@ pub async fn revoke_sessions(
     now: i64,
 ) -> Result<u64, AppError> {
     get_app(services, app_id).await?;
-    let scope = match target {
-        Some(SessionTarget::Session(id)) => RevokeScope::Session(id),
-        Some(SessionTarget::Subject(sub)) => RevokeScope::Subject(sub),
-        None => RevokeScope::App,
-    };
+    let scope = target.map_or(RevokeScope::App, RevokeScope::from);
     let revoked = services.sessions.revoke(app_id, scope, "revoked by an admin", now).await?;
     services.metrics.sessions_revoked(RevokeReason::Admin, revoked);
     sessions_revoked(services, app_id, scope, revoked, actor).await;
@@ -248,6 +244,15 @@ pub async fn key_rotated(services: &Services, app_id: AppId, rotation: &Rotation
 pub enum SessionTarget<'a> {
     Session(SessionId),
     Subject(&'a str),
+}
+
+impl<'a> From<SessionTarget<'a>> for RevokeScope<'a> {
+    fn from(target: SessionTarget<'a>) -> Self {
+        match target {
+            SessionTarget::Session(id) => RevokeScope::Session(id),
+            SessionTarget::Subject(sub) => RevokeScope::Subject(sub),
+        }
+    }
 }
 
 /// How many live sessions each app has at `now`, every app listed (0 for none). One scan
@@ -290,12 +295,14 @@ pub struct EventPage {
     pub next: Option<String>,
 }
 
-/// The app's events older than `before` (an event id), newest first. The events of a
-/// deleted app are still listed; an id that never had an app (nor events) is 404.
+/// The app's events older than `before` (an event id), of one `kind` when it is given (an
+/// [`EventKind`] name), newest first. The events of a deleted app are still listed; an id
+/// that never had an app (nor events) is 404.
 pub async fn list_events(
     services: &Services,
     app_id: AppId,
     before: Option<&str>,
+    kind: Option<&str>,
     limit: Option<i64>,
 ) -> Result<EventPage, AppError> {
     let limit = limit.unwrap_or(DEFAULT_EVENT_PAGE);
@@ -307,7 +314,13 @@ pub async fn list_events(
             return Err(AppError::invalid("before", "must be an event id (a 26-character ULID)"));
         }
     }
-    let events = services.audit.store().list(app_id, before, limit).await?;
+    let kind = match kind {
+        Some(kind) => {
+            Some(kind.parse::<EventKind>().map_err(|e| AppError::invalid("kind", e.to_string()))?)
+        }
+        None => None,
+    };
+    let events = services.audit.store().list(app_id, before, kind, limit).await?;
     if events.is_empty() && before.is_none() {
         // Tell an app without events from an app that does not exist.
         get_app(services, app_id).await?;

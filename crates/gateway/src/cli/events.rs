@@ -37,10 +37,11 @@ pub async fn list(
     app: &str,
     limit: i64,
     before: Option<&str>,
+    kind: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
     let app_id = app_or_id(services, app).await?;
-    let page = admin::list_events(services, app_id, before, Some(limit)).await?;
+    let page = admin::list_events(services, app_id, before, kind, Some(limit)).await?;
     print_json_or(json, &page, || {
         table(&["EVENT_ID", "TIME", "KIND", "ACTOR", "DETAIL"], &page.events, |e| {
             vec![

@@ -77,6 +77,9 @@ enum Command {
         /// Only events older than this event id (the `next` of the previous page).
         #[arg(long, value_name = "EVENT_ID")]
         before: Option<String>,
+        /// Only events of this kind (reuse_detected, session_revoked, key_rotated, …).
+        #[arg(long)]
+        kind: Option<String>,
     },
     /// Manage an app's webhook, which receives its audit events signed with HMAC-SHA256.
     #[command(subcommand)]
@@ -160,8 +163,8 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::App(command) => app::run(&services, command, json).await,
         Command::Keys(command) => key::run(&services, command, json).await,
         Command::Sessions(command) => session::run(&services, command, json).await,
-        Command::Events { app, limit, before } => {
-            events::list(&services, &app, limit, before.as_deref(), json).await
+        Command::Events { app, limit, before, kind } => {
+            events::list(&services, &app, limit, before.as_deref(), kind.as_deref(), json).await
         }
         Command::Webhook(command) => events::webhook(&services, command, json).await,
         Command::MasterKey(root::MasterKeyCommand::Rotate) => {

@@ -10,7 +10,7 @@
 //! that changes something must carry in `X-CSRF-Token`. Every response under `/console` has a
 //! strict `Content-Security-Policy`. docs/console.md describes the model.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -19,12 +19,15 @@ use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use keygate_tenants::AppId;
 use rand::RngCore;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::app::admin;
 use crate::bootstrap::Services;
+use crate::clock;
 use crate::http::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::rate_limit::Attempt;
@@ -42,6 +45,9 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 const INDEX: &str = include_str!("../../console/index.html");
 const SCRIPT: &str = include_str!("../../console/console.js");
 const STYLE: &str = include_str!("../../console/console.css");
+/// uPlot (MIT, vendored from npm `uplot`; see `console/vendor/`), which draws the charts.
+const UPLOT_SCRIPT: &str = include_str!("../../console/vendor/uPlot.iife.min.js");
+const UPLOT_STYLE: &str = include_str!("../../console/vendor/uPlot.min.css");
 
 /// The console sessions of this gateway. Registered only in the `/console` scope, so a
 /// [`RootAuth`] that finds it is one of the root API mounted under `/console/api`, and takes
@@ -169,9 +175,25 @@ pub fn configure(cfg: &mut web::ServiceConfig, console: web::Data<Console>) {
             .service(
                 resource_as("/api/session", "/console/api/session").route(web::get().to(session)),
             )
+            .service(
+                resource_as("/api/activity", "/console/api/activity")
+                    .route(web::get().to(activity)),
+            )
+            .service(resource_as("/vendor/uplot.js", "/console/vendor/uplot.js").route(
+                web::get().to(|| async { asset("text/javascript; charset=utf-8", UPLOT_SCRIPT) }),
+            ))
+            .service(
+                resource_as("/vendor/uplot.css", "/console/vendor/uplot.css").route(
+                    web::get().to(|| async { asset("text/css; charset=utf-8", UPLOT_STYLE) }),
+                ),
+            )
             .configure(crate::http::routes::console_api)
             .default_service(web::to(crate::http::resource::not_found)),
     );
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok().content_type(content_type).body(body)
 }
 
 async fn page() -> HttpResponse {
@@ -233,4 +255,96 @@ async fn session(req: HttpRequest, console: web::Data<Console>) -> Answer {
     let (csrf, left) = console.find(&req).ok_or(ApiError::ConsoleSignIn)?;
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({"csrf_token": csrf, "expires_in": left.as_secs()})))
+}
+
+/// Apps in the overview when the page does not say.
+const DEFAULT_ACTIVITY_APPS: usize = 12;
+/// The most apps one overview holds.
+const MAX_ACTIVITY_APPS: usize = 100;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivityQuery {
+    limit: Option<usize>,
+}
+
+/// The overview's answer: the busiest apps' last hour, minute by minute.
+#[derive(Debug, Serialize)]
+struct ActivityView {
+    /// Seconds per point (60).
+    bucket_seconds: i64,
+    /// Unix time of each series' first point.
+    from: i64,
+    /// When the live sessions were counted (at most every 10 s).
+    live_sampled_at: i64,
+    /// How many apps there are; `apps` holds the busiest `limit` of them.
+    apps_total: usize,
+    apps: Vec<AppActivity>,
+}
+
+#[derive(Debug, Serialize)]
+struct AppActivity {
+    app_id: AppId,
+    name: String,
+    /// Live sessions now (at `live_sampled_at`).
+    live_sessions: u64,
+    /// Per minute: renews answered with a token pair.
+    renews: Vec<u32>,
+    /// Per minute: refresh tokens presented again (reuse detected).
+    reuse_detected: Vec<u32>,
+    /// Per minute: live sessions, where a count was taken in that minute.
+    live_history: Vec<Option<u64>>,
+}
+
+/// The overview: for the busiest apps (reuse detections, then renews, then live sessions in
+/// the last hour), renews and reuse detections per minute as this gateway counted them, and
+/// live sessions as counted from the database at most every 10 s (see `crate::activity`).
+/// `?limit=` apps, 1 to 100 (default 12).
+async fn activity(
+    req: HttpRequest,
+    console: web::Data<Console>,
+    services: web::Data<Services>,
+) -> Answer {
+    console.authorize(&req)?;
+    let limit = web::Query::<ActivityQuery>::from_query(req.query_string())
+        .ok()
+        .map(|q| q.limit.unwrap_or(DEFAULT_ACTIVITY_APPS))
+        .filter(|limit| (1..=MAX_ACTIVITY_APPS).contains(limit))
+        .ok_or_else(|| {
+            ApiError::invalid("limit", format!("takes only limit, 1 to {MAX_ACTIVITY_APPS}"))
+        })?;
+    let now = clock::now();
+    let apps = admin::list_apps(&services).await?;
+    let activity = services.metrics.activity();
+    let (live_sampled_at, live) =
+        activity.live_sessions(now, || admin::live_session_counts(&services, now)).await?;
+    let known: HashSet<AppId> = apps.iter().map(|app| app.app_id).collect();
+    activity.retain(|app| known.contains(app));
+    let mut rows: Vec<AppActivity> = apps
+        .into_iter()
+        .map(|app| {
+            let series = activity.series(app.app_id, now);
+            AppActivity {
+                live_sessions: live.get(&app.app_id).copied().unwrap_or(0),
+                app_id: app.app_id,
+                name: app.name,
+                renews: series.renews,
+                reuse_detected: series.reuse_detected,
+                live_history: series.live_sessions,
+            }
+        })
+        .collect();
+    let total = |v: &[u32]| v.iter().map(|&n| u64::from(n)).sum::<u64>();
+    rows.sort_by_key(|row| {
+        std::cmp::Reverse((total(&row.reuse_detected), total(&row.renews), row.live_sessions))
+    });
+    let apps_total = rows.len();
+    rows.truncate(limit);
+    Ok(HttpResponse::Ok().json(ActivityView {
+        bucket_seconds: 60,
+        from: crate::activity::hour_from(now),
+        live_sampled_at,
+        apps_total,
+        apps: rows,
+    }))
 }

@@ -199,3 +199,119 @@ fn a_console_session_longer_than_twelve_hours_is_refused() {
     let settings = keygate_gateway::Settings { console_session_minutes: 0, ..Default::default() };
     assert!(settings.console_session().is_err());
 }
+
+/// A GET (or, with a body, a change carrying the CSRF token) on the console's API.
+async fn console_call(
+    app: &TestApp,
+    (cookie, csrf): &(String, String),
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request =
+        app.request(method.clone(), &format!("/console/api{path}")).header(COOKIE, cookie);
+    if method != Method::GET {
+        request = request.header("X-CSRF-Token", csrf);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    parts(request.send().await.unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_serves_sessions_events_and_webhooks_of_the_root_api() {
+    let app = console_app().await;
+    let session = sign_in(&app).await;
+    let created = app.create_app(json!({"name": "watched"})).await;
+    let issued = app.sign(&created, "fay").await;
+    let id = &created.app_id;
+
+    let (status, body) =
+        console_call(&app, &session, Method::GET, &format!("/apps/{id}/sessions?sub=fay"), None)
+            .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sessions"][0]["session_id"], issued["session_id"]);
+    // Revoking needs the CSRF token, like every change.
+    let path = format!("/console/api/apps/{id}/sessions/revoke");
+    let response = app
+        .request(Method::POST, &path)
+        .header(COOKIE, &session.0)
+        .json(&json!({"sub": "fay"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = parts(response).await;
+    assert_error(status, &body, 403, "invalid_client");
+    let revoke = format!("/apps/{id}/sessions/revoke");
+    let (status, body) =
+        console_call(&app, &session, Method::POST, &revoke, Some(json!({"sub": "fay"}))).await;
+    assert_eq!((status, body["revoked"].as_u64()), (200, Some(1)), "{body}");
+
+    let events = format!("/apps/{id}/events?kind=subject_revoked");
+    let (status, body) = console_call(&app, &session, Method::GET, &events, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"][0]["kind"], "subject_revoked");
+    assert_eq!(body["events"][0]["actor"], "root");
+
+    let webhook = format!("/apps/{id}/webhook");
+    let (status, body) = console_call(&app, &session, Method::GET, &webhook, None).await;
+    assert_error(status, &body, 404, "not_found");
+    let url = json!({"url": "http://127.0.0.1:9/hook"});
+    let (status, set) = console_call(&app, &session, Method::PUT, &webhook, Some(url)).await;
+    assert_eq!(status, 200, "{set}");
+    let secret = set["secret"].as_str().unwrap();
+    let (status, shown) = console_call(&app, &session, Method::GET, &webhook, None).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["url"], "http://127.0.0.1:9/hook");
+    assert!(!shown.to_string().contains(secret), "the secret is shown once: {shown}");
+    let (status, _) = console_call(&app, &session, Method::DELETE, &webhook, None).await;
+    assert_eq!(status, 200);
+    let (status, _) = console_call(&app, &session, Method::GET, &webhook, None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_counts_renews_reuse_and_live_sessions_per_app() {
+    let app = console_app().await;
+    let busy = app.create_app(json!({"name": "busy"})).await;
+    let quiet = app.create_app(json!({"name": "quiet"})).await;
+    let response = app.request(Method::GET, "/console/api/activity").send().await.unwrap();
+    let (status, body) = parts(response).await;
+    assert_error(status, &body, 403, "invalid_client");
+    let session = sign_in(&app).await;
+
+    app.sign(&quiet, "gus").await;
+    let issued = app.sign(&busy, "hal").await;
+    let (status, renewed) = app.renew(&busy, &issued["refresh_token"]).await;
+    assert_eq!(status, 200, "{renewed}");
+    let (status, _) = app.renew(&busy, &renewed["refresh_token"]).await;
+    assert_eq!(status, 200);
+    let (status, _) = app.renew_as(&busy, &issued["refresh_token"], "thief").await;
+    assert_eq!(status, 401, "reuse");
+
+    let (status, body) = console_call(&app, &session, Method::GET, "/activity", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["bucket_seconds"], 60);
+    assert_eq!(body["apps_total"], 2);
+    let apps = body["apps"].as_array().unwrap();
+    assert_eq!(apps[0]["name"], "busy", "the busiest first: {body}");
+    let sum = |v: &Value| v.as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum::<u64>();
+    assert_eq!(apps[0]["renews"].as_array().unwrap().len(), 60);
+    assert_eq!(sum(&apps[0]["renews"]), 2, "{body}");
+    assert_eq!(sum(&apps[0]["reuse_detected"]), 1, "{body}");
+    assert_eq!(apps[0]["live_sessions"], 0, "the reuse revoked the session: {body}");
+    assert_eq!(apps[1]["live_sessions"], 1, "{body}");
+    assert_eq!(sum(&apps[1]["renews"]), 0);
+    assert_eq!(apps[1]["live_history"].as_array().unwrap().last().unwrap(), 1);
+    let from = body["from"].as_i64().unwrap();
+    assert!(body["live_sampled_at"].as_i64().unwrap() - from >= 59 * 60, "{body}");
+
+    let (status, body) = console_call(&app, &session, Method::GET, "/activity?limit=1", None).await;
+    assert_eq!((status, body["apps"].as_array().unwrap().len()), (200, 1), "{body}");
+    for bad in ["limit=0", "limit=101", "colour=red"] {
+        let path = format!("/activity?{bad}");
+        let (status, body) = console_call(&app, &session, Method::GET, &path, None).await;
+        assert_error(status, &body, 400, "invalid_request");
+    }
+}

@@ -93,6 +93,7 @@ async fn events_record_who_did_what_and_page(app: TestApp) {
 
     // Pages of one event, following `next`.
     let mut seen = Vec::new();
+    let mut seen_ids = Vec::new();
     let mut before: Option<String> = None;
     loop {
         let query = match &before {
@@ -104,6 +105,7 @@ async fn events_record_who_did_what_and_page(app: TestApp) {
         let events = page["events"].as_array().unwrap();
         if let Some(event) = events.first() {
             seen.push((event["kind"].as_str().unwrap().to_owned(), event["actor"].clone()));
+            seen_ids.push(event["event_id"].as_str().unwrap().to_owned());
         }
         match page["next"].as_str() {
             Some(next) => before = Some(next.to_owned()),
@@ -115,6 +117,25 @@ async fn events_record_who_did_what_and_page(app: TestApp) {
     assert_eq!(kinds, ["sessions_revoked", "subject_revoked", "reuse_detected", "app_created"]);
     assert_eq!(seen[0].1, "root");
     assert_eq!(seen[1].1, "app");
+
+    // One kind only, still newest first and paged.
+    let (status, page) =
+        parts(app.root(Method::GET, &format!("{path}?kind=reuse_detected")).send().await.unwrap())
+            .await;
+    assert_eq!(status, 200, "{page}");
+    let kinds: Vec<&str> =
+        page["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["reuse_detected"]);
+    let revoked = format!("{path}?kind=subject_revoked&limit=1&before={}", seen_ids[0]);
+    let (status, page) = parts(app.root(Method::GET, &revoked).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["events"][0]["kind"], "subject_revoked");
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    let (status, body) =
+        parts(app.root(Method::GET, &format!("{path}?kind=reuse")).send().await.unwrap()).await;
+    assert_error(status, &body, 400, "invalid_request");
+    assert_eq!(body["errors"][0]["error_field"], "kind");
+    assert!(body["errors"][0]["error_message"].as_str().unwrap().contains("reuse_detected"));
 
     // Bad input and bad credentials change nothing and say why.
     let (status, body) =

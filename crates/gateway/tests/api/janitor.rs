@@ -72,7 +72,7 @@ async fn the_janitor_deletes_only_what_has_ended(services: Services) {
     events.record(&at(later - 91 * 86_400, "old")).await.unwrap();
     events.record(&at(later - 89 * 86_400, "recent")).await.unwrap();
     janitor::run_once(&services, later).await.unwrap();
-    let kept: Vec<_> = events.list(app.app_id, None, 500).await.unwrap();
+    let kept: Vec<_> = events.list(app.app_id, None, None, 500).await.unwrap();
     assert!(kept.iter().any(|e| e.kind == "recent"));
     assert!(!kept.iter().any(|e| e.kind == "old"));
 }

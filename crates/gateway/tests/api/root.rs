@@ -6,7 +6,12 @@ use serde_json::json;
 use crate::helpers::{assert_error, parts, TestApp};
 use crate::on_both_backends;
 
-on_both_backends!(app_lifecycle, unknown_apps_are_404_for_root, live_sessions_are_counted_per_app);
+on_both_backends!(
+    app_lifecycle,
+    unknown_apps_are_404_for_root,
+    live_sessions_are_counted_per_app,
+    an_admin_finds_a_subjects_sessions_and_revokes_one_or_all,
+);
 
 async fn app_lifecycle(app: TestApp) {
     let created = app
@@ -128,4 +133,77 @@ async fn live_sessions_are_counted_per_app(app: TestApp) {
     let response = app.request(Method::GET, "/root/live-sessions").send().await.unwrap();
     let (status, body) = parts(response).await;
     assert_error(status, &body, 403, "invalid_client");
+}
+
+async fn an_admin_finds_a_subjects_sessions_and_revokes_one_or_all(app: TestApp) {
+    let created = app.create_app(json!({"name": "support"})).await;
+    let other = app.create_app(json!({"name": "elsewhere"})).await;
+    let first = app.sign(&created, "dora").await;
+    let second = app.sign(&created, "dora").await;
+    app.sign(&created, "eve").await;
+    app.sign(&other, "dora").await;
+    let list = format!("/root/apps/{}/sessions?sub=dora", created.app_id);
+    let (status, body) = parts(app.root(Method::GET, &list).send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    let sessions = body["sessions"].as_array().unwrap();
+    let ids: Vec<&str> = sessions.iter().map(|s| s["session_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [&first["session_id"], &second["session_id"]], "oldest first, this app's");
+    for field in ["created_at", "last_renewed_at", "expires_at", "ip", "useragent", "key_id"] {
+        assert!(!sessions[0][field].is_null(), "{field}: {body}");
+    }
+    assert_eq!(sessions[0]["ip"], "203.0.113.7");
+
+    // Bad input: refused, nothing revoked.
+    let revoke = format!("/root/apps/{}/sessions/revoke", created.app_id);
+    for (query, field) in [("", "sub"), ("?sub=", "sub"), ("?sub=dora&x=1", "sub")] {
+        let path = format!("/root/apps/{}/sessions{query}", created.app_id);
+        let (status, body) = parts(app.root(Method::GET, &path).send().await.unwrap()).await;
+        assert_error(status, &body, 400, "invalid_request");
+        assert_eq!(body["errors"][0]["error_field"], field, "{query}");
+    }
+    for bad in [
+        json!({}),
+        json!({"sub": "dora", "session_id": first["session_id"]}),
+        json!({"session_id": "nope"}),
+        json!({"sub": ""}),
+        json!({"sub": "dora", "all": true}),
+    ] {
+        let response = app.root(Method::POST, &revoke).json(&bad).send().await.unwrap();
+        let (status, body) = parts(response).await;
+        assert_error(status, &body, 400, "invalid_request");
+    }
+    let response = app.request(Method::POST, &revoke).json(&json!({"sub": "dora"})).send();
+    let (status, body) = parts(response.await.unwrap()).await;
+    assert_error(status, &body, 403, "invalid_client");
+    let unknown = format!("/root/apps/{}/sessions/revoke", ulid::Ulid::new());
+    let response = app.root(Method::POST, &unknown).json(&json!({"sub": "dora"})).send();
+    let (status, body) = parts(response.await.unwrap()).await;
+    assert_error(status, &body, 404, "not_found");
+    let (_, body) = parts(app.root(Method::GET, &list).send().await.unwrap()).await;
+    assert_eq!(body["sessions"].as_array().unwrap().len(), 2, "nothing was revoked");
+
+    // One session, then the rest of the subject; the other subject and app keep theirs.
+    let one = json!({"session_id": first["session_id"]});
+    let response = app.root(Method::POST, &revoke).json(&one).send().await.unwrap();
+    let (status, body) = parts(response).await;
+    assert_eq!((status, body["revoked"].as_u64()), (200, Some(1)), "{body}");
+    let (status, _) = app.renew(&created, &first["refresh_token"]).await;
+    assert_eq!(status, 401, "the revoked session renews no more");
+    let (_, body) = parts(app.root(Method::GET, &list).send().await.unwrap()).await;
+    assert_eq!(body["sessions"][0]["session_id"], second["session_id"]);
+    let response = app.root(Method::POST, &revoke).json(&json!({"sub": "dora"})).send();
+    let (status, body) = parts(response.await.unwrap()).await;
+    assert_eq!((status, body["revoked"].as_u64()), (200, Some(1)), "{body}");
+    let (_, body) = parts(app.root(Method::GET, &list).send().await.unwrap()).await;
+    assert_eq!(body["sessions"], json!([]));
+    let (_, live) = parts(app.root(Method::GET, "/root/live-sessions").send().await.unwrap()).await;
+    assert_eq!(live["live_sessions"][&created.app_id], 1, "eve's session: {live}");
+    assert_eq!(live["live_sessions"][&other.app_id], 1, "the other app's: {live}");
+
+    // Each revocation is in the audit trail, by root.
+    let events = format!("/root/apps/{}/events?limit=2", created.app_id);
+    let (_, page) = parts(app.root(Method::GET, &events).send().await.unwrap()).await;
+    assert_eq!(page["events"][0]["kind"], "subject_revoked");
+    assert_eq!(page["events"][1]["kind"], "session_revoked");
+    assert_eq!(page["events"][1]["actor"], "root");
 }

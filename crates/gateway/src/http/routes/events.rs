@@ -5,22 +5,35 @@ use keygate_tenants::AppId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::root::app_id;
+use super::root::{app_id, under_console, under_root};
 use crate::app::admin::{self, Actor, EventPage};
 use crate::app::webhooks::{self, WebhookSet, WebhookView};
 use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{JsonBody, RootAuth};
-use crate::http::resource::{resource, Answer};
+use crate::http::resource::Answer;
 use crate::http::schema::{AppNotFound, BodyErrors, NoWebhook, RootKeyErrors};
 
+/// The audit routes, each made by `$res!(PATH)` from its path under `/root` (see
+/// `routes::root`: the console mounts them a second time).
+macro_rules! routes {
+    ($cfg:expr, $res:ident) => {
+        $cfg.service($res!("/apps/{app_id}/events").route(web::get().to(list_events))).service(
+            $res!("/apps/{app_id}/webhook")
+                .route(web::get().to(get_webhook))
+                .route(web::put().to(set_webhook))
+                .route(web::delete().to(remove_webhook)),
+        )
+    };
+}
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/root/apps/{app_id}/events").route(web::get().to(list_events))).service(
-        resource("/root/apps/{app_id}/webhook")
-            .route(web::get().to(get_webhook))
-            .route(web::put().to(set_webhook))
-            .route(web::delete().to(remove_webhook)),
-    );
+    routes!(cfg, under_root);
+}
+
+/// The same routes inside the console's scope, as `/console/api/…`.
+pub fn configure_console(cfg: &mut web::ServiceConfig) {
+    routes!(cfg, under_console);
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -33,17 +46,19 @@ struct EventsQuery {
     /// The `next` of the previous page: only events older than this one.
     #[param(min_length = 26, max_length = 26)]
     before: Option<String>,
+    /// Only events of this kind (`reuse_detected`, `session_revoked`, …).
+    kind: Option<String>,
 }
 
-/// The app's events, newest first: `?limit=` (1 to 500, default 50) and `?before=` (the
-/// `next` of the previous page).
+/// The app's events, newest first: `?limit=` (1 to 500, default 50), `?before=` (the
+/// `next` of the previous page) and `?kind=` (one kind only).
 #[utoipa::path(get, path = "/root/apps/{app_id}/events", tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id."), EventsQuery),
     security(("root_key" = [])),
     responses(
         (status = 200, description = "A page of events, newest first.", body = EventPage),
-        (status = 400, description = "`invalid_request`: a bad `limit` or `before`, or another \
-            query parameter.", body = ErrorBody),
+        (status = 400, description = "`invalid_request`: a bad `limit`, `before` or `kind`, or \
+            another query parameter.", body = ErrorBody),
         (status = 404, description = "`not_found`: no such app, and no events of one (or a \
             malformed id).", body = ErrorBody),
         RootKeyErrors,
@@ -56,9 +71,10 @@ async fn list_events(
 ) -> Answer {
     let app_id = app_id(&path)?;
     let query = web::Query::<EventsQuery>::from_query(request.query_string()).map_err(|e| {
-        ApiError::invalid("query", format!("takes only limit (1 to 500) and before: {e}"))
+        ApiError::invalid("query", format!("takes only limit (1 to 500), before and kind: {e}"))
     })?;
-    let page = admin::list_events(&services, app_id, query.before.as_deref(), query.limit).await?;
+    let (before, kind) = (query.before.as_deref(), query.kind.as_deref());
+    let page = admin::list_events(&services, app_id, before, kind, query.limit).await?;
     Ok(HttpResponse::Ok().json(page))
 }
 

@@ -29,4 +29,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// The root API as the console uses it, under `/console/api` (inside the console's scope).
 pub fn console_api(cfg: &mut web::ServiceConfig) {
     root::configure_console(cfg);
+    events::configure_console(cfg);
 }

@@ -120,7 +120,7 @@ async fn token(services: web::Data<Services>, request: HttpRequest, form: Form) 
         }
     })?;
     let renewed = services.sessions.renew(&app.app, input, clock::now()).await;
-    services.metrics.renew(RenewCount::of(&renewed));
+    services.metrics.renew(app.app.app_id, RenewCount::of(&renewed));
     let issued = renewed?.issued;
     Ok(no_store(HttpResponse::Ok()).json(TokenResponse {
         access_token: issued.auth_token,

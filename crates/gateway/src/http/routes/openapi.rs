@@ -64,6 +64,8 @@ const CLIENT_SECRET_BASIC: &str = "client_secret_basic";
         root::rotate_keys,
         root::revoke_key,
         root::revoke_sessions,
+        root::list_sessions,
+        root::revoke_some,
         health::alive,
         health::ready,
         metrics::metrics,

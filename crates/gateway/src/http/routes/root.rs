@@ -1,17 +1,18 @@
 //! The root API (root key): apps, their app keys, signing keys and sessions.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use keygate_keyring::{KeyId, Revocation, Rotation};
 use keygate_tenants::{App, AppId, SettingsPatch};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::sessions::{checked_sub, RevokeRequest, SessionList, SubjectQuery};
 use crate::app::admin::{self, Actor, CreatedApp, KeyView, RotatedAppKey};
 use crate::bootstrap::Services;
 use crate::clock;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{JsonBody, OptionalJsonBody, RootAuth};
-use crate::http::resource::{resource, Answer};
+use crate::http::resource::Answer;
 use crate::http::schema::{AppNotFound, BodyErrors, RevokedCount, RootKeyErrors};
 
 /// The root API's resources, each made by `$res!(PATH)` from its path under `/root`.
@@ -27,7 +28,12 @@ macro_rules! routes {
                 .route(web::patch().to(update_app))
                 .route(web::delete().to(delete_app)),
         )
-        .service($res!("/apps/{app_id}/sessions").route(web::delete().to(revoke_sessions)))
+        .service(
+            $res!("/apps/{app_id}/sessions")
+                .route(web::get().to(list_sessions))
+                .route(web::delete().to(revoke_sessions)),
+        )
+        .service($res!("/apps/{app_id}/sessions/revoke").route(web::post().to(revoke_some)))
         .service($res!("/apps/{app_id}/rotate-app-key").route(web::post().to(rotate_app_key)))
         .service($res!("/apps/{app_id}/keys").route(web::get().to(list_keys)))
         .service($res!("/apps/{app_id}/keys/rotate").route(web::post().to(rotate_keys)))
@@ -37,9 +43,10 @@ macro_rules! routes {
 
 macro_rules! under_root {
     ($path:literal) => {
-        resource(concat!("/root", $path))
+        crate::http::resource::resource(concat!("/root", $path))
     };
 }
+pub(super) use under_root;
 
 /// Inside the `/console` scope, as `/console/api/…`.
 macro_rules! under_console {
@@ -47,6 +54,7 @@ macro_rules! under_console {
         crate::http::resource::resource_as(concat!("/api", $path), concat!("/console/api", $path))
     };
 }
+pub(super) use under_console;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     routes!(cfg, under_root);
@@ -290,5 +298,56 @@ async fn revoke_sessions(
 ) -> Answer {
     let revoked =
         admin::revoke_sessions(&services, app_id(&path)?, None, Actor::Root, clock::now()).await?;
+    Ok(HttpResponse::Ok().json(RevokedCount { revoked }))
+}
+
+/// A subject's live sessions in an app, oldest first: `?sub=` (required, the only
+/// parameter).
+#[utoipa::path(get, path = "/root/apps/{app_id}/sessions", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id."), SubjectQuery),
+    security(("root_key" = [])),
+    responses(
+        (status = 200, description = "The subject's live sessions.", body = SessionList),
+        (status = 400, description = "`invalid_request`: `sub` is missing, invalid, or not \
+            the only query parameter.", body = ErrorBody),
+        AppNotFound,
+        RootKeyErrors,
+    ))]
+async fn list_sessions(
+    _: RootAuth,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+    request: HttpRequest,
+) -> Answer {
+    let app_id = app_id(&path)?;
+    let query = web::Query::<SubjectQuery>::from_query(request.query_string())
+        .map_err(|_| ApiError::invalid("sub", "is required, as the only query parameter"))?;
+    let sessions =
+        admin::list_sessions(&services, app_id, checked_sub(&query.sub)?, clock::now()).await?;
+    Ok(HttpResponse::Ok().json(SessionList { sessions }))
+}
+
+/// Revokes one session of an app (`session_id`), or every session of one of its subjects
+/// (`sub`): exactly one of the two.
+#[utoipa::path(post, path = "/root/apps/{app_id}/sessions/revoke", tag = "root",
+    params(("app_id" = AppId, Path, description = "The app's id.")),
+    security(("root_key" = [])),
+    request_body = RevokeRequest,
+    responses(
+        (status = 200, description = "How many sessions were revoked.", body = RevokedCount),
+        AppNotFound,
+        BodyErrors,
+        RootKeyErrors,
+    ))]
+async fn revoke_some(
+    _: RootAuth,
+    services: web::Data<Services>,
+    path: web::Path<String>,
+    body: JsonBody<RevokeRequest>,
+) -> Answer {
+    let app_id = app_id(&path)?;
+    let target = body.0.target()?;
+    let revoked =
+        admin::revoke_sessions(&services, app_id, Some(target), Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(RevokedCount { revoked }))
 }

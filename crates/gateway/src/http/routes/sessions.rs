@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::admin::{self, Actor};
+use crate::app::admin::{self, Actor, SessionTarget};
 use crate::bootstrap::Services;
 use crate::clock;
 use crate::http::error::{ApiError, ErrorBody};
@@ -56,8 +56,8 @@ struct LogoutAnswer {
 
 /// Live sessions, oldest first.
 #[derive(Serialize, ToSchema)]
-struct SessionList {
-    sessions: Vec<SessionView>,
+pub(super) struct SessionList {
+    pub(super) sessions: Vec<SessionView>,
 }
 
 /// Opens a session: answers an auth token and a refresh token.
@@ -101,7 +101,7 @@ async fn sign(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answe
 async fn renew(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
     let input = RenewInput::parse(&body.0).map_err(ApiError::Invalid)?;
     let renewed = services.sessions.renew(&auth.0.app, input, clock::now()).await;
-    services.metrics.renew(RenewCount::of(&renewed));
+    services.metrics.renew(auth.0.app.app_id, RenewCount::of(&renewed));
     Ok(HttpResponse::Ok().json(renewed?.issued))
 }
 
@@ -149,11 +149,27 @@ async fn logout(services: web::Data<Services>, auth: AppAuth, body: Body) -> Ans
 /// session of a subject).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RevokeRequest {
+pub(super) struct RevokeRequest {
     #[schema(value_type = Option<SessionId>)]
     session_id: Option<String>,
     #[schema(min_length = 1, max_length = 255)]
     sub: Option<String>,
+}
+
+impl RevokeRequest {
+    /// The one session, or the one subject, named: exactly one of the two.
+    pub(super) fn target(&self) -> Result<SessionTarget<'_>, ApiError> {
+        match (&self.session_id, &self.sub) {
+            (Some(id), None) => Ok(SessionTarget::Session(id.parse().map_err(|_| {
+                ApiError::invalid("session_id", "must be a session id (a 26-character ULID)")
+            })?)),
+            (None, Some(sub)) => Ok(SessionTarget::Subject(checked_sub(sub)?)),
+            _ => Err(ApiError::Invalid(vec![
+                FieldError::new("session_id", "give exactly one of session_id and sub"),
+                FieldError::new("sub", "give exactly one of session_id and sub"),
+            ])),
+        }
+    }
 }
 
 /// Revokes one session, or every session of a subject.
@@ -171,18 +187,7 @@ async fn revoke(
     auth: AppAuth,
     body: JsonBody<RevokeRequest>,
 ) -> Answer {
-    let scope = match (&body.0.session_id, &body.0.sub) {
-        (Some(id), None) => RevokeScope::Session(id.parse().map_err(|_| {
-            ApiError::invalid("session_id", "must be a session id (a 26-character ULID)")
-        })?),
-        (None, Some(sub)) => RevokeScope::Subject(checked_sub(sub)?),
-        _ => {
-            return Err(ApiError::Invalid(vec![
-                FieldError::new("session_id", "give exactly one of session_id and sub"),
-                FieldError::new("sub", "give exactly one of session_id and sub"),
-            ]))
-        }
-    };
+    let scope = RevokeScope::from(body.0.target()?);
     let app_id = auth.0.app.app_id;
     let revoked =
         services.sessions.revoke(app_id, scope, "revoked by the app", clock::now()).await?;
@@ -191,7 +196,7 @@ async fn revoke(
     Ok(HttpResponse::Ok().json(RevokedCount { revoked }))
 }
 
-fn checked_sub(sub: &str) -> Result<&str, ApiError> {
+pub(super) fn checked_sub(sub: &str) -> Result<&str, ApiError> {
     if sub.is_empty() || sub.len() > keygate_sessions::MAX_SUB || sub.contains('\0') {
         return Err(ApiError::invalid(
             "sub",
@@ -205,11 +210,11 @@ fn checked_sub(sub: &str) -> Result<&str, ApiError> {
 #[derive(Debug, Deserialize, IntoParams, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct SubjectQuery {
+pub(super) struct SubjectQuery {
     /// The subject.
     #[param(min_length = 1, max_length = 255)]
     #[schema(min_length = 1, max_length = 255)]
-    sub: String,
+    pub(super) sub: String,
 }
 
 async fn sessions_of(services: &Services, auth: &AppAuth, sub: &str) -> Answer {
