@@ -6,7 +6,8 @@
 // page at 1280 and 390 px go to screenshots/ (ignored by git).
 //
 //   BASE=http://127.0.0.1:PORT ROOT_KEY=... BURST=3 node console.mjs
-import { mkdirSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
 import { chromium } from "playwright-core";
 
 const BASE = process.env.BASE;
@@ -14,6 +15,10 @@ const ROOT_KEY = process.env.ROOT_KEY;
 const BURST = Number(process.env.BURST || "3");
 const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
 const SHOTS = new URL("./screenshots/", import.meta.url).pathname;
+// With README_SHOTS=DIR, two viewport-sized images for the README are written there too.
+const README_SHOTS = process.env.README_SHOTS || "";
+// axe-core, from this test's own npm packages: injected into the page by the test only.
+const AXE = readFileSync(createRequire(import.meta.url).resolve("axe-core/axe.min.js"), "utf8");
 
 let passed = 0;
 let failed = 0;
@@ -45,13 +50,54 @@ async function signWith(appId, appKey) {
   return response.status;
 }
 
+async function signAs(appId, appKey, sub, useragent) {
+  const response = await fetch(`${BASE}/app/${appId}/sign`, {
+    method: "POST",
+    headers: { Authorization: appKey, "Content-Type": "application/json" },
+    body: JSON.stringify({ sub, ip: "198.51.100.23", useragent }),
+  });
+  return response.json();
+}
+
+async function renewWith(appId, appKey, refreshToken) {
+  const response = await fetch(`${BASE}/app/${appId}/renew`, {
+    method: "POST",
+    headers: { Authorization: appKey, "Content-Type": "application/json" },
+    body: JSON.stringify({ refresh_token: refreshToken, ip: "198.51.100.23", useragent: "console-test" }),
+  });
+  return { status: response.status, json: await response.json().catch(() => null) };
+}
+
+// axe-core on the page as it is: no serious or critical violation.
+async function accessible(page, label) {
+  if (!(await page.evaluate(() => typeof window.axe === "object"))) await page.evaluate(AXE);
+  const violations = await page.evaluate(async () => (await window.axe.run(document, { resultTypes: ["violations"] }))
+    .violations.map((v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(" ")).slice(0, 3) })));
+  const bad = violations.filter((v) => v.impact === "serious" || v.impact === "critical");
+  check(`${label}: no serious or critical accessibility violation (axe-core)`, bad.length === 0, JSON.stringify(bad));
+  return violations.length;
+}
+
+let axeRuns = 0;
 async function shots(page, name) {
   for (const width of [1280, 390]) {
     await page.setViewportSize({ width, height: 900 });
+    await page.waitForTimeout(150); // charts follow the width
     const sideways = await page.evaluate(() => document.documentElement.scrollWidth > document.documentElement.clientWidth);
     check(`${name} at ${width} px does not scroll sideways`, !sideways);
+    await accessible(page, `${name} at ${width} px`);
+    axeRuns += 1;
     await page.screenshot({ path: `${SHOTS}${name}-${width}.png`, fullPage: true });
   }
+  await page.setViewportSize({ width: 1280, height: 900 });
+}
+
+// The README's two images: one desktop, one phone, each the size of its screen.
+async function readmeShot(page, file, width, height) {
+  if (!README_SHOTS) return;
+  await page.setViewportSize({ width, height });
+  await page.waitForTimeout(300);
+  await page.screenshot({ path: `${README_SHOTS}/${file}` });
   await page.setViewportSize({ width: 1280, height: 900 });
 }
 
@@ -67,7 +113,8 @@ try {
   const problems = [];
   page.on("console", (m) => { if (m.type() === "error" && !/status of 4[0-9][0-9]/.test(m.text())) problems.push(m.text()); });
   page.on("pageerror", (e) => problems.push(String(e)));
-  page.on("dialog", (d) => d.accept());
+  const dialogs = [];
+  page.on("dialog", (d) => { dialogs.push(d.message()); d.accept(); });
 
   // ---- sign in, with the keyboard only
   await page.goto(`${BASE}/console/`);
@@ -157,8 +204,114 @@ try {
   check("a change without the CSRF token is refused", csrfless === 403, String(csrfless));
   check("and created nothing", !(await root("GET", "/root/apps")).json.apps.some((a) => a.name === "csrf-less"));
 
+  // ---- sessions: made through the API, found by subject, one revoked, then all of the subject
+  const opened = [await signAs(app.app_id, newKey, "ivy", "ivy-phone"), await signAs(app.app_id, newKey, "ivy", "ivy-laptop")];
+  await signAs(app.app_id, newKey, "jo", "jo-phone");
+  await page.getByRole("link", { name: "Sessions", exact: true }).click();
+  await page.getByRole("heading", { name: "Sessions", exact: true }).waitFor();
+  await page.getByLabel("Subject (sub)").fill("ivy");
+  await page.getByRole("button", { name: "Find sessions" }).click();
+  await page.locator("#sessions tbody tr").nth(1).waitFor();
+  const listed = await page.locator("#sessions tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.session));
+  check("the subject's two sessions are listed, oldest first", listed.join() === opened.map((o) => o.session_id).join(), listed.join());
+  const firstRow = (await page.locator("#sessions tbody tr").first().textContent()) || "";
+  check("with the address, user agent and key id", firstRow.includes("198.51.100.23") && firstRow.includes("ivy-phone") && /[0-9A-Z]{26}/.test(firstRow), firstRow);
+  await shots(page, "sessions");
+  await readmeShot(page, "console-phone.png", 390, 844);
+  const asked = dialogs.length;
+  await page.getByRole("button", { name: `Revoke session ${opened[0].session_id}` }).click();
+  await page.waitForFunction(() => document.querySelectorAll("#sessions tbody tr").length === 1);
+  check("revoking one session asks first", dialogs.length === asked + 1 && dialogs.at(-1).includes(opened[0].session_id), dialogs.at(-1));
+  check("the revoked session renews no more", (await renewWith(app.app_id, newKey, opened[0].refresh_token)).status === 401);
+  const ivy = async () => (await root("GET", `/root/apps/${app.app_id}/sessions?sub=ivy`)).json.sessions.map((x) => x.session_id);
+  check("the root API lists the other one only", (await ivy()).join() === opened[1].session_id, (await ivy()).join());
+  await page.getByRole("button", { name: "Revoke all sessions of ivy" }).click();
+  await page.getByRole("heading", { name: "0 live sessions of ivy" }).waitFor();
+  check("revoking a subject asks first", dialogs.at(-1).startsWith("Revoke all 1 live sessions of ivy"), dialogs.at(-1));
+  check("and leaves the subject no session", (await ivy()).length === 0);
+  check("another subject keeps theirs", (await root("GET", `/root/apps/${app.app_id}/sessions?sub=jo`)).json.sessions.length === 1);
+  check("a reload keeps the search", (await page.reload(), await page.locator("#sub").inputValue()) === "ivy");
+
+  // ---- the overview; a spent refresh token replayed: the reuse chart moves
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Overview" }).click();
+  await page.getByRole("heading", { name: "Overview" }).waitFor();
+  const reuseFigure = `#overview [data-app="${app.app_id}"] figure.reuse`;
+  await page.waitForFunction((sel) => document.querySelector(sel)?.dataset.total !== undefined, reuseFigure);
+  const reuseBefore = Number(await page.locator(reuseFigure).getAttribute("data-total"));
+  check("the overview draws charts", (await page.locator(`#overview [data-app="${app.app_id}"] canvas`).count()) >= 3);
+  // (The app's reuse grace, 30 s since the settings step, would take a replay for a retry.)
+  check("the reuse grace set back to 0", (await root("PATCH", `/root/apps/${app.app_id}`, { reuse_grace: 0 })).status === 200);
+  const spent = await signAs(app.app_id, newKey, "kim", "kim-phone");
+  const rotated = await renewWith(app.app_id, newKey, spent.refresh_token);
+  check("a renew through the API", rotated.status === 200, JSON.stringify(rotated.json));
+  const replayed = await renewWith(app.app_id, newKey, spent.refresh_token);
+  check("the spent refresh token, replayed, is refused", replayed.status === 401, JSON.stringify(replayed.json));
+  await page.waitForFunction(([sel, n]) => Number(document.querySelector(sel)?.dataset.total) > n, [reuseFigure, reuseBefore], { timeout: 15000 });
+  check("the reuse chart moves within a refresh", Number(await page.locator(reuseFigure).getAttribute("data-total")) === reuseBefore + 1);
+  const renewsTotal = Number(await page.locator(`#overview [data-app="${app.app_id}"] figure.renews`).getAttribute("data-total"));
+  check("the renews chart counts the renew", renewsTotal >= 1, String(renewsTotal));
+  await shots(page, "overview");
+  await readmeShot(page, "console-desktop.png", 1280, 800);
+
+  // ---- events: the reuse is first and stands out; details readable; filter; pages
+  for (let i = 0; i < 26; i += 1) await root("PATCH", `/root/apps/${app.app_id}`, { reuse_grace: 31 + i });
+  await page.goto(`${BASE}/console/#/apps/${app.app_id}/events?kind=reuse_detected`);
+  await page.locator("#events tbody tr").first().waitFor();
+  const reuseRow = page.locator("#events tbody tr").first();
+  check("the reuse event is listed", (await reuseRow.getAttribute("data-kind")) === "reuse_detected");
+  check("highlighted, in words as well as colour", (await reuseRow.getAttribute("class")) === "reuse" && /reuse detected/.test(await reuseRow.textContent()));
+  await reuseRow.locator("summary").click();
+  const detail = (await reuseRow.locator("pre").textContent()) || "";
+  check("its detail is readable", detail.includes(spent.session_id) && detail.includes('"revoked"'), detail);
+  await page.getByLabel("Kind").selectOption("");
+  await page.locator("#events tbody tr").nth(24).waitFor();
+  const firstPage = await page.locator("#events tbody tr").count();
+  check("all kinds: a page of 25, newest first", firstPage === 25 && (await page.locator("#events tbody tr").first().getAttribute("data-kind")) === "app_updated", String(firstPage));
+  const highlighted = await page.locator("#events tbody tr.reuse").count();
+  await page.getByRole("button", { name: "Older events" }).click();
+  await page.waitForFunction(() => document.querySelectorAll("#events tbody tr").length > 25);
+  const allEvents = (await root("GET", `/root/apps/${app.app_id}/events?limit=500`)).json.events.length;
+  while (await page.getByRole("button", { name: "Older events" }).isVisible()) {
+    const n = await page.locator("#events tbody tr").count();
+    await page.getByRole("button", { name: "Older events" }).click();
+    await page.waitForFunction((k) => document.querySelectorAll("#events tbody tr").length > k, n);
+  }
+  check("older pages follow the API's cursor to the first event", (await page.locator("#events tbody tr").count()) === allEvents
+    && (await page.locator("#events tbody tr").last().getAttribute("data-kind")) === "app_created", String(allEvents));
+  check("the reuse among all kinds still stands out", (await page.locator("#events tbody tr.reuse").count()) >= Math.max(1, highlighted));
+  await page.getByLabel("Kind").selectOption("app_key_rotated");
+  await page.waitForFunction(() => [...document.querySelectorAll("#events tbody tr")].every((r) => r.dataset.kind === "app_key_rotated") && document.querySelectorAll("#events tbody tr").length === 1);
+  check("filtered by kind", true);
+  await page.getByLabel("Kind").selectOption("reuse_detected");
+  await page.locator("#events tbody tr.reuse").first().waitFor();
+  await shots(page, "events");
+
+  // ---- webhook: set (its secret shown once), shown, removed
+  await page.getByRole("link", { name: "Webhook", exact: true }).click();
+  await page.locator("#no-webhook").waitFor();
+  await page.getByLabel("URL").fill("http://hooks.example/keygate");
+  await page.getByRole("button", { name: "Set the webhook" }).click();
+  await page.locator("#url-error").filter({ hasText: /\S/ }).waitFor();
+  check("a URL the API refuses gets its message", (await root("GET", `/root/apps/${app.app_id}/webhook`)).status === 404);
+  await page.getByLabel("URL").fill("http://127.0.0.1:9/keygate-hook");
+  await page.getByRole("button", { name: "Set the webhook" }).click();
+  await page.locator("#secret").waitFor();
+  const hookSecret = ((await page.locator("#secret").textContent()) || "").trim();
+  const hook = await root("GET", `/root/apps/${app.app_id}/webhook`);
+  check("the webhook is set", hook.status === 200 && hook.json.url === "http://127.0.0.1:9/keygate-hook", JSON.stringify(hook.json));
+  check("its secret is shown once", hookSecret.length >= 32 && !JSON.stringify(hook.json).includes(hookSecret));
+  check("and the page shows the URL", (await page.locator("#webhook-url").textContent()) === "http://127.0.0.1:9/keygate-hook");
+  await shots(page, "webhook");
+  await page.reload();
+  await page.locator("#webhook-url").waitFor();
+  check("a reload does not show the secret again", (await page.locator("#secret").count()) === 0);
+  await page.getByRole("button", { name: "Remove the webhook" }).click();
+  await page.locator("#no-webhook").waitFor();
+  check("removing it asks first", dialogs.at(-1).startsWith("Remove the webhook"), dialogs.at(-1));
+  check("and removes it", (await root("GET", `/root/apps/${app.app_id}/webhook`)).status === 404);
+
   // ---- delete an app after typing its name
-  await page.getByRole("link", { name: "Apps", exact: true }).click();
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Apps" }).click();
   await page.getByRole("heading", { name: "Apps", exact: true }).waitFor();
   await page.getByLabel("Name", { exact: true }).fill("to-delete");
   await page.getByRole("button", { name: "Create" }).click();
@@ -196,5 +349,5 @@ try {
 } finally {
   await browser.close();
 }
-console.log(`console: ${passed} passed, ${failed} failed`);
+console.log(`console: ${passed} passed, ${failed} failed (axe-core on ${axeRuns} page views)`);
 process.exit(failed ? 1 : 0);

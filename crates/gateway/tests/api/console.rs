@@ -75,6 +75,17 @@ async fn the_page_and_its_assets_are_served_with_strict_headers() {
         let text = response.text().await.unwrap();
         assert!(!text.contains("<script>") && !text.contains(" style="), "{path}: no inline code");
     }
+    // uPlot, vendored, under the same headers.
+    for (path, kind) in
+        [("/console/vendor/uplot.js", "text/javascript"), ("/console/vendor/uplot.css", "text/css")]
+    {
+        let response = app.request(Method::GET, path).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert_strict_headers(response.headers());
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(content_type.starts_with(kind), "{path}: {content_type}");
+        assert!(response.text().await.unwrap().contains("uplot"), "{path}");
+    }
     let page = app.request(Method::GET, "/console/").send().await.unwrap().text().await.unwrap();
     assert!(page.contains(r#"<script src="/console/console.js" defer></script>"#));
     // Anything else under /console is the API's 404, with the same headers.
