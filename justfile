@@ -47,6 +47,12 @@ console-test:
     cargo build --bin keygate
     bash interop/console/run.sh target/debug/keygate
 
+# The console test, which also refreshes the README's two console images in docs/images/.
+screenshots:
+    cargo build --bin keygate
+    mkdir -p docs/images
+    README_SHOTS="{{justfile_directory()}}/docs/images" bash interop/console/run.sh target/debug/keygate
+
 # Check a live gateway against its GET /openapi.json with schemathesis (bounded: ~1 min).
 openapi-check:
     cargo build --bin keygate

@@ -2,7 +2,7 @@
 //! root key gives an opaque HttpOnly cookie and a CSRF token; changes need the token; a
 //! signed-out session is refused; wrong keys meet the per-address limit; every answer under
 //! `/console` carries the strict headers. (The pages themselves are driven in Chromium by
-//! `console/test/console.mjs`.)
+//! `interop/console/console.mjs`.)
 
 use reqwest::header::{HeaderMap, COOKIE, SET_COOKIE};
 use reqwest::Method;
