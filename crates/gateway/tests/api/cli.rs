@@ -251,6 +251,13 @@ fn admin_commands_print_json_and_tables() {
     let bad = run(&["events", "shop", "--limit", "0"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("limit"));
+    let rotated = json_of(&run(&["events", "shop", "--kind", "key_rotated", "--json"]));
+    let kinds: Vec<_> =
+        rotated["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["key_rotated"], "{rotated}");
+    let bad = run(&["events", "shop", "--kind", "rotated"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("key_rotated"), "the kinds are named");
 
     // A webhook: the secret is printed once, never shown again.
     let set =
