@@ -8,11 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use keygate_keyring::{key_store, Keyring, KeyringConfig, MasterKey};
 use keygate_sessions::{session_store, Sessions};
 use keygate_store::{redact_url, Backend, PoolOptions};
 use keygate_tenants::events::event_store;
-use keygate_tenants::{app_store, RootKey, TenantError, Tenants, TenantsConfig};
+use keygate_tenants::{
+    app_store, AppStore, KeyHashKey, RootKey, TenantError, Tenants, TenantsConfig,
+};
 
 use crate::audit::Audit;
 use crate::config::Settings;
@@ -80,15 +84,6 @@ impl Services {
         check_master_key(apps.as_ref(), &master, &previous).await?;
 
         let cache_ttl = Duration::from_secs(settings.cache_ttl);
-        let tenants = Arc::new(Tenants::new(apps, TenantsConfig { cache_ttl }));
-        let new_root_key =
-            tenants.ensure_root_key(settings.root_key.as_deref()).await.map_err(|e| match e {
-                TenantError::Invalid(errors) => {
-                    let errors: Vec<_> = errors.iter().map(ToString::to_string).collect();
-                    anyhow::anyhow!("root key: {}", errors.join("; "))
-                }
-                other => anyhow::anyhow!("root key: {:#}", anyhow::Error::new(other)),
-            })?;
         let keyring = Arc::new(
             Keyring::new(
                 key_store(&db),
@@ -97,6 +92,16 @@ impl Services {
             )
             .with_previous_master_keys(previous),
         );
+        let key_hash_key = load_key_hash_key(apps.as_ref(), &keyring).await?;
+        let tenants = Arc::new(Tenants::new(apps, TenantsConfig { cache_ttl, key_hash_key }));
+        let new_root_key =
+            tenants.ensure_root_key(settings.root_key.as_deref()).await.map_err(|e| match e {
+                TenantError::Invalid(errors) => {
+                    let errors: Vec<_> = errors.iter().map(ToString::to_string).collect();
+                    anyhow::anyhow!("root key: {}", errors.join("; "))
+                }
+                other => anyhow::anyhow!("root key: {:#}", anyhow::Error::new(other)),
+            })?;
         let metrics = Arc::new(Metrics::new());
         let audit = Arc::new(Audit::new(event_store(&db), metrics.clone()));
         let sessions =
@@ -115,6 +120,37 @@ impl Services {
         };
         Ok((services, Bootstrap { new_root_key }))
     }
+}
+
+/// The setting that holds the key app keys and the root key are hashed under, sealed under
+/// the master key: `MASTER_KEY_ID.BASE64URL(SEALED)`.
+pub(crate) const KEY_HASH_KEY_SETTING: &str = "key_hash_key";
+/// What the key-hash key is sealed for (the associated data of its sealing).
+pub(crate) const KEY_HASH_KEY_CONTEXT: &str = "key-hash key";
+
+/// The key-hash key of the database, made (and stored sealed) by the first process that
+/// needs it; a process that loses that race uses the winner's.
+async fn load_key_hash_key(apps: &AppStore, keyring: &Keyring) -> anyhow::Result<KeyHashKey> {
+    loop {
+        if let Some(stored) = apps.get_setting(KEY_HASH_KEY_SETTING).await? {
+            return open_key_hash_key(keyring, &stored);
+        }
+        let key = KeyHashKey::generate();
+        let (sealed, master_key_id) = keyring.seal_secret(KEY_HASH_KEY_CONTEXT, key.expose())?;
+        let value = format!("{master_key_id}.{}", URL_SAFE_NO_PAD.encode(sealed));
+        if apps.insert_setting(KEY_HASH_KEY_SETTING, &value).await? {
+            return Ok(key);
+        }
+    }
+}
+
+/// The key-hash key from its setting's value.
+pub(crate) fn open_key_hash_key(keyring: &Keyring, stored: &str) -> anyhow::Result<KeyHashKey> {
+    let corrupt = || anyhow::anyhow!("the {KEY_HASH_KEY_SETTING} setting is not a sealed key");
+    let (master_key_id, sealed) = stored.split_once('.').ok_or_else(corrupt)?;
+    let sealed = URL_SAFE_NO_PAD.decode(sealed).map_err(|_| corrupt())?;
+    let bytes = keyring.open_secret(KEY_HASH_KEY_CONTEXT, master_key_id, &sealed)?;
+    KeyHashKey::from_bytes(&bytes).ok_or_else(corrupt)
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {

@@ -101,7 +101,8 @@ pub struct Metrics {
     sessions_revoked: IntCounterVec,
     key_rotations: IntCounterVec,
     key_revocations: IntCounter,
-    app_key_cache: IntCounterVec,
+    key_checks: IntCounterVec,
+    key_hashes: IntGaugeVec,
     db_pool: IntGaugeVec,
     db_in_doubt: IntCounterVec,
     events: IntCounterVec,
@@ -201,12 +202,21 @@ impl Metrics {
                 "keygate_key_revocations_total",
                 "Signing keys revoked.",
             ),
-            app_key_cache: counter_vec(
+            key_checks: counter_vec(
                 &registry,
-                "keygate_app_key_cache_total",
-                "App-key and root-key checks, by result: hit (no argon2) or miss (argon2 ran).",
-                &["result"],
+                "keygate_key_checks_total",
+                "App-key and root-key checks that passed, by how: keyed (HMAC-SHA-256), cache \
+                 (an argon2id hash verified before), argon2 (argon2id ran).",
+                &["by"],
             ),
+            key_hashes: {
+                let opts = Opts::new(
+                    "keygate_key_hashes",
+                    "Stored app-key and root-key hashes by form: keyed, or argon2id (made \
+                     before the keyed form; upgraded when its key is next used).",
+                );
+                register(&registry, built(IntGaugeVec::new(opts, &["form"])))
+            },
             db_pool: register(&registry, db_pool),
             db_in_doubt: counter_vec(
                 &registry,
@@ -274,6 +284,15 @@ impl Metrics {
         self.events.with_label_values(&[kind]).inc();
     }
 
+    /// The stored key hashes by form, `(argon2id, keyed)`, as last counted.
+    pub fn key_hash_forms(&self, (argon2, keyed): (u64, u64)) {
+        let gauge = |form: &str, n: u64| {
+            self.key_hashes.with_label_values(&[form]).set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        gauge("argon2id", argon2);
+        gauge("keyed", keyed);
+    }
+
     pub fn webhook_delivery(&self, result: &str) {
         self.webhook_deliveries.with_label_values(&[result]).inc();
     }
@@ -281,9 +300,10 @@ impl Metrics {
     /// The text exposition of every metric, after reading the values kept elsewhere (the
     /// app-key cache's counts, the pools).
     pub fn render(&self, tenants: &Tenants, db: &Backend) -> String {
-        let (hits, misses) = tenants.key_cache_counts();
-        catch_up(&self.app_key_cache.with_label_values(&["hit"]), hits);
-        catch_up(&self.app_key_cache.with_label_values(&["miss"]), misses);
+        let checks = tenants.key_check_counts();
+        catch_up(&self.key_checks.with_label_values(&["keyed"]), checks.keyed);
+        catch_up(&self.key_checks.with_label_values(&["cache"]), checks.cached);
+        catch_up(&self.key_checks.with_label_values(&["argon2"]), checks.argon2);
         self.record_pools(db);
         for count in db.in_doubt_counts() {
             let labels = [count.write.as_str(), count.outcome.as_str()];
@@ -351,7 +371,7 @@ mod tests {
     #[test]
     fn a_counter_catches_up_with_a_total_kept_elsewhere() {
         let metrics = Metrics::new();
-        let hits = metrics.app_key_cache.with_label_values(&["hit"]);
+        let hits = metrics.key_checks.with_label_values(&["keyed"]);
         catch_up(&hits, 5);
         catch_up(&hits, 7);
         catch_up(&hits, 7);

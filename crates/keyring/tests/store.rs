@@ -19,7 +19,9 @@ use keygate_keyring::{
 };
 use keygate_store::testing::{execute, fetch_all};
 use keygate_store::{Backend, Sql};
-use keygate_tenants::{app_store, AppId, SettingsPatch, StoreError, Tenants, TenantsConfig};
+use keygate_tenants::{
+    app_store, AppId, KeyHashKey, SettingsPatch, StoreError, Tenants, TenantsConfig,
+};
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 use serde::{Deserialize, Serialize};
 
@@ -86,7 +88,10 @@ struct Env {
 fn env(db: Backend) -> Env {
     let store = key_store(&db);
     Env {
-        tenants: Tenants::new(app_store(&db), TenantsConfig::default()),
+        tenants: Tenants::new(
+            app_store(&db),
+            TenantsConfig::new(KeyHashKey::from_bytes(&[7; 32]).unwrap()),
+        ),
         keyring: Keyring::new(store.clone(), MasterKey::generate(), KeyringConfig::default()),
         store,
         db,

@@ -22,7 +22,7 @@ use keygate_sessions::{
 };
 use keygate_store::Backend;
 use keygate_tenants::{
-    app_store, App, AppId, OnReuse, SettingsPatch, StoreError, Tenants, TenantsConfig,
+    app_store, App, AppId, KeyHashKey, OnReuse, SettingsPatch, StoreError, Tenants, TenantsConfig,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -87,7 +87,10 @@ struct Fixture {
 
 async fn fixture(db: Backend) -> Fixture {
     let mut f = Fixture {
-        tenants: Tenants::new(app_store(&db), TenantsConfig::default()),
+        tenants: Tenants::new(
+            app_store(&db),
+            TenantsConfig::new(KeyHashKey::from_bytes(&[7; 32]).unwrap()),
+        ),
         keyring: Keyring::new(key_store(&db), MasterKey::generate(), KeyringConfig::default()),
         store: session_store(&db),
         app_id: AppId::new(),
@@ -997,7 +1000,10 @@ struct Harness {
 
 impl Harness {
     async fn new(db: &Backend, reuse_grace: i64, on_reuse: OnReuse, now: i64) -> Self {
-        let tenants = Tenants::new(app_store(db), TenantsConfig::default());
+        let tenants = Tenants::new(
+            app_store(db),
+            TenantsConfig::new(KeyHashKey::from_bytes(&[7; 32]).unwrap()),
+        );
         let keyring =
             Arc::new(Keyring::new(key_store(db), MasterKey::generate(), KeyringConfig::default()));
         let mut apps = Vec::new();

@@ -57,7 +57,22 @@ const SET_APP_KEY: &str = "UPDATE apps SET app_key_hash = $2, prev_app_key_hash 
     prev_app_key_expires_at = $4, updated_at = $5 WHERE app_id = $1";
 
 const DELETE_APP: &str = "DELETE FROM apps WHERE app_id = $1";
+/// One stored form of an app key for another: whichever of the two columns holds `$2`.
+const REPLACE_KEY_HASH: &str = "UPDATE apps SET \
+    app_key_hash = CASE WHEN app_key_hash = $2 THEN $3 ELSE app_key_hash END, \
+    prev_app_key_hash = CASE WHEN prev_app_key_hash = $2 THEN $3 ELSE prev_app_key_hash END \
+    WHERE app_id = $1 AND (app_key_hash = $2 OR prev_app_key_hash = $2)";
+/// How many stored app-key hashes (current ones, and previous ones still accepted at $1) are
+/// argon2id PHC strings, and how many are keyed.
+const KEY_HASH_FORMS: &str = "SELECT \
+    COALESCE(SUM(CASE WHEN app_key_hash LIKE '$argon2%' THEN 1 ELSE 0 END), 0) \
+    + COALESCE(SUM(CASE WHEN prev_app_key_hash LIKE '$argon2%' \
+        AND prev_app_key_expires_at > $1 THEN 1 ELSE 0 END), 0), \
+    COALESCE(SUM(CASE WHEN app_key_hash LIKE 'hmac-sha256$%' THEN 1 ELSE 0 END), 0) \
+    + COALESCE(SUM(CASE WHEN prev_app_key_hash LIKE 'hmac-sha256$%' \
+        AND prev_app_key_expires_at > $1 THEN 1 ELSE 0 END), 0) FROM apps";
 const GET_SETTING: &str = "SELECT value FROM settings WHERE name = $1";
+const REPLACE_SETTING: &str = "UPDATE settings SET value = $3 WHERE name = $1 AND value = $2";
 const INSERT_SETTING: &str =
     "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
 const PUT_SETTING: &str = "INSERT INTO settings (name, value) VALUES ($1, $2) \
@@ -170,6 +185,29 @@ impl Apps<'_> {
         Ok(())
     }
 
+    /// Replaces the key hash `old` of the app with `new` (the same key, stored in another
+    /// form), and announces the change. False when the app no longer has that hash.
+    pub async fn replace_key_hash(
+        &self,
+        app_id: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let sql = Sql::new(REPLACE_KEY_HASH).bind(app_id).bind(old).bind(new);
+        let replaced = self.db.write(sql).execute().await? > 0;
+        if replaced {
+            self.db.after_commit(&changed(app_id)).await;
+        }
+        Ok(replaced)
+    }
+
+    /// How many app-key hashes accepted at `now` are `(argon2id, keyed)`.
+    pub async fn key_hash_forms(&self, now: i64) -> Result<(i64, i64), StoreError> {
+        let row: Option<(i64, i64)> =
+            self.db.read(Sql::new(KEY_HASH_FORMS).bind(now)).fetch_optional().await?;
+        Ok(row.unwrap_or((0, 0)))
+    }
+
     /// Deletes the app and, by cascade, everything it owns. False if there was no such app.
     pub async fn delete(&self, app_id: &str) -> Result<bool, StoreError> {
         let deleted = self.db.write(Sql::new(DELETE_APP).bind(app_id)).execute().await?;
@@ -189,6 +227,17 @@ impl Settings<'_> {
     pub async fn insert(&self, name: &str, value: &str) -> Result<bool, StoreError> {
         let sql = Sql::new(INSERT_SETTING).bind(name).bind(value);
         Ok(self.db.write(sql).execute().await? > 0)
+    }
+
+    /// Replaces a setting that still holds `old` with `new`, and announces it; true when it
+    /// did.
+    pub async fn replace(&self, name: &str, old: &str, new: &str) -> Result<bool, StoreError> {
+        let sql = Sql::new(REPLACE_SETTING).bind(name).bind(old).bind(new);
+        let replaced = self.db.write(sql).execute().await? > 0;
+        if replaced {
+            self.db.after_commit("root").await;
+        }
+        Ok(replaced)
     }
 
     /// Writes a setting, and announces it (the root key's hash is one).

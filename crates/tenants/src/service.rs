@@ -2,17 +2,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use subtle::ConstantTimeEq;
+
 use moka::future::Cache;
 
-use crate::secret::verify_secret;
+use crate::secret::{verify_secret, KeyHashKey, StoredHash};
 use crate::settings::{check_text, MAX_NAME_LEN};
 use crate::verified::{Subject, VerifiedCache};
 use crate::{
-    hash_secret, App, AppId, AppKey, AppKeyHashes, AppRecord, AppSettings, AppStore, FieldError,
-    RootKey, SettingsPatch, StoreError, TenantError,
+    App, AppId, AppKey, AppKeyHashes, AppRecord, AppSettings, AppStore, FieldError, RootKey,
+    SettingsPatch, StoreError, TenantError,
 };
 
 const ROOT_KEY_SETTING: &str = "root_key_hash";
+/// The labels of the keyed hash, so an app key's hash never matches as a root key's.
+const APP_KEY_LABEL: &str = "app-key";
+const ROOT_KEY_LABEL: &str = "root-key";
 
 /// The longest grace during which a rotated-away app key keeps working.
 pub const MAX_APP_KEY_GRACE: i64 = 7 * 24 * 3600;
@@ -22,11 +27,15 @@ pub struct TenantsConfig {
     /// How long an app read from the store is trusted before it is read again, so changes
     /// made by another process (the CLI, another gateway) are seen within this time.
     pub cache_ttl: Duration,
+    /// The key app keys and the root key are hashed under. Every process over one database
+    /// must use the same one (the gateway keeps it there, sealed under the master key).
+    pub key_hash_key: KeyHashKey,
 }
 
-impl Default for TenantsConfig {
-    fn default() -> Self {
-        Self { cache_ttl: Duration::from_secs(5) }
+impl TenantsConfig {
+    /// A cache TTL of 5 s, and `key_hash_key`.
+    pub fn new(key_hash_key: KeyHashKey) -> Self {
+        Self { cache_ttl: Duration::from_secs(5), key_hash_key }
     }
 }
 
@@ -62,7 +71,9 @@ pub struct Tenants {
     apps: Cache<AppId, Arc<AppRecord>>,
     root_hash: Cache<(), Arc<str>>,
     verified: VerifiedCache,
+    key_hash_key: KeyHashKey,
     argon2_runs: AtomicU64,
+    keyed_checks: AtomicU64,
     key_cache_hits: AtomicU64,
     /// argon2id takes ~19 MiB and ~12 ms a run: at most one run per core at a time, so a
     /// burst of cold or wrong keys can neither exhaust memory nor starve the workers.
@@ -84,7 +95,9 @@ impl Tenants {
             apps: Cache::builder().time_to_live(ttl).support_invalidation_closures().build(),
             root_hash: Cache::builder().time_to_live(ttl).build(),
             verified: VerifiedCache::new(),
+            key_hash_key: config.key_hash_key,
             argon2_runs: AtomicU64::new(0),
+            keyed_checks: AtomicU64::new(0),
             key_cache_hits: AtomicU64::new(0),
             argon2_slots: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, usize::from),
@@ -101,10 +114,28 @@ impl Tenants {
         self.argon2_runs.load(Ordering::Relaxed)
     }
 
-    /// App-key and root-key checks answered from the verified cache (hits), and those that
-    /// ran argon2 (misses), since this process started.
-    pub fn key_cache_counts(&self) -> (u64, u64) {
-        (self.key_cache_hits.load(Ordering::Relaxed), self.argon2_runs())
+    /// App-key and root-key checks since this process started, by how they were answered:
+    /// by the keyed hash, from the verified cache of argon2id hashes, by running argon2id.
+    pub fn key_check_counts(&self) -> KeyChecks {
+        KeyChecks {
+            keyed: self.keyed_checks.load(Ordering::Relaxed),
+            cached: self.key_cache_hits.load(Ordering::Relaxed),
+            argon2: self.argon2_runs(),
+        }
+    }
+
+    /// How many stored key hashes (apps' current ones, their previous ones still accepted
+    /// at `now`, and the root key's) are in each form: `(argon2id, keyed)`. Argon2id ones
+    /// are upgraded as their keys are next used.
+    pub async fn key_hash_forms(&self, now: i64) -> Result<(u64, u64), StoreError> {
+        let (argon2, keyed) = self.store.key_hash_forms(now).await?;
+        let mut forms = (u64::try_from(argon2).unwrap_or(0), u64::try_from(keyed).unwrap_or(0));
+        match self.store.get_setting(ROOT_KEY_SETTING).await?.as_deref().map(StoredHash::of) {
+            Some(StoredHash::Argon2(_)) => forms.0 += 1,
+            Some(StoredHash::Keyed(_)) => forms.1 += 1,
+            _ => {}
+        }
+        Ok(forms)
     }
 
     /// The app, from the cache when it is fresh enough.
@@ -161,7 +192,20 @@ impl Tenants {
         };
         let Some(record) = self.app(app_id).await? else { return Err(AuthError::Denied) };
         let accepted = record.key.accepted(now);
-        self.check(Subject::App(app_id), presented, &accepted, admit).await.map(|()| record)
+        match self.check(Subject::App(app_id), presented, &accepted, admit).await? {
+            Checked::Keyed | Checked::Cached => {}
+            Checked::Argon2(old) => {
+                // Upgrade the stored hash to the keyed form; the check stands either way.
+                let new = self.key_hash_key.hash(APP_KEY_LABEL, presented);
+                match self.store.replace_key_hash(app_id, &old, &new).await {
+                    Ok(_) => self.forget(app_id),
+                    Err(err) => tracing::warn!(%app_id, error = %err,
+                        "the app key's hash could not be upgraded to the keyed form; it will \
+                         be on a later check"),
+                }
+            }
+        }
+        Ok(record)
     }
 
     /// Checks the root key.
@@ -180,7 +224,16 @@ impl Tenants {
             return Err(AuthError::Denied);
         };
         let Some(hash) = self.root_hash().await? else { return Err(AuthError::Denied) };
-        self.check(Subject::Root, presented, &[&hash], admit).await
+        if let Checked::Argon2(old) = self.check(Subject::Root, presented, &[&hash], admit).await? {
+            let new = self.key_hash_key.hash(ROOT_KEY_LABEL, presented);
+            match self.store.replace_setting(ROOT_KEY_SETTING, &old, &new).await {
+                Ok(_) => self.forget_root(),
+                Err(err) => tracing::warn!(error = %err,
+                    "the root key's hash could not be upgraded to the keyed form; it will be \
+                     on a later check"),
+            }
+        }
+        Ok(())
     }
 
     async fn root_hash(&self) -> Result<Option<Arc<str>>, StoreError> {
@@ -189,15 +242,49 @@ impl Tenants {
         absent_as_none(self.root_hash.try_get_with((), read).await)
     }
 
-    /// The verified cache first; on a miss, argon2 off the async threads, if `admit` still
-    /// agrees once a slot is free.
+    /// Whether `presented` matches one of the `accepted` hashes of `subject`. Keyed hashes
+    /// are compared first, in constant time (about a microsecond, no cache needed). Only an
+    /// argon2id hash (stored before the keyed form) goes to the verified cache and, on a
+    /// miss, to argon2 off the async threads, if `admit` still agrees once a slot is free;
+    /// a match there is `Argon2` with that hash, for the caller to upgrade.
     async fn check(
         &self,
         subject: Subject,
         presented: &str,
         accepted: &[&str],
         admit: &(dyn Fn() -> bool + Send + Sync),
-    ) -> Result<(), AuthError> {
+    ) -> Result<Checked, AuthError> {
+        let label = match subject {
+            Subject::App(_) => APP_KEY_LABEL,
+            Subject::Root => ROOT_KEY_LABEL,
+        };
+        let digest = self.key_hash_key.digest(label, presented);
+        let mut matched = subtle::Choice::from(0);
+        let mut legacy = Vec::new();
+        for hash in accepted {
+            match StoredHash::of(hash) {
+                StoredHash::Keyed(stored) => matched |= stored.ct_eq(&digest),
+                StoredHash::Argon2(hash) => legacy.push(hash),
+                StoredHash::Unknown => {}
+            }
+        }
+        if bool::from(matched) {
+            self.keyed_checks.fetch_add(1, Ordering::Relaxed);
+            return Ok(Checked::Keyed);
+        }
+        if legacy.is_empty() {
+            return Err(AuthError::Denied);
+        }
+        self.check_argon2(subject, presented, &legacy, admit).await
+    }
+
+    async fn check_argon2(
+        &self,
+        subject: Subject,
+        presented: &str,
+        accepted: &[&str],
+        admit: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<Checked, AuthError> {
         let verify = move || async move {
             let _slot = self.argon2_slots.acquire().await.map_err(|_| AuthError::Denied)?;
             // Guesses queued behind a slot are asked again: the client may have used up its
@@ -213,10 +300,13 @@ impl Tenants {
             });
             matched.await.ok().flatten().map(Arc::from).ok_or(AuthError::Denied)
         };
-        if self.verified.check(subject, presented, accepted, verify).await? {
+        let (known, hash) = self.verified.check(subject, presented, accepted, verify).await?;
+        if known {
             self.key_cache_hits.fetch_add(1, Ordering::Relaxed);
+            Ok(Checked::Cached)
+        } else {
+            Ok(Checked::Argon2(hash))
         }
-        Ok(())
     }
 
     /// Creates an app with a new app key. The key is returned once and stored only hashed.
@@ -250,7 +340,7 @@ impl Tenants {
                 updated_at: now,
             },
             key: AppKeyHashes {
-                current: hash(app_key.expose()).await?,
+                current: self.key_hash_key.hash(APP_KEY_LABEL, app_key.expose()),
                 previous: None,
                 previous_expires_at: None,
             },
@@ -318,7 +408,7 @@ impl Tenants {
         let app_key = AppKey::generate();
         let previous_valid_until = (grace > 0).then_some(now + grace);
         let hashes = AppKeyHashes {
-            current: hash(app_key.expose()).await?,
+            current: self.key_hash_key.hash(APP_KEY_LABEL, app_key.expose()),
             previous: previous_valid_until.map(|_| record.key.current.clone()),
             previous_expires_at: previous_valid_until,
         };
@@ -339,11 +429,18 @@ impl Tenants {
     ) -> Result<Option<RootKey>, TenantError> {
         if let Some(existing) = self.store.get_setting(ROOT_KEY_SETTING).await? {
             if let Some(supplied) = supplied {
-                let supplied = zeroize::Zeroizing::new(supplied.to_owned());
-                let existing_matches =
-                    tokio::task::spawn_blocking(move || verify_secret(&supplied, &existing))
-                        .await
-                        .unwrap_or(false);
+                let existing_matches = match StoredHash::of(&existing) {
+                    StoredHash::Keyed(stored) => bool::from(
+                        stored.ct_eq(&self.key_hash_key.digest(ROOT_KEY_LABEL, supplied)),
+                    ),
+                    StoredHash::Argon2(_) => {
+                        let supplied = zeroize::Zeroizing::new(supplied.to_owned());
+                        tokio::task::spawn_blocking(move || verify_secret(&supplied, &existing))
+                            .await
+                            .unwrap_or(false)
+                    }
+                    StoredHash::Unknown => false,
+                };
                 if !existing_matches {
                     tracing::warn!(
                         "KEYGATE_ROOT_KEY differs from the root key in the database and is \
@@ -358,8 +455,8 @@ impl Tenants {
                 .map_err(|m| TenantError::Invalid(vec![FieldError::new("KEYGATE_ROOT_KEY", m)]))?,
             None => RootKey::generate(),
         };
-        let inserted =
-            self.store.insert_setting(ROOT_KEY_SETTING, &hash(key.expose()).await?).await?;
+        let hash = self.key_hash_key.hash(ROOT_KEY_LABEL, key.expose());
+        let inserted = self.store.insert_setting(ROOT_KEY_SETTING, &hash).await?;
         // Another process may have bootstrapped first; then its key stands and ours is void.
         Ok((inserted && supplied.is_none()).then_some(key))
     }
@@ -368,17 +465,32 @@ impl Tenants {
     /// the cache TTL elsewhere.
     pub async fn rotate_root_key(&self) -> Result<RootKey, TenantError> {
         let key = RootKey::generate();
-        self.store.put_setting(ROOT_KEY_SETTING, &hash(key.expose()).await?).await?;
+        let hash = self.key_hash_key.hash(ROOT_KEY_LABEL, key.expose());
+        self.store.put_setting(ROOT_KEY_SETTING, &hash).await?;
         self.forget_root();
         Ok(key)
     }
 }
 
-async fn hash(secret: &str) -> Result<String, TenantError> {
-    let secret = zeroize::Zeroizing::new(secret.to_owned());
-    tokio::task::spawn_blocking(move || hash_secret(&secret))
-        .await
-        .map_err(|e| TenantError::Hash(e.to_string()))?
+/// How a key check passed.
+enum Checked {
+    /// By its keyed hash.
+    Keyed,
+    /// By an argon2id hash this process had verified it against before.
+    Cached,
+    /// By running argon2id against this stored hash, which the caller upgrades.
+    Argon2(Arc<str>),
+}
+
+/// App-key and root-key checks, by how they were answered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyChecks {
+    /// By the keyed hash (HMAC-SHA-256).
+    pub keyed: u64,
+    /// From the verified cache of argon2id hashes.
+    pub cached: u64,
+    /// By running argon2id.
+    pub argon2: u64,
 }
 
 fn name_taken(err: StoreError, name: &str) -> TenantError {

@@ -61,6 +61,32 @@ impl AppStore {
         self.db.apps().delete(&app_id.to_string()).await
     }
 
+    /// Replaces the app-key hash `old` (current or previous) with `new`: the same key in
+    /// another form. False when the app no longer has that hash (it was rotated meanwhile).
+    pub async fn replace_key_hash(
+        &self,
+        app_id: AppId,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        self.db.apps().replace_key_hash(&app_id.to_string(), old, new).await
+    }
+
+    /// How many app-key hashes accepted at `now` are `(argon2id, keyed)`.
+    pub async fn key_hash_forms(&self, now: i64) -> Result<(i64, i64), StoreError> {
+        self.db.apps().key_hash_forms(now).await
+    }
+
+    /// Replaces a setting's value if it is still `old`; true when it was.
+    pub async fn replace_setting(
+        &self,
+        name: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        self.db.settings().replace(name, old, new).await
+    }
+
     pub async fn get_setting(&self, name: &str) -> Result<Option<String>, StoreError> {
         self.db.settings().get(name).await
     }

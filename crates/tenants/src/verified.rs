@@ -60,16 +60,17 @@ impl VerifiedCache {
         Self { hmac_key, entries: Cache::builder().support_invalidation_closures().build() }
     }
 
-    /// Whether `secret` matches one of the `accepted` hashes of `subject`: `Ok(true)` when
-    /// that was known (or found by a concurrent check this one waited for), `Ok(false)`
-    /// when this check ran `verify`, which returns the accepted hash the secret matched.
+    /// Whether `secret` matches one of the `accepted` hashes of `subject`, and which:
+    /// `Ok((true, hash))` when that was known (or found by a concurrent check this one
+    /// waited for), `Ok((false, hash))` when this check ran `verify`, which returns the
+    /// accepted hash the secret matched.
     pub(crate) async fn check<F, Fut>(
         &self,
         subject: Subject,
         secret: &str,
         accepted: &[&str],
         verify: F,
-    ) -> Result<bool, AuthError>
+    ) -> Result<(bool, Arc<str>), AuthError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Arc<str>, AuthError>>,
@@ -86,7 +87,7 @@ impl VerifiedCache {
             let outcome = outcome.map_err(|error| matches!(*error, AuthError::NotAdmitted));
             let ran = ran.load(Ordering::Relaxed);
             match outcome {
-                Ok(hash) if accepted.contains(&&*hash) => return Ok(!ran),
+                Ok(hash) if accepted.contains(&&*hash) => return Ok((!ran, hash)),
                 // Verified against a hash that has been rotated away since.
                 Ok(_) if !ran => self.entries.invalidate(&key).await,
                 // Another request's check of this secret failed: its admission, or the
@@ -130,7 +131,7 @@ mod tests {
             let matched = secret == "kg_secret" && accepted.contains(&"h1");
             matched.then(|| Arc::from("h1")).ok_or(AuthError::Denied)
         };
-        cache.check(subject, secret, accepted, verify).await
+        cache.check(subject, secret, accepted, verify).await.map(|(known, _)| known)
     }
 
     #[tokio::test]

@@ -5,7 +5,7 @@
 
 use keygate_store::Backend;
 use keygate_tenants::events::{event_store, Delivery, Event, Webhook};
-use keygate_tenants::{app_store, AppId, Tenants, TenantsConfig};
+use keygate_tenants::{app_store, AppId, KeyHashKey, Tenants, TenantsConfig};
 use serde_json::json;
 
 const NOW: i64 = 1_700_000_000;
@@ -40,7 +40,8 @@ store_cases!(
 );
 
 async fn new_app(db: &Backend) -> AppId {
-    let tenants = Tenants::new(app_store(db), TenantsConfig::default());
+    let tenants =
+        Tenants::new(app_store(db), TenantsConfig::new(KeyHashKey::from_bytes(&[7; 32]).unwrap()));
     let (record, _) = tenants
         .create_app(&format!("app-{}", AppId::new()), &Default::default(), NOW)
         .await

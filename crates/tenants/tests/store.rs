@@ -9,8 +9,9 @@ use std::time::Duration;
 use keygate_store::testing::{execute, fetch_all};
 use keygate_store::{Backend, Sql};
 use keygate_tenants::{
-    app_store, AccessTokenProfile, App, AppId, AppKey, AppKeyHashes, AppRecord, AppSettings,
-    AppStore, AuthError, OnReuse, SettingsPatch, StoreError, TenantError, Tenants, TenantsConfig,
+    app_store, hash_secret, AccessTokenProfile, App, AppId, AppKey, AppKeyHashes, AppRecord,
+    AppSettings, AppStore, AuthError, KeyHashKey, OnReuse, SettingsPatch, StoreError, TenantError,
+    Tenants, TenantsConfig,
 };
 
 /// A fixed "now" (Unix seconds): time is a parameter, never read by the code under test.
@@ -49,10 +50,11 @@ store_cases!(
     create_app_names_every_bad_field,
     update_app_validates_and_persists,
     the_app_key_authenticates_and_nothing_else_does,
-    a_cached_authentication_runs_no_argon2,
+    keyed_checks_run_no_argon2_and_need_the_key_hash_key,
+    a_legacy_argon2_key_is_checked_once_then_upgraded,
     a_rotated_app_key_keeps_the_old_one_only_during_the_grace,
     a_rotation_without_grace_stops_the_old_key_at_once,
-    rotation_drops_the_verified_cache,
+    a_legacy_previous_key_is_upgraded_within_its_grace,
     app_key_rotation_validates_the_grace,
     another_process_sees_a_rotated_app_key,
     a_deleted_app_no_longer_authenticates,
@@ -60,12 +62,13 @@ store_cases!(
     a_supplied_root_key_is_used_and_not_returned,
     a_malformed_supplied_root_key_is_refused,
     rotating_the_root_key_voids_the_old_one,
+    a_legacy_root_key_is_upgraded_on_its_first_check,
 );
 
 // ---------------------------------------------------------------- helpers
 
 fn tenants(db: &Backend) -> Tenants {
-    Tenants::new(app_store(db), TenantsConfig::default())
+    Tenants::new(app_store(db), TenantsConfig::new(KeyHashKey::from_bytes(&[7; 32]).unwrap()))
 }
 
 /// A record with a distinct, valid value in every column, so a swapped column shows.
@@ -112,6 +115,15 @@ async fn create(tenants: &Tenants, name: &str) -> (AppRecord, AppKey) {
         .create_app(name, &SettingsPatch::default(), NOW)
         .await
         .unwrap_or_else(|e| panic!("create {name}: {e:?}"))
+}
+
+/// Stores the app's key as an argon2id hash, as keygate did before the keyed form.
+async fn make_legacy(tenants: &Tenants, app_id: AppId, key: &AppKey) -> String {
+    let hash = hash_secret(key.expose()).unwrap();
+    let hashes = AppKeyHashes { current: hash.clone(), previous: None, previous_expires_at: None };
+    tenants.store().set_app_key(app_id, &hashes, NOW).await.unwrap();
+    tenants.forget(app_id);
+    hash
 }
 
 async fn auth(tenants: &Tenants, app_id: AppId, key: &str, now: i64) -> Result<(), AuthError> {
@@ -190,7 +202,8 @@ async fn apps_round_trip_through_the_store(db: Backend) {
     assert_eq!(store.list_apps().await.unwrap(), expected);
 
     // The service reads through the same store.
-    let tenants = Tenants::new(store, TenantsConfig::default());
+    let tenants =
+        Tenants::new(store, TenantsConfig::new(KeyHashKey::from_bytes(&[7; 32]).unwrap()));
     let apps: Vec<App> = expected.iter().map(|r| r.app.clone()).collect();
     assert_eq!(tenants.list_apps().await.unwrap(), apps);
     assert_eq!(tenants.find(&second.app.app_id.to_string()).await.unwrap(), second);
@@ -312,7 +325,7 @@ async fn create_app_applies_defaults_and_stores_only_a_hash(db: Backend) {
 
     assert!(key.expose().starts_with("kg_"));
     assert!(AppKey::well_formed(key.expose()));
-    assert!(stored.key.current.starts_with("$argon2id$"), "the app key is stored as argon2id");
+    assert!(stored.key.current.starts_with("hmac-sha256$"), "the app key is stored keyed");
     assert!(!stored.key.current.contains(&key.expose()[3..]), "and never in the clear");
     assert_eq!(stored.key.previous, None);
 
@@ -444,24 +457,51 @@ async fn the_app_key_authenticates_and_nothing_else_does(db: Backend) {
     auth(&tenants, app_id, key.expose(), NOW).await.unwrap();
 }
 
-async fn a_cached_authentication_runs_no_argon2(db: Backend) {
+async fn keyed_checks_run_no_argon2_and_need_the_key_hash_key(db: Backend) {
     let tenants = tenants(&db);
     let (app, key) = create(&tenants, "hot").await;
     let app_id = app.app.app_id;
-    assert_eq!(tenants.argon2_runs(), 0);
-
-    auth(&tenants, app_id, key.expose(), NOW).await.unwrap();
-    assert_eq!(tenants.argon2_runs(), 1, "the first check runs argon2");
     for i in 0..50 {
         auth(&tenants, app_id, key.expose(), NOW + i).await.unwrap();
     }
-    assert_eq!(tenants.argon2_runs(), 1, "later checks are cache hits");
-
-    // The cache accepts only what was verified: a wrong key still goes to argon2 and fails.
     assert_denied(auth(&tenants, app_id, AppKey::generate().expose(), NOW).await, "a wrong key");
-    assert_eq!(tenants.argon2_runs(), 2);
+    let checks = tenants.key_check_counts();
+    assert_eq!((checks.keyed, checks.cached, checks.argon2), (50, 0, 0), "{checks:?}");
+
+    // Another process over the same database needs the same key-hash key.
+    let other =
+        Tenants::new(app_store(&db), TenantsConfig::new(KeyHashKey::from_bytes(&[8; 32]).unwrap()));
+    assert_denied(auth(&other, app_id, key.expose(), NOW).await, "another key-hash key");
+    auth(&self::tenants(&db), app_id, key.expose(), NOW).await.unwrap();
+    assert_eq!(tenants.key_hash_forms(NOW).await.unwrap(), (0, 1));
+}
+
+async fn a_legacy_argon2_key_is_checked_once_then_upgraded(db: Backend) {
+    let tenants = tenants(&db);
+    let (app, key) = create(&tenants, "old").await;
+    let app_id = app.app.app_id;
+    let legacy = make_legacy(&tenants, app_id, &key).await;
+    assert_eq!(tenants.key_hash_forms(NOW).await.unwrap(), (1, 0));
+    // A wrong key against an argon2id hash runs argon2, and changes nothing.
+    assert_denied(auth(&tenants, app_id, AppKey::generate().expose(), NOW).await, "a wrong key");
+    assert_eq!(tenants.argon2_runs(), 1);
+    let stored = tenants.store().get_app(app_id).await.unwrap().unwrap();
+    assert_eq!(stored.key.current, legacy, "a refused key upgrades nothing");
+
     auth(&tenants, app_id, key.expose(), NOW).await.unwrap();
-    assert_eq!(tenants.argon2_runs(), 2);
+    assert_eq!(tenants.argon2_runs(), 2, "the right key: argon2 once more");
+    let stored = tenants.store().get_app(app_id).await.unwrap().unwrap();
+    assert!(stored.key.current.starts_with("hmac-sha256$"), "upgraded: {:?}", stored.key);
+    assert_eq!(tenants.key_hash_forms(NOW).await.unwrap(), (0, 1));
+    for i in 0..20 {
+        auth(&tenants, app_id, key.expose(), NOW + i).await.unwrap();
+    }
+    assert_eq!(tenants.argon2_runs(), 2, "later checks are keyed");
+    assert_eq!(tenants.key_check_counts().keyed, 20);
+    // A fresh process checks the upgraded key without argon2 too.
+    let fresh = self::tenants(&db);
+    auth(&fresh, app_id, key.expose(), NOW).await.unwrap();
+    assert_eq!(fresh.argon2_runs(), 0);
 }
 
 async fn a_rotated_app_key_keeps_the_old_one_only_during_the_grace(db: Backend) {
@@ -517,21 +557,29 @@ async fn a_rotation_without_grace_stops_the_old_key_at_once(db: Backend) {
     assert_eq!((stored.key.previous, stored.key.previous_expires_at), (None, None));
 }
 
-async fn rotation_drops_the_verified_cache(db: Backend) {
+async fn a_legacy_previous_key_is_upgraded_within_its_grace(db: Backend) {
     let tenants = tenants(&db);
     let (app, old) = create(&tenants, "cached").await;
     let app_id = app.app.app_id;
-    auth(&tenants, app_id, old.expose(), NOW).await.unwrap();
-    auth(&tenants, app_id, old.expose(), NOW).await.unwrap();
-    assert_eq!(tenants.argon2_runs(), 1);
+    let legacy = make_legacy(&tenants, app_id, &old).await;
+    // A rotation with a grace keeps the old argon2id hash as the previous one.
+    let rotated = tenants.rotate_app_key(app_id, 600, NOW).await.unwrap();
+    let stored = tenants.store().get_app(app_id).await.unwrap().unwrap();
+    assert_eq!(stored.key.previous.as_deref(), Some(legacy.as_str()));
+    assert_eq!(tenants.key_hash_forms(NOW).await.unwrap(), (1, 1));
+    assert_eq!(tenants.key_hash_forms(NOW + 600).await.unwrap(), (0, 1), "past its grace");
 
-    // With a grace the old hash is still accepted, so only a dropped cache explains a new
-    // argon2 run for the old key.
-    tenants.rotate_app_key(app_id, 600, NOW).await.unwrap();
     auth(&tenants, app_id, old.expose(), NOW + 1).await.unwrap();
-    assert_eq!(tenants.argon2_runs(), 2, "the verified cache was dropped by the rotation");
+    assert_eq!(tenants.argon2_runs(), 1);
+    let stored = tenants.store().get_app(app_id).await.unwrap().unwrap();
+    let previous = stored.key.previous.clone().unwrap();
+    assert!(previous.starts_with("hmac-sha256$"), "the previous hash upgraded: {previous}");
+    assert_ne!(stored.key.current, previous);
+    assert_eq!(stored.key.previous_expires_at, Some(NOW + 600), "the grace is unchanged");
     auth(&tenants, app_id, old.expose(), NOW + 2).await.unwrap();
-    assert_eq!(tenants.argon2_runs(), 2, "and refilled");
+    auth(&tenants, app_id, rotated.app_key.expose(), NOW + 2).await.unwrap();
+    assert_eq!(tenants.argon2_runs(), 1, "both keys now keyed");
+    assert_denied(auth(&tenants, app_id, old.expose(), NOW + 600).await, "after the grace");
 }
 
 async fn app_key_rotation_validates_the_grace(db: Backend) {
@@ -554,7 +602,13 @@ async fn app_key_rotation_validates_the_grace(db: Backend) {
 
 async fn another_process_sees_a_rotated_app_key(db: Backend) {
     let admin = tenants(&db);
-    let gateway = Tenants::new(app_store(&db), TenantsConfig { cache_ttl: Duration::ZERO });
+    let gateway = Tenants::new(
+        app_store(&db),
+        TenantsConfig {
+            cache_ttl: Duration::ZERO,
+            ..TenantsConfig::new(KeyHashKey::from_bytes(&[7; 32]).unwrap())
+        },
+    );
     let (app, old) = create(&admin, "shared").await;
     let app_id = app.app.app_id;
     auth(&gateway, app_id, old.expose(), NOW).await.unwrap();
@@ -606,7 +660,7 @@ async fn a_generated_root_key_is_returned_once(db: Backend) {
     // Stored only hashed.
     let settings = raw_settings(&db).await;
     assert_eq!(settings.len(), 1, "{settings:?}");
-    assert!(settings.iter().all(|(_, value)| value.starts_with("$argon2id$")));
+    assert!(settings.iter().all(|(_, value)| value.starts_with("hmac-sha256$")));
     assert!(settings.iter().all(|(_, value)| !value.contains(&key.expose()[4..])));
 
     // Another process authenticates the same key.
@@ -658,4 +712,27 @@ async fn rotating_the_root_key_voids_the_old_one(db: Backend) {
         "the old root key, fresh process",
     );
     fresh.authenticate_root(Some(new.expose())).await.unwrap();
+}
+
+async fn a_legacy_root_key_is_upgraded_on_its_first_check(db: Backend) {
+    let tenants = tenants(&db);
+    let key = tenants.ensure_root_key(None).await.unwrap().unwrap();
+    let legacy = hash_secret(key.expose()).unwrap();
+    tenants.store().put_setting("root_key_hash", &legacy).await.unwrap();
+    tenants.forget_root();
+    assert_eq!(tenants.key_hash_forms(NOW).await.unwrap(), (1, 0));
+    // A supplied KEYGATE_ROOT_KEY is compared with the argon2id hash too.
+    assert!(tenants.ensure_root_key(Some(key.expose())).await.unwrap().is_none());
+    assert_denied(
+        tenants.authenticate_root(Some("kgr_not_the_root_key_0123456789")).await,
+        "wrong",
+    );
+    tenants.authenticate_root(Some(key.expose())).await.unwrap();
+    assert_eq!(tenants.argon2_runs(), 2);
+    let settings = raw_settings(&db).await;
+    assert!(settings[0].1.starts_with("hmac-sha256$"), "upgraded: {settings:?}");
+    tenants.authenticate_root(Some(key.expose())).await.unwrap();
+    self::tenants(&db).authenticate_root(Some(key.expose())).await.unwrap();
+    assert_eq!(tenants.argon2_runs(), 2);
+    assert_eq!(tenants.key_hash_forms(NOW).await.unwrap(), (0, 1));
 }

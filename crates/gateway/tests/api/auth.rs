@@ -4,10 +4,11 @@
 use reqwest::Method;
 use serde_json::json;
 
-use crate::helpers::{assert_error, parts, TestApp};
+use crate::helpers::{assert_error, parts, CreatedApp, TestApp};
 use crate::on_both_backends;
 
 on_both_backends!(
+    a_keyed_app_key_is_checked_without_argon2,
     every_bad_app_credential_gets_the_same_403,
     the_app_key_is_checked_with_argon2_once,
     concurrent_requests_with_a_new_key_run_argon2_once,
@@ -46,8 +47,40 @@ async fn every_bad_app_credential_gets_the_same_403(app: TestApp) {
     assert_eq!(bodies[0]["message"], "invalid app key or id");
 }
 
+/// Stores the app's key as an argon2id hash, as keygate did before the keyed form.
+async fn make_legacy(app: &TestApp, created: &CreatedApp) {
+    let app_id = created.app_id.parse().unwrap();
+    let hashes = keygate_tenants::AppKeyHashes {
+        current: keygate_tenants::hash_secret(&created.app_key).unwrap(),
+        previous: None,
+        previous_expires_at: None,
+    };
+    app.tenants.store().set_app_key(app_id, &hashes, 1_700_000_000).await.unwrap();
+    app.tenants.forget(app_id);
+}
+
+async fn a_keyed_app_key_is_checked_without_argon2(app: TestApp) {
+    let created = app.create_app(json!({"name": "keyed"})).await;
+    let before = app.tenants.key_check_counts();
+    for key in [created.app_key.as_str(), "kg_0123456789012345678901234567890123456789012"] {
+        let response = app
+            .request(Method::GET, &format!("/app/{}", created.app_id))
+            .header("Authorization", key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), if key == created.app_key { 200 } else { 403 });
+    }
+    let after = app.tenants.key_check_counts();
+    assert_eq!(after.argon2, before.argon2, "no argon2 for a keyed hash, right key or wrong");
+    assert_eq!(after.keyed, before.keyed + 1);
+}
+
+/// Apps made before the keyed form (argon2id hashes) still authenticate: argon2 runs once,
+/// and the hash is upgraded to the keyed form.
 async fn the_app_key_is_checked_with_argon2_once(app: TestApp) {
     let created = app.create_app(json!({"name": "gamma"})).await;
+    make_legacy(&app, &created).await;
     let before = app.tenants.argon2_runs();
     for _ in 0..20 {
         let response = app
@@ -60,6 +93,9 @@ async fn the_app_key_is_checked_with_argon2_once(app: TestApp) {
     }
     let runs = app.tenants.argon2_runs() - before;
     assert_eq!(runs, 1, "argon2 ran {runs} times for 20 requests with the same key");
+    let app_id = created.app_id.parse().unwrap();
+    let stored = app.tenants.store().get_app(app_id).await.unwrap().unwrap();
+    assert!(stored.key.current.starts_with("hmac-sha256$"), "upgraded on its first check");
 
     // Malformed keys, unknown apps and missing headers never reach argon2.
     let before = app.tenants.argon2_runs();
@@ -80,11 +116,11 @@ async fn the_app_key_is_checked_with_argon2_once(app: TestApp) {
     assert_eq!(app.tenants.argon2_runs(), before);
 }
 
-/// A burst of requests with a key not yet in the cache (a new app, a rotated key) runs
-/// argon2 once: the others wait for that run, rather than taking the other argon2 slots
+/// A burst of requests with an argon2id-hashed key not yet in the cache runs argon2 once: the others wait for that run, rather than taking the other argon2 slots
 /// (19 MiB and a core each) to check the same key again.
 async fn concurrent_requests_with_a_new_key_run_argon2_once(app: TestApp) {
     let created = app.create_app(json!({"name": "burst"})).await;
+    make_legacy(&app, &created).await;
     let before = app.tenants.argon2_runs();
     let requests = (0..16).map(|_| {
         app.request(Method::GET, &format!("/app/{}", created.app_id))

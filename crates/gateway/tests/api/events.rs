@@ -49,10 +49,11 @@ async fn metrics_count_renew_outcomes_and_requests(app: TestApp) {
     assert_eq!(metric(&app, renews_401).await, 1.0);
     let renew_count = r#"keygate_http_request_duration_seconds_count{method="POST",route="/app/{app_id}/renew",status="200"}"#;
     assert_eq!(metric(&app, renew_count).await, 1.0);
-    // The root key and the app key were each checked by argon2 once, then served from the
-    // cache.
-    assert_eq!(metric(&app, r#"keygate_app_key_cache_total{result="miss"}"#).await, 2.0);
-    assert!(metric(&app, r#"keygate_app_key_cache_total{result="hit"}"#).await >= 2.0);
+    // The root key and the app key are checked by their keyed hashes: no argon2.
+    assert!(metric(&app, r#"keygate_key_checks_total{by="keyed"}"#).await >= 4.0);
+    assert_eq!(metric(&app, r#"keygate_key_checks_total{by="argon2"}"#).await, 0.0);
+    assert_eq!(metric(&app, r#"keygate_key_hashes{form="keyed"}"#).await, 2.0, "app and root");
+    assert_eq!(metric(&app, r#"keygate_key_hashes{form="argon2id"}"#).await, 0.0);
     // A garbage token is an invalid renew.
     let (status, _) = app.renew(&created, &json!("not.a.token")).await;
     assert_eq!(status, 401);

@@ -289,7 +289,8 @@ async fn wrong_methods_get_405_and_change_nothing(app: TestApp) {
         (Method::GET, format!("/root/apps/{id}/keys/{kid}/revoke")),
         (Method::DELETE, format!("/root/apps/{id}/keys/{kid}/revoke")),
         (Method::GET, format!("/root/apps/{id}/rotate-app-key")),
-        (Method::GET, format!("/root/apps/{id}/sessions")),
+        (Method::PUT, format!("/root/apps/{id}/sessions")),
+        (Method::GET, format!("/root/apps/{id}/sessions/revoke")),
         (Method::POST, format!("/root/apps/{id}/sessions")),
     ];
     // Each with valid credentials and a body its real method would act on.
