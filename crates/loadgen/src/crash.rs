@@ -280,6 +280,10 @@ pub(crate) struct Gateway {
 }
 
 impl Gateway {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, then reap it.
     pub(crate) fn kill(mut self) {
         let _ = self.child.kill();

@@ -21,6 +21,7 @@ mod load;
 mod preload;
 mod procstat;
 mod report;
+mod tenants;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -50,6 +51,10 @@ enum Command {
     /// gateways, and check that no token was lost, revived or doubled (exit 1 on a
     /// violation); reports the window of failed renews per failover.
     Failover(failover::FailoverArgs),
+    /// Many apps on one gateway: create them, restart the gateway, then time the first
+    /// renew of every app, renews round-robin across them against one app, RSS, and the
+    /// cost of wrong app keys.
+    Tenants(tenants::TenantsArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -136,6 +141,7 @@ impl Cli {
         match &self.command {
             Command::Run(args) => args.threads.max(1),
             Command::Preload(_) | Command::Crash(_) | Command::Failover(_) => 2,
+            Command::Tenants(_) => 2,
         }
     }
 }
@@ -168,6 +174,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("crash harness: VIOLATIONS found (see above)");
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Command::Tenants(args) => {
+            let report = tenants::run(&args).await?;
+            print!("{}", tenants::table(&report));
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Failover(args) => {
             if failover::run(&args).await? {

@@ -19,6 +19,14 @@ pub enum AppCommand {
         #[command(flatten)]
         settings: SettingsArgs,
     },
+    /// Create many apps in one run, from JSON lines (a file, or `-` for stdin): each line
+    /// the body of `POST /root/apps`, e.g. `{"name": "shop", "token_expire": 600}`. Prints
+    /// one JSON line per app created, with its app key (shown only now); a line that fails
+    /// is reported on stderr with its number, and the rest go on.
+    Import {
+        /// The JSON-lines file, or `-` for stdin.
+        file: String,
+    },
     /// List apps.
     List,
     /// Show an app's settings and keys.
@@ -149,6 +157,7 @@ pub async fn run(services: &Services, command: AppCommand, json: bool) -> anyhow
                 println!("  public_key  {}", created.public_key);
             });
         }
+        AppCommand::Import { file } => import(services, &file, now).await?,
         AppCommand::List => {
             let apps = admin::list_apps(services).await?;
             print_json_or(json, &json!({"apps": apps}), || print_apps(&apps));
@@ -241,5 +250,76 @@ fn print_app(app: &App) {
     ];
     for (name, value) in rows {
         println!("{name:<21} {value}");
+    }
+}
+
+/// Apps created at once by `app import`: the database takes one at a time anyway, and a few
+/// in flight keep it busy.
+const IMPORT_IN_FLIGHT: usize = 8;
+
+/// `keygate app import FILE`: one app per JSON line; see [`AppCommand::Import`].
+async fn import(services: &Services, file: &str, now: i64) -> anyhow::Result<()> {
+    use futures::stream::{self, StreamExt};
+    use std::io::BufRead;
+
+    let reader: Box<dyn BufRead> = if file == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let opened = std::fs::File::open(file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+        Box::new(std::io::BufReader::new(opened))
+    };
+    let mut lines = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| anyhow::anyhow!("{file}, line {}: {e}", n + 1))?;
+        if !line.trim().is_empty() {
+            lines.push((n + 1, line));
+        }
+    }
+    let total = lines.len();
+    let started = std::time::Instant::now();
+    let create = |(n, line): (usize, String)| async move {
+        let outcome = match serde_json::from_str::<SettingsPatch>(&line) {
+            Ok(patch) => admin::create_app(services, &patch, Actor::Cli, now)
+                .await
+                .map(|created| (patch.name.unwrap_or_default(), created))
+                .map_err(|e| describe(&e)),
+            Err(e) => Err(format!("not an app's settings: {e}")),
+        };
+        (n, outcome)
+    };
+    let mut outcomes = stream::iter(lines).map(create).buffered(IMPORT_IN_FLIGHT);
+    let (mut done, mut failed) = (0usize, 0usize);
+    while let Some((n, outcome)) = outcomes.next().await {
+        match outcome {
+            Ok((name, created)) => {
+                let line = json!({"line": n, "name": name, "app_id": created.app_id,
+                    "app_key": created.app_key.expose(), "key_id": created.key_id});
+                println!("{line}");
+            }
+            Err(message) => {
+                failed += 1;
+                eprintln!("line {n}: {message}");
+            }
+        }
+        done += 1;
+        if done % 500 == 0 {
+            eprintln!("imported {done}/{total}");
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("{} of {total} apps created in {seconds:.1} s", total - failed);
+    if failed > 0 {
+        anyhow::bail!("{failed} of {total} lines failed (see above); the others were created");
+    }
+    Ok(())
+}
+
+/// One line about a failed creation: the bad fields, or the error and its causes.
+fn describe(err: &crate::app::AppError) -> String {
+    match err {
+        crate::app::AppError::Invalid(errors) => {
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+        }
+        other => format!("{:#}", anyhow::anyhow!("{other}")),
     }
 }

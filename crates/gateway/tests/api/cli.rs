@@ -448,3 +448,42 @@ async fn the_master_key_rotates_without_downtime_or_unsealed_keys() {
         "the old key alone no longer opens: {old_refused}"
     );
 }
+
+/// `app import`: hundreds of apps in one run, each line reported; the bad ones by number,
+/// and the imported keys work.
+#[tokio::test]
+async fn many_apps_are_imported_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lines: Vec<String> =
+        (0..300).map(|n| format!(r#"{{"name": "bulk-{n:03}"}}"#)).collect();
+    lines.insert(10, r#"{"name": "bad", "token_expire": 1}"#.to_owned());
+    lines.insert(20, "{not json".to_owned());
+    lines.push(r#"{"name": "bulk-000"}"#.to_owned());
+    lines.push(String::new());
+    let file = dir.path().join("apps.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+
+    let output =
+        keygate(dir.path()).args(["app", "import", file.to_str().unwrap()]).output().unwrap();
+    assert!(!output.status.success(), "some lines failed");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for expected in ["line 11: token_expire", "line 21: not an app's settings", "line 303: name"] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    assert!(stderr.contains("300 of 303 apps created"), "{stderr}");
+    let created: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(created.len(), 300);
+    assert_eq!(created[0]["name"], "bulk-000");
+    assert_eq!(created[0]["line"], 1);
+    let listed = admin(dir.path(), &["app", "list"]).unwrap();
+    assert_eq!(listed["apps"].as_array().unwrap().len(), 300);
+
+    let server = serve(dir.path(), &[]);
+    let last = &created[299];
+    let app_key = last["app_key"].as_str().unwrap();
+    assert!(app_key.starts_with("kg_"));
+    sign_through(&server, last["app_id"].as_str().unwrap(), app_key).await;
+}
