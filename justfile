@@ -66,8 +66,7 @@ bench:
 bench-scale:
     bash bench/scale.sh
 
-# Benchmark: 10,000 apps on one gateway (TENANTS_APPS=N to change; TENANTS_DATABASE_URL for
-# Postgres): restart, first renew of every app, round-robin against one app, RSS, wrong keys.
+# Benchmark: 10,000 apps on one gateway (TENANTS_APPS, TENANTS_DATABASE_URL): restart, renews, RSS, wrong keys.
 bench-tenants:
     cargo build --release -p keygate-gateway -p keygate-loadgen
     target/release/keygate-bench tenants --keygate target/release/keygate --apps ${TENANTS_APPS:-10000} ${TENANTS_DATABASE_URL:+--database-url "$TENANTS_DATABASE_URL"}

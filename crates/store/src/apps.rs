@@ -3,7 +3,8 @@
 
 use crate::{Backend, Sql, StoreError};
 
-/// An app as stored: its settings, and the argon2id hashes of the app keys it accepts.
+/// An app as stored: its settings, and the hashes of the app keys it accepts (the keyed
+/// form `hmac-sha256$…`, or an argon2id PHC string of a key made before it).
 #[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AppRow {
     pub app_id: String,

@@ -1,7 +1,8 @@
 //! Apps (tenants) and the secrets that authenticate them.
 //!
 //! This is the base domain crate of keygate: the app model with its validated settings, and
-//! the app-key and root-key checks. It stores through `keygate_store`. The other domain
+//! the app-key and root-key checks (a keyed hash, HMAC-SHA-256 under a key the gateway keeps
+//! sealed; argon2id hashes of older keys are still accepted and upgraded on use). It stores through `keygate_store`. The other domain
 //! crates (`keyring`, `sessions`) build on it.
 
 mod error;

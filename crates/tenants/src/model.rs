@@ -17,7 +17,8 @@ pub struct App {
     pub updated_at: i64,
 }
 
-/// The argon2id hashes of the app keys an app accepts: the current one, and during a
+/// The stored hashes of the app keys an app accepts (keyed, or argon2id for keys made
+/// before the keyed form): the current one, and during a
 /// rotation grace period, the previous one.
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct AppKeyHashes {
