@@ -1,11 +1,16 @@
-//! Cache coherence between gateways that share one Postgres.
+//! Cache coherence: every gateway caches apps, their app-key hashes and parsed signing keys,
+//! and drops an entry when another process (a gateway, the CLI) changes it.
 //!
-//! Every gateway caches apps, app-key checks and parsed signing keys. A change made by
-//! another gateway or by the CLI is announced on `keygate_store::CHANGES_CHANNEL` when it commits
-//! (see `keygate_store::Backend::after_commit`); this listener drops the cached entries at once.
-//! Polling stays the fallback: every cache entry expires after `cache_ttl` seconds (5 by
-//! default), so a lost announcement, or one sent while the listener was reconnecting, is
-//! seen within that time anyway. SQLite has one process and needs neither.
+//! - **The change log** (both databases): triggers record every such change in the table
+//!   `changes`, in the change's own transaction, whoever makes it. Each gateway reads the
+//!   new rows every [`POLL_INTERVAL`] and drops what they name ([`spawn_poller`]).
+//! - **NOTIFY** (Postgres): a change is also announced on `keygate_store::CHANGES_CHANNEL` when
+//!   it commits (`keygate_store::Backend::after_commit`); this listener drops the entries at
+//!   once ([`spawn_listener`]).
+//!
+//! Every entry also expires after `cache_ttl` seconds (60 by default), the backstop for a
+//! change the log could not show in order (on Postgres, a transaction that took its log
+//! position before another but committed after it) while the listener was down too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +20,54 @@ use keygate_store::{Kind, StoreError};
 use keygate_tenants::AppId;
 
 use crate::bootstrap::Services;
+
+/// How often a gateway reads the change log.
+pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// The most changes applied one by one per read; past it, every cached entry is dropped.
+const POLL_LIMIT: i64 = 1000;
+
+/// Reads the change log every [`POLL_INTERVAL`] from now on, and drops what each new
+/// change names. A failed read is retried at the next tick from the same place (the
+/// janitor keeps an hour of changes).
+pub fn spawn_poller(services: Arc<Services>) {
+    tokio::spawn(async move {
+        let mut last = services.db.last_change().await.ok();
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(POLL_INTERVAL).await;
+            let read = match last {
+                Some(seq) => read_changes(&services, seq).await,
+                None => services.db.last_change().await.inspect(|_| forget_everything(&services)),
+            };
+            match read {
+                Ok(seq) => {
+                    if failing {
+                        tracing::info!("the change log is read again");
+                    }
+                    (last, failing) = (Some(seq), false);
+                }
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "cannot read the change log; retrying every second");
+                }
+                Err(_) => {}
+            }
+        }
+    });
+}
+
+/// Applies the changes after `seq`; returns the position reached.
+async fn read_changes(services: &Services, seq: i64) -> Result<i64, StoreError> {
+    let changes = services.db.changes_after(seq, POLL_LIMIT).await?;
+    if i64::try_from(changes.len()).unwrap_or(i64::MAX) >= POLL_LIMIT {
+        forget_everything(services);
+        return services.db.last_change().await;
+    }
+    for change in &changes {
+        apply(services, &change.subject);
+    }
+    Ok(changes.last().map_or(seq, |change| change.seq))
+}
 
 /// How long to wait before connecting again after the listener failed.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);

@@ -34,7 +34,8 @@ pub struct Settings {
     /// `Cache-Control: max-age` of the JWKS, in seconds. A next key is published at least
     /// this long before a scheduled rotation makes it active.
     pub jwks_max_age: u64,
-    /// How long cached apps and keys are trusted before they are read again, in seconds.
+    /// The longest cached apps and keys are trusted before they are read again, in seconds;
+    /// changes made elsewhere are seen sooner, through the change log and `NOTIFY`.
     pub cache_ttl: u64,
     /// The most connections a gateway opens to Postgres.
     pub postgres_max_connections: u32,
@@ -104,7 +105,7 @@ impl Default for Settings {
             root_key: None,
             workers: None,
             jwks_max_age: 300,
-            cache_ttl: 5,
+            cache_ttl: 60,
             postgres_max_connections: 16,
             janitor_interval: 300,
             database_busy_timeout_ms: 5000,

@@ -62,6 +62,7 @@ impl Application {
             None
         };
         changes::spawn_listener(services.clone().into_inner());
+        changes::spawn_poller(services.clone().into_inner());
         if settings.janitor_interval > 0 {
             let every = Duration::from_secs(settings.janitor_interval);
             janitor::spawn(services.clone().into_inner(), every);

@@ -7,6 +7,7 @@
 pub mod apps;
 pub mod audit;
 mod backend;
+pub mod changes;
 mod error;
 mod hosts;
 pub mod in_doubt;

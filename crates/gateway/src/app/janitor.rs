@@ -25,6 +25,9 @@ pub struct Report {
     pub keys: u64,
 }
 
+/// Seconds a change-log row is kept (see `crate::changes`).
+pub const CHANGE_LOG_KEPT: i64 = 3600;
+
 /// One pass at `now`, on this gateway, whatever the others do.
 pub async fn run_once(services: &Services, now: i64) -> Result<Report, AppError> {
     let rotated = rotate_due(services, now).await?;
@@ -36,6 +39,9 @@ pub async fn run_once(services: &Services, now: i64) -> Result<Report, AppError>
             tracing::info!(events, "janitor deleted audit events past their retention");
         }
     }
+    // The change log is read every second; an hour is plenty for any gateway to catch up.
+    let changes = services.db.purge_changes(now.saturating_sub(CHANGE_LOG_KEPT)).await?;
+    tracing::debug!(changes, "janitor deleted old change-log rows");
     let mut keys = 0;
     for app in services.tenants.list_apps().await? {
         // A retired key signed nothing after it retired, so its last token expires at most

@@ -487,3 +487,44 @@ async fn many_apps_are_imported_in_one_run() {
     assert!(app_key.starts_with("kg_"));
     sign_through(&server, last["app_id"].as_str().unwrap(), app_key).await;
 }
+
+/// Changes made by the CLI beside a running gateway on SQLite reach it through the change
+/// log within about a second, however long its caches keep entries (`cache_ttl` 600 here).
+#[tokio::test]
+async fn a_running_gateway_sees_cli_changes_through_the_change_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keygate.toml");
+    std::fs::write(&config, "cache_ttl = 600\n").unwrap();
+    let config = config.to_str().unwrap();
+    let created = admin(dir.path(), &["--config", config, "app", "create", "--name", "c"]).unwrap();
+    let (app_id, old_key) =
+        (created["app_id"].as_str().unwrap(), created["app_key"].as_str().unwrap());
+    let server = serve(dir.path(), &["--config", config]);
+    sign_through(&server, app_id, old_key).await; // the app and its key check are cached now
+    let jwks = || async {
+        let url = format!("{}/app/{app_id}/jwks.json", server.address);
+        let body: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        body["keys"].as_array().unwrap().len()
+    };
+    assert_eq!(jwks().await, 2, "active and next, now cached");
+
+    // The app key rotated without grace, and the signing keys rotated, by another process.
+    let rotated = admin(dir.path(), &["--config", config, "app", "rotate-key", app_id]).unwrap();
+    admin(dir.path(), &["--config", config, "keys", "rotate", app_id]).unwrap();
+    let started = std::time::Instant::now();
+    let client = reqwest::Client::new();
+    let status = |key: String| {
+        let request = client
+            .post(format!("{}/app/{app_id}/sign", server.address))
+            .header("Authorization", key)
+            .json(&serde_json::json!({"sub": "u", "ip": "192.0.2.1", "useragent": "t"}));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    while status(old_key.to_owned()).await == 200 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "the old key still works");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(started.elapsed() < std::time::Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(status(rotated["app_key"].as_str().unwrap().to_owned()).await, 200);
+    assert_eq!(jwks().await, 3, "the JWKS shows the rotation too (next, active, retired)");
+}
