@@ -63,6 +63,7 @@ impl Application {
         };
         changes::spawn_listener(services.clone().into_inner());
         changes::spawn_poller(services.clone().into_inner());
+        changes::spawn_warm_up(services.clone().into_inner());
         if settings.janitor_interval > 0 {
             let every = Duration::from_secs(settings.janitor_interval);
             janitor::spawn(services.clone().into_inner(), every);

@@ -541,6 +541,26 @@ impl Keyring {
         self.cache.invalidate_all();
     }
 
+    /// Reads every app's keys in one query and caches them, so the first request of each
+    /// app after a start finds them parsed; returns how many apps. An app whose keys do not
+    /// load is left out (its first request reports why): the second number counts them.
+    pub async fn warm(&self) -> Result<(usize, usize), KeyringError> {
+        let records = self.store.list_all_keys().await?;
+        let (mut warmed, mut failed) = (0, 0);
+        for app_keys in records.chunk_by(|a, b| a.app_id == b.app_id) {
+            let app_id = app_keys[0].app_id;
+            match AppKeys::load(app_keys, &self.master, &self.previous) {
+                Ok(keys) if !keys.verifiers.is_empty() => {
+                    self.cache.insert(app_id, Arc::new(keys)).await;
+                    warmed += 1;
+                }
+                Ok(_) => {}
+                Err(_) => failed += 1,
+            }
+        }
+        Ok((warmed, failed))
+    }
+
     /// Drops the cached keys of an app, after a change.
     pub fn forget(&self, app_id: AppId) {
         // Fails only if the cache was built without invalidation closures: then forget all.

@@ -26,6 +26,12 @@ impl KeyStore {
         rows.into_iter().map(KeyRecord::try_from).collect()
     }
 
+    /// Every key of every app, by app, each app's oldest first.
+    pub async fn list_all_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = self.db.signing_keys().list_all().await?;
+        rows.into_iter().map(KeyRecord::try_from).collect()
+    }
+
     /// Applies a plan in one transaction. A transition whose key is no longer in its `from`
     /// state fails the whole plan with `Conflict`, and nothing changes.
     pub async fn apply(&self, app_id: AppId, changes: &[KeyChange]) -> Result<(), StoreError> {

@@ -52,6 +52,7 @@ macro_rules! store_cases {
 }
 
 store_cases!(
+    warm_fills_the_cache_with_every_app_s_keys_in_one_read,
     a_failed_reload_keeps_the_keys_that_verify,
     a_new_app_has_one_active_and_one_next_key,
     rotation_promotes_next_retires_active_and_publishes_a_new_next,
@@ -1081,4 +1082,27 @@ async fn concurrent_loads_of_an_app_share_one_read_and_its_failure(db: Backend) 
     for result in [a, b] {
         assert!(matches!(&result, Err(KeyringError::Store(e)) if e.is_unavailable()), "{result:?}");
     }
+}
+
+async fn warm_fills_the_cache_with_every_app_s_keys_in_one_read(db: Backend) {
+    let env = env(db);
+    let apps = [env.app("one").await, env.app("two").await, env.app("three").await];
+    let other = env.other_process(KeyringConfig {
+        cache_ttl: Duration::from_secs(3600),
+        ..KeyringConfig::default()
+    });
+    assert_eq!(other.warm().await.unwrap(), (3, 0));
+    // The rows gone behind its back: the warmed process still has every app's keys.
+    execute(&env.db, Sql::new("DELETE FROM app_keys")).await;
+    for app_id in apps {
+        let keys = other.keys(app_id).await.unwrap();
+        assert_eq!(keys.published().len(), 2, "active and next of {app_id}");
+        assert!(keys.signer().is_ok());
+    }
+    let cold = env.other_process(KeyringConfig::default());
+    let read = cold.keys(apps[0]).await;
+    assert!(
+        read.as_ref().map_or(true, |keys| keys.published().is_empty()),
+        "a cold process reads the (deleted) rows: {read:?}"
+    );
 }

@@ -39,6 +39,10 @@ const SELECT_KEYS: &str = "SELECT key_id, app_id, state, public_pem, sealed_priv
     master_key_id, created_at, activated_at, retired_at, revoked_at FROM app_keys \
     WHERE app_id = $1 ORDER BY key_id";
 
+const SELECT_ALL_KEYS: &str = "SELECT key_id, app_id, state, public_pem, sealed_private, \
+    master_key_id, created_at, activated_at, retired_at, revoked_at FROM app_keys \
+    ORDER BY app_id, key_id";
+
 const SELECT_OWNER: &str = "SELECT app_id FROM app_keys WHERE key_id = $1";
 
 const DELETE_RETIRED: &str = "DELETE FROM app_keys WHERE app_id = $1 AND state = 'retired' \
@@ -82,6 +86,11 @@ impl SigningKeys<'_> {
     /// Every key of the app, revoked ones included, oldest first.
     pub async fn list(&self, app_id: &str) -> Result<Vec<KeyRow>, StoreError> {
         self.db.read(Sql::new(SELECT_KEYS).bind(app_id)).fetch_all().await
+    }
+
+    /// Every key of every app, by app, each app's oldest first (to fill a cache at start).
+    pub async fn list_all(&self) -> Result<Vec<KeyRow>, StoreError> {
+        self.db.read(Sql::new(SELECT_ALL_KEYS)).fetch_all().await
     }
 
     /// Applies the writes in one transaction. A transition whose key is no longer in its

@@ -146,6 +146,17 @@ impl Tenants {
         absent_as_none(self.apps.try_get_with(app_id, read).await)
     }
 
+    /// Reads every app in one query and caches them, so the first request of each app
+    /// after a start finds it; returns how many.
+    pub async fn warm(&self) -> Result<usize, StoreError> {
+        let records = self.store.list_apps().await?;
+        let count = records.len();
+        for record in records {
+            self.apps.insert(record.app.app_id, Arc::new(record)).await;
+        }
+        Ok(count)
+    }
+
     /// Drops every cached app and every remembered key check.
     pub fn forget_all(&self) {
         self.apps.invalidate_all();

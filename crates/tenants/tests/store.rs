@@ -63,6 +63,7 @@ store_cases!(
     a_malformed_supplied_root_key_is_refused,
     rotating_the_root_key_voids_the_old_one,
     a_legacy_root_key_is_upgraded_on_its_first_check,
+    warm_fills_the_cache_with_every_app_in_one_read,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -735,4 +736,25 @@ async fn a_legacy_root_key_is_upgraded_on_its_first_check(db: Backend) {
     self::tenants(&db).authenticate_root(Some(key.expose())).await.unwrap();
     assert_eq!(tenants.argon2_runs(), 2);
     assert_eq!(tenants.key_hash_forms(NOW).await.unwrap(), (0, 1));
+}
+
+async fn warm_fills_the_cache_with_every_app_in_one_read(db: Backend) {
+    let tenants = tenants(&db);
+    let (one, key) = create(&tenants, "one").await;
+    create(&tenants, "two").await;
+    let other = Tenants::new(
+        app_store(&db),
+        TenantsConfig {
+            cache_ttl: Duration::from_secs(3600),
+            ..TenantsConfig::new(KeyHashKey::from_bytes(&[7; 32]).unwrap())
+        },
+    );
+    assert_eq!(other.warm().await.unwrap(), 2);
+    // Renamed behind its back (no change announced): the warmed process still has the app
+    // as it read it, and checks its key without reading.
+    execute(&db, Sql::new("UPDATE apps SET name = 'renamed' WHERE name = 'one'")).await;
+    let cached = other.app(one.app.app_id).await.unwrap().unwrap();
+    assert_eq!(cached.app.name, "one");
+    auth(&other, one.app.app_id, key.expose(), NOW).await.unwrap();
+    assert_eq!(tenants.store().get_app(one.app.app_id).await.unwrap().unwrap().app.name, "renamed");
 }
