@@ -277,6 +277,9 @@ pub struct Keyring {
     owners: Cache<KeyId, AppId>,
 }
 
+/// Apps whose keys [`Keyring::warm`] reads in one query.
+pub const WARM_PAGE: i64 = 500;
+
 /// The most key owners remembered.
 const MAX_OWNERS: u64 = 100_000;
 
@@ -541,24 +544,28 @@ impl Keyring {
         self.cache.invalidate_all();
     }
 
-    /// Reads every app's keys in one query and caches them, so the first request of each
-    /// app after a start finds them parsed; returns how many apps. An app whose keys do not
-    /// load is left out (its first request reports why): the second number counts them.
+    /// Reads every app's keys, [`WARM_PAGE`] apps a query, and caches them, so the first
+    /// request of each app after a start finds them parsed; returns how many apps. An app
+    /// whose keys do not load is left out (its first request reports why): the second
+    /// number counts them.
     pub async fn warm(&self) -> Result<(usize, usize), KeyringError> {
-        let records = self.store.list_all_keys().await?;
-        let (mut warmed, mut failed) = (0, 0);
-        for app_keys in records.chunk_by(|a, b| a.app_id == b.app_id) {
-            let app_id = app_keys[0].app_id;
-            match AppKeys::load(app_keys, &self.master, &self.previous) {
-                Ok(keys) if !keys.verifiers.is_empty() => {
-                    self.cache.insert(app_id, Arc::new(keys)).await;
-                    warmed += 1;
+        let (mut warmed, mut failed, mut after) = (0, 0, None);
+        loop {
+            let records = self.store.list_keys_page(after, WARM_PAGE).await?;
+            let Some(last) = records.last() else { return Ok((warmed, failed)) };
+            after = Some(last.app_id);
+            for app_keys in records.chunk_by(|a, b| a.app_id == b.app_id) {
+                let app_id = app_keys[0].app_id;
+                match AppKeys::load(app_keys, &self.master, &self.previous) {
+                    Ok(keys) if !keys.verifiers.is_empty() => {
+                        self.cache.insert(app_id, Arc::new(keys)).await;
+                        warmed += 1;
+                    }
+                    Ok(_) => {}
+                    Err(_) => failed += 1,
                 }
-                Ok(_) => {}
-                Err(_) => failed += 1,
             }
         }
-        Ok((warmed, failed))
     }
 
     /// Drops the cached keys of an app, after a change.

@@ -26,9 +26,15 @@ impl KeyStore {
         rows.into_iter().map(KeyRecord::try_from).collect()
     }
 
-    /// Every key of every app, by app, each app's oldest first.
-    pub async fn list_all_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = self.db.signing_keys().list_all().await?;
+    /// The keys of the `apps` apps whose ids follow `after` (all from the first with
+    /// `None`), by app, each app's oldest first.
+    pub async fn list_keys_page(
+        &self,
+        after: Option<AppId>,
+        apps: i64,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let rows = self.db.signing_keys().list_page(&after, apps).await?;
         rows.into_iter().map(KeyRecord::try_from).collect()
     }
 

@@ -156,10 +156,10 @@ impl Backend {
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
                 .foreign_keys(true)
-                // A page cache of up to 32 MiB per connection (SQLite's default is 2 MiB),
+                // A page cache of up to 16 MiB per connection (SQLite's default is 2 MiB),
                 // taken only as pages are read: with thousands of apps renewing, the
                 // sessions' pages stay in memory instead of being read again.
-                .pragma("cache_size", "-32768")
+                .pragma("cache_size", "-16384")
                 .busy_timeout(options.busy_timeout);
             let pool = |max_connections| {
                 SqlitePoolOptions::new()

@@ -39,8 +39,10 @@ const SELECT_KEYS: &str = "SELECT key_id, app_id, state, public_pem, sealed_priv
     master_key_id, created_at, activated_at, retired_at, revoked_at FROM app_keys \
     WHERE app_id = $1 ORDER BY key_id";
 
-const SELECT_ALL_KEYS: &str = "SELECT key_id, app_id, state, public_pem, sealed_private, \
+/// The keys of the `$2` apps after app id `$1`, by app, each app's oldest first.
+const SELECT_KEYS_OF_APPS: &str = "SELECT key_id, app_id, state, public_pem, sealed_private, \
     master_key_id, created_at, activated_at, retired_at, revoked_at FROM app_keys \
+    WHERE app_id IN (SELECT app_id FROM apps WHERE app_id > $1 ORDER BY app_id LIMIT $2) \
     ORDER BY app_id, key_id";
 
 const SELECT_OWNER: &str = "SELECT app_id FROM app_keys WHERE key_id = $1";
@@ -88,9 +90,10 @@ impl SigningKeys<'_> {
         self.db.read(Sql::new(SELECT_KEYS).bind(app_id)).fetch_all().await
     }
 
-    /// Every key of every app, by app, each app's oldest first (to fill a cache at start).
-    pub async fn list_all(&self) -> Result<Vec<KeyRow>, StoreError> {
-        self.db.read(Sql::new(SELECT_ALL_KEYS)).fetch_all().await
+    /// The keys of the `apps` apps whose ids follow `after` (`""` for the first ones), by
+    /// app, each app's oldest first: a page of every app's keys (to fill a cache at start).
+    pub async fn list_page(&self, after: &str, apps: i64) -> Result<Vec<KeyRow>, StoreError> {
+        self.db.read(Sql::new(SELECT_KEYS_OF_APPS).bind(after).bind(apps)).fetch_all().await
     }
 
     /// Applies the writes in one transaction. A transition whose key is no longer in its
