@@ -66,7 +66,7 @@ pub fn spawn_warm_up(services: Arc<Services>) {
         let warmed = async {
             let from = services.db.last_change().await?;
             let apps = services.tenants.warm().await?;
-            let (keys, failed) = services.keyring.warm().await?;
+            let (keys, failed) = services.keyring.warm(keygate_keyring::WARM_PAGE).await?;
             read_changes(&services, from).await?;
             anyhow::Ok((apps, keys, failed))
         };

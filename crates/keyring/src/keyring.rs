@@ -544,14 +544,14 @@ impl Keyring {
         self.cache.invalidate_all();
     }
 
-    /// Reads every app's keys, [`WARM_PAGE`] apps a query, and caches them, so the first
-    /// request of each app after a start finds them parsed; returns how many apps. An app
-    /// whose keys do not load is left out (its first request reports why): the second
-    /// number counts them.
-    pub async fn warm(&self) -> Result<(usize, usize), KeyringError> {
+    /// Reads every app's keys, `apps_per_query` apps a query ([`WARM_PAGE`] at start), and
+    /// caches them, so the first request of each app after a start finds them parsed;
+    /// returns how many apps. An app whose keys do not load is left out (its first request
+    /// reports why): the second number counts them.
+    pub async fn warm(&self, apps_per_query: i64) -> Result<(usize, usize), KeyringError> {
         let (mut warmed, mut failed, mut after) = (0, 0, None);
         loop {
-            let records = self.store.list_keys_page(after, WARM_PAGE).await?;
+            let records = self.store.list_keys_page(after, apps_per_query.max(1)).await?;
             let Some(last) = records.last() else { return Ok((warmed, failed)) };
             after = Some(last.app_id);
             for app_keys in records.chunk_by(|a, b| a.app_id == b.app_id) {

@@ -20,7 +20,7 @@ pub use error::{KeyringError, VerifyError};
 pub use ids::KeyId;
 pub use keyring::{
     strict_validation, AppKeys, Keyring, KeyringConfig, PublishedKey, Reseal, Revocation, Rotation,
-    Signer, Typ,
+    Signer, Typ, WARM_PAGE,
 };
 pub use master::MasterKey;
 pub use material::{seal_new, Jwk, Jwks};
