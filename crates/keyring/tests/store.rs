@@ -41,6 +41,7 @@ macro_rules! store_cases {
                 test_db.db.close().await;
             }
 
+            #[cfg_attr(not(postgres_tests), ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)")]
             #[tokio::test]
             async fn postgres() {
                 let Some(test_db) = keygate_store::testing::postgres().await else { return };

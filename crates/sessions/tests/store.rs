@@ -46,6 +46,7 @@ macro_rules! store_cases {
                 test_db.db.close().await;
             }
 
+            #[cfg_attr(not(postgres_tests), ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn postgres() {
                 let Some(test_db) = keygate_store::testing::postgres().await else { return };
@@ -1695,6 +1696,10 @@ async fn a_batch_of_rotations_in_doubt_is_resolved_job_by_job(
     test_db.db.close().await;
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test]
 async fn a_batch_of_rotations_that_committed_with_its_answer_lost_is_resolved_job_by_job() {
     use keygate_store::in_doubt::Outcome;
@@ -1703,6 +1708,10 @@ async fn a_batch_of_rotations_that_committed_with_its_answer_lost_is_resolved_jo
         .await;
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test]
 async fn a_batch_of_rotations_that_never_arrived_is_resolved_job_by_job() {
     use keygate_store::in_doubt::Outcome;

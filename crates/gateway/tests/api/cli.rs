@@ -345,6 +345,10 @@ fn bad_arguments_fail_clearly() {
     assert!(stderr.contains("unsupported database URL") && !stderr.contains("hunter2"), "{stderr}");
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test]
 async fn the_cli_works_on_postgres_too() {
     let Some(url) = keygate_store::testing::postgres_url().await else { return };

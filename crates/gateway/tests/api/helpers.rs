@@ -129,6 +129,7 @@ macro_rules! on_both_backends {
                 super::$case(spawn_app(Backend::Sqlite).await.unwrap()).await;
             }
 
+            #[cfg_attr(not(postgres_tests), ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 if let Some(app) = spawn_app(Backend::Postgres).await {
@@ -152,6 +153,7 @@ macro_rules! with_settings {
                 super::$case(spawn_app_with(Backend::Sqlite, super::$adjust).await.unwrap()).await;
             }
 
+            #[cfg_attr(not(postgres_tests), ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)")]
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn postgres() {
                 if let Some(app) = spawn_app_with(Backend::Postgres, super::$adjust).await {

@@ -58,6 +58,10 @@ async fn assert_rotated_once(
     assert_error(status, &body, 401, "invalid_grant");
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_that_committed_with_its_answer_lost_is_answered_200() {
     let Some((app, proxy)) = through_proxy(|_| {}).await else { return };
@@ -72,6 +76,10 @@ async fn a_rotation_that_committed_with_its_answer_lost_is_answered_200() {
     assert_rotated_once(&app, &tenant, &signed["refresh_token"], &renewed).await;
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_that_never_arrived_is_applied_and_answered_200() {
     let Some((app, proxy)) = through_proxy(|_| {}).await else { return };
@@ -89,6 +97,10 @@ async fn a_rotation_that_never_arrived_is_applied_and_answered_200() {
 /// The database stays away past the in-doubt timeout: the renew is answered 503 with
 /// Retry-After, counted as unresolved, and the token was not spent: once the database is
 /// back it renews (with `reuse_grace` 0, a spent token would be reuse).
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_whose_outcome_stays_unknown_is_503_and_spends_nothing() {
     let Some((app, proxy)) = through_proxy(|s| {
@@ -134,6 +146,10 @@ async fn a_rotation_whose_outcome_stays_unknown_is_503_and_spends_nothing() {
     assert_rotated_once(&app, &tenant, &signed["refresh_token"], &renewed).await;
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_that_committed_with_its_answer_lost_opens_one_session() {
     let Some((app, proxy)) = through_proxy(|_| {}).await else { return };
@@ -159,6 +175,10 @@ async fn a_sign_that_committed_with_its_answer_lost_opens_one_session() {
     assert_eq!(status, 200, "{renewed}");
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sign_that_never_arrived_is_applied() {
     let Some((app, proxy)) = through_proxy(|_| {}).await else { return };
@@ -173,6 +193,10 @@ async fn a_sign_that_never_arrived_is_applied() {
     assert_eq!(status, 200, "{renewed}");
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_logout_that_committed_with_its_answer_lost_is_answered_with_its_count() {
     let Some((app, proxy)) = through_proxy(|_| {}).await else { return };
@@ -190,6 +214,10 @@ async fn a_logout_that_committed_with_its_answer_lost_is_answered_with_its_count
     assert_error(status, &body, 401, "invalid_grant");
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_that_never_arrived_is_applied() {
     let Some((app, proxy)) = through_proxy(|_| {}).await else { return };
@@ -212,6 +240,10 @@ async fn a_revoke_that_never_arrived_is_applied() {
 /// twice the timeout. Sixteen clients renew for three seconds of outage; every answer is a
 /// 503 with Retry-After, and the slowest takes the timeout plus a margin for the machine,
 /// far from twice the timeout.
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_renew_waits_longer_than_the_busy_timeout_for_a_writable_host() {
     const BUSY_MS: u64 = 1000;

@@ -83,6 +83,10 @@ async fn sqlite() {
     the_janitor_deletes_only_what_has_ended(services).await;
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test]
 async fn postgres() {
     let Some(url) = keygate_store::testing::postgres_url().await else { return };
@@ -120,6 +124,10 @@ async fn scheduled_rotation_sqlite() {
     scheduled_rotation_promotes_the_published_next_key(services).await;
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test]
 async fn scheduled_rotation_postgres() {
     let Some(url) = keygate_store::testing::postgres_url().await else { return };

@@ -293,6 +293,10 @@ async fn lock_sqlite(url: &str) -> Locked {
 /// lost in the cut is in doubt, and is answered (200) only once the gateway has found out,
 /// after the restore; the in-doubt timeout outlasts the outage. So the app runs without a
 /// grace: a 503 for a rotation that had happened would make the retry reuse (401).
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_cut_under_load() {
     let Ok(base) = std::env::var("TEST_DATABASE_URL") else { return };

@@ -51,6 +51,10 @@ fn jid(token: &Value) -> String {
     payload(token)["jid"].as_str().unwrap().to_owned()
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_renewed_alternately_through_both_never_double_mints() {
     let Some((a, b)) = pair().await else { return };
@@ -74,6 +78,10 @@ async fn a_session_renewed_alternately_through_both_never_double_mints() {
     }
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parallel_renews_split_across_both_rotate_once() {
     let Some((a, b)) = pair().await else { return };
@@ -148,6 +156,10 @@ async fn signing_key(gateway: &TestApp, app: &CreatedApp) -> String {
     gateway.sign(app, "carol").await["key_id"].as_str().unwrap().to_owned()
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_rotated_or_revoked_with_the_cli_reach_both_within_5s() {
     let Some((a, b)) = pair().await else { return };
@@ -191,6 +203,10 @@ async fn keys_rotated_or_revoked_with_the_cli_reach_both_within_5s() {
     }
 }
 
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_key_rotated_on_one_gateway_is_refused_by_the_other_at_once() {
     let Some((a, b)) = pair().await else { return };
