@@ -499,8 +499,7 @@ const overview = { timer: null, charts: new Map() };
 function stopOverview() {
   clearInterval(overview.timer);
   overview.timer = null;
-  for (const chart of overview.charts.values()) chart.destroy();
-  overview.charts.clear();
+  stopCharts();
 }
 
 async function overviewPage() {

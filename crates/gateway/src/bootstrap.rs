@@ -136,12 +136,19 @@ async fn load_key_hash_key(apps: &AppStore, keyring: &Keyring) -> anyhow::Result
             return open_key_hash_key(keyring, &stored);
         }
         let key = KeyHashKey::generate();
-        let (sealed, master_key_id) = keyring.seal_secret(KEY_HASH_KEY_CONTEXT, key.expose())?;
-        let value = format!("{master_key_id}.{}", URL_SAFE_NO_PAD.encode(sealed));
-        if apps.insert_setting(KEY_HASH_KEY_SETTING, &value).await? {
+        if apps.insert_setting(KEY_HASH_KEY_SETTING, &seal_key_hash_key(keyring, &key)?).await? {
             return Ok(key);
         }
     }
+}
+
+/// The setting's value for `key`, sealed under the current master key.
+pub(crate) fn seal_key_hash_key(
+    keyring: &Keyring,
+    key: &KeyHashKey,
+) -> Result<String, keygate_keyring::KeyringError> {
+    let (sealed, master_key_id) = keyring.seal_secret(KEY_HASH_KEY_CONTEXT, key.expose())?;
+    Ok(format!("{master_key_id}.{}", URL_SAFE_NO_PAD.encode(sealed)))
 }
 
 /// The key-hash key from its setting's value.

@@ -251,10 +251,10 @@ impl Metrics {
         self.http_duration.with_label_values(&[route, method, status]).observe(seconds);
     }
 
-    /// Counts one renew of `app`, here and in its [`Activity`].
-    pub fn renew(&self, app: AppId, count: RenewCount) {
+    /// Counts one renew of `app` at `now`, here and in its [`Activity`].
+    pub fn renew(&self, app: AppId, count: RenewCount, now: i64) {
         self.renews.with_label_values(&[count.as_str()]).inc();
-        self.activity.renew(app, count, crate::clock::now());
+        self.activity.renew(app, count, now);
     }
 
     /// Each app's activity over the last hour (the console's overview).

@@ -265,11 +265,7 @@ impl Tenants {
         accepted: &[&str],
         admit: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<Checked, AuthError> {
-        let label = match subject {
-            Subject::App(_) => APP_KEY_LABEL,
-            Subject::Root => ROOT_KEY_LABEL,
-        };
-        let digest = self.key_hash_key.digest(label, presented);
+        let digest = self.keyed_digest(subject, presented);
         let mut matched = subtle::Choice::from(0);
         let mut legacy = Vec::new();
         for hash in accepted {
@@ -287,6 +283,16 @@ impl Tenants {
             return Err(AuthError::Denied);
         }
         self.check_argon2(subject, presented, &legacy, admit).await
+    }
+
+    /// The keyed hash's digest of `presented` as a key of `subject` (an app key or the
+    /// root key), to compare in constant time with stored digests.
+    fn keyed_digest(&self, subject: Subject, presented: &str) -> [u8; 32] {
+        let label = match subject {
+            Subject::App(_) => APP_KEY_LABEL,
+            Subject::Root => ROOT_KEY_LABEL,
+        };
+        self.key_hash_key.digest(label, presented)
     }
 
     async fn check_argon2(
@@ -441,9 +447,9 @@ impl Tenants {
         if let Some(existing) = self.store.get_setting(ROOT_KEY_SETTING).await? {
             if let Some(supplied) = supplied {
                 let existing_matches = match StoredHash::of(&existing) {
-                    StoredHash::Keyed(stored) => bool::from(
-                        stored.ct_eq(&self.key_hash_key.digest(ROOT_KEY_LABEL, supplied)),
-                    ),
+                    StoredHash::Keyed(stored) => {
+                        stored.ct_eq(&self.keyed_digest(Subject::Root, supplied)).into()
+                    }
                     StoredHash::Argon2(_) => {
                         let supplied = zeroize::Zeroizing::new(supplied.to_owned());
                         tokio::task::spawn_blocking(move || verify_secret(&supplied, &existing))

@@ -261,8 +261,17 @@ pub async fn live_session_counts(
     services: &Services,
     now: i64,
 ) -> Result<std::collections::BTreeMap<AppId, u64>, AppError> {
+    live_session_counts_of(services, &list_apps(services).await?, now).await
+}
+
+/// Like [`live_session_counts`], for `apps` already listed.
+pub async fn live_session_counts_of(
+    services: &Services,
+    apps: &[App],
+    now: i64,
+) -> Result<std::collections::BTreeMap<AppId, u64>, AppError> {
     let mut counts: std::collections::BTreeMap<AppId, u64> =
-        list_apps(services).await?.into_iter().map(|app| (app.app_id, 0)).collect();
+        apps.iter().map(|app| (app.app_id, 0)).collect();
     for (app_id, live) in services.sessions.live_counts(now).await? {
         if let Some(count) = counts.get_mut(&app_id) {
             *count = live;

@@ -1,14 +1,12 @@
 //! A master-key rotation (`keygate master-key rotate`; docs/operations.md has the whole
 //! procedure).
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use keygate_keyring::Reseal;
 use keygate_tenants::app_store;
 
 use super::{webhooks, AppError};
 use crate::bootstrap::{
-    open_key_hash_key, Services, KEY_HASH_KEY_CONTEXT, KEY_HASH_KEY_SETTING, MASTER_KEY_ID_SETTING,
+    open_key_hash_key, seal_key_hash_key, Services, KEY_HASH_KEY_SETTING, MASTER_KEY_ID_SETTING,
 };
 
 /// Re-seals every private key and webhook secret under the current master key, then
@@ -37,9 +35,7 @@ async fn reseal_key_hash_key(services: &Services) -> Result<(), AppError> {
     }
     let key = open_key_hash_key(&services.keyring, &stored)
         .map_err(|e| AppError::Internal(format!("{e:#}").into()))?;
-    let (sealed, master_key_id) =
-        services.keyring.seal_secret(KEY_HASH_KEY_CONTEXT, key.expose())?;
-    let value = format!("{master_key_id}.{}", URL_SAFE_NO_PAD.encode(sealed));
+    let value = seal_key_hash_key(&services.keyring, &key)?;
     // A concurrent rotation may have re-sealed it first: then it is done.
     store.replace_setting(KEY_HASH_KEY_SETTING, &stored, &value).await?;
     Ok(())

@@ -103,7 +103,7 @@ async fn renew(
     let now = clock::now();
     let presented =
         services.sessions.verify_refresh(&app, &refresh_token, now).await.inspect_err(|err| {
-            services.metrics.renew(app.app_id, RenewCount::of_error(err));
+            services.metrics.renew(app.app_id, RenewCount::of_error(err), now);
         })?;
     if let Some(bearer) = bearer {
         if bearer.len() > MAX_TOKEN_LEN
@@ -115,7 +115,7 @@ async fn renew(
     let input = renew_input(request, refresh_token)?;
     let renewed =
         services.sessions.renew_presented(&app, &presented, &input, route.mode, now).await;
-    services.metrics.renew(app.app_id, RenewCount::of(&renewed));
+    services.metrics.renew(app.app_id, RenewCount::of(&renewed), now);
     Ok(renewed?.issued)
 }
 

@@ -316,8 +316,9 @@ async fn activity(
     let now = clock::now();
     let apps = admin::list_apps(&services).await?;
     let activity = services.metrics.activity();
-    let (live_sampled_at, live) =
-        activity.live_sessions(now, || admin::live_session_counts(&services, now)).await?;
+    let (live_sampled_at, live) = activity
+        .live_sessions(now, || admin::live_session_counts_of(&services, &apps, now))
+        .await?;
     let known: HashSet<AppId> = apps.iter().map(|app| app.app_id).collect();
     activity.retain(|app| known.contains(app));
     let mut rows: Vec<AppActivity> = apps

@@ -119,8 +119,9 @@ async fn token(services: web::Data<Services>, request: HttpRequest, form: Form) 
             OAuthError::Internal(format!("the renew input: {}", errors.join("; ")).into())
         }
     })?;
-    let renewed = services.sessions.renew(&app.app, input, clock::now()).await;
-    services.metrics.renew(app.app.app_id, RenewCount::of(&renewed));
+    let now = clock::now();
+    let renewed = services.sessions.renew(&app.app, input, now).await;
+    services.metrics.renew(app.app.app_id, RenewCount::of(&renewed), now);
     let issued = renewed?.issued;
     Ok(no_store(HttpResponse::Ok()).json(TokenResponse {
         access_token: issued.auth_token,

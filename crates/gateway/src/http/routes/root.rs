@@ -6,7 +6,7 @@ use keygate_tenants::{App, AppId, SettingsPatch};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::sessions::{checked_sub, RevokeRequest, SessionList, SubjectQuery};
+use super::sessions::{RevokeRequest, SessionList, SubjectQuery};
 use crate::app::admin::{self, Actor, CreatedApp, KeyView, RotatedAppKey};
 use crate::bootstrap::Services;
 use crate::clock;
@@ -320,10 +320,8 @@ async fn list_sessions(
     request: HttpRequest,
 ) -> Answer {
     let app_id = app_id(&path)?;
-    let query = web::Query::<SubjectQuery>::from_query(request.query_string())
-        .map_err(|_| ApiError::invalid("sub", "is required, as the only query parameter"))?;
-    let sessions =
-        admin::list_sessions(&services, app_id, checked_sub(&query.sub)?, clock::now()).await?;
+    let sub = SubjectQuery::of(&request)?;
+    let sessions = admin::list_sessions(&services, app_id, &sub, clock::now()).await?;
     Ok(HttpResponse::Ok().json(SessionList { sessions }))
 }
 

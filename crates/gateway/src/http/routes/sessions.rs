@@ -100,8 +100,9 @@ async fn sign(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answe
     ))]
 async fn renew(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
     let input = RenewInput::parse(&body.0).map_err(ApiError::Invalid)?;
-    let renewed = services.sessions.renew(&auth.0.app, input, clock::now()).await;
-    services.metrics.renew(auth.0.app.app_id, RenewCount::of(&renewed));
+    let now = clock::now();
+    let renewed = services.sessions.renew(&auth.0.app, input, now).await;
+    services.metrics.renew(auth.0.app.app_id, RenewCount::of(&renewed), now);
     Ok(HttpResponse::Ok().json(renewed?.issued))
 }
 
@@ -217,8 +218,18 @@ pub(super) struct SubjectQuery {
     pub(super) sub: String,
 }
 
+impl SubjectQuery {
+    /// The subject of `?sub=` (required, the only parameter), checked.
+    pub(super) fn of(request: &HttpRequest) -> Result<String, ApiError> {
+        let query = web::Query::<Self>::from_query(request.query_string())
+            .map_err(|_| ApiError::invalid("sub", "is required, as the only query parameter"))?;
+        checked_sub(&query.sub)?;
+        Ok(query.into_inner().sub)
+    }
+}
+
+/// The live sessions of `sub`, a checked subject.
 async fn sessions_of(services: &Services, auth: &AppAuth, sub: &str) -> Answer {
-    let sub = checked_sub(sub)?;
     let sessions = services.sessions.list(auth.0.app.app_id, Some(sub), clock::now()).await?;
     Ok(HttpResponse::Ok().json(SessionList { sessions }))
 }
@@ -238,7 +249,7 @@ async fn get_session(
     auth: AppAuth,
     body: JsonBody<SubjectQuery>,
 ) -> Answer {
-    sessions_of(&services, &auth, &body.0.sub).await
+    sessions_of(&services, &auth, checked_sub(&body.0.sub)?).await
 }
 
 /// The subject's live sessions, oldest first.
@@ -256,7 +267,5 @@ async fn list_sessions(
     auth: AppAuth,
     request: HttpRequest,
 ) -> Answer {
-    let query = web::Query::<SubjectQuery>::from_query(request.query_string())
-        .map_err(|_| ApiError::invalid("sub", "is required, as the only query parameter"))?;
-    sessions_of(&services, &auth, &query.sub).await
+    sessions_of(&services, &auth, &SubjectQuery::of(&request)?).await
 }
