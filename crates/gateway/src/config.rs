@@ -46,8 +46,8 @@ pub struct Settings {
     /// Milliseconds a write whose answer was lost while it committed (in doubt) keeps trying
     /// to learn whether it committed, before the request is answered 503.
     pub database_in_doubt_timeout_ms: u64,
-    /// Seconds between janitor passes (deleting ended sessions and expired retired keys);
-    /// 0 turns the janitor off.
+    /// Seconds between maintenance passes (scheduled key rotation, then deleting ended sessions,
+    /// expired retired keys and old events); 0 turns them off.
     pub janitor_interval: u64,
     /// Extra refresh routes that speak other systems' contracts (`[[compat.routes]]`).
     pub compat: CompatSettings,
@@ -79,7 +79,7 @@ pub struct Settings {
     /// Milliseconds before the first retry of a failed delivery; each further retry waits
     /// twice as long, up to an hour.
     pub webhook_retry_ms: u64,
-    /// Days audit events are kept (the janitor deletes older ones); 0 keeps them forever.
+    /// Days audit events are kept (the maintenance pass deletes older ones); 0 keeps them forever.
     pub audit_retention_days: u64,
     /// The gateway's own address as clients reach it (`https://auth.example.com`, maybe with
     /// a path prefix): the base of the absolute URLs in the OAuth metadata, which is not

@@ -7,10 +7,9 @@
 //! - [`bootstrap`]: the [`Services`] of one process, over [`audit`] and [`metrics`].
 
 pub mod activity;
-pub mod app;
 pub mod audit;
 pub mod bootstrap;
-pub mod changes;
+pub mod cache_coherence;
 pub mod cli;
 pub mod clock;
 pub mod compat;
@@ -18,6 +17,7 @@ pub mod config;
 pub mod http;
 pub mod metrics;
 pub mod startup;
+pub mod usecases;
 
 pub use bootstrap::Services;
 pub use config::Settings;

@@ -7,13 +7,13 @@ use actix_web::dev::Server;
 use actix_web::{middleware, web, App, HttpServer};
 use anyhow::Context;
 
-use crate::app::{janitor, webhooks};
 use crate::bootstrap::Services;
 use crate::config::Settings;
 use crate::http::client_ip::TrustedProxies;
 use crate::http::rate_limit::{self, AuthLimiter};
 use crate::http::{metrics, request_id, routes};
-use crate::{changes, compat};
+use crate::usecases::{maintenance, webhooks};
+use crate::{cache_coherence, compat};
 
 /// How often the failed-authentication limiter forgets addresses that are back to fresh.
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
@@ -61,12 +61,12 @@ impl Application {
         } else {
             None
         };
-        changes::spawn_listener(services.clone().into_inner());
-        changes::spawn_poller(services.clone().into_inner());
-        changes::spawn_warm_up(services.clone().into_inner());
+        cache_coherence::spawn_listener(services.clone().into_inner());
+        cache_coherence::spawn_poller(services.clone().into_inner());
+        cache_coherence::spawn_warm_up(services.clone().into_inner());
         if settings.janitor_interval > 0 {
             let every = Duration::from_secs(settings.janitor_interval);
-            janitor::spawn(services.clone().into_inner(), every);
+            maintenance::spawn(services.clone().into_inner(), every);
         }
         if let Some(limiter) = &limiter {
             rate_limit::spawn_sweeper(limiter, LIMITER_SWEEP);

@@ -49,7 +49,7 @@ use anyhow::{bail, Context};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::crash::{self, Api, Checks, Gateway, JidTree, ROOT_KEY};
+use crate::harness::{self, Api, Checks, Gateway, JidTree, ROOT_KEY};
 
 const USERAGENT: &str = "keygate-failover";
 
@@ -623,7 +623,7 @@ async fn drive_run(
     for n in 0..args.gateways {
         let dir = work.join(format!("gateway-{}", n + 1));
         std::fs::create_dir_all(dir.join("data"))?;
-        fleet.0.push(crash::start_gateway(keygate, &dir, Some(&url), 1, &env)?);
+        fleet.0.push(harness::start_gateway(keygate, &dir, Some(&url), 1, &env)?);
     }
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.connections * 2)
@@ -631,7 +631,7 @@ async fn drive_run(
         .timeout(args.request_timeout)
         .build()?;
     let first = &fleet.0[0].url;
-    let app = crash::create_app(&http, first, "failover", args.grace, USERAGENT).await?;
+    let app = harness::create_app(&http, first, "failover", args.grace, USERAGENT).await?;
     let apis: Vec<Api> =
         fleet.0.iter().map(|g| Api { base: g.url.clone(), ..app.clone() }).collect();
 
@@ -941,13 +941,13 @@ async fn reconcile(
     let mut outcome = Outcome::default();
     let mut tree = JidTree::default();
     let mut renewed_parents = HashSet::new();
-    let mut acknowledged: Vec<String> = signed.iter().filter_map(|t| crash::jid(t)).collect();
+    let mut acknowledged: Vec<String> = signed.iter().filter_map(|t| harness::jid(t)).collect();
     // Consumed parents per chain, newest first, each once.
     let mut parents: HashMap<usize, Vec<Arc<str>>> = HashMap::new();
     for s in journal {
         if let Some(child) = &s.child {
             tree.add(&s.parent, child, checks);
-            if let (Some(p), Some(c)) = (crash::jid(&s.parent), crash::jid(child)) {
+            if let (Some(p), Some(c)) = (harness::jid(&s.parent), harness::jid(child)) {
                 renewed_parents.insert(p);
                 acknowledged.push(c);
             }
@@ -964,7 +964,7 @@ async fn reconcile(
     // 1. Every head renews now, once (200).
     let live: Vec<Chain> = chains.iter().filter(|c| c.state == ChainState::Live).cloned().collect();
     let apis2 = apis.to_vec();
-    let heads = crash::each(live.clone(), concurrency, move |c| {
+    let heads = harness::each(live.clone(), concurrency, move |c| {
         let api = apis2[c.gateway].clone();
         async move { api.renew(&c.latest).await }
     })
@@ -977,7 +977,7 @@ async fn reconcile(
         });
         if let (200, Some(g)) = (status, grandchild) {
             tree.add(&chain.latest, &g.refresh, checks);
-            if let Some(j) = crash::jid(&chain.latest) {
+            if let Some(j) = harness::jid(&chain.latest) {
                 heads_renewed.insert(j);
             }
             grandchildren.insert(chain.index, g.refresh);
@@ -994,7 +994,7 @@ async fn reconcile(
         })
         .collect();
     let apis2 = apis.to_vec();
-    let answers = crash::each(work.clone(), concurrency, move |(c, list, grandchild)| {
+    let answers = harness::each(work.clone(), concurrency, move |(c, list, grandchild)| {
         let api = apis2[c.gateway].clone();
         async move {
             let mut statuses = Vec::with_capacity(list.len());
@@ -1040,7 +1040,7 @@ async fn reconcile(
             tree.add(&chain.latest, &child.refresh, checks);
         }
         // Its outcome is unknown either way: not counted as lost.
-        heads_renewed.extend(crash::jid(&chain.latest));
+        heads_renewed.extend(harness::jid(&chain.latest));
     }
 
     let lost = lost(acknowledged, &renewed_parents, &heads_renewed);

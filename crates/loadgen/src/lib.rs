@@ -17,6 +17,7 @@
 mod client;
 mod crash;
 mod failover;
+mod harness;
 mod load;
 mod preload;
 mod procstat;

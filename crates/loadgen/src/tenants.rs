@@ -20,7 +20,7 @@ use anyhow::{bail, Context};
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
-use crate::crash::{start_gateway, ROOT_KEY};
+use crate::harness::{start_gateway, ROOT_KEY};
 use crate::procstat::{peak_rss_mib, CpuMeter};
 use crate::report::histogram;
 

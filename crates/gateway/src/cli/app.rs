@@ -6,9 +6,9 @@ use serde_json::json;
 
 use super::key::print_keys;
 use super::output::{format_secs, format_time, print_json_or, table};
-use crate::app::admin::{self, Actor};
 use crate::bootstrap::Services;
 use crate::clock;
+use crate::usecases::admin::{self, Actor};
 
 #[derive(Debug, Subcommand)]
 pub enum AppCommand {
@@ -315,9 +315,9 @@ async fn import(services: &Services, file: &str, now: i64) -> anyhow::Result<()>
 }
 
 /// One line about a failed creation: the bad fields, or the error and its causes.
-fn describe(err: &crate::app::AppError) -> String {
+fn describe(err: &crate::usecases::UseCaseError) -> String {
     match err {
-        crate::app::AppError::Invalid(errors) => {
+        crate::usecases::UseCaseError::Invalid(errors) => {
             errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
         }
         other => format!("{:#}", anyhow::anyhow!("{other}")),

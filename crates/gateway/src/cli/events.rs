@@ -5,9 +5,9 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::output::{format_time, print_json_or, table};
-use crate::app::admin::{self, Actor};
-use crate::app::webhooks;
 use crate::bootstrap::Services;
+use crate::usecases::admin::{self, Actor};
+use crate::usecases::webhooks;
 
 #[derive(Debug, Subcommand)]
 pub enum WebhookCommand {

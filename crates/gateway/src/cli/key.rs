@@ -5,10 +5,10 @@ use keygate_keyring::KeyId;
 use serde_json::json;
 
 use super::output::{format_time, print_json_or, table};
-use crate::app::admin::{self, Actor, KeyView};
-use crate::app::AppError;
 use crate::bootstrap::Services;
 use crate::clock;
+use crate::usecases::admin::{self, Actor, KeyView};
+use crate::usecases::UseCaseError;
 
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -41,7 +41,7 @@ pub async fn run(services: &Services, command: KeysCommand, json: bool) -> anyho
         KeysCommand::Revoke { app, key_id } => {
             let app_id = admin::find_app(services, &app).await?.app.app_id;
             let key_id: KeyId = key_id.parse().map_err(|_| {
-                AppError::invalid(
+                UseCaseError::invalid(
                     "key_id",
                     format!("{key_id:?} is not a key id (a 26-character ULID)"),
                 )

@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
-use crate::app::{admin, chain, AppError};
 use crate::bootstrap::Services;
 use crate::config::Settings;
+use crate::usecases::{admin, chain, UseCaseError};
 pub use serve::LogFormat;
 
 mod app;
@@ -101,9 +101,9 @@ pub async fn run(cli: Cli) -> ExitCode {
 /// A failure of a use case with its code, message and bad fields; any other failure with
 /// its causes.
 fn report(err: &anyhow::Error, json: bool) {
-    if let Some(app_err) = err.downcast_ref::<AppError>() {
+    if let Some(app_err) = err.downcast_ref::<UseCaseError>() {
         let fields: Vec<_> = match app_err {
-            AppError::Invalid(errors) => errors.iter().collect(),
+            UseCaseError::Invalid(errors) => errors.iter().collect(),
             _ => Vec::new(),
         };
         if json {

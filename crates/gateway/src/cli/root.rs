@@ -4,8 +4,8 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::output::print_json_or;
-use crate::app::{master_key, AppError};
 use crate::bootstrap::Services;
+use crate::usecases::{master_key, UseCaseError};
 
 #[derive(Debug, Subcommand)]
 pub enum RootKeyCommand {
@@ -50,7 +50,7 @@ pub async fn rotate_master_key(services: &Services, json: bool) -> anyhow::Resul
 }
 
 pub async fn rotate_root_key(services: &Services, json: bool) -> anyhow::Result<()> {
-    let key = services.tenants.rotate_root_key().await.map_err(AppError::from)?;
+    let key = services.tenants.rotate_root_key().await.map_err(UseCaseError::from)?;
     print_json_or(json, &json!({"root_key": key.expose()}), || {
         println!(
             "New root key (shown only now; the old one no longer works):\n\n  {}\n",

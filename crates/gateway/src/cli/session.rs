@@ -4,10 +4,10 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::output::{format_time, print_json_or, table};
-use crate::app::admin::{self, Actor};
-use crate::app::AppError;
 use crate::bootstrap::Services;
 use crate::clock;
+use crate::usecases::admin::{self, Actor};
+use crate::usecases::UseCaseError;
 
 #[derive(Debug, Subcommand)]
 pub enum SessionsCommand {
@@ -66,7 +66,7 @@ pub async fn run(services: &Services, command: SessionsCommand, json: bool) -> a
             let app_id = admin::find_app(services, &app).await?.app.app_id;
             let session_id = match &target.session {
                 Some(id) => Some(id.parse().map_err(|_| {
-                    AppError::invalid(
+                    UseCaseError::invalid(
                         "session",
                         format!("{id:?} is not a session id (a 26-character ULID)"),
                     )

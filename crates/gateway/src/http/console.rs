@@ -25,13 +25,13 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::app::admin;
 use crate::bootstrap::Services;
 use crate::clock;
 use crate::http::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::rate_limit::Attempt;
 use crate::http::resource::{resource_as, Answer};
+use crate::usecases::admin;
 
 /// The console session's cookie.
 pub const COOKIE: &str = "keygate_console";

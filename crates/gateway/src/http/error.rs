@@ -8,8 +8,8 @@ use keygate_tenants::{AuthError, FieldError, StoreError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-pub use crate::app::chain;
-use crate::app::{AppError, Cause};
+pub use crate::usecases::chain;
+use crate::usecases::{Cause, UseCaseError};
 
 /// Seconds a client should wait before retrying a 503.
 pub(crate) const RETRY_AFTER: &str = "1";
@@ -165,20 +165,20 @@ pub(crate) fn internal(cause: &Cause) {
     tracing::error!(error = %chain(cause.as_ref()), "internal error");
 }
 
-impl From<AppError> for ApiError {
-    fn from(err: AppError) -> Self {
+impl From<UseCaseError> for ApiError {
+    fn from(err: UseCaseError) -> Self {
         match err {
-            AppError::Invalid(errors) => Self::Invalid(errors),
-            AppError::NotFound(message) => Self::NotFound(message),
-            AppError::Unavailable(cause) => Self::Unavailable(cause),
-            AppError::Internal(cause) => Self::Internal(cause),
+            UseCaseError::Invalid(errors) => Self::Invalid(errors),
+            UseCaseError::NotFound(message) => Self::NotFound(message),
+            UseCaseError::Unavailable(cause) => Self::Unavailable(cause),
+            UseCaseError::Internal(cause) => Self::Internal(cause),
         }
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
-        AppError::from(err).into()
+        UseCaseError::from(err).into()
     }
 }
 
@@ -198,7 +198,7 @@ impl From<SessionError> for ApiError {
     fn from(err: SessionError) -> Self {
         match err {
             SessionError::Rejected(_) => Self::InvalidGrant,
-            other => AppError::from(other).into(),
+            other => UseCaseError::from(other).into(),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The HTTP layer: the routes and their extractors, the error contract of the API
-//! ([`error::ApiError`], from the use cases' [`crate::app::AppError`]), the per-address
+//! ([`error::ApiError`], from the use cases' [`crate::usecases::UseCaseError`]), the per-address
 //! limits, request ids, the metrics middleware and the OpenAPI document.
 
 pub mod client_ip;

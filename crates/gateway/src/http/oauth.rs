@@ -15,12 +15,12 @@ use keygate_tenants::{AppRecord, AuthError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::app::Cause;
 use crate::bootstrap::Services;
 use crate::clock;
 use crate::http::error::{internal, rate_limited, unavailable, ApiError};
 use crate::http::extract::{read_body, FORM};
 use crate::http::rate_limit::Attempt;
+use crate::usecases::Cause;
 
 /// The realm of the `WWW-Authenticate` challenge of a failed Basic authentication.
 const CHALLENGE: &str = "Basic realm=\"keygate\"";

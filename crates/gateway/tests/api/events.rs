@@ -351,7 +351,7 @@ async fn a_hanging_receiver_never_slows_a_renew() {
 /// deliveries still open their secret.
 #[tokio::test]
 async fn a_master_key_rotation_reseals_webhook_secrets() {
-    use keygate_gateway::app::{admin, master_key, webhooks};
+    use keygate_gateway::usecases::{admin, master_key, webhooks};
     use keygate_gateway::{Services, Settings};
     use keygate_keyring::MasterKey;
 

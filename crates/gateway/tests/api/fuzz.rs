@@ -7,8 +7,8 @@
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-use keygate_gateway::app::admin;
 use keygate_gateway::http::extract::parse;
+use keygate_gateway::usecases::admin;
 use keygate_gateway::{clock, Services, Settings};
 use keygate_keyring::MAX_TOKEN_LEN;
 use keygate_sessions::{

@@ -5,7 +5,7 @@
 
 mod helpers;
 
-mod janitor;
+mod maintenance;
 
 mod abuse;
 mod attacks;

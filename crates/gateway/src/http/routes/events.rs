@@ -6,13 +6,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::root::{app_id, under_console, under_root};
-use crate::app::admin::{self, Actor, EventPage};
-use crate::app::webhooks::{self, WebhookSet, WebhookView};
 use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{JsonBody, RootAuth};
 use crate::http::resource::Answer;
 use crate::http::schema::{AppNotFound, BodyErrors, NoWebhook, RootKeyErrors};
+use crate::usecases::admin::{self, Actor, EventPage};
+use crate::usecases::webhooks::{self, WebhookSet, WebhookView};
 
 /// The audit routes, each made by `$res!(PATH)` from its path under `/root` (see
 /// `routes::root`: the console mounts them a second time).

@@ -9,16 +9,16 @@ mod health;
 mod metrics;
 mod oauth;
 mod openapi;
+mod published;
 mod root;
 mod sessions;
-mod tenant;
 
 /// Every route of the API. Each resource answers 405 to methods it does not serve.
 /// The token endpoints come first: the router tries resources in this order.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     sessions::configure(cfg);
     oauth::configure(cfg);
-    tenant::configure(cfg);
+    published::configure(cfg);
     health::configure(cfg);
     metrics::configure(cfg);
     openapi::configure(cfg);

@@ -13,7 +13,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{HeaderBuilder, ObjectBuilder, RefOr, Type};
 use utoipa::{Modify, OpenApi};
 
-use super::{events, health, metrics, oauth, root, sessions, tenant};
+use super::{events, health, metrics, oauth, published, root, sessions};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::resource::{resource, Answer};
 
@@ -50,9 +50,9 @@ const CLIENT_SECRET_BASIC: &str = "client_secret_basic";
         oauth::revoke,
         oauth::introspect,
         oauth::metadata,
-        tenant::jwks,
-        tenant::pub_keys,
-        tenant::app_settings,
+        published::jwks,
+        published::pub_keys,
+        published::app_settings,
         root::list_apps,
         root::live_sessions,
         root::create_app,

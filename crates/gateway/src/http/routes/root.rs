@@ -7,13 +7,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::sessions::{RevokeRequest, SessionList, SubjectQuery};
-use crate::app::admin::{self, Actor, CreatedApp, KeyView, RotatedAppKey};
 use crate::bootstrap::Services;
 use crate::clock;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{JsonBody, OptionalJsonBody, RootAuth};
 use crate::http::resource::Answer;
 use crate::http::schema::{AppNotFound, BodyErrors, RevokedCount, RootKeyErrors};
+use crate::usecases::admin::{self, Actor, CreatedApp, KeyView, RotatedAppKey};
 
 /// The root API's resources, each made by `$res!(PATH)` from its path under `/root`.
 macro_rules! routes {

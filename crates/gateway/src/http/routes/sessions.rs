@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::app::admin::{self, Actor, SessionTarget};
 use crate::bootstrap::Services;
 use crate::clock;
 use crate::http::error::{ApiError, ErrorBody};
@@ -16,6 +15,7 @@ use crate::http::extract::{AppAuth, JsonBody};
 use crate::http::resource::{resource, Answer};
 use crate::http::schema::{AppKeyErrors, BodyErrors, RevokedCount};
 use crate::metrics::{RenewCount, RevokeReason};
+use crate::usecases::admin::{self, Actor, SessionTarget};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/app/{app_id}/sign").route(web::post().to(sign)))

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::admin::{self, Actor};
-use super::{chain, AppError};
+use super::{chain, UseCaseError};
 use crate::bootstrap::Services;
 use crate::clock;
 
@@ -29,19 +29,19 @@ pub struct Report {
 pub const CHANGE_LOG_KEPT: i64 = 3600;
 
 /// One pass at `now`, on this gateway, whatever the others do.
-pub async fn run_once(services: &Services, now: i64) -> Result<Report, AppError> {
+pub async fn run_once(services: &Services, now: i64) -> Result<Report, UseCaseError> {
     let rotated = rotate_due(services, now).await?;
     let sessions = services.sessions.purge(now).await?;
     if services.audit_retention > 0 {
         let cutoff = now.saturating_sub(services.audit_retention);
         let events = services.audit.store().purge(cutoff).await?;
         if events > 0 {
-            tracing::info!(events, "janitor deleted audit events past their retention");
+            tracing::info!(events, "maintenance deleted audit events past their retention");
         }
     }
     // The change log is read every second; an hour is plenty for any gateway to catch up.
     let changes = services.db.purge_changes(now.saturating_sub(CHANGE_LOG_KEPT)).await?;
-    tracing::debug!(changes, "janitor deleted old change-log rows");
+    tracing::debug!(changes, "maintenance deleted old change-log rows");
     let mut keys = 0;
     for app in services.tenants.list_apps().await? {
         // A retired key signed nothing after it retired, so its last token expires at most
@@ -56,7 +56,7 @@ pub async fn run_once(services: &Services, now: i64) -> Result<Report, AppError>
 /// promotes its next key, provided that key has been published for at least the JWKS
 /// `max-age`, so that no verifier caching the JWKS meets an unknown kid. Returns how many
 /// apps rotated. One app's failure is logged and does not hold up the others.
-pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, AppError> {
+pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, UseCaseError> {
     let min_published = i64::try_from(services.jwks_max_age).unwrap_or(i64::MAX);
     let mut rotated = 0;
     for app in services.tenants.list_apps().await? {
@@ -75,7 +75,7 @@ pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, AppError> 
             }
             Ok(None) => {}
             Err(e) => {
-                let e = AppError::from(e);
+                let e = UseCaseError::from(e);
                 tracing::warn!(app_id = %app.app_id, error = %chain(&e), "scheduled key rotation failed");
             }
         }
@@ -85,7 +85,7 @@ pub async fn rotate_due(services: &Services, now: i64) -> Result<u64, AppError> 
 
 /// One pass at `now` if this gateway is elected for it (always on SQLite); `None` when
 /// another gateway holds the jobs lock.
-pub async fn run_elected(services: &Services, now: i64) -> Result<Option<Report>, AppError> {
+pub async fn run_elected(services: &Services, now: i64) -> Result<Option<Report>, UseCaseError> {
     let Some(lease) = services.db.try_jobs_lease().await? else {
         return Ok(None);
     };
@@ -106,11 +106,11 @@ pub fn spawn(services: Arc<Services>, interval: Duration) {
                     tracing::info!(
                         sessions = report.sessions,
                         keys = report.keys,
-                        "janitor deleted ended sessions and retired keys"
+                        "maintenance deleted ended sessions and retired keys"
                     );
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %chain(&e), "janitor pass failed"),
+                Err(e) => tracing::warn!(error = %chain(&e), "maintenance pass failed"),
             }
         }
     });

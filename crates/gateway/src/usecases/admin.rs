@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 use utoipa::ToSchema;
 
-use super::{expose_secret, AppError};
+use super::{expose_secret, UseCaseError};
 use crate::bootstrap::Services;
 use crate::metrics::RevokeReason;
 
@@ -70,9 +70,9 @@ pub async fn create_app(
     patch: &SettingsPatch,
     actor: Actor,
     now: i64,
-) -> Result<CreatedApp, AppError> {
+) -> Result<CreatedApp, UseCaseError> {
     let Some(name) = patch.name.as_deref() else {
-        return Err(AppError::invalid("name", "is required"));
+        return Err(UseCaseError::invalid("name", "is required"));
     };
     let (record, app_key) = services.tenants.create_app(name, patch, now).await?;
     let app_id = record.app.app_id;
@@ -99,26 +99,26 @@ pub async fn create_app(
 }
 
 /// The app with this id, or 404.
-pub async fn get_app(services: &Services, app_id: AppId) -> Result<AppRecord, AppError> {
+pub async fn get_app(services: &Services, app_id: AppId) -> Result<AppRecord, UseCaseError> {
     services
         .tenants
         .store()
         .get_app(app_id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("app {app_id} not found")))
+        .ok_or_else(|| UseCaseError::NotFound(format!("app {app_id} not found")))
 }
 
 /// An app by id or by name (the CLI accepts either).
-pub async fn find_app(services: &Services, id_or_name: &str) -> Result<AppRecord, AppError> {
+pub async fn find_app(services: &Services, id_or_name: &str) -> Result<AppRecord, UseCaseError> {
     services.tenants.find(id_or_name).await.map_err(|e| match e {
         TenantError::NotFound => {
-            AppError::NotFound(format!("no app with id or name {id_or_name:?}"))
+            UseCaseError::NotFound(format!("no app with id or name {id_or_name:?}"))
         }
         other => other.into(),
     })
 }
 
-pub async fn list_apps(services: &Services) -> Result<Vec<App>, AppError> {
+pub async fn list_apps(services: &Services) -> Result<Vec<App>, UseCaseError> {
     Ok(services.tenants.list_apps().await?)
 }
 
@@ -128,7 +128,7 @@ pub async fn update_app(
     patch: &SettingsPatch,
     actor: Actor,
     now: i64,
-) -> Result<App, AppError> {
+) -> Result<App, UseCaseError> {
     let record = services.tenants.update_app(app_id, patch, now).await?;
     tracing::info!(%app_id, "app updated");
     let detail = json!({"name": record.app.name, "settings": record.app.settings});
@@ -136,7 +136,11 @@ pub async fn update_app(
     Ok(record.app)
 }
 
-pub async fn delete_app(services: &Services, app_id: AppId, actor: Actor) -> Result<(), AppError> {
+pub async fn delete_app(
+    services: &Services,
+    app_id: AppId,
+    actor: Actor,
+) -> Result<(), UseCaseError> {
     services.tenants.delete_app(app_id).await?;
     services.keyring.forget(app_id);
     tracing::info!(%app_id, "app deleted");
@@ -150,7 +154,7 @@ pub async fn rotate_app_key(
     grace: i64,
     actor: Actor,
     now: i64,
-) -> Result<RotatedAppKey, AppError> {
+) -> Result<RotatedAppKey, UseCaseError> {
     let rotated = services.tenants.rotate_app_key(app_id, grace, now).await?;
     tracing::info!(%app_id, grace, "app key rotated");
     let detail = json!({"grace": grace, "previous_key_valid_until": rotated.previous_valid_until});
@@ -162,7 +166,7 @@ pub async fn rotate_app_key(
     })
 }
 
-pub async fn list_keys(services: &Services, app_id: AppId) -> Result<Vec<KeyView>, AppError> {
+pub async fn list_keys(services: &Services, app_id: AppId) -> Result<Vec<KeyView>, UseCaseError> {
     get_app(services, app_id).await?;
     Ok(services.keyring.list(app_id).await?.iter().map(KeyView::from).collect())
 }
@@ -172,7 +176,7 @@ pub async fn rotate_keys(
     app_id: AppId,
     actor: Actor,
     now: i64,
-) -> Result<Rotation, AppError> {
+) -> Result<Rotation, UseCaseError> {
     get_app(services, app_id).await?;
     let rotation = services.keyring.rotate(app_id, now).await?;
     tracing::info!(%app_id, active = %rotation.active_key_id, "signing key rotated");
@@ -186,7 +190,7 @@ pub async fn revoke_key(
     key_id: KeyId,
     actor: Actor,
     now: i64,
-) -> Result<Revocation, AppError> {
+) -> Result<Revocation, UseCaseError> {
     get_app(services, app_id).await?;
     let revocation = services.keyring.revoke(app_id, key_id, now).await?;
     tracing::warn!(%app_id, %key_id, "signing key revoked");
@@ -203,7 +207,7 @@ pub async fn revoke_sessions(
     target: Option<SessionTarget<'_>>,
     actor: Actor,
     now: i64,
-) -> Result<u64, AppError> {
+) -> Result<u64, UseCaseError> {
     get_app(services, app_id).await?;
     let scope = target.map_or(RevokeScope::App, RevokeScope::from);
     let revoked = services.sessions.revoke(app_id, scope, "revoked by an admin", now).await?;
@@ -260,7 +264,7 @@ impl<'a> From<SessionTarget<'a>> for RevokeScope<'a> {
 pub async fn live_session_counts(
     services: &Services,
     now: i64,
-) -> Result<std::collections::BTreeMap<AppId, u64>, AppError> {
+) -> Result<std::collections::BTreeMap<AppId, u64>, UseCaseError> {
     live_session_counts_of(services, &list_apps(services).await?, now).await
 }
 
@@ -269,7 +273,7 @@ pub async fn live_session_counts_of(
     services: &Services,
     apps: &[App],
     now: i64,
-) -> Result<std::collections::BTreeMap<AppId, u64>, AppError> {
+) -> Result<std::collections::BTreeMap<AppId, u64>, UseCaseError> {
     let mut counts: std::collections::BTreeMap<AppId, u64> =
         apps.iter().map(|app| (app.app_id, 0)).collect();
     for (app_id, live) in services.sessions.live_counts(now).await? {
@@ -285,7 +289,7 @@ pub async fn list_sessions(
     app_id: AppId,
     sub: &str,
     now: i64,
-) -> Result<Vec<SessionView>, AppError> {
+) -> Result<Vec<SessionView>, UseCaseError> {
     get_app(services, app_id).await?;
     Ok(services.sessions.list(app_id, Some(sub), now).await?)
 }
@@ -313,20 +317,23 @@ pub async fn list_events(
     before: Option<&str>,
     kind: Option<&str>,
     limit: Option<i64>,
-) -> Result<EventPage, AppError> {
+) -> Result<EventPage, UseCaseError> {
     let limit = limit.unwrap_or(DEFAULT_EVENT_PAGE);
     if !(1..=MAX_EVENT_PAGE).contains(&limit) {
-        return Err(AppError::invalid("limit", format!("must be 1 to {MAX_EVENT_PAGE}")));
+        return Err(UseCaseError::invalid("limit", format!("must be 1 to {MAX_EVENT_PAGE}")));
     }
     if let Some(before) = before {
         if before.parse::<ulid::Ulid>().map(|u| u.to_string()).as_deref() != Ok(before) {
-            return Err(AppError::invalid("before", "must be an event id (a 26-character ULID)"));
+            return Err(UseCaseError::invalid(
+                "before",
+                "must be an event id (a 26-character ULID)",
+            ));
         }
     }
     let kind = match kind {
-        Some(kind) => {
-            Some(kind.parse::<EventKind>().map_err(|e| AppError::invalid("kind", e.to_string()))?)
-        }
+        Some(kind) => Some(
+            kind.parse::<EventKind>().map_err(|e| UseCaseError::invalid("kind", e.to_string()))?,
+        ),
         None => None,
     };
     let events = services.audit.store().list(app_id, before, kind, limit).await?;

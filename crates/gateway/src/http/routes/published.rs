@@ -7,12 +7,12 @@ use keygate_tenants::{App, AppId};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::app::AppError;
 use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::AppAuth;
 use crate::http::resource::{resource, Answer};
 use crate::http::schema::{AppKeyErrors, ServerErrors};
+use crate::usecases::UseCaseError;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/app/{app_id}/jwks.json").route(web::get().to(jwks)))
@@ -42,7 +42,7 @@ async fn jwks(services: web::Data<Services>, path: web::Path<String>) -> Answer 
     let unknown = || ApiError::NotFound("no such app".into());
     let app_id: AppId = path.parse().map_err(|_| unknown())?;
     services.tenants.app(app_id).await?.ok_or_else(unknown)?;
-    let keys = services.keyring.keys(app_id).await.map_err(AppError::from)?;
+    let keys = services.keyring.keys(app_id).await.map_err(UseCaseError::from)?;
     Ok(HttpResponse::Ok()
         .insert_header((
             header::CACHE_CONTROL,
@@ -60,7 +60,7 @@ async fn jwks(services: web::Data<Services>, path: web::Path<String>) -> Answer 
         AppKeyErrors,
     ))]
 async fn pub_keys(services: web::Data<Services>, auth: AppAuth) -> Answer {
-    let keys = services.keyring.keys(auth.0.app.app_id).await.map_err(AppError::from)?;
+    let keys = services.keyring.keys(auth.0.app.app_id).await.map_err(UseCaseError::from)?;
     Ok(HttpResponse::Ok().json(PublishedKeys { keys: keys.published() }))
 }
 

@@ -28,7 +28,7 @@ const POLL_LIMIT: i64 = 1000;
 
 /// Reads the change log every [`POLL_INTERVAL`] from now on, and drops what each new
 /// change names. A failed read is retried at the next tick from the same place (the
-/// janitor keeps an hour of changes).
+/// maintenance pass keeps an hour of changes).
 pub fn spawn_poller(services: Arc<Services>) {
     tokio::spawn(async move {
         let mut last = services.db.last_change().await.ok();

@@ -2,7 +2,7 @@
 //! janitor, which deletes sessions that ended long ago and retired keys whose tokens have
 //! all expired, and nothing else.
 
-use keygate_gateway::app::{admin, janitor};
+use keygate_gateway::usecases::{admin, maintenance};
 use keygate_gateway::{Services, Settings};
 use keygate_keyring::KeyState;
 use keygate_sessions::SignInput;
@@ -42,17 +42,17 @@ async fn the_janitor_deletes_only_what_has_ended(services: Services) {
     let live = services.sessions.sign(&app, sign_input("new"), now + 7000).await.unwrap();
 
     // Nothing has ended long enough yet.
-    let report = janitor::run_once(&services, now + 7100).await.unwrap();
+    let report = maintenance::run_once(&services, now + 7100).await.unwrap();
     assert_eq!(
         report,
-        janitor::Report { rotated: 0, sessions: 0, keys: 1 },
+        maintenance::Report { rotated: 0, sessions: 0, keys: 1 },
         "the retired key's tokens expired after 3600 s"
     );
     let keys = services.keyring.list(app.app_id).await.unwrap();
     assert!(keys.iter().all(|k| k.key_id != rotation.retired_key_id));
 
     // A day after the first session's absolute expiry it goes; the live one stays.
-    let report = janitor::run_once(&services, now + 7200 + 86_400 + 1).await.unwrap();
+    let report = maintenance::run_once(&services, now + 7200 + 86_400 + 1).await.unwrap();
     assert_eq!(report.sessions, 1);
     let store = services.sessions.store();
     assert!(store.get(app.app_id, ended.session_id).await.unwrap().is_none());
@@ -71,7 +71,7 @@ async fn the_janitor_deletes_only_what_has_ended(services: Services) {
     let later = now + 200 * 86_400;
     events.record(&at(later - 91 * 86_400, "old")).await.unwrap();
     events.record(&at(later - 89 * 86_400, "recent")).await.unwrap();
-    janitor::run_once(&services, later).await.unwrap();
+    maintenance::run_once(&services, later).await.unwrap();
     let kept: Vec<_> = events.list(app.app_id, None, None, 500).await.unwrap();
     assert!(kept.iter().any(|e| e.kind == "recent"));
     assert!(!kept.iter().any(|e| e.kind == "old"));
@@ -106,16 +106,16 @@ async fn scheduled_rotation_promotes_the_published_next_key(services: Services) 
     let created = admin::create_app(&services, &patch, admin::Actor::Cli, now).await.unwrap();
     let keys = services.keyring.list(created.app_id).await.unwrap();
     let next = keys.iter().find(|k| k.state == KeyState::Next).unwrap().key_id;
-    assert_eq!(janitor::rotate_due(&services, now + 3599).await.unwrap(), 0, "not yet due");
-    let report = janitor::run_once(&services, now + 3600).await.unwrap();
+    assert_eq!(maintenance::rotate_due(&services, now + 3599).await.unwrap(), 0, "not yet due");
+    let report = maintenance::run_once(&services, now + 3600).await.unwrap();
     assert_eq!(report.rotated, 1, "due: {report:?}");
     let keys = services.keyring.list(created.app_id).await.unwrap();
     let state = |id| keys.iter().find(|k| k.key_id == id).unwrap().state;
     assert_eq!(state(next), KeyState::Active, "the published next key signs now");
     assert_eq!(state(created.key_id), KeyState::Retired);
     // The new next key was published just now: the next rotation waits for the period.
-    assert_eq!(janitor::rotate_due(&services, now + 3700).await.unwrap(), 0);
-    assert_eq!(janitor::rotate_due(&services, now + 7200).await.unwrap(), 1);
+    assert_eq!(maintenance::rotate_due(&services, now + 3700).await.unwrap(), 0);
+    assert_eq!(maintenance::rotate_due(&services, now + 7200).await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -140,7 +140,7 @@ async fn scheduled_rotation_postgres() {
 #[tokio::test]
 async fn one_gateway_at_a_time_runs_the_jobs() {
     let (embedded, _dir) = services(None).await;
-    assert!(janitor::run_elected(&embedded, 1_800_000_000).await.unwrap().is_some());
+    assert!(maintenance::run_elected(&embedded, 1_800_000_000).await.unwrap().is_some());
 
     let Some(url) = keygate_store::testing::postgres_url().await else { return };
     let (gateway, _dir) = services(Some(url.clone())).await;
@@ -150,12 +150,12 @@ async fn one_gateway_at_a_time_runs_the_jobs() {
     let held: bool =
         sqlx::query_scalar(keygate_store::jobs::TRY_JOBS_LOCK).fetch_one(&mut *tx).await.unwrap();
     assert!(held);
-    assert_eq!(janitor::run_elected(&gateway, 1_800_000_000).await.unwrap(), None);
+    assert_eq!(maintenance::run_elected(&gateway, 1_800_000_000).await.unwrap(), None);
     // A gateway on another schema of the same database elects on its own.
     let Some(elsewhere) = keygate_store::testing::postgres_url().await else { return };
     let (separate, _dir2) = services(Some(elsewhere)).await;
-    assert!(janitor::run_elected(&separate, 1_800_000_000).await.unwrap().is_some());
+    assert!(maintenance::run_elected(&separate, 1_800_000_000).await.unwrap().is_some());
     // Once that pass ends, the lock is free again.
     tx.rollback().await.unwrap();
-    assert!(janitor::run_elected(&gateway, 1_800_000_000).await.unwrap().is_some());
+    assert!(maintenance::run_elected(&gateway, 1_800_000_000).await.unwrap().is_some());
 }

@@ -8,7 +8,7 @@ use keygate_tenants::{FieldError, StoreError, TenantError};
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub enum UseCaseError {
     /// One entry per bad field.
     #[error("invalid request")]
     Invalid(Vec<FieldError>),
@@ -21,7 +21,7 @@ pub enum AppError {
     Internal(#[source] Cause),
 }
 
-impl AppError {
+impl UseCaseError {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::Invalid(vec![FieldError::new(field, message)])
     }
@@ -40,7 +40,7 @@ impl AppError {
 /// An error and its sources on one line, for the log.
 pub use keygate_store::chain;
 
-impl From<StoreError> for AppError {
+impl From<StoreError> for UseCaseError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::NotFound => Self::NotFound("not found".into()),
@@ -53,7 +53,7 @@ impl From<StoreError> for AppError {
     }
 }
 
-impl From<TenantError> for AppError {
+impl From<TenantError> for UseCaseError {
     fn from(err: TenantError) -> Self {
         match err {
             TenantError::Invalid(errors) => Self::Invalid(errors),
@@ -64,7 +64,7 @@ impl From<TenantError> for AppError {
     }
 }
 
-impl From<KeyringError> for AppError {
+impl From<KeyringError> for UseCaseError {
     fn from(err: KeyringError) -> Self {
         match err {
             KeyringError::KeyNotFound(id) => Self::NotFound(format!("key {id} not found")),
@@ -77,7 +77,7 @@ impl From<KeyringError> for AppError {
     }
 }
 
-impl From<SessionError> for AppError {
+impl From<SessionError> for UseCaseError {
     /// The use cases present no token, so a rejected one is a failure of ours.
     fn from(err: SessionError) -> Self {
         match err {

@@ -24,7 +24,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
-use super::{admin, chain, expose_secret, AppError};
+use super::{admin, chain, expose_secret, UseCaseError};
 use crate::bootstrap::Services;
 use crate::clock;
 use crate::config::Settings;
@@ -66,8 +66,8 @@ fn context(app_id: AppId) -> String {
 
 /// `url` if keygate may post to it: `https`, or `http` to a loopback host only (a receiver
 /// on the same machine), with a host and no credentials.
-pub fn check_url(url: &str) -> Result<reqwest::Url, AppError> {
-    let bad = |message: &str| AppError::invalid("url", message);
+pub fn check_url(url: &str) -> Result<reqwest::Url, UseCaseError> {
+    let bad = |message: &str| UseCaseError::invalid("url", message);
     if url.len() > MAX_URL_LEN {
         return Err(bad(&format!("must be at most {MAX_URL_LEN} bytes")));
     }
@@ -95,7 +95,7 @@ pub async fn set(
     app_id: AppId,
     url: &str,
     actor: Actor,
-) -> Result<WebhookSet, AppError> {
+) -> Result<WebhookSet, UseCaseError> {
     let parsed = check_url(url)?;
     // Logged alone: a receiver's URL may carry a token in its path or query.
     let host = parsed.host_str().unwrap_or_default().to_owned();
@@ -113,7 +113,7 @@ pub async fn set(
         created_at: clock::now(),
     };
     services.audit.store().set_webhook(&webhook).await.map_err(|e| match e {
-        StoreError::NotFound => AppError::NotFound(format!("app {app_id} not found")),
+        StoreError::NotFound => UseCaseError::NotFound(format!("app {app_id} not found")),
         other => other.into(),
     })?;
     tracing::info!(%app_id, %host, "webhook set");
@@ -124,21 +124,21 @@ pub async fn set(
     Ok(WebhookSet { app_id, url, secret })
 }
 
-pub async fn get(services: &Services, app_id: AppId) -> Result<WebhookView, AppError> {
+pub async fn get(services: &Services, app_id: AppId) -> Result<WebhookView, UseCaseError> {
     admin::get_app(services, app_id).await?;
     let webhook = services
         .audit
         .store()
         .webhook(app_id)
         .await?
-        .ok_or_else(|| AppError::NotFound(format!("app {app_id} has no webhook")))?;
+        .ok_or_else(|| UseCaseError::NotFound(format!("app {app_id} has no webhook")))?;
     Ok(WebhookView { app_id, url: webhook.url, created_at: webhook.created_at })
 }
 
-pub async fn remove(services: &Services, app_id: AppId) -> Result<(), AppError> {
+pub async fn remove(services: &Services, app_id: AppId) -> Result<(), UseCaseError> {
     admin::get_app(services, app_id).await?;
     if !services.audit.store().delete_webhook(app_id).await? {
-        return Err(AppError::NotFound(format!("app {app_id} has no webhook")));
+        return Err(UseCaseError::NotFound(format!("app {app_id} has no webhook")));
     }
     tracing::info!(%app_id, "webhook removed");
     Ok(())
@@ -146,7 +146,7 @@ pub async fn remove(services: &Services, app_id: AppId) -> Result<(), AppError> 
 
 /// Re-seals every webhook secret sealed under a previous master key (a master-key
 /// rotation); returns how many changed.
-pub async fn reseal_all(services: &Services) -> Result<usize, AppError> {
+pub async fn reseal_all(services: &Services) -> Result<usize, UseCaseError> {
     let store = services.audit.store();
     let current = services.keyring.master().id().to_owned();
     let mut resealed = 0;
@@ -206,7 +206,7 @@ impl Deliverer {
     }
 
     /// Delivers what is due at `now`; returns how many events were settled.
-    pub async fn deliver_due(&self, services: &Services, now: i64) -> Result<usize, AppError> {
+    pub async fn deliver_due(&self, services: &Services, now: i64) -> Result<usize, UseCaseError> {
         let store = services.audit.store();
         // Long enough for an attempt to finish before another gateway may take it over.
         let lease = i64::try_from(self.timeout.as_secs()).unwrap_or(60).saturating_add(30);
