@@ -15,6 +15,7 @@ pub mod clock;
 pub mod compat;
 pub mod config;
 pub mod http;
+pub mod jobs;
 pub mod metrics;
 pub mod startup;
 pub mod usecases;

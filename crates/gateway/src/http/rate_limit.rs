@@ -186,9 +186,12 @@ impl<C: Clock + Clone> AuthLimiter<C> {
 }
 
 /// Sweeps `limiter` every `every` for as long as it is in use.
-pub fn spawn_sweeper(limiter: &web::Data<AuthLimiter>, every: Duration) {
+pub fn sweeper(
+    limiter: &web::Data<AuthLimiter>,
+    every: Duration,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let limiter = Arc::downgrade(&limiter.clone().into_inner());
-    tokio::spawn(async move {
+    async move {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -197,7 +200,7 @@ pub fn spawn_sweeper(limiter: &web::Data<AuthLimiter>, every: Duration) {
             let Some(limiter) = limiter.upgrade() else { return };
             limiter.sweep();
         }
-    });
+    }
 }
 
 /// The bucket an address is counted in: IPv4 addresses one by one, IPv6 by /64.

@@ -94,24 +94,22 @@ pub async fn run_elected(services: &Services, now: i64) -> Result<Option<Report>
     report.map(Some)
 }
 
-/// Runs a pass every `interval` for as long as the process lives.
-pub fn spawn(services: Arc<Services>, interval: Duration) {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            match run_elected(&services, clock::now()).await {
-                Ok(Some(report)) if report.sessions + report.keys > 0 => {
-                    tracing::info!(
-                        sessions = report.sessions,
-                        keys = report.keys,
-                        "maintenance deleted ended sessions and retired keys"
-                    );
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %chain(&e), "maintenance pass failed"),
+/// Runs a pass every `interval` until the gateway stops.
+pub async fn run_every(services: Arc<Services>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match run_elected(&services, clock::now()).await {
+            Ok(Some(report)) if report.sessions + report.keys > 0 => {
+                tracing::info!(
+                    sessions = report.sessions,
+                    keys = report.keys,
+                    "maintenance deleted ended sessions and retired keys"
+                );
             }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %chain(&e), "maintenance pass failed"),
         }
-    });
+    }
 }

@@ -293,28 +293,26 @@ fn without_url(err: &reqwest::Error) -> &'static str {
     }
 }
 
-/// Delivers webhooks for as long as the process lives: every `poll`, and whenever an event
+/// Delivers webhooks until the gateway stops: every `poll`, and whenever an event
 /// is recorded.
-pub fn spawn(services: Arc<Services>, deliverer: Deliverer, poll: Duration) {
-    tokio::spawn(async move {
+pub async fn deliver(services: Arc<Services>, deliverer: Deliverer, poll: Duration) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = services.audit.recorded() => {}
+        }
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(poll) => {}
-                () = services.audit.recorded() => {}
-            }
-            loop {
-                match deliverer.deliver_due(&services, clock::now()).await {
-                    // A full batch: more may be waiting.
-                    Ok(n) if n as i64 == BATCH => continue,
-                    Ok(_) => break,
-                    Err(err) => {
-                        tracing::warn!(error = %chain(&err), "webhook delivery pass failed");
-                        break;
-                    }
+            match deliverer.deliver_due(&services, clock::now()).await {
+                // A full batch: more may be waiting.
+                Ok(n) if n as i64 == BATCH => continue,
+                Ok(_) => break,
+                Err(err) => {
+                    tracing::warn!(error = %chain(&err), "webhook delivery pass failed");
+                    break;
                 }
             }
         }
-    });
+    }
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ pub async fn spawn_app_with(
     let tenants = services.tenants.clone();
     let app = Application::build(&settings, services).unwrap();
     let address = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(app.run_until(std::future::pending()));
     Some(TestApp {
         address,
         root_key,

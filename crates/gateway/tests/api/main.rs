@@ -5,8 +5,6 @@
 
 mod helpers;
 
-mod maintenance;
-
 mod abuse;
 mod attacks;
 mod auth;
@@ -21,6 +19,7 @@ mod in_doubt;
 mod inputs;
 mod keys;
 mod logs;
+mod maintenance;
 mod memory;
 mod oauth;
 mod openapi;
@@ -29,3 +28,4 @@ mod races;
 mod replicas;
 mod root;
 mod sessions;
+mod shutdown;
