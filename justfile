@@ -18,10 +18,11 @@ test:
 test-pg:
     TEST_DATABASE_URL={{test_database_url}} cargo test --workspace
 
-# Formatting and lints, as CI checks them.
+# Formatting, lints and unused dependencies, as CI checks them.
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    python3 .ci/unused-deps
 
 # Format the code.
 fmt:

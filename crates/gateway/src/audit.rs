@@ -47,7 +47,7 @@ impl Audit {
 
     async fn write(&self, new: NewEvent) {
         let event = Event {
-            event_id: keygate_tenants::__private::monotonic().to_string(),
+            event_id: keygate_kernel::EventId::new_monotonic().to_string(),
             app_id: new.app_id.to_string(),
             kind: new.kind.as_str().to_owned(),
             actor: new.actor.as_str().to_owned(),

@@ -15,9 +15,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use keygate_kernel::Change;
 use keygate_store::jobs::Heard;
 use keygate_store::{Kind, StoreError};
-use keygate_tenants::AppId;
 
 use crate::bootstrap::Services;
 
@@ -133,14 +133,14 @@ async fn listen(services: &Services, again: bool) -> Result<(), StoreError> {
 
 /// Drops what an announcement names; an unknown payload drops everything.
 pub fn apply(services: &Services, payload: &str) {
-    match payload.split_once(' ').map(|(kind, id)| (kind, id.parse::<AppId>())) {
-        Some(("app", Ok(app_id))) => {
+    match payload.parse::<Change>() {
+        Ok(Change::App(app_id)) => {
             services.tenants.forget(app_id);
             services.keyring.forget(app_id);
         }
-        Some(("keys", Ok(app_id))) => services.keyring.forget(app_id),
-        None if payload == "root" => services.tenants.forget_root(),
-        _ => forget_everything(services),
+        Ok(Change::Keys(app_id)) => services.keyring.forget(app_id),
+        Ok(Change::Root) => services.tenants.forget_root(),
+        Err(_) => forget_everything(services),
     }
 }
 

@@ -1,4 +1,4 @@
-use keygate_tenants::StoreError;
+use keygate_store::StoreError;
 
 use crate::{KeyId, KeyState};
 

@@ -1,4 +1,1 @@
-keygate_tenants::ulid_id!(
-    /// The id of a signing key: the `kid` of every token it signs.
-    KeyId
-);
+pub use keygate_kernel::KeyId;

@@ -45,7 +45,7 @@ impl MasterKey {
     }
 
     fn from_bytes(key: Zeroizing<[u8; 32]>) -> Self {
-        let tag = keygate_tenants::hmac_sha256(key.as_ref(), &[b"keygate master key id v1"]);
+        let tag = keygate_kernel::hmac_sha256(key.as_ref(), &[b"keygate master key id v1"]);
         Self { id: hex::encode(&tag[..8]), key }
     }
 

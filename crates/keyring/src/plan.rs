@@ -106,7 +106,7 @@ mod tests {
     use super::*;
     use crate::material::generate;
     use crate::MasterKey;
-    use keygate_tenants::AppId;
+    use keygate_kernel::AppId;
     use proptest::prelude::*;
 
     fn new_app(master: &MasterKey) -> (AppId, Vec<KeyRecord>) {

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use keygate_kernel::AppId;
 use keygate_store::signing_keys::{KeyRow, KeyWrite};
 use keygate_store::Backend;
-use keygate_tenants::{AppId, StoreError};
+use keygate_store::StoreError;
 
 use crate::{KeyChange, KeyId, KeyRecord};
 
@@ -106,7 +107,10 @@ impl TryFrom<KeyRow> for KeyRecord {
         Ok(KeyRecord {
             key_id: row.key_id.parse().map_err(|_| corrupt("key_id"))?,
             app_id: row.app_id.parse().map_err(|_| corrupt("app_id"))?,
-            state: row.state.parse()?,
+            state: row
+                .state
+                .parse()
+                .map_err(|e: keygate_kernel::UnknownState| StoreError::Corrupt(e.0))?,
             public_pem: row.public_pem,
             sealed_private: row.sealed_private,
             master_key_id: row.master_key_id,

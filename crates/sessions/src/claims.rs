@@ -1,6 +1,6 @@
 use jsonwebtoken::Validation;
+use keygate_kernel::App;
 use keygate_keyring::{jsonwebtoken, strict_validation};
-use keygate_tenants::App;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

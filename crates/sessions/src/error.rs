@@ -1,5 +1,6 @@
+use keygate_kernel::FieldError;
 use keygate_keyring::KeyringError;
-use keygate_tenants::{FieldError, StoreError};
+use keygate_store::StoreError;
 
 /// Why a presented token was refused. Every variant answers 401 to the client; the
 /// distinction is for logs and metrics.

@@ -2,8 +2,8 @@
 
 use std::net::IpAddr;
 
+use keygate_kernel::FieldError;
 use keygate_keyring::MAX_TOKEN_LEN;
-use keygate_tenants::FieldError;
 use serde_json::{Map, Value};
 use utoipa::openapi::{ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Schema};
 use utoipa::openapi::{SchemaFormat, Type};

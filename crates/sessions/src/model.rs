@@ -1,4 +1,4 @@
-use keygate_tenants::AppId;
+use keygate_kernel::AppId;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};

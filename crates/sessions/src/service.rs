@@ -1,8 +1,9 @@
 use std::sync::Arc;
 
+use keygate_kernel::{AccessTokenProfile, App, AppId, AppSettings, OnReuse};
+use keygate_kernel::{Actor, AuditSink, EventKind, NewEvent};
 use keygate_keyring::{jsonwebtoken, KeyId, Keyring, Signer, Typ, VerifyError};
-use keygate_tenants::events::{Actor, AuditSink, EventKind, NewEvent};
-use keygate_tenants::{AccessTokenProfile, App, AppId, AppSettings, OnReuse, StoreError};
+use keygate_store::StoreError;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;

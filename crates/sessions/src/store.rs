@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
+use keygate_kernel::AppId;
 use keygate_store::sessions::{RotationRow, Scope, SessionRow, SessionTable};
 use keygate_store::Backend;
-use keygate_tenants::{AppId, StoreError};
+use keygate_store::StoreError;
 
 use crate::{Jid, Session, SessionId, TokenDigest};
 

@@ -1,6 +1,6 @@
 pub use keygate_store::StoreError;
 
-use crate::settings::FieldError;
+use keygate_kernel::FieldError;
 
 /// A failure of a tenant operation.
 #[derive(Debug, thiserror::Error)]

@@ -7,20 +7,18 @@
 
 mod error;
 pub mod events;
-mod ids;
 mod model;
 mod secret;
 mod service;
-mod settings;
 mod store;
 mod verified;
 
 pub use error::{StoreError, TenantError};
-#[doc(hidden)]
-pub use ids::__private;
-pub use ids::{AppId, ParseIdError};
-pub use model::{App, AppKeyHashes, AppRecord};
-pub use secret::{hash_secret, hmac_sha256, is_argon2_hash, AppKey, KeyHashKey, RootKey, Secret};
+pub use keygate_kernel::{
+    hmac_sha256, AccessTokenProfile, App, AppId, AppSettings, FieldError, OnReuse, ParseIdError,
+    SettingsPatch,
+};
+pub use model::{AppKeyHashes, AppRecord};
+pub use secret::{hash_secret, is_argon2_hash, AppKey, KeyHashKey, RootKey, Secret};
 pub use service::{AuthError, KeyChecks, RotatedAppKey, Tenants, TenantsConfig};
-pub use settings::{AccessTokenProfile, AppSettings, FieldError, OnReuse, SettingsPatch};
 pub use store::{app_store, AppStore};

@@ -1,21 +1,6 @@
 use std::fmt;
 
-use serde::Serialize;
-use utoipa::ToSchema;
-
-use crate::{AppId, AppSettings};
-
-/// An app (tenant) as the API shows it: no secrets. Durations are seconds, times Unix
-/// seconds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct App {
-    pub app_id: AppId,
-    pub name: String,
-    #[serde(flatten)]
-    pub settings: AppSettings,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
+use keygate_kernel::App;
 
 /// The stored hashes of the app keys an app accepts (keyed, or argon2id for keys made
 /// before the keyed form): the current one, and during a

@@ -9,22 +9,9 @@ use base64::Engine;
 use rand::RngCore;
 use zeroize::Zeroizing;
 
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use keygate_kernel::hmac_sha256;
 
 use crate::TenantError;
-
-/// HMAC-SHA-256 of the concatenated `parts` under `key`: the one HMAC of keygate (cache
-/// digests of verified keys, master-key ids, webhook signatures).
-pub fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    // HMAC takes keys of any length: `new_from_slice` cannot fail for it.
-    #[allow(clippy::expect_used)]
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length");
-    for part in parts {
-        mac.update(part);
-    }
-    mac.finalize().into_bytes().into()
-}
 
 /// A secret string. `Debug` never prints it, and its memory is wiped on drop.
 #[derive(Clone, PartialEq, Eq)]

@@ -7,12 +7,12 @@ use subtle::ConstantTimeEq;
 use moka::future::Cache;
 
 use crate::secret::{verify_secret, KeyHashKey, StoredHash};
-use crate::settings::{check_text, MAX_NAME_LEN};
 use crate::verified::{Subject, VerifiedCache};
 use crate::{
     App, AppId, AppKey, AppKeyHashes, AppRecord, AppSettings, AppStore, FieldError, RootKey,
     SettingsPatch, StoreError, TenantError,
 };
+use keygate_kernel::settings::{check_text, MAX_NAME_LEN};
 
 const ROOT_KEY_SETTING: &str = "root_key_hash";
 /// The labels of the keyed hash, so an app key's hash never matches as a root key's.

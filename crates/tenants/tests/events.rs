@@ -52,7 +52,7 @@ async fn new_app(db: &Backend) -> AppId {
 
 fn event(app_id: AppId, kind: &str, at: i64) -> Event {
     Event {
-        event_id: keygate_tenants::__private::monotonic().to_string(),
+        event_id: keygate_kernel::EventId::new_monotonic().to_string(),
         app_id: app_id.to_string(),
         kind: kind.to_owned(),
         actor: "root".to_owned(),

@@ -1,10 +1,11 @@
+//! Ids: ULID newtypes, so two ids of different things cannot be swapped.
+
 /// The error of parsing any ULID-based id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("not a valid id: expected a 26-character ULID")]
 pub struct ParseIdError;
 
-#[doc(hidden)]
-pub mod __private {
+pub(crate) mod __private {
     pub use serde;
     pub use ulid::Ulid;
     pub use utoipa;
@@ -38,7 +39,6 @@ pub mod __private {
 
 /// Defines a ULID newtype id. Only the canonical (upper-case, 26-character) form parses,
 /// so one thing has exactly one spelling of its id.
-#[macro_export]
 macro_rules! ulid_id {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
@@ -131,6 +131,26 @@ macro_rules! ulid_id {
 ulid_id!(
     /// The id of an app (tenant).
     AppId
+);
+
+ulid_id!(
+    /// The id of a signing key: the `kid` of every token it signs.
+    KeyId
+);
+
+ulid_id!(
+    /// The id of a session (a refresh-token family): the `sid` claim of its tokens.
+    SessionId
+);
+
+ulid_id!(
+    /// The id of one token: the `jid` claim.
+    Jid
+);
+
+ulid_id!(
+    /// The id of an audit event; events sort by it in the order they were recorded.
+    EventId
 );
 
 #[cfg(test)]

@@ -1,3 +1,5 @@
+//! An app's settings: their model, defaults and limits, and the patch that changes them.
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -241,7 +243,7 @@ impl AppSettings {
 }
 
 /// Checks a name-like field: 1..=max bytes, no control characters, not blank.
-pub(crate) fn check_text(errors: &mut Vec<FieldError>, field: &str, value: &str, max: usize) {
+pub fn check_text(errors: &mut Vec<FieldError>, field: &str, value: &str, max: usize) {
     if value.trim().is_empty() {
         errors.push(FieldError::new(field, "must not be empty"));
     } else if value.len() > max {
