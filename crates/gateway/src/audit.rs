@@ -8,20 +8,21 @@ use keygate_tenants::events::{AuditSink, Event, EventKind, EventStore, NewEvent}
 use keygate_tenants::AppId;
 use tokio::sync::Notify;
 
-use crate::clock;
+use crate::clock::Clock;
 use crate::metrics::{Metrics, RevokeReason};
 
 #[derive(Debug)]
 pub struct Audit {
     store: Arc<EventStore>,
     metrics: Arc<Metrics>,
+    clock: Clock,
     /// Wakes the webhook deliverer when an event may be due.
     recorded: Notify,
 }
 
 impl Audit {
-    pub fn new(store: Arc<EventStore>, metrics: Arc<Metrics>) -> Self {
-        Self { store, metrics, recorded: Notify::new() }
+    pub fn new(store: Arc<EventStore>, metrics: Arc<Metrics>, clock: Clock) -> Self {
+        Self { store, metrics, clock, recorded: Notify::new() }
     }
 
     pub fn store(&self) -> &Arc<EventStore> {
@@ -52,7 +53,7 @@ impl Audit {
             kind: new.kind.as_str().to_owned(),
             actor: new.actor.as_str().to_owned(),
             detail: new.detail,
-            created_at: clock::now(),
+            created_at: self.clock.now(),
         };
         self.metrics.event_recorded(new.kind.as_str());
         if new.kind == EventKind::ReuseDetected {

@@ -19,6 +19,7 @@ use keygate_tenants::{
 };
 
 use crate::audit::Audit;
+use crate::clock::Clock;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 
@@ -41,6 +42,8 @@ pub struct Services {
     pub audit_retention: i64,
     /// `public_url`, checked and without its trailing `/`.
     pub public_url: Option<String>,
+    /// The time of every request and job; tests move it ahead instead of sleeping.
+    pub clock: Clock,
 }
 
 /// What bootstrapping did that the operator must hear about.
@@ -54,6 +57,14 @@ impl Services {
     /// Opens the database, applies migrations, loads (or on first use generates) the master
     /// key, and makes sure a root key exists.
     pub async fn open(settings: &Settings) -> anyhow::Result<(Self, Bootstrap)> {
+        Self::open_with_clock(settings, Clock::system()).await
+    }
+
+    /// Like [`Self::open`], with the services reading time from `clock`.
+    pub async fn open_with_clock(
+        settings: &Settings,
+        clock: Clock,
+    ) -> anyhow::Result<(Self, Bootstrap)> {
         let public_url = settings.public_url()?;
         if settings.uses_embedded_database() {
             create_private_dir(&settings.data_dir)?;
@@ -103,7 +114,7 @@ impl Services {
                 other => anyhow::anyhow!("root key: {:#}", anyhow::Error::new(other)),
             })?;
         let metrics = Arc::new(Metrics::new());
-        let audit = Arc::new(Audit::new(event_store(&db), metrics.clone()));
+        let audit = Arc::new(Audit::new(event_store(&db), metrics.clone(), clock.clone()));
         let sessions =
             Arc::new(Sessions::new(session_store(&db), keyring.clone()).with_audit(audit.clone()));
         let services = Self {
@@ -117,6 +128,7 @@ impl Services {
             audit_retention: i64::try_from(settings.audit_retention_days.saturating_mul(86_400))
                 .unwrap_or(i64::MAX),
             public_url,
+            clock,
         };
         Ok((services, Bootstrap { new_root_key }))
     }

@@ -14,6 +14,8 @@
 pub mod app;
 pub mod audit;
 pub mod change;
+#[cfg(feature = "sqlx")]
+mod column;
 pub mod digest;
 pub mod ids;
 pub mod key_state;
