@@ -1,12 +1,7 @@
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use jsonwebtoken::{Algorithm, DecodingKey, TokenData, Validation};
+use jsonwebtoken::{Algorithm, TokenData, Validation};
 use keygate_kernel::AppId;
 use keygate_store::StoreError;
 use moka::future::Cache;
@@ -15,9 +10,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
-use crate::material::{self, jwk, public_key_b64};
+use crate::app_keys::sealer;
+use crate::material::{self};
 use crate::{
-    plan, verify, Jwk, Jwks, KeyId, KeyRecord, KeyState, KeyStore, KeyringError, MasterKey,
+    plan, verify, AppKeys, KeyId, KeyRecord, KeyState, KeyStore, KeyringError, MasterKey,
     VerifyError,
 };
 
@@ -35,202 +31,6 @@ impl Default for KeyringConfig {
     fn default() -> Self {
         Self { cache_ttl: Duration::from_secs(5), reload_interval: Duration::from_secs(1) }
     }
-}
-
-/// The active key of an app, parsed once and ready to sign.
-///
-/// It signs with aws-lc directly: `jsonwebtoken`'s `EncodingKey` keeps the PKCS#8 bytes
-/// and parses (and checks) the key again on every signature, which costs as much as the
-/// signature itself.
-pub struct Signer {
-    pub key_id: KeyId,
-    /// base64 of the SubjectPublicKeyInfo PEM, as token responses carry it.
-    pub public_key: String,
-    /// base64url of `{"alg":"ES256","typ":…,"kid":…}` for each [`Typ`], in its order.
-    headers: [String; 3],
-    key_pair: EcdsaKeyPair,
-}
-
-/// The JOSE `typ` of a signed token (RFC 7515 §4.1.9, RFC 8725 §3.11).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Typ {
-    /// `JWT`: every token of keygate's own profile.
-    Jwt,
-    /// `at+jwt`: an RFC 9068 access token.
-    AccessToken,
-    /// `refresh+jwt`: a refresh token that must never pass for an access token.
-    RefreshToken,
-}
-
-impl Typ {
-    const ALL: [Typ; 3] = [Typ::Jwt, Typ::AccessToken, Typ::RefreshToken];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Jwt => "JWT",
-            Self::AccessToken => "at+jwt",
-            Self::RefreshToken => "refresh+jwt",
-        }
-    }
-}
-
-impl std::fmt::Debug for Signer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("key_id", &self.key_id).finish_non_exhaustive()
-    }
-}
-
-impl Signer {
-    /// An ES256 JWS (RFC 7515 compact form) with header
-    /// `{"alg":"ES256","typ":"JWT","kid":…}`.
-    pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String, KeyringError> {
-        self.sign_typed(Typ::Jwt, claims)
-    }
-
-    /// Like [`Self::sign`], with `typ` as the header's `typ`.
-    pub fn sign_typed<T: Serialize>(&self, typ: Typ, claims: &T) -> Result<String, KeyringError> {
-        let payload = serde_json::to_vec(claims)
-            .map_err(|e| KeyringError::Material(format!("claims: {e}")))?;
-        let header = &self.headers[typ as usize];
-        let mut token = String::with_capacity(header.len() + payload.len() * 4 / 3 + 92);
-        token.push_str(header);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(&payload, &mut token);
-        let signature = self
-            .key_pair
-            .sign(&SystemRandom::new(), token.as_bytes())
-            .map_err(|_| KeyringError::Material("signing failed".into()))?;
-        // Only the low-S form is issued, and only it is accepted (see verify::check_signature).
-        let signature = verify::low_s(signature.as_ref())
-            .ok_or_else(|| KeyringError::Material("signing gave no P-256 signature".into()))?;
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-        Ok(token)
-    }
-}
-
-/// A key as published to app owners.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct PublishedKey {
-    pub key_id: KeyId,
-    /// base64 of the SubjectPublicKeyInfo PEM.
-    pub public_key: String,
-    #[schema(example = "ES256")]
-    pub alg: &'static str,
-    pub status: KeyState,
-    pub created_at: i64,
-    #[schema(required)]
-    pub activated_at: Option<i64>,
-    #[schema(required)]
-    pub retired_at: Option<i64>,
-}
-
-/// Everything parsed from one app's keys.
-pub struct AppKeys {
-    loaded_at: Instant,
-    signer: Option<Arc<Signer>>,
-    verifiers: HashMap<KeyId, DecodingKey>,
-    published: Vec<PublishedKey>,
-    jwks: Jwks,
-}
-
-impl std::fmt::Debug for AppKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppKeys")
-            .field("signer", &self.signer)
-            .field("published", &self.published)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AppKeys {
-    pub fn signer(&self) -> Result<&Arc<Signer>, KeyringError> {
-        self.signer.as_ref().ok_or(KeyringError::Missing(KeyState::Active))
-    }
-
-    /// The keys that verify tokens (next, active, retired), oldest first.
-    pub fn published(&self) -> &[PublishedKey] {
-        &self.published
-    }
-
-    pub fn jwks(&self) -> &Jwks {
-        &self.jwks
-    }
-
-    fn load(
-        keys: &[KeyRecord],
-        master: &MasterKey,
-        previous: &[MasterKey],
-    ) -> Result<Self, KeyringError> {
-        let mut signer = None;
-        let mut verifiers = HashMap::new();
-        let mut published = Vec::new();
-        let mut jwks = Vec::new();
-        for key in keys.iter().filter(|k| k.state.is_published()) {
-            let jwk: Jwk = jwk(key.key_id, &key.public_pem)?;
-            let decoding = DecodingKey::from_ec_components(&jwk.x, &jwk.y).map_err(|e| {
-                KeyringError::Material(format!("public key of {}: {e}", key.key_id))
-            })?;
-            verifiers.insert(key.key_id, decoding);
-            let public_key = public_key_b64(&key.public_pem);
-            if key.state == KeyState::Active {
-                let header = |typ: Typ| {
-                    let header =
-                        serde_json::json!({"alg": "ES256", "typ": typ.as_str(), "kid": key.key_id});
-                    URL_SAFE_NO_PAD.encode(header.to_string())
-                };
-                signer = Some(Arc::new(Signer {
-                    key_id: key.key_id,
-                    public_key: public_key.clone(),
-                    headers: Typ::ALL.map(header),
-                    key_pair: unseal(key, master, previous)?,
-                }));
-            }
-            published.push(PublishedKey {
-                key_id: key.key_id,
-                public_key,
-                alg: "ES256",
-                status: key.state,
-                created_at: key.created_at,
-                activated_at: key.activated_at,
-                retired_at: key.retired_at,
-            });
-            jwks.push(jwk);
-        }
-        Ok(Self {
-            loaded_at: Instant::now(),
-            signer,
-            verifiers,
-            published,
-            jwks: Jwks { keys: jwks },
-        })
-    }
-}
-
-/// The master key that sealed `key`: the current one, or one of the previous keys still
-/// accepted during a master-key rotation.
-fn sealer<'a>(
-    key: &KeyRecord,
-    master: &'a MasterKey,
-    previous: &'a [MasterKey],
-) -> Result<&'a MasterKey, KeyringError> {
-    std::iter::once(master).chain(previous).find(|m| m.id() == key.master_key_id).ok_or_else(|| {
-        KeyringError::WrongMasterKey {
-            key_id: key.key_id,
-            sealed_with: key.master_key_id.clone(),
-            current: master.id().to_owned(),
-        }
-    })
-}
-
-fn unseal(
-    key: &KeyRecord,
-    master: &MasterKey,
-    previous: &[MasterKey],
-) -> Result<EcdsaKeyPair, KeyringError> {
-    let pkcs8 = sealer(key, master, previous)?.open(key.key_id, &key.sealed_private)?;
-    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8)
-        .map_err(|e| KeyringError::Material(format!("private key of {}: {e}", key.key_id)))
 }
 
 /// The outcome of [`Keyring::reseal`].
@@ -651,73 +451,4 @@ pub fn strict_validation() -> Validation {
     validation.set_required_spec_claims(&["exp", "nbf", "iat"]);
     validation.validate_aud = false;
     validation
-}
-
-#[cfg(test)]
-mod tests {
-    use p256::ecdsa::Signature;
-    use p256::elliptic_curve::scalar::IsHigh;
-    use rand::rngs::OsRng;
-
-    use super::*;
-
-    fn app_keys() -> AppKeys {
-        let master = MasterKey::generate();
-        let secret = p256::SecretKey::random(&mut OsRng);
-        let record =
-            material::seal_new(AppId::new(), KeyState::Active, &secret, &master, 1).unwrap();
-        AppKeys::load(&[record], &master, &[]).unwrap()
-    }
-
-    fn split(token: &str) -> (&str, Signature) {
-        let (message, signature) = token.rsplit_once('.').unwrap();
-        let raw = URL_SAFE_NO_PAD.decode(signature).unwrap();
-        (message, Signature::from_slice(&raw).unwrap())
-    }
-
-    /// Without the low-S rule, half of all signatures would be high: 64 in a row are low
-    /// only by chance once in 2^64.
-    #[test]
-    fn the_signer_issues_only_low_s_signatures_that_verify() {
-        let keys = app_keys();
-        let signer = keys.signer().unwrap();
-        let key = &keys.verifiers[&signer.key_id];
-        let mut validation = strict_validation();
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        for i in 0..64 {
-            let token = signer.sign(&serde_json::json!({"n": i})).unwrap();
-            let (_, signature) = split(&token);
-            assert!(!bool::from(signature.s().is_high()), "token {i}: {token}");
-            verify::check_signature(&token).unwrap();
-            let data = jsonwebtoken::decode::<serde_json::Value>(&token, key, &validation).unwrap();
-            assert_eq!(data.claims["n"], i);
-        }
-    }
-
-    /// The high-S twin is a valid ECDSA signature (the library alone accepts it); keygate
-    /// refuses it before the library is asked.
-    #[test]
-    fn the_high_s_twin_of_an_issued_token_is_refused() {
-        let keys = app_keys();
-        let signer = keys.signer().unwrap();
-        let key = &keys.verifiers[&signer.key_id];
-        let mut validation = strict_validation();
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        let token = signer.sign(&serde_json::json!({"sub": "x"})).unwrap();
-        let (message, signature) = split(&token);
-        let (r, s) = signature.split_scalars();
-        let twin = Signature::from_scalars(r, -*s).unwrap();
-        assert!(bool::from(twin.s().is_high()));
-        let twin = format!("{message}.{}", URL_SAFE_NO_PAD.encode(twin.to_bytes()));
-        assert!(jsonwebtoken::decode::<serde_json::Value>(&twin, key, &validation).is_ok());
-        assert!(matches!(
-            verify::check_signature(&twin),
-            Err(VerifyError::Invalid(e)) if *e.kind() == jsonwebtoken::errors::ErrorKind::InvalidSignature
-        ));
-        verify::check_signature(&token).unwrap();
-    }
 }

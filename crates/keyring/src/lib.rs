@@ -6,6 +6,7 @@
 //! transaction with compare-and-set on the old state. The [`Keyring`] caches parsed keys,
 //! signs with `jsonwebtoken` (aws-lc backend) and verifies with the algorithm pinned.
 
+mod app_keys;
 mod error;
 mod ids;
 mod keyring;
@@ -13,19 +14,21 @@ mod master;
 mod material;
 pub mod plan;
 mod record;
+mod signer;
 mod store;
 mod verify;
 
+pub use app_keys::{AppKeys, PublishedKey};
 pub use error::{KeyringError, VerifyError};
 pub use ids::KeyId;
 pub use keyring::{
-    strict_validation, AppKeys, Keyring, KeyringConfig, PublishedKey, Reseal, Revocation, Rotation,
-    Signer, Typ, WARM_PAGE,
+    strict_validation, Keyring, KeyringConfig, Reseal, Revocation, Rotation, WARM_PAGE,
 };
 pub use master::MasterKey;
 pub use material::{seal_new, Jwk, Jwks};
 pub use plan::KeyChange;
 pub use record::{KeyRecord, KeyState};
+pub use signer::{Signer, Typ};
 pub use store::{key_store, KeyStore};
 pub use verify::{check_signature, inspect, FORBIDDEN_HEADERS, MAX_TOKEN_LEN, SIGNATURE_LEN};
 

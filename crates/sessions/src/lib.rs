@@ -11,21 +11,22 @@
 //! commit, and a rotation whose tokens could not be issued is undone, so a failure on our
 //! side never consumes a client's token.
 
+mod answers;
 mod claims;
 mod error;
 mod ids;
 mod input;
+mod issue;
 mod model;
 mod service;
 mod store;
+mod verdict;
 
+pub use answers::{Introspected, Issued, RenewMode, RenewOutcome, Renewed, Verified};
 pub use claims::{AuthClaims, RefreshClaims, RESERVED_CLAIMS};
 pub use error::{Rejection, SessionError};
 pub use ids::{Jid, SessionId};
 pub use input::{token_field, RenewInput, SignInput, MAX_CUSTOM_CLAIMS, MAX_SUB, MAX_USERAGENT};
 pub use model::{Session, SessionView, TokenDigest};
-pub use service::{
-    Introspected, Issued, RenewMode, RenewOutcome, Renewed, Sessions, Verified,
-    JANITOR_REVOKED_RETENTION,
-};
+pub use service::{Sessions, JANITOR_REVOKED_RETENTION};
 pub use store::{session_store, Restore, RevokeScope, Rotation, SessionStore};

@@ -1,99 +1,24 @@
+//! The session operations: sign, renew, verify, logout, introspect, revoke, list, purge.
+
 use std::sync::Arc;
 
-use keygate_kernel::{AccessTokenProfile, App, AppId, AppSettings, OnReuse};
-use keygate_kernel::{Actor, AuditSink, EventKind, NewEvent};
-use keygate_keyring::{jsonwebtoken, KeyId, Keyring, Signer, Typ, VerifyError};
+use keygate_kernel::{Actor, App, AppId, AuditSink, EventKind, NewEvent, OnReuse};
+use keygate_keyring::{jsonwebtoken, Keyring, Signer, VerifyError};
 use keygate_store::StoreError;
-use serde::Serialize;
-use serde_json::{Map, Value};
-use utoipa::ToSchema;
+use serde_json::Value;
 
-use crate::claims::{lenient_validation, outside_lifetime, validation, AnyTokenClaims, TokenType};
+use crate::claims::{lenient_validation, outside_lifetime, validation, AnyTokenClaims};
+use crate::issue::{issue, issue_auth, refresh_claims, typs};
+use crate::verdict::{judge, reason, Verdict};
 use crate::{
-    AuthClaims, Jid, RefreshClaims, Rejection, RenewInput, Restore, RevokeScope, Rotation, Session,
-    SessionError, SessionId, SessionStore, SessionView, SignInput, TokenDigest,
+    AuthClaims, Introspected, Issued, Jid, RefreshClaims, Rejection, RenewInput, RenewMode,
+    RenewOutcome, Renewed, Restore, RevokeScope, Rotation, Session, SessionError, SessionId,
+    SessionStore, SessionView, SignInput, TokenDigest, Verified,
 };
 
 /// Sessions stay in the database this long after they ended (expired or revoked), so that
 /// no auth token of theirs (at most a day long) is still valid when they are deleted.
 pub const JANITOR_REVOKED_RETENTION: i64 = 24 * 3600;
-
-/// The token response of `/sign` and `/renew`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Issued {
-    /// An ES256 JWS: the auth token.
-    pub auth_token: String,
-    /// An ES256 JWS: the refresh token (claim `type: "refresh"`, no `sub`, no `aud`).
-    pub refresh_token: String,
-    /// The key that signed both tokens.
-    pub key_id: KeyId,
-    /// base64 of that key's SubjectPublicKeyInfo PEM.
-    pub public_key: String,
-    #[schema(example = "Bearer")]
-    pub token_type: &'static str,
-    /// Seconds until the auth token expires.
-    pub expires_in: i64,
-    /// Seconds until the refresh token expires.
-    pub refresh_expires_in: i64,
-    pub session_id: SessionId,
-}
-
-/// Whether a renew rotates the refresh token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RenewMode {
-    /// As the app's `refresh_rotation` says.
-    FollowApp,
-    /// Never: only a new auth token is issued (a non-rotating compatibility route).
-    KeepRefreshToken,
-}
-
-/// What a successful renew did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RenewOutcome {
-    /// The refresh token rotated.
-    Rotated,
-    /// The previous token came back within the grace: the current one was re-issued.
-    GraceRetry,
-    /// The app does not rotate: only a new auth token was minted.
-    NotRotating,
-}
-
-#[derive(Debug, Clone)]
-pub struct Renewed {
-    pub issued: Issued,
-    pub outcome: RenewOutcome,
-}
-
-/// The answer of `/verify`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Verified {
-    pub verified: bool,
-    /// The auth token's claims; only when verified.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
-    pub claims: Option<Value>,
-    /// Why the token did not verify; only when not verified.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = String, example = "expired")]
-    pub reason: Option<&'static str>,
-}
-
-impl Verified {
-    fn no(reason: &'static str) -> Self {
-        Self { verified: false, claims: None, reason: Some(reason) }
-    }
-}
-
-/// A live token, as [`Sessions::introspect`] finds it.
-#[derive(Debug, Clone)]
-pub enum Introspected {
-    Auth(AuthClaims),
-    /// A session's current refresh token, with the session's subject.
-    Refresh {
-        claims: RefreshClaims,
-        sub: String,
-    },
-}
 
 /// Which part of a token's lifetime [`Sessions::verify_any`] accepts.
 #[derive(Debug, Clone, Copy)]
@@ -614,190 +539,5 @@ impl Sessions {
     /// Deletes sessions that ended more than [`JANITOR_REVOKED_RETENTION`] ago.
     pub async fn purge(&self, now: i64) -> Result<u64, SessionError> {
         Ok(self.store.purge(now - JANITOR_REVOKED_RETENTION).await?)
-    }
-}
-
-/// What a renew that did not rotate makes of a presented token, given its live session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    /// The session's current token, on a renew that does not rotate.
-    KeepCurrent,
-    /// The token the last rotation replaced, again within the grace and from the same
-    /// user agent: an idempotent retry, answered with the current token.
-    Retry,
-    /// Any other token of the session: it was used already.
-    Reuse,
-    /// A token of a non-rotating app that is not its session's: issued before the app
-    /// stopped rotating. It is refused, and not judged as reuse.
-    NotOfSession,
-    /// The swap failed, yet the token is current again: a rotation was just undone.
-    Undone,
-}
-
-/// Judges `presented`, whose renew did not rotate (`rotating`: it was meant to), against
-/// its live `session`; `useragent` is the renew's.
-fn judge(
-    s: &AppSettings,
-    rotating: bool,
-    presented: &RefreshClaims,
-    session: &Session,
-    useragent: &str,
-    now: i64,
-) -> Verdict {
-    let current = presented.jid == session.current_jid;
-    if !rotating && current {
-        return Verdict::KeepCurrent;
-    }
-    if !s.refresh_rotation {
-        return Verdict::NotOfSession;
-    }
-    if current {
-        return Verdict::Undone;
-    }
-    let retry = within_grace(session.rotated_at, now, s.reuse_grace);
-    if Some(presented.jid) == session.prev_jid && retry && useragent == session.useragent {
-        Verdict::Retry
-    } else {
-        Verdict::Reuse
-    }
-}
-
-/// Whether a renew at `now` comes within `grace` seconds of the rotation at `rotated_at`.
-/// Each request reads the clock when it starts, so a renew that lost the swap to a later
-/// one can read a time before the rotation: that counts as 0 seconds after it, and with a
-/// grace of 0 no renew is ever a retry.
-fn within_grace(rotated_at: Option<i64>, now: i64, grace: i64) -> bool {
-    rotated_at.is_some_and(|at| now.saturating_sub(at).max(0) < grace)
-}
-
-fn reason(err: &VerifyError) -> &'static str {
-    use jsonwebtoken::errors::ErrorKind;
-    match err {
-        VerifyError::TooLarge => "token too large",
-        VerifyError::Malformed => "malformed token",
-        VerifyError::Header(_) => "unacceptable token header",
-        VerifyError::UnknownKey => "unknown signing key",
-        VerifyError::Invalid(e) => match e.kind() {
-            // mutants: deleting the arms of ExpiredSignature and ImmatureSignature is
-            // equivalent: `validation()` turns off jsonwebtoken's `exp` and `nbf` checks
-            // (time is a parameter), so it never reports them; `outside_lifetime` names the
-            // expired and not-yet-valid tokens instead.
-            ErrorKind::ExpiredSignature => "token expired",
-            ErrorKind::ImmatureSignature => "token not yet valid",
-            ErrorKind::InvalidSignature => "invalid signature",
-            ErrorKind::InvalidIssuer => "wrong issuer",
-            _ => "invalid token",
-        },
-        VerifyError::Keyring(_) => "key store unavailable",
-    }
-}
-
-fn refresh_claims(app: &App, sid: SessionId, jid: Jid, iat: i64, exp: i64) -> RefreshClaims {
-    RefreshClaims {
-        iss: app.settings.issuer.clone(),
-        jid,
-        sid,
-        iat,
-        nbf: iat.saturating_add(app.settings.refresh_notbefore),
-        exp,
-        token_type: TokenType::Refresh,
-    }
-}
-
-fn auth_claims(app: &App, session: &Session, ip: &str, useragent: &str, now: i64) -> AuthClaims {
-    let s = &app.settings;
-    let mut custom: Map<String, Value> = session.claims.clone();
-    let aud = custom.remove("aud").unwrap_or_else(|| Value::String(s.audience.clone()));
-    let jid = Jid::new();
-    let (client_id, jti) = match s.access_token_profile {
-        // Custom claims of these names stay where they were: the tokens are byte for byte
-        // the ones before the profile existed.
-        AccessTokenProfile::Keygate => (None, None),
-        // The profile's `client_id` takes the place of a custom claim of that name (`jti`
-        // is reserved: no custom claim has it).
-        AccessTokenProfile::Rfc9068 => {
-            custom.remove("client_id");
-            (Some(Value::String(app.app_id.to_string())), Some(Value::String(jid.to_string())))
-        }
-    };
-    AuthClaims {
-        iss: s.issuer.clone(),
-        sub: session.sub.clone(),
-        aud,
-        iat: now,
-        nbf: now.saturating_add(s.token_notbefore),
-        exp: now.saturating_add(s.token_expire),
-        jid,
-        sid: session.session_id,
-        ip: ip.to_owned(),
-        useragent: useragent.to_owned(),
-        client_id,
-        jti,
-        custom,
-    }
-}
-
-/// The JOSE `typ` of the app's auth and refresh tokens.
-fn typs(app: &App) -> (Typ, Typ) {
-    match app.settings.access_token_profile {
-        AccessTokenProfile::Keygate => (Typ::Jwt, Typ::Jwt),
-        AccessTokenProfile::Rfc9068 => (Typ::AccessToken, Typ::RefreshToken),
-    }
-}
-
-fn issue(
-    app: &App,
-    signer: &Signer,
-    session: &Session,
-    ip: &str,
-    useragent: &str,
-    refresh: &RefreshClaims,
-    now: i64,
-) -> Result<Issued, SessionError> {
-    let mut issued = issue_auth(app, signer, session, ip, useragent, now)?;
-    issued.refresh_token = signer.sign_typed(typs(app).1, refresh)?;
-    issued.refresh_expires_in = refresh.exp - now;
-    Ok(issued)
-}
-
-/// A new auth token for `session`, without a refresh token.
-fn issue_auth(
-    app: &App,
-    signer: &Signer,
-    session: &Session,
-    ip: &str,
-    useragent: &str,
-    now: i64,
-) -> Result<Issued, SessionError> {
-    let auth = auth_claims(app, session, ip, useragent, now);
-    Ok(Issued {
-        auth_token: signer.sign_typed(typs(app).0, &auth)?,
-        refresh_token: String::new(),
-        key_id: signer.key_id,
-        public_key: signer.public_key.clone(),
-        token_type: "Bearer",
-        expires_in: app.settings.token_expire,
-        refresh_expires_in: 0,
-        session_id: session.session_id,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::within_grace;
-
-    #[test]
-    fn a_grace_of_zero_never_allows_a_retry() {
-        for elapsed in [-5, -1, 0, 1, 60] {
-            assert!(!within_grace(Some(1_000), 1_000 + elapsed, 0), "elapsed {elapsed}");
-        }
-    }
-
-    #[test]
-    fn a_renew_that_read_the_clock_before_the_rotation_is_at_its_start() {
-        assert!(within_grace(Some(1_000), 999, 10));
-        assert!(within_grace(Some(1_000), 1_009, 10));
-        assert!(!within_grace(Some(1_000), 1_010, 10));
-        assert!(!within_grace(None, 1_000, 10), "a session never rotated has no retry");
     }
 }
