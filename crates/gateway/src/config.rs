@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use keygate_store::redact_url;
+use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
 use crate::compat::CompatSettings;
@@ -19,16 +20,16 @@ pub struct Settings {
     /// Where the embedded defaults live: the SQLite database and a generated master key.
     pub data_dir: PathBuf,
     /// base64 of the 32-byte master key that seals private signing keys.
-    pub master_key: Option<String>,
+    pub master_key: Option<SecretString>,
     /// A file holding the master key in base64.
     pub master_key_file: Option<PathBuf>,
     /// Earlier master keys (base64), still accepted for opening private keys sealed with
     /// them while a master-key rotation is under way. A list in TOML; a comma-separated
     /// list in `KEYGATE_PREVIOUS_MASTER_KEYS`.
     #[serde(deserialize_with = "string_or_list")]
-    pub previous_master_keys: Vec<String>,
+    pub previous_master_keys: Vec<SecretString>,
     /// The root key to install when the database has none yet.
-    pub root_key: Option<String>,
+    pub root_key: Option<SecretString>,
     /// HTTP worker threads; by default one per CPU.
     pub workers: Option<usize>,
     /// `Cache-Control: max-age` of the JWKS, in seconds. A next key is published at least
@@ -132,15 +133,14 @@ impl Default for Settings {
 
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redacted = |set: bool| if set { "<redacted>" } else { "<unset>" };
         f.debug_struct("Settings")
             .field("database_url", &self.database_url.as_deref().map(redact_url))
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
-            .field("master_key", &redacted(self.master_key.is_some()))
+            .field("master_key", &self.master_key)
             .field("master_key_file", &self.master_key_file)
-            .field("previous_master_keys", &self.previous_master_keys.len())
-            .field("root_key", &redacted(self.root_key.is_some()))
+            .field("previous_master_keys", &self.previous_master_keys)
+            .field("root_key", &self.root_key)
             .field("workers", &self.workers)
             .field("jwks_max_age", &self.jwks_max_age)
             .field("cache_ttl", &self.cache_ttl)
@@ -266,7 +266,11 @@ impl Settings {
 /// A list from TOML, or a comma-separated string from the environment. The `config` crate
 /// only splits environment values into lists with `try_parsing`, which would also turn
 /// every other value that looks like a number or a boolean into one.
-fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+fn string_or_list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum StringOrList {
@@ -277,11 +281,18 @@ fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Stri
         StringOrList::String(text) => text.split(',').map(str::to_owned).collect(),
         StringOrList::List(items) => items,
     };
-    Ok(items.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .map(T::from)
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     #[test]
@@ -289,11 +300,12 @@ mod tests {
         let settings = Settings {
             database_url: Some("postgres://u:hunter2@db/x".into()),
             master_key: Some("bWFzdGVy".into()),
+            previous_master_keys: vec!["b2xkIGtleQ".into()],
             root_key: Some("kgr_secret_root".into()),
             ..Settings::default()
         };
         let shown = format!("{settings:?}");
-        for secret in ["hunter2", "bWFzdGVy", "kgr_secret_root"] {
+        for secret in ["hunter2", "bWFzdGVy", "b2xkIGtleQ", "kgr_secret_root"] {
             assert!(!shown.contains(secret), "{shown}");
         }
     }
@@ -328,7 +340,8 @@ mod tests {
         let settings = Settings::load_from(None, Some(vars)).unwrap();
         assert_eq!(settings.auth_failures_per_minute, 30);
         assert_eq!(settings.client_request_timeout_ms, 2500);
-        assert_eq!(settings.root_key.as_deref(), Some("1".repeat(40).as_str()));
+        let root_key = settings.root_key.as_ref().map(|key| key.expose_secret());
+        assert_eq!(root_key, Some("1".repeat(40).as_str()));
     }
 
     #[test]
