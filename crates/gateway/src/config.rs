@@ -10,6 +10,10 @@ use serde::{Deserialize, Deserializer};
 
 use crate::compat::CompatSettings;
 
+mod duration;
+
+/// Each duration setting takes a bare number in its own unit (seconds; milliseconds for a
+/// `*_ms` key; minutes or days where the name says so) or a duration such as `"15m"`.
 #[derive(Clone, Deserialize)]
 #[serde(default)]
 pub struct Settings {
@@ -34,21 +38,26 @@ pub struct Settings {
     pub workers: Option<usize>,
     /// `Cache-Control: max-age` of the JWKS, in seconds. A next key is published at least
     /// this long before a scheduled rotation makes it active.
+    #[serde(deserialize_with = "duration::seconds")]
     pub jwks_max_age: u64,
     /// The longest cached apps and keys are trusted before they are read again, in seconds;
     /// changes made elsewhere are seen sooner, through the change log and `NOTIFY`.
+    #[serde(deserialize_with = "duration::seconds")]
     pub cache_ttl: u64,
     /// The most connections a gateway opens to Postgres.
     pub postgres_max_connections: u32,
     /// Milliseconds a write waits for a connection to a writable database host, and a
     /// statement for a lock, before the request is answered 503 (nothing is changed, and
     /// the client's token is not consumed).
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub database_busy_timeout_ms: u64,
     /// Milliseconds a write whose answer was lost while it committed (in doubt) keeps trying
     /// to learn whether it committed, before the request is answered 503.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub database_in_doubt_timeout_ms: u64,
     /// Seconds between maintenance passes (scheduled key rotation, then deleting ended sessions,
     /// expired retired keys and old events); 0 turns them off.
+    #[serde(deserialize_with = "duration::seconds")]
     pub janitor_interval: u64,
     /// Extra refresh routes that speak other systems' contracts (`[[compat.routes]]`).
     pub compat: CompatSettings,
@@ -64,23 +73,29 @@ pub struct Settings {
     pub trusted_proxies: Vec<String>,
     /// Milliseconds a client has to send a request's head (line and headers) before it is
     /// answered 408 and disconnected; 0 means no limit.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub client_request_timeout_ms: u64,
     /// Milliseconds a closing connection waits for the client to disconnect; 0 means no
     /// limit.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub client_disconnect_timeout_ms: u64,
     /// Connections each worker serves at once; further ones wait to be accepted.
     pub max_connections: usize,
     /// Milliseconds between looks for webhook deliveries that are due (a new event is
     /// delivered at once); 0 turns delivery off in this process.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub webhook_poll_ms: u64,
     /// Milliseconds a webhook receiver has to answer one delivery.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub webhook_timeout_ms: u64,
     /// Attempts at delivering one event before it is marked failed.
     pub webhook_max_attempts: u32,
     /// Milliseconds before the first retry of a failed delivery; each further retry waits
     /// twice as long, up to an hour.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub webhook_retry_ms: u64,
     /// Days audit events are kept (the maintenance pass deletes older ones); 0 keeps them forever.
+    #[serde(deserialize_with = "duration::days")]
     pub audit_retention_days: u64,
     /// The gateway's own address as clients reach it (`https://auth.example.com`, maybe with
     /// a path prefix): the base of the absolute URLs in the OAuth metadata, which is not
@@ -89,6 +104,7 @@ pub struct Settings {
     /// Serves the admin console in the browser at `/console/` (off: `/console/` is 404).
     pub console: bool,
     /// Minutes a console sign-in lasts, at most 720 (12 hours).
+    #[serde(deserialize_with = "duration::minutes")]
     pub console_session_minutes: u64,
 }
 
@@ -342,6 +358,50 @@ mod tests {
         assert_eq!(settings.client_request_timeout_ms, 2500);
         let root_key = settings.root_key.as_ref().map(|key| key.expose_secret());
         assert_eq!(root_key, Some("1".repeat(40).as_str()));
+    }
+
+    #[test]
+    fn durations_are_numbers_in_their_unit_or_durations_with_a_unit() {
+        let vars = config::Map::from([
+            ("KEYGATE_JANITOR_INTERVAL".to_owned(), "15m".to_owned()),
+            ("KEYGATE_CACHE_TTL".to_owned(), "90".to_owned()),
+            ("KEYGATE_WEBHOOK_POLL_MS".to_owned(), "250ms".to_owned()),
+            ("KEYGATE_WEBHOOK_TIMEOUT_MS".to_owned(), "3000".to_owned()),
+            ("KEYGATE_CONSOLE_SESSION_MINUTES".to_owned(), "2h".to_owned()),
+        ]);
+        let settings = Settings::load_from(None, Some(vars)).unwrap();
+        assert_eq!(settings.janitor_interval, 900);
+        assert_eq!(settings.cache_ttl, 90);
+        assert_eq!(settings.webhook_poll_ms, 250);
+        assert_eq!(settings.webhook_timeout_ms, 3000);
+        assert_eq!(settings.console_session_minutes, 120);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keygate.toml");
+        std::fs::write(
+            &file,
+            "jwks_max_age = \"5m\"\nclient_request_timeout_ms = \"2s\"\n\
+             database_busy_timeout_ms = 750\naudit_retention_days = \"30d\"\n",
+        )
+        .unwrap();
+        let settings = Settings::load_from(Some(&file), Some(config::Map::new())).unwrap();
+        assert_eq!(settings.jwks_max_age, 300);
+        assert_eq!(settings.client_request_timeout_ms, 2000);
+        assert_eq!(settings.database_busy_timeout_ms, 750);
+        assert_eq!(settings.audit_retention_days, 30);
+        // The defaults are unchanged.
+        assert_eq!(settings.janitor_interval, 300);
+        assert_eq!(settings.webhook_retry_ms, 1000);
+
+        let bad = |key: &str, value: &str| {
+            let vars = config::Map::from([(key.to_owned(), value.to_owned())]);
+            Settings::load_from(None, Some(vars)).unwrap_err().to_string()
+        };
+        let err = bad("KEYGATE_JANITOR_INTERVAL", "15 parsecs");
+        assert!(err.contains("\"15 parsecs\" is neither a number of seconds"), "{err}");
+        assert!(err.contains("janitor_interval"), "the message names the setting: {err}");
+        let err = bad("KEYGATE_CACHE_TTL", "1500ms");
+        assert!(err.contains("not a whole number of seconds"), "{err}");
     }
 
     #[test]
