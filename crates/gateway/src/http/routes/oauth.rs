@@ -8,7 +8,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use keygate_sessions::Introspected;
 use keygate_tenants::AppId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
@@ -16,7 +16,7 @@ use crate::bootstrap::Services;
 use crate::clock;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::direct_renew_input;
-use crate::http::oauth::{authenticate, no_store, Form, OAuthError};
+use crate::http::oauth::{authenticate, no_store, present, required, ClientForm, Form, OAuthError};
 use crate::http::resource::{resource, Answer};
 use crate::http::schema::{OAuthErrors, ServerErrors};
 use crate::metrics::{RenewCount, RevokeReason};
@@ -42,14 +42,19 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 type OAuthAnswer = Result<HttpResponse, OAuthError>;
 
+// A required parameter that is absent reads as empty (`serde(default)`), and the handler
+// refuses it as missing once the client is authenticated.
+
 /// The form of the token endpoint.
-#[derive(ToSchema)]
-#[allow(dead_code)] // documents the form that `Form` reads
+#[derive(Deserialize, ToSchema)]
 struct TokenForm {
     /// Only `refresh_token`.
-    #[schema(example = "refresh_token")]
+    #[serde(default)]
+    #[schema(required = true, example = "refresh_token")]
     grant_type: String,
     /// The refresh token.
+    #[serde(default)]
+    #[schema(required = true)]
     refresh_token: String,
     /// Refused when not empty: keygate has no scopes.
     scope: Option<String>,
@@ -60,17 +65,39 @@ struct TokenForm {
 }
 
 /// The form of the revocation and introspection endpoints.
-#[derive(ToSchema)]
-#[allow(dead_code)] // documents the form that `Form` reads
+#[derive(Deserialize, ToSchema)]
 struct TokenHintForm {
     /// An auth (access) or refresh token of this app.
+    #[serde(default)]
+    #[schema(required = true)]
     token: String,
     /// `access_token` or `refresh_token`; both kinds are looked for whatever it says.
+    #[expect(dead_code, reason = "a hint the server may ignore (RFC 7009 §2.1)")]
     token_type_hint: Option<String>,
     /// The app id, with `client_secret` (`client_secret_post`).
     client_id: Option<String>,
     /// The app key (`client_secret_post`).
     client_secret: Option<String>,
+}
+
+impl ClientForm for TokenForm {
+    fn client_id(&self) -> Option<&str> {
+        present(&self.client_id)
+    }
+
+    fn client_secret(&self) -> Option<&str> {
+        present(&self.client_secret)
+    }
+}
+
+impl ClientForm for TokenHintForm {
+    fn client_id(&self) -> Option<&str> {
+        present(&self.client_id)
+    }
+
+    fn client_secret(&self) -> Option<&str> {
+        present(&self.client_secret)
+    }
 }
 
 /// An RFC 6749 §5.1 token response.
@@ -101,13 +128,17 @@ struct TokenResponse {
             headers(("Cache-Control" = String, description = "`no-store`"))),
         OAuthErrors,
     ))]
-async fn token(services: web::Data<Services>, request: HttpRequest, form: Form) -> OAuthAnswer {
+async fn token(
+    services: web::Data<Services>,
+    request: HttpRequest,
+    Form(form): Form<TokenForm>,
+) -> OAuthAnswer {
     let app = authenticate(&request, &services, &form).await?;
-    if form.require("grant_type")? != "refresh_token" {
+    if required("grant_type", &form.grant_type)? != "refresh_token" {
         return Err(OAuthError::UnsupportedGrantType);
     }
-    let refresh_token = form.require("refresh_token")?.to_owned();
-    if form.get("scope").is_some() {
+    let refresh_token = required("refresh_token", &form.refresh_token)?.to_owned();
+    if present(&form.scope).is_some() {
         return Err(OAuthError::InvalidScope);
     }
     // Only the refresh token comes from the client; the address and user agent are ours.
@@ -144,9 +175,13 @@ async fn token(services: web::Data<Services>, request: HttpRequest, form: Form) 
         (status = 200, description = "Done; the body is empty."),
         OAuthErrors,
     ))]
-async fn revoke(services: web::Data<Services>, request: HttpRequest, form: Form) -> OAuthAnswer {
+async fn revoke(
+    services: web::Data<Services>,
+    request: HttpRequest,
+    Form(form): Form<TokenHintForm>,
+) -> OAuthAnswer {
     let app = authenticate(&request, &services, &form).await?;
-    let token = form.require("token")?;
+    let token = required("token", &form.token)?;
     let revoked = services.sessions.revoke_token(&app.app, token, clock::now()).await?;
     services.metrics.sessions_revoked(RevokeReason::Logout, revoked);
     Ok(no_store(HttpResponse::Ok()).finish())
@@ -203,10 +238,10 @@ struct Introspection {
 async fn introspect(
     services: web::Data<Services>,
     request: HttpRequest,
-    form: Form,
+    Form(form): Form<TokenHintForm>,
 ) -> OAuthAnswer {
     let app = authenticate(&request, &services, &form).await?;
-    let token = form.require("token")?;
+    let token = required("token", &form.token)?;
     let client_id = Some(app.app.app_id.to_string());
     let answer = match services.sessions.introspect(&app.app, token, clock::now()).await? {
         None => Introspection::default(),
