@@ -5,10 +5,10 @@ use keygate_tenants::AppId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::root::{app_id, under_console, under_root};
+use super::root::{under_console, under_root};
 use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{JsonBody, RootAuth};
+use crate::http::extract::{JsonBody, RootPath};
 use crate::http::resource::Answer;
 use crate::http::schema::{AppNotFound, BodyErrors, NoWebhook, RootKeyErrors};
 use crate::usecases::admin::{self, Actor, EventPage};
@@ -64,12 +64,10 @@ struct EventsQuery {
         RootKeyErrors,
     ))]
 async fn list_events(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     request: HttpRequest,
 ) -> Answer {
-    let app_id = app_id(&path)?;
     let query = web::Query::<EventsQuery>::from_query(request.query_string()).map_err(|e| {
         ApiError::invalid("query", format!("takes only limit (1 to 500), before and kind: {e}"))
     })?;
@@ -104,12 +102,11 @@ struct Removed {
         RootKeyErrors,
     ))]
 async fn set_webhook(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     body: JsonBody<WebhookRequest>,
 ) -> Answer {
-    let set = webhooks::set(&services, app_id(&path)?, &body.0.url, Actor::Root).await?;
+    let set = webhooks::set(&services, app_id, &body.0.url, Actor::Root).await?;
     Ok(HttpResponse::Ok().json(set))
 }
 
@@ -122,12 +119,8 @@ async fn set_webhook(
         NoWebhook,
         RootKeyErrors,
     ))]
-async fn get_webhook(
-    _: RootAuth,
-    services: web::Data<Services>,
-    path: web::Path<String>,
-) -> Answer {
-    Ok(HttpResponse::Ok().json(webhooks::get(&services, app_id(&path)?).await?))
+async fn get_webhook(RootPath(app_id): RootPath<AppId>, services: web::Data<Services>) -> Answer {
+    Ok(HttpResponse::Ok().json(webhooks::get(&services, app_id).await?))
 }
 
 /// Removes the app's webhook; undelivered events are no longer sent.
@@ -140,11 +133,9 @@ async fn get_webhook(
         RootKeyErrors,
     ))]
 async fn remove_webhook(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
 ) -> Answer {
-    let app_id = app_id(&path)?;
     webhooks::remove(&services, app_id).await?;
     Ok(HttpResponse::Ok().json(Removed { removed: app_id }))
 }

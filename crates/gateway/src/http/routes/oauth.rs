@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use crate::bootstrap::Services;
 use crate::clock;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::direct_renew_input;
+use crate::http::extract::{direct_renew_input, PathOf};
 use crate::http::oauth::{authenticate, no_store, present, required, ClientForm, Form, OAuthError};
 use crate::http::resource::{resource, Answer};
 use crate::http::schema::{OAuthErrors, ServerErrors};
@@ -322,14 +322,14 @@ struct Metadata {
             gateway has no `public_url`.", body = ErrorBody),
         ServerErrors,
     ))]
-async fn metadata(services: web::Data<Services>, path: web::Path<String>) -> Answer {
+async fn metadata(services: web::Data<Services>, PathOf(app_id): PathOf<Option<AppId>>) -> Answer {
     let Some(public_url) = &services.public_url else {
         return Err(ApiError::NotFound(
             "no OAuth metadata: the gateway's public_url is not set".into(),
         ));
     };
     let unknown = || ApiError::NotFound("no such app".into());
-    let app_id: AppId = path.parse().map_err(|_| unknown())?;
+    let app_id = app_id.ok_or_else(unknown)?;
     services.tenants.app(app_id).await?.ok_or_else(unknown)?;
     let base = format!("{public_url}/app/{app_id}");
     let document = Metadata {

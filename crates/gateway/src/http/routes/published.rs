@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::AppAuth;
+use crate::http::extract::{AppAuth, PathOf};
 use crate::http::resource::{resource, Answer};
 use crate::http::schema::{AppKeyErrors, ServerErrors};
 use crate::usecases::UseCaseError;
@@ -38,9 +38,9 @@ struct PublishedKeys<'a> {
             body = ErrorBody),
         ServerErrors,
     ))]
-async fn jwks(services: web::Data<Services>, path: web::Path<String>) -> Answer {
+async fn jwks(services: web::Data<Services>, PathOf(app_id): PathOf<Option<AppId>>) -> Answer {
     let unknown = || ApiError::NotFound("no such app".into());
-    let app_id: AppId = path.parse().map_err(|_| unknown())?;
+    let app_id = app_id.ok_or_else(unknown)?;
     services.tenants.app(app_id).await?.ok_or_else(unknown)?;
     let keys = services.keyring.keys(app_id).await.map_err(UseCaseError::from)?;
     Ok(HttpResponse::Ok()

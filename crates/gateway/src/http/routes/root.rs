@@ -9,8 +9,8 @@ use utoipa::ToSchema;
 use super::sessions::{RevokeRequest, SessionList, SubjectQuery};
 use crate::bootstrap::Services;
 use crate::clock;
-use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{JsonBody, OptionalJsonBody, RootAuth};
+use crate::http::error::ErrorBody;
+use crate::http::extract::{JsonBody, OptionalJsonBody, RootAuth, RootPath};
 use crate::http::resource::Answer;
 use crate::http::schema::{AppNotFound, BodyErrors, RevokedCount, RootKeyErrors};
 use crate::usecases::admin::{self, Actor, CreatedApp, KeyView, RotatedAppKey};
@@ -102,11 +102,6 @@ struct KeyList {
     keys: Vec<KeyView>,
 }
 
-/// The app id of a root route's path; a malformed one is an unknown app (404).
-pub(super) fn app_id(raw: &str) -> Result<AppId, ApiError> {
-    raw.parse().map_err(|_| ApiError::NotFound(format!("app {raw:?} not found")))
-}
-
 /// Every app.
 #[utoipa::path(get, path = "/root/apps", tag = "root",
     security(("root_key" = [])),
@@ -155,8 +150,8 @@ async fn create_app(
         AppNotFound,
         RootKeyErrors,
     ))]
-async fn get_app(_: RootAuth, services: web::Data<Services>, path: web::Path<String>) -> Answer {
-    let record = admin::get_app(&services, app_id(&path)?).await?;
+async fn get_app(RootPath(app_id): RootPath<AppId>, services: web::Data<Services>) -> Answer {
+    let record = admin::get_app(&services, app_id).await?;
     Ok(HttpResponse::Ok().json(record.app))
 }
 
@@ -172,13 +167,11 @@ async fn get_app(_: RootAuth, services: web::Data<Services>, path: web::Path<Str
         RootKeyErrors,
     ))]
 async fn update_app(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     body: JsonBody<SettingsPatch>,
 ) -> Answer {
-    let app =
-        admin::update_app(&services, app_id(&path)?, &body.0, Actor::Root, clock::now()).await?;
+    let app = admin::update_app(&services, app_id, &body.0, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(app))
 }
 
@@ -191,8 +184,7 @@ async fn update_app(
         AppNotFound,
         RootKeyErrors,
     ))]
-async fn delete_app(_: RootAuth, services: web::Data<Services>, path: web::Path<String>) -> Answer {
-    let app_id = app_id(&path)?;
+async fn delete_app(RootPath(app_id): RootPath<AppId>, services: web::Data<Services>) -> Answer {
     admin::delete_app(&services, app_id, Actor::Root).await?;
     Ok(HttpResponse::Ok().json(Deleted { deleted: app_id }))
 }
@@ -210,14 +202,13 @@ async fn delete_app(_: RootAuth, services: web::Data<Services>, path: web::Path<
         RootKeyErrors,
     ))]
 async fn rotate_app_key(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     body: OptionalJsonBody<RotateAppKeyRequest>,
 ) -> Answer {
     let grace = body.0.unwrap_or_default().grace;
     let rotated =
-        admin::rotate_app_key(&services, app_id(&path)?, grace, Actor::Root, clock::now()).await?;
+        admin::rotate_app_key(&services, app_id, grace, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(rotated))
 }
 
@@ -230,8 +221,8 @@ async fn rotate_app_key(
         AppNotFound,
         RootKeyErrors,
     ))]
-async fn list_keys(_: RootAuth, services: web::Data<Services>, path: web::Path<String>) -> Answer {
-    let keys = admin::list_keys(&services, app_id(&path)?).await?;
+async fn list_keys(RootPath(app_id): RootPath<AppId>, services: web::Data<Services>) -> Answer {
+    let keys = admin::list_keys(&services, app_id).await?;
     Ok(HttpResponse::Ok().json(KeyList { keys }))
 }
 
@@ -245,12 +236,8 @@ async fn list_keys(_: RootAuth, services: web::Data<Services>, path: web::Path<S
         AppNotFound,
         RootKeyErrors,
     ))]
-async fn rotate_keys(
-    _: RootAuth,
-    services: web::Data<Services>,
-    path: web::Path<String>,
-) -> Answer {
-    let rotation = admin::rotate_keys(&services, app_id(&path)?, Actor::Root, clock::now()).await?;
+async fn rotate_keys(RootPath(app_id): RootPath<AppId>, services: web::Data<Services>) -> Answer {
+    let rotation = admin::rotate_keys(&services, app_id, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(rotation))
 }
 
@@ -270,15 +257,11 @@ async fn rotate_keys(
         RootKeyErrors,
     ))]
 async fn revoke_key(
-    _: RootAuth,
+    RootPath((app_id, key_id)): RootPath<(AppId, KeyId)>,
     services: web::Data<Services>,
-    path: web::Path<(String, String)>,
 ) -> Answer {
-    let (raw_app, raw_key) = path.into_inner();
-    let key_id: KeyId =
-        raw_key.parse().map_err(|_| ApiError::NotFound(format!("key {raw_key:?} not found")))?;
     let revocation =
-        admin::revoke_key(&services, app_id(&raw_app)?, key_id, Actor::Root, clock::now()).await?;
+        admin::revoke_key(&services, app_id, key_id, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(revocation))
 }
 
@@ -292,12 +275,11 @@ async fn revoke_key(
         RootKeyErrors,
     ))]
 async fn revoke_sessions(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
 ) -> Answer {
     let revoked =
-        admin::revoke_sessions(&services, app_id(&path)?, None, Actor::Root, clock::now()).await?;
+        admin::revoke_sessions(&services, app_id, None, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(RevokedCount { revoked }))
 }
 
@@ -314,12 +296,10 @@ async fn revoke_sessions(
         RootKeyErrors,
     ))]
 async fn list_sessions(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     request: HttpRequest,
 ) -> Answer {
-    let app_id = app_id(&path)?;
     let sub = SubjectQuery::of(&request)?;
     let sessions = admin::list_sessions(&services, app_id, &sub, clock::now()).await?;
     Ok(HttpResponse::Ok().json(SessionList { sessions }))
@@ -338,12 +318,10 @@ async fn list_sessions(
         RootKeyErrors,
     ))]
 async fn revoke_some(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     body: JsonBody<RevokeRequest>,
 ) -> Answer {
-    let app_id = app_id(&path)?;
     let target = body.0.target()?;
     let revoked =
         admin::revoke_sessions(&services, app_id, Some(target), Actor::Root, clock::now()).await?;
