@@ -21,23 +21,24 @@ use crate::http::resource::{resource, Answer};
 use crate::http::schema::{OAuthErrors, ServerErrors};
 use crate::metrics::{RenewCount, RevokeReason};
 
+// The paths of the routes, each named once: in `configure` and in the OpenAPI document.
+const TOKEN: &str = "/app/{app_id}/oauth/token";
+const REVOKE: &str = "/app/{app_id}/oauth/revoke";
+const INTROSPECT: &str = "/app/{app_id}/oauth/introspect";
+const METADATA: &str = "/app/{app_id}/.well-known/oauth-authorization-server";
+const METADATA_BY_ISSUER: &str = "/.well-known/oauth-authorization-server/app/{app_id}";
+
 /// `Cache-Control` of the metadata document.
 const METADATA_MAX_AGE: &str = "public, max-age=300";
 /// The client authentication methods of every endpoint.
 const AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/app/{app_id}/oauth/token").route(web::post().to(token)))
-        .service(resource("/app/{app_id}/oauth/revoke").route(web::post().to(revoke)))
-        .service(resource("/app/{app_id}/oauth/introspect").route(web::post().to(introspect)))
-        .service(
-            resource("/app/{app_id}/.well-known/oauth-authorization-server")
-                .route(web::get().to(metadata)),
-        )
-        .service(
-            resource("/.well-known/oauth-authorization-server/app/{app_id}")
-                .route(web::get().to(metadata)),
-        );
+    cfg.service(resource(TOKEN).route(web::post().to(token)))
+        .service(resource(REVOKE).route(web::post().to(revoke)))
+        .service(resource(INTROSPECT).route(web::post().to(introspect)))
+        .service(resource(METADATA).route(web::get().to(metadata)))
+        .service(resource(METADATA_BY_ISSUER).route(web::get().to(metadata)));
 }
 
 type OAuthAnswer = Result<HttpResponse, OAuthError>;
@@ -119,7 +120,7 @@ struct TokenResponse {
 /// `reuse_grace` from the same `User-Agent`, and any other spent one is reuse, which
 /// revokes the session. The renew's `ip` is the caller's address, its `useragent` the
 /// request's `User-Agent`.
-#[utoipa::path(post, path = "/app/{app_id}/oauth/token", tag = "oauth",
+#[utoipa::path(post, path = TOKEN, tag = "oauth",
     params(("app_id" = AppId, Path, description = "The app's id: the client id.")),
     security(("client_secret_basic" = []), ()),
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
@@ -167,7 +168,7 @@ async fn token(
 ///
 /// An unknown, malformed, expired or other app's token is answered 200 too, and changes
 /// nothing (§2.2).
-#[utoipa::path(post, path = "/app/{app_id}/oauth/revoke", tag = "oauth",
+#[utoipa::path(post, path = REVOKE, tag = "oauth",
     params(("app_id" = AppId, Path, description = "The app's id: the client id.")),
     security(("client_secret_basic" = []), ()),
     request_body(content = TokenHintForm, content_type = "application/x-www-form-urlencoded"),
@@ -227,7 +228,7 @@ struct Introspection {
 /// Active: an auth token of this app within its lifetime whose session is live, or the
 /// current refresh token of a live session. Anything else, including a token of another
 /// app, is `{"active": false}`. Nothing changes: no rotation, no reuse detection.
-#[utoipa::path(post, path = "/app/{app_id}/oauth/introspect", tag = "oauth",
+#[utoipa::path(post, path = INTROSPECT, tag = "oauth",
     params(("app_id" = AppId, Path, description = "The app's id: the client id.")),
     security(("client_secret_basic" = []), ()),
     request_body(content = TokenHintForm, content_type = "application/x-www-form-urlencoded"),
@@ -301,7 +302,7 @@ struct Metadata {
 /// `/.well-known/oauth-authorization-server/app/{app_id}`, the URL that RFC 8414 §3.1
 /// derives from the issuer. The URLs are built on the gateway's `public_url` setting,
 /// without which there is no metadata (404).
-#[utoipa::path(get, path = "/app/{app_id}/.well-known/oauth-authorization-server",
+#[utoipa::path(get, path = METADATA,
     operation_id = "metadata", tag = "oauth",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     responses(
@@ -311,7 +312,7 @@ struct Metadata {
             gateway has no `public_url`.", body = ErrorBody),
         ServerErrors,
     ))]
-#[utoipa::path(get, path = "/.well-known/oauth-authorization-server/app/{app_id}",
+#[utoipa::path(get, path = METADATA_BY_ISSUER,
     operation_id = "metadata_by_issuer", tag = "oauth", impl_for = MetadataByIssuer,
     description = "The same document, at the URL that RFC 8414 §3.1 derives from the issuer.",
     params(("app_id" = AppId, Path, description = "The app's id.")),
