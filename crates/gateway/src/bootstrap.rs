@@ -17,6 +17,7 @@ use keygate_tenants::events::event_store;
 use keygate_tenants::{
     app_store, AppStore, KeyHashKey, RootKey, TenantError, Tenants, TenantsConfig,
 };
+use secrecy::ExposeSecret;
 
 use crate::audit::Audit;
 use crate::clock::Clock;
@@ -87,7 +88,7 @@ impl Services {
             .iter()
             .enumerate()
             .map(|(i, encoded)| {
-                MasterKey::from_base64(encoded)
+                MasterKey::from_base64(encoded.expose_secret())
                     .with_context(|| format!("previous_master_keys, entry {}", i + 1))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -105,8 +106,10 @@ impl Services {
         );
         let key_hash_key = load_key_hash_key(apps.as_ref(), &keyring).await?;
         let tenants = Arc::new(Tenants::new(apps, TenantsConfig { cache_ttl, key_hash_key }));
-        let new_root_key =
-            tenants.ensure_root_key(settings.root_key.as_deref()).await.map_err(|e| match e {
+        let new_root_key = tenants
+            .ensure_root_key(settings.root_key.as_ref().map(|key| key.expose_secret()))
+            .await
+            .map_err(|e| match e {
                 TenantError::Invalid(errors) => {
                     let errors: Vec<_> = errors.iter().map(ToString::to_string).collect();
                     anyhow::anyhow!("root key: {}", errors.join("; "))
@@ -187,7 +190,7 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
 /// is generated (mode 0600) on first use.
 fn load_master_key(settings: &Settings) -> anyhow::Result<MasterKey> {
     if let Some(encoded) = &settings.master_key {
-        return MasterKey::from_base64(encoded).context("KEYGATE_MASTER_KEY");
+        return MasterKey::from_base64(encoded.expose_secret()).context("KEYGATE_MASTER_KEY");
     }
     if let Some(path) = &settings.master_key_file {
         return read_master_key(path);

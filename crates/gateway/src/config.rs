@@ -5,10 +5,15 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use keygate_store::redact_url;
+use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
 use crate::compat::CompatSettings;
 
+mod duration;
+
+/// Each duration setting takes a bare number in its own unit (seconds; milliseconds for a
+/// `*_ms` key; minutes or days where the name says so) or a duration such as `"15m"`.
 #[derive(Clone, Deserialize)]
 #[serde(default)]
 pub struct Settings {
@@ -19,35 +24,40 @@ pub struct Settings {
     /// Where the embedded defaults live: the SQLite database and a generated master key.
     pub data_dir: PathBuf,
     /// base64 of the 32-byte master key that seals private signing keys.
-    pub master_key: Option<String>,
+    pub master_key: Option<SecretString>,
     /// A file holding the master key in base64.
     pub master_key_file: Option<PathBuf>,
     /// Earlier master keys (base64), still accepted for opening private keys sealed with
     /// them while a master-key rotation is under way. A list in TOML; a comma-separated
     /// list in `KEYGATE_PREVIOUS_MASTER_KEYS`.
     #[serde(deserialize_with = "string_or_list")]
-    pub previous_master_keys: Vec<String>,
+    pub previous_master_keys: Vec<SecretString>,
     /// The root key to install when the database has none yet.
-    pub root_key: Option<String>,
+    pub root_key: Option<SecretString>,
     /// HTTP worker threads; by default one per CPU.
     pub workers: Option<usize>,
     /// `Cache-Control: max-age` of the JWKS, in seconds. A next key is published at least
     /// this long before a scheduled rotation makes it active.
+    #[serde(deserialize_with = "duration::seconds")]
     pub jwks_max_age: u64,
     /// The longest cached apps and keys are trusted before they are read again, in seconds;
     /// changes made elsewhere are seen sooner, through the change log and `NOTIFY`.
+    #[serde(deserialize_with = "duration::seconds")]
     pub cache_ttl: u64,
     /// The most connections a gateway opens to Postgres.
     pub postgres_max_connections: u32,
     /// Milliseconds a write waits for a connection to a writable database host, and a
     /// statement for a lock, before the request is answered 503 (nothing is changed, and
     /// the client's token is not consumed).
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub database_busy_timeout_ms: u64,
     /// Milliseconds a write whose answer was lost while it committed (in doubt) keeps trying
     /// to learn whether it committed, before the request is answered 503.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub database_in_doubt_timeout_ms: u64,
     /// Seconds between maintenance passes (scheduled key rotation, then deleting ended sessions,
     /// expired retired keys and old events); 0 turns them off.
+    #[serde(deserialize_with = "duration::seconds")]
     pub janitor_interval: u64,
     /// Extra refresh routes that speak other systems' contracts (`[[compat.routes]]`).
     pub compat: CompatSettings,
@@ -63,23 +73,29 @@ pub struct Settings {
     pub trusted_proxies: Vec<String>,
     /// Milliseconds a client has to send a request's head (line and headers) before it is
     /// answered 408 and disconnected; 0 means no limit.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub client_request_timeout_ms: u64,
     /// Milliseconds a closing connection waits for the client to disconnect; 0 means no
     /// limit.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub client_disconnect_timeout_ms: u64,
     /// Connections each worker serves at once; further ones wait to be accepted.
     pub max_connections: usize,
     /// Milliseconds between looks for webhook deliveries that are due (a new event is
     /// delivered at once); 0 turns delivery off in this process.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub webhook_poll_ms: u64,
     /// Milliseconds a webhook receiver has to answer one delivery.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub webhook_timeout_ms: u64,
     /// Attempts at delivering one event before it is marked failed.
     pub webhook_max_attempts: u32,
     /// Milliseconds before the first retry of a failed delivery; each further retry waits
     /// twice as long, up to an hour.
+    #[serde(deserialize_with = "duration::milliseconds")]
     pub webhook_retry_ms: u64,
     /// Days audit events are kept (the maintenance pass deletes older ones); 0 keeps them forever.
+    #[serde(deserialize_with = "duration::days")]
     pub audit_retention_days: u64,
     /// The gateway's own address as clients reach it (`https://auth.example.com`, maybe with
     /// a path prefix): the base of the absolute URLs in the OAuth metadata, which is not
@@ -88,6 +104,7 @@ pub struct Settings {
     /// Serves the admin console in the browser at `/console/` (off: `/console/` is 404).
     pub console: bool,
     /// Minutes a console sign-in lasts, at most 720 (12 hours).
+    #[serde(deserialize_with = "duration::minutes")]
     pub console_session_minutes: u64,
 }
 
@@ -132,15 +149,14 @@ impl Default for Settings {
 
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let redacted = |set: bool| if set { "<redacted>" } else { "<unset>" };
         f.debug_struct("Settings")
             .field("database_url", &self.database_url.as_deref().map(redact_url))
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
-            .field("master_key", &redacted(self.master_key.is_some()))
+            .field("master_key", &self.master_key)
             .field("master_key_file", &self.master_key_file)
-            .field("previous_master_keys", &self.previous_master_keys.len())
-            .field("root_key", &redacted(self.root_key.is_some()))
+            .field("previous_master_keys", &self.previous_master_keys)
+            .field("root_key", &self.root_key)
             .field("workers", &self.workers)
             .field("jwks_max_age", &self.jwks_max_age)
             .field("cache_ttl", &self.cache_ttl)
@@ -266,7 +282,11 @@ impl Settings {
 /// A list from TOML, or a comma-separated string from the environment. The `config` crate
 /// only splits environment values into lists with `try_parsing`, which would also turn
 /// every other value that looks like a number or a boolean into one.
-fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+fn string_or_list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: From<String>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum StringOrList {
@@ -277,11 +297,18 @@ fn string_or_list<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Stri
         StringOrList::String(text) => text.split(',').map(str::to_owned).collect(),
         StringOrList::List(items) => items,
     };
-    Ok(items.into_iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .map(T::from)
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
 
     #[test]
@@ -289,11 +316,12 @@ mod tests {
         let settings = Settings {
             database_url: Some("postgres://u:hunter2@db/x".into()),
             master_key: Some("bWFzdGVy".into()),
+            previous_master_keys: vec!["b2xkIGtleQ".into()],
             root_key: Some("kgr_secret_root".into()),
             ..Settings::default()
         };
         let shown = format!("{settings:?}");
-        for secret in ["hunter2", "bWFzdGVy", "kgr_secret_root"] {
+        for secret in ["hunter2", "bWFzdGVy", "b2xkIGtleQ", "kgr_secret_root"] {
             assert!(!shown.contains(secret), "{shown}");
         }
     }
@@ -328,7 +356,52 @@ mod tests {
         let settings = Settings::load_from(None, Some(vars)).unwrap();
         assert_eq!(settings.auth_failures_per_minute, 30);
         assert_eq!(settings.client_request_timeout_ms, 2500);
-        assert_eq!(settings.root_key.as_deref(), Some("1".repeat(40).as_str()));
+        let root_key = settings.root_key.as_ref().map(|key| key.expose_secret());
+        assert_eq!(root_key, Some("1".repeat(40).as_str()));
+    }
+
+    #[test]
+    fn durations_are_numbers_in_their_unit_or_durations_with_a_unit() {
+        let vars = config::Map::from([
+            ("KEYGATE_JANITOR_INTERVAL".to_owned(), "15m".to_owned()),
+            ("KEYGATE_CACHE_TTL".to_owned(), "90".to_owned()),
+            ("KEYGATE_WEBHOOK_POLL_MS".to_owned(), "250ms".to_owned()),
+            ("KEYGATE_WEBHOOK_TIMEOUT_MS".to_owned(), "3000".to_owned()),
+            ("KEYGATE_CONSOLE_SESSION_MINUTES".to_owned(), "2h".to_owned()),
+        ]);
+        let settings = Settings::load_from(None, Some(vars)).unwrap();
+        assert_eq!(settings.janitor_interval, 900);
+        assert_eq!(settings.cache_ttl, 90);
+        assert_eq!(settings.webhook_poll_ms, 250);
+        assert_eq!(settings.webhook_timeout_ms, 3000);
+        assert_eq!(settings.console_session_minutes, 120);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keygate.toml");
+        std::fs::write(
+            &file,
+            "jwks_max_age = \"5m\"\nclient_request_timeout_ms = \"2s\"\n\
+             database_busy_timeout_ms = 750\naudit_retention_days = \"30d\"\n",
+        )
+        .unwrap();
+        let settings = Settings::load_from(Some(&file), Some(config::Map::new())).unwrap();
+        assert_eq!(settings.jwks_max_age, 300);
+        assert_eq!(settings.client_request_timeout_ms, 2000);
+        assert_eq!(settings.database_busy_timeout_ms, 750);
+        assert_eq!(settings.audit_retention_days, 30);
+        // The defaults are unchanged.
+        assert_eq!(settings.janitor_interval, 300);
+        assert_eq!(settings.webhook_retry_ms, 1000);
+
+        let bad = |key: &str, value: &str| {
+            let vars = config::Map::from([(key.to_owned(), value.to_owned())]);
+            Settings::load_from(None, Some(vars)).unwrap_err().to_string()
+        };
+        let err = bad("KEYGATE_JANITOR_INTERVAL", "15 parsecs");
+        assert!(err.contains("\"15 parsecs\" is neither a number of seconds"), "{err}");
+        assert!(err.contains("janitor_interval"), "the message names the setting: {err}");
+        let err = bad("KEYGATE_CACHE_TTL", "1500ms");
+        assert!(err.contains("not a whole number of seconds"), "{err}");
     }
 
     #[test]

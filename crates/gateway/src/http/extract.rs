@@ -1,5 +1,5 @@
 //! Request extractors that answer in the API's error contract: JSON bodies with named
-//! field errors, and app-key and root-key authentication.
+//! field errors, app-key and root-key authentication, and the ids of a path.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,8 +8,9 @@ use std::sync::Arc;
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
+use keygate_keyring::KeyId;
 use keygate_sessions::{RenewInput, MAX_USERAGENT};
-use keygate_tenants::{AppRecord, FieldError};
+use keygate_tenants::{AppId, AppRecord, FieldError};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
@@ -312,6 +313,77 @@ impl FromRequest for RootAuth {
             let outcome = services.tenants.authenticate_root_admitted(key.as_deref(), &admit).await;
             attempt.settle(outcome, ApiError::InvalidRootKey)?;
             Ok(RootAuth)
+        })
+    }
+}
+
+/// The ids a route's path names, parsed here for every route. A malformed id is an unknown
+/// one: 404 `not_found`, naming it.
+pub trait PathIds: Sized {
+    fn of(req: &HttpRequest) -> Result<Self, ApiError>;
+}
+
+/// The raw `name` segment of the path, decoded.
+fn segment<'r>(req: &'r HttpRequest, name: &str) -> &'r str {
+    req.match_info().get(name).unwrap_or_default()
+}
+
+impl PathIds for AppId {
+    fn of(req: &HttpRequest) -> Result<Self, ApiError> {
+        let raw = segment(req, "app_id");
+        raw.parse().map_err(|_| ApiError::NotFound(format!("app {raw:?} not found")))
+    }
+}
+
+/// `{app_id}` on a public route, where a malformed id and an unknown app are both "no such
+/// app": `None` for a malformed one, which the handler answers as it answers an unknown app.
+impl PathIds for Option<AppId> {
+    fn of(req: &HttpRequest) -> Result<Self, ApiError> {
+        Ok(segment(req, "app_id").parse().ok())
+    }
+}
+
+/// `{app_id}` and `{key_id}`; the key is looked at first.
+impl PathIds for (AppId, KeyId) {
+    fn of(req: &HttpRequest) -> Result<Self, ApiError> {
+        let raw_key = segment(req, "key_id");
+        let key_id: KeyId = raw_key
+            .parse()
+            .map_err(|_| ApiError::NotFound(format!("key {raw_key:?} not found")))?;
+        Ok((AppId::of(req)?, key_id))
+    }
+}
+
+/// The ids of the path of a public route.
+#[derive(Debug)]
+pub struct PathOf<T>(pub T);
+
+impl<T: PathIds> FromRequest for PathOf<T> {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(T::of(req).map(PathOf))
+    }
+}
+
+/// A request authenticated by the root key ([`RootAuth`]), and the ids of its path. The
+/// key is checked before the path: without it the answer is 401 whatever the path names.
+/// (Extractors listed side by side run together, and the first error ready wins, so a
+/// separate path extractor could answer before the key is checked.)
+#[derive(Debug)]
+pub struct RootPath<T>(pub T);
+
+impl<T: PathIds + 'static> FromRequest for RootPath<T> {
+    type Error = ApiError;
+    type Future = Fut<Self>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let authorized = RootAuth::from_request(req, payload);
+        let ids = T::of(req);
+        Box::pin(async move {
+            authorized.await?;
+            ids.map(RootPath)
         })
     }
 }

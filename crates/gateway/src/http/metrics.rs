@@ -15,8 +15,8 @@ use crate::bootstrap::Services;
 const UNMATCHED: &str = "unmatched";
 
 /// The route pattern of a resource, as its requests are labelled.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteLabel(pub &'static str);
+#[derive(Debug, Clone)]
+pub struct RouteLabel(pub Cow<'static, str>);
 
 /// The middleware that counts and times every request
 /// (`actix_web::middleware::from_fn(metrics::middleware)`).
@@ -36,7 +36,7 @@ pub async fn middleware(
                 // Routes of the API carry their label; others (the compatibility routes)
                 // are matched again.
                 let route = match request.app_data::<RouteLabel>() {
-                    Some(label) => Cow::Borrowed(label.0),
+                    Some(label) => Cow::Borrowed(&*label.0),
                     None => request.match_pattern().map_or(Cow::Borrowed(UNMATCHED), Cow::Owned),
                 };
                 (route, response.status().as_u16())

@@ -1,7 +1,7 @@
 //! The request side of the OAuth 2.0 face: form bodies (RFC 6749 §3.2 and appendix B),
 //! client authentication (§2.3.1) and the error answers of §5.2.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use actix_web::dev::Payload;
@@ -12,6 +12,7 @@ use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use keygate_sessions::SessionError;
 use keygate_tenants::{AppRecord, AuthError};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -155,43 +156,62 @@ impl From<SessionError> for OAuthError {
     }
 }
 
-/// A form body (`application/x-www-form-urlencoded`, at most 16 KiB): each parameter at
-/// most once (RFC 6749 §3.2), strictly percent-encoded UTF-8. A parameter without a value
-/// is as good as absent (§3.1); unknown parameters are kept and ignored by the endpoints.
+/// A form body (`application/x-www-form-urlencoded`, at most 16 KiB) decoded into `T`:
+/// each parameter at most once (RFC 6749 §3.1), strictly percent-encoded UTF-8. A parameter
+/// without a value is as good as absent (§3.1): `T` reads it as empty, and [`present`] and
+/// [`required`] treat empty as absent. Unknown parameters are ignored.
 #[derive(Debug)]
-pub struct Form(HashMap<String, String>);
+pub struct Form<T>(pub T);
 
-impl Form {
-    /// The value of `name`, unless it is absent or empty.
-    pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
-    }
-
-    /// The value of `name`, which the request must carry.
-    pub fn require(&self, name: &str) -> Result<&str, OAuthError> {
-        self.get(name).ok_or_else(|| OAuthError::invalid(format!("{name} is required")))
-    }
-
+impl<T: DeserializeOwned> Form<T> {
     fn parse(body: &[u8]) -> Result<Self, OAuthError> {
-        let mut params = HashMap::new();
-        for pair in body.split(|&b| b == b'&').filter(|pair| !pair.is_empty()) {
-            let (name, value) = match pair.iter().position(|&b| b == b'=') {
-                Some(i) => (&pair[..i], &pair[i + 1..]),
-                None => (pair, &b""[..]),
-            };
-            let name = decode(name)
-                .ok_or_else(|| OAuthError::invalid("the body is not valid form encoding"))?;
-            let value = decode(value).ok_or_else(|| {
-                OAuthError::invalid(format!("{}: not valid form encoding of UTF-8", shown(&name)))
-            })?;
-            if params.contains_key(&name) {
-                let name = shown(&name);
-                return Err(OAuthError::invalid(format!("{name} is given more than once")));
-            }
-            params.insert(name, value);
-        }
-        Ok(Self(params))
+        check_form(body)?;
+        serde_urlencoded::from_bytes(body)
+            .map(Self)
+            .map_err(|_| OAuthError::invalid("the body is not valid form encoding"))
     }
+}
+
+/// What a lenient form decoder lets through and RFC 6749 refuses: a `%` not followed by two
+/// hex digits, bytes that are not UTF-8, and a parameter given more than once.
+fn check_form(body: &[u8]) -> Result<(), OAuthError> {
+    let mut names = HashSet::new();
+    for pair in body.split(|&b| b == b'&').filter(|pair| !pair.is_empty()) {
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let name = decode(name)
+            .ok_or_else(|| OAuthError::invalid("the body is not valid form encoding"))?;
+        if decode(value).is_none() {
+            let name = shown(&name);
+            return Err(OAuthError::invalid(format!("{name}: not valid form encoding of UTF-8")));
+        }
+        if names.contains(&name) {
+            let name = shown(&name);
+            return Err(OAuthError::invalid(format!("{name} is given more than once")));
+        }
+        names.insert(name);
+    }
+    Ok(())
+}
+
+/// A form parameter's value, unless it is absent or empty.
+pub fn present(value: &Option<String>) -> Option<&str> {
+    value.as_deref().filter(|v| !v.is_empty())
+}
+
+/// The value of the parameter `name`, which the request must carry (empty is absent).
+pub fn required<'a>(name: &str, value: &'a str) -> Result<&'a str, OAuthError> {
+    Some(value)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| OAuthError::invalid(format!("{name} is required")))
+}
+
+/// A form that may carry client credentials (`client_secret_post`, RFC 6749 §2.3.1).
+pub trait ClientForm {
+    fn client_id(&self) -> Option<&str>;
+    fn client_secret(&self) -> Option<&str>;
 }
 
 /// A parameter name as an error description may quote it: the characters RFC 6749 §5.2
@@ -221,7 +241,7 @@ fn decode(raw: &[u8]) -> Option<String> {
     Some(decoded.into_owned())
 }
 
-impl FromRequest for Form {
+impl<T: DeserializeOwned + 'static> FromRequest for Form<T> {
     type Error = OAuthError;
     type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, OAuthError>>>>;
 
@@ -241,24 +261,24 @@ enum Credentials {
 }
 
 /// The credentials of `req` with body `form`: exactly one method, well formed.
-fn credentials(req: &HttpRequest, form: &Form) -> Result<Credentials, OAuthError> {
+fn credentials(req: &HttpRequest, form: &impl ClientForm) -> Result<Credentials, OAuthError> {
     let challenge = OAuthError::InvalidClient { challenge: true };
     let Some(authorization) = req.headers().get(header::AUTHORIZATION) else {
-        return match (form.get("client_id"), form.get("client_secret")) {
+        return match (form.client_id(), form.client_secret()) {
             (Some(id), Some(secret)) => {
                 Ok(Credentials::Post { id: id.to_owned(), secret: secret.to_owned() })
             }
             _ => Err(challenge),
         };
     };
-    if form.get("client_secret").is_some() {
+    if form.client_secret().is_some() {
         return Err(OAuthError::invalid(
             "use one client authentication method: the Authorization header or client_secret \
              in the body, not both",
         ));
     }
     let (id, secret) = basic(authorization.as_bytes()).ok_or(challenge)?;
-    if form.get("client_id").is_some_and(|body_id| body_id != id) {
+    if form.client_id().is_some_and(|body_id| body_id != id) {
         return Err(OAuthError::invalid("client_id differs from the authenticated client"));
     }
     Ok(Credentials::Basic { id, secret })
@@ -287,7 +307,7 @@ fn basic(value: &[u8]) -> Option<(String, String)> {
 pub async fn authenticate(
     req: &HttpRequest,
     services: &web::Data<Services>,
-    form: &Form,
+    form: &impl ClientForm,
 ) -> Result<Arc<AppRecord>, OAuthError> {
     let attempt = Attempt::of(req);
     attempt.admit()?;
@@ -334,18 +354,39 @@ mod tests {
         }
     }
 
+    /// A form with a parameter that must be there and some that may.
+    #[derive(Debug, serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        grant_type: String,
+        refresh_token: Option<String>,
+        scope: Option<String>,
+        x: Option<String>,
+    }
+
+    fn parse(body: &[u8]) -> Result<Probe, OAuthError> {
+        Form::<Probe>::parse(body).map(|form| form.0)
+    }
+
     #[test]
     fn a_form_names_each_parameter_once_and_empty_values_are_absent() {
-        let form = Form::parse(b"grant_type=refresh_token&scope=&x&&refresh_token=a%2Bb").unwrap();
-        assert_eq!(form.get("grant_type"), Some("refresh_token"));
-        assert_eq!(form.get("refresh_token"), Some("a+b"));
-        assert_eq!(form.get("scope"), None);
-        assert_eq!(form.get("x"), None);
-        for twice in [&b"a=1&a=1"[..], b"a=1&a=", b"a=&a", b"a=1&%61=2"] {
-            let err = Form::parse(twice).unwrap_err();
+        let form =
+            parse(b"grant_type=refresh_token&scope=&x&&refresh_token=a%2Bb&other=1").unwrap();
+        assert_eq!(required("grant_type", &form.grant_type).unwrap(), "refresh_token");
+        assert_eq!(present(&form.refresh_token), Some("a+b"));
+        assert_eq!(present(&form.scope), None);
+        assert_eq!(present(&form.x), None);
+        let err = required("grant_type", &parse(b"grant_type=").unwrap().grant_type).unwrap_err();
+        assert_eq!(err.to_string(), "grant_type is required");
+        assert!(required("grant_type", &parse(b"").unwrap().grant_type).is_err());
+        for twice in [&b"a=1&a=1"[..], b"a=1&a=", b"a=&a", b"a=1&%61=2", b"scope=1&scope=2"] {
+            let err = parse(twice).unwrap_err();
             assert_eq!(err.code(), "invalid_request", "{}", String::from_utf8_lossy(twice));
+            assert!(err.to_string().ends_with(" is given more than once"), "{err}");
         }
-        assert!(Form::parse(b"a=%ZZ").is_err());
+        assert_eq!(parse(b"a=%ZZ").unwrap_err().to_string(), "a: not valid form encoding of UTF-8");
+        assert_eq!(parse(b"%ZZ=1").unwrap_err().to_string(), "the body is not valid form encoding");
+        assert!(parse(b"x=%FF").is_err(), "bytes that are not UTF-8 are refused");
     }
 
     #[test]
@@ -353,7 +394,7 @@ mod tests {
         assert_eq!(shown("grant_type"), "grant_type");
         assert_eq!(shown("a\"b\\c\u{7f}d\u{e9}"), "abcd...");
         assert_eq!(shown(&"x".repeat(100)), format!("{}...", "x".repeat(40)));
-        let err = Form::parse(b"%22%C3%A9=1&%22%C3%A9=2").unwrap_err();
+        let err = parse(b"%22%C3%A9=1&%22%C3%A9=2").unwrap_err();
         let description = err.to_string();
         assert!(
             description.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\'),

@@ -1,6 +1,8 @@
 //! What every route shares: a resource that answers 405 to the methods it does not serve,
 //! and the two fallbacks of the router.
 
+use std::borrow::Cow;
+
 use actix_web::{web, HttpResponse};
 
 use crate::http::error::ApiError;
@@ -26,6 +28,11 @@ pub fn resource(path: &'static str) -> actix_web::Resource {
 
 /// Like [`resource`], for a resource inside a scope: `path` within the scope, `label` the
 /// whole pattern.
-pub fn resource_as(path: &'static str, label: &'static str) -> actix_web::Resource {
-    web::resource(path).app_data(RouteLabel(label)).default_service(web::to(method_not_allowed))
+pub fn resource_as(
+    path: impl Into<String>,
+    label: impl Into<Cow<'static, str>>,
+) -> actix_web::Resource {
+    web::resource(path.into())
+        .app_data(RouteLabel(label.into()))
+        .default_service(web::to(method_not_allowed))
 }

@@ -391,7 +391,7 @@ async fn an_invalid_trusted_proxy_stops_startup() {
         let settings = Settings {
             listen: "127.0.0.1:0".into(),
             data_dir: data_dir.path().to_owned(),
-            root_key: Some(format!("kgr_test_{}", ulid::Ulid::new())),
+            root_key: Some(format!("kgr_test_{}", ulid::Ulid::new()).into()),
             trusted_proxies: vec!["127.0.0.1".into(), bad.into()],
             janitor_interval: 0,
             ..Settings::default()

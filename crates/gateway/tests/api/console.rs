@@ -280,6 +280,16 @@ async fn the_console_serves_sessions_events_and_webhooks_of_the_root_api() {
     assert_eq!(status, 200);
     let (status, _) = console_call(&app, &session, Method::GET, &webhook, None).await;
     assert_eq!(status, 404);
+
+    // The metrics count the console's routes and the root API's under their own patterns.
+    for (sample, count) in [
+        (r#"method="GET",route="/console/api/apps/{app_id}/webhook",status="404""#, 2.0),
+        (r#"method="POST",route="/console/api/apps/{app_id}/sessions/revoke",status="403""#, 1.0),
+        (r#"method="POST",route="/root/apps",status="201""#, 1.0),
+    ] {
+        let sample = format!("keygate_http_requests_total{{{sample}}}");
+        assert_eq!(crate::events::metric(&app, &sample).await, count, "{sample}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -357,10 +357,10 @@ async fn a_master_key_rotation_reseals_webhook_secrets() {
 
     let dir = tempfile::tempdir().unwrap();
     let (old, new) = (MasterKey::generate(), MasterKey::generate());
-    let settings = |master: &MasterKey, previous: Vec<String>| Settings {
+    let settings = |master: &MasterKey, previous: Vec<secrecy::SecretString>| Settings {
         data_dir: dir.path().to_owned(),
         root_key: Some("kgr_reseal_test_root_key_000000000000000".into()),
-        master_key: Some(master.to_base64().to_string()),
+        master_key: Some(master.to_base64().to_string().into()),
         previous_master_keys: previous,
         ..Settings::default()
     };
@@ -375,7 +375,7 @@ async fn a_master_key_rotation_reseals_webhook_secrets() {
             .unwrap();
     services.db.close().await;
 
-    let during = settings(&new, vec![old.to_base64().to_string()]);
+    let during = settings(&new, vec![old.to_base64().to_string().into()]);
     let (services, _) = Services::open(&during).await.unwrap();
     master_key::reseal_all(&services, &|_, _| {}).await.unwrap();
     services.db.close().await;

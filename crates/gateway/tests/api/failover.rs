@@ -103,8 +103,8 @@ async fn gateways(url: &str) -> (TestApp, TestApp) {
     let root_key = first.root_key.clone();
     let mut second = spawn_app_with(Backend::Sqlite, |s| {
         adjust(s, url);
-        s.master_key = Some(master.trim().to_owned());
-        s.root_key = Some(root_key);
+        s.master_key = Some(master.trim().into());
+        s.root_key = Some(root_key.into());
     })
     .await
     .unwrap();

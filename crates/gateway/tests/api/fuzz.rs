@@ -33,7 +33,7 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings {
             data_dir: dir.path().to_owned(),
-            root_key: Some(format!("kgr_fuzz_{}", ulid::Ulid::new())),
+            root_key: Some(format!("kgr_fuzz_{}", ulid::Ulid::new()).into()),
             janitor_interval: 0,
             ..Settings::default()
         };

@@ -54,7 +54,7 @@ pub async fn spawn_app_with(
         database_url,
         listen: "127.0.0.1:0".into(),
         data_dir: data_dir.path().to_owned(),
-        root_key: Some(root_key.clone()),
+        root_key: Some(root_key.clone().into()),
         workers: Some(2),
         ..Settings::default()
     };

@@ -36,8 +36,8 @@ async fn pair_with(
     let (url, root_key) = (first.database_url.clone(), first.root_key.clone());
     let mut second = spawn_app_with(Backend::Postgres, move |s| {
         s.database_url = Some(url);
-        s.master_key = Some(master.trim().to_owned());
-        s.root_key = Some(root_key);
+        s.master_key = Some(master.trim().into());
+        s.root_key = Some(root_key.into());
         s.cache_ttl = LONG_CACHE_TTL;
         adjust(s);
     })

@@ -9,6 +9,7 @@ use crate::on_both_backends;
 on_both_backends!(
     app_lifecycle,
     unknown_apps_are_404_for_root,
+    a_malformed_id_in_a_path_is_an_unknown_one_once_the_key_is_checked,
     live_sessions_are_counted_per_app,
     an_admin_finds_a_subjects_sessions_and_revokes_one_or_all,
 );
@@ -110,6 +111,45 @@ async fn unknown_apps_are_404_for_root(app: TestApp) {
         let (status, body) = parts(app.root(method, &path).send().await.unwrap()).await;
         assert_error(status, &body, 404, "not_found");
     }
+}
+
+/// A malformed id answers as an unknown one does, naming it; on a root route only once the
+/// root key is checked.
+async fn a_malformed_id_in_a_path_is_an_unknown_one_once_the_key_is_checked(app: TestApp) {
+    let missing_key = ulid::Ulid::new().to_string();
+    for (method, path, message) in [
+        (Method::GET, "/root/apps/not-an-id".to_owned(), r#"app "not-an-id" not found"#),
+        (Method::DELETE, "/root/apps/not-an-id".to_owned(), r#"app "not-an-id" not found"#),
+        (Method::GET, "/root/apps/not-an-id/events".to_owned(), r#"app "not-an-id" not found"#),
+        (Method::GET, "/root/apps/not-an-id/webhook".to_owned(), r#"app "not-an-id" not found"#),
+        (
+            Method::POST,
+            format!("/root/apps/not-an-id/keys/{missing_key}/revoke"),
+            r#"app "not-an-id" not found"#,
+        ),
+        (
+            Method::POST,
+            "/root/apps/not-an-id/keys/not-a-key/revoke".to_owned(),
+            r#"key "not-a-key" not found"#,
+        ),
+    ] {
+        let (status, body) = parts(app.root(method.clone(), &path).send().await.unwrap()).await;
+        assert_error(status, &body, 404, "not_found");
+        assert_eq!(body["message"], message, "{method} {path}");
+        let (status, body) = parts(
+            app.request(method.clone(), &path)
+                .header("Authorization", "kgr_not_the_root_key")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_error(status, &body, 403, "invalid_client");
+    }
+    let (status, body) =
+        parts(app.request(Method::GET, "/app/not-an-id/jwks.json").send().await.unwrap()).await;
+    assert_error(status, &body, 404, "not_found");
+    assert_eq!(body["message"], "no such app");
 }
 
 /// `GET /root/live-sessions`: every app, with its sessions that are neither revoked nor

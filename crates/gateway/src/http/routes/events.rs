@@ -1,39 +1,41 @@
 //! The audit trail over HTTP (root key): an app's events, and its webhook.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, Resource};
 use keygate_tenants::AppId;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::root::{app_id, under_console, under_root};
+use super::root::{under_console, under_root};
 use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{JsonBody, RootAuth};
+use crate::http::extract::{JsonBody, RootPath};
 use crate::http::resource::Answer;
 use crate::http::schema::{AppNotFound, BodyErrors, NoWebhook, RootKeyErrors};
 use crate::usecases::admin::{self, Actor, EventPage};
 use crate::usecases::webhooks::{self, WebhookSet, WebhookView};
 
-/// The audit routes, each made by `$res!(PATH)` from its path under `/root` (see
-/// `routes::root`: the console mounts them a second time).
-macro_rules! routes {
-    ($cfg:expr, $res:ident) => {
-        $cfg.service($res!("/apps/{app_id}/events").route(web::get().to(list_events))).service(
-            $res!("/apps/{app_id}/webhook")
-                .route(web::get().to(get_webhook))
-                .route(web::put().to(set_webhook))
-                .route(web::delete().to(remove_webhook)),
-        )
-    };
+// The paths of the routes, each named once: in `configure` and in the OpenAPI document.
+const EVENTS: &str = "/root/apps/{app_id}/events";
+const WEBHOOK: &str = "/root/apps/{app_id}/webhook";
+
+/// The audit routes, each made by `res` from its path (see `routes::root`: the console
+/// mounts them a second time).
+fn routes(cfg: &mut web::ServiceConfig, res: fn(&'static str) -> Resource) {
+    cfg.service(res(EVENTS).route(web::get().to(list_events))).service(
+        res(WEBHOOK)
+            .route(web::get().to(get_webhook))
+            .route(web::put().to(set_webhook))
+            .route(web::delete().to(remove_webhook)),
+    );
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    routes!(cfg, under_root);
+    routes(cfg, under_root);
 }
 
 /// The same routes inside the console's scope, as `/console/api/…`.
 pub fn configure_console(cfg: &mut web::ServiceConfig) {
-    routes!(cfg, under_console);
+    routes(cfg, under_console);
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -52,7 +54,7 @@ struct EventsQuery {
 
 /// The app's events, newest first: `?limit=` (1 to 500, default 50), `?before=` (the
 /// `next` of the previous page) and `?kind=` (one kind only).
-#[utoipa::path(get, path = "/root/apps/{app_id}/events", tag = "root",
+#[utoipa::path(get, path = EVENTS, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id."), EventsQuery),
     security(("root_key" = [])),
     responses(
@@ -64,12 +66,10 @@ struct EventsQuery {
         RootKeyErrors,
     ))]
 async fn list_events(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     request: HttpRequest,
 ) -> Answer {
-    let app_id = app_id(&path)?;
     let query = web::Query::<EventsQuery>::from_query(request.query_string()).map_err(|e| {
         ApiError::invalid("query", format!("takes only limit (1 to 500), before and kind: {e}"))
     })?;
@@ -93,7 +93,7 @@ struct Removed {
 }
 
 /// Sets the webhook with a new signing secret, shown only in this answer.
-#[utoipa::path(put, path = "/root/apps/{app_id}/webhook", tag = "root",
+#[utoipa::path(put, path = WEBHOOK, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("root_key" = [])),
     request_body = WebhookRequest,
@@ -104,17 +104,16 @@ struct Removed {
         RootKeyErrors,
     ))]
 async fn set_webhook(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     body: JsonBody<WebhookRequest>,
 ) -> Answer {
-    let set = webhooks::set(&services, app_id(&path)?, &body.0.url, Actor::Root).await?;
+    let set = webhooks::set(&services, app_id, &body.0.url, Actor::Root).await?;
     Ok(HttpResponse::Ok().json(set))
 }
 
 /// The app's webhook, without its secret.
-#[utoipa::path(get, path = "/root/apps/{app_id}/webhook", tag = "root",
+#[utoipa::path(get, path = WEBHOOK, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("root_key" = [])),
     responses(
@@ -122,16 +121,12 @@ async fn set_webhook(
         NoWebhook,
         RootKeyErrors,
     ))]
-async fn get_webhook(
-    _: RootAuth,
-    services: web::Data<Services>,
-    path: web::Path<String>,
-) -> Answer {
-    Ok(HttpResponse::Ok().json(webhooks::get(&services, app_id(&path)?).await?))
+async fn get_webhook(RootPath(app_id): RootPath<AppId>, services: web::Data<Services>) -> Answer {
+    Ok(HttpResponse::Ok().json(webhooks::get(&services, app_id).await?))
 }
 
 /// Removes the app's webhook; undelivered events are no longer sent.
-#[utoipa::path(delete, path = "/root/apps/{app_id}/webhook", tag = "root",
+#[utoipa::path(delete, path = WEBHOOK, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("root_key" = [])),
     responses(
@@ -140,11 +135,9 @@ async fn get_webhook(
         RootKeyErrors,
     ))]
 async fn remove_webhook(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
 ) -> Answer {
-    let app_id = app_id(&path)?;
     webhooks::remove(&services, app_id).await?;
     Ok(HttpResponse::Ok().json(Removed { removed: app_id }))
 }

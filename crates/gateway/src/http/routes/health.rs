@@ -8,11 +8,17 @@ use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::resource::{resource, Answer};
 
+// The paths of the routes, each named once: in `configure` and in the OpenAPI document.
+const HEALTHZ: &str = "/healthz";
+const PING: &str = "/ping";
+const HEALTH: &str = "/health";
+const READYZ: &str = "/readyz";
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    for path in ["/healthz", "/ping", "/health"] {
+    for path in [HEALTHZ, PING, HEALTH] {
         cfg.service(resource(path).route(web::get().to(alive)));
     }
-    cfg.service(resource("/readyz").route(web::get().to(ready)));
+    cfg.service(resource(READYZ).route(web::get().to(ready)));
 }
 
 /// The process runs.
@@ -33,12 +39,12 @@ struct Ready {
 }
 
 /// The process runs.
-#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations",
+#[utoipa::path(get, path = HEALTHZ, operation_id = "healthz", tag = "operations",
     responses((status = 200, description = "The process runs.", body = Alive)))]
-#[utoipa::path(get, path = "/ping", operation_id = "ping", tag = "operations", impl_for = Ping,
+#[utoipa::path(get, path = PING, operation_id = "ping", tag = "operations", impl_for = Ping,
     description = "An alias of `/healthz`, kept for JWTPlus clients.",
     responses((status = 200, description = "The process runs.", body = Alive)))]
-#[utoipa::path(get, path = "/health", operation_id = "health", tag = "operations", impl_for = Health,
+#[utoipa::path(get, path = HEALTH, operation_id = "health", tag = "operations", impl_for = Health,
     description = "An alias of `/healthz`, kept for JWTPlus clients.",
     responses((status = 200, description = "The process runs.", body = Alive)))]
 async fn alive() -> HttpResponse {
@@ -50,7 +56,7 @@ pub(super) struct Ping;
 pub(super) struct Health;
 
 /// The database answers.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = READYZ, tag = "operations",
     responses(
         (status = 200, description = "The database answers.", body = Ready),
         (status = 503, description = "`unavailable`: the database does not answer.",

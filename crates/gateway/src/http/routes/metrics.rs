@@ -6,12 +6,15 @@ use actix_web::{web, HttpResponse};
 use crate::bootstrap::Services;
 use crate::http::resource::resource;
 
+// The path of the route, named once: in `configure` and in the OpenAPI document.
+const METRICS: &str = "/metrics";
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/metrics").route(web::get().to(metrics)));
+    cfg.service(resource(METRICS).route(web::get().to(metrics)));
 }
 
 /// Every metric of this gateway (see `docs/operations.md`, "Metrics and alerts").
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = METRICS, tag = "operations",
     responses((status = 200, description = "Prometheus' text exposition format (0.0.4).",
         content_type = "text/plain", body = String)))]
 async fn metrics(services: web::Data<Services>) -> HttpResponse {

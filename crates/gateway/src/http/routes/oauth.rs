@@ -8,18 +8,25 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use keygate_sessions::Introspected;
 use keygate_tenants::AppId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::bootstrap::Services;
 use crate::clock;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::direct_renew_input;
-use crate::http::oauth::{authenticate, no_store, Form, OAuthError};
+use crate::http::extract::{direct_renew_input, PathOf};
+use crate::http::oauth::{authenticate, no_store, present, required, ClientForm, Form, OAuthError};
 use crate::http::resource::{resource, Answer};
 use crate::http::schema::{OAuthErrors, ServerErrors};
 use crate::metrics::{RenewCount, RevokeReason};
+
+// The paths of the routes, each named once: in `configure` and in the OpenAPI document.
+const TOKEN: &str = "/app/{app_id}/oauth/token";
+const REVOKE: &str = "/app/{app_id}/oauth/revoke";
+const INTROSPECT: &str = "/app/{app_id}/oauth/introspect";
+const METADATA: &str = "/app/{app_id}/.well-known/oauth-authorization-server";
+const METADATA_BY_ISSUER: &str = "/.well-known/oauth-authorization-server/app/{app_id}";
 
 /// `Cache-Control` of the metadata document.
 const METADATA_MAX_AGE: &str = "public, max-age=300";
@@ -27,29 +34,28 @@ const METADATA_MAX_AGE: &str = "public, max-age=300";
 const AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/app/{app_id}/oauth/token").route(web::post().to(token)))
-        .service(resource("/app/{app_id}/oauth/revoke").route(web::post().to(revoke)))
-        .service(resource("/app/{app_id}/oauth/introspect").route(web::post().to(introspect)))
-        .service(
-            resource("/app/{app_id}/.well-known/oauth-authorization-server")
-                .route(web::get().to(metadata)),
-        )
-        .service(
-            resource("/.well-known/oauth-authorization-server/app/{app_id}")
-                .route(web::get().to(metadata)),
-        );
+    cfg.service(resource(TOKEN).route(web::post().to(token)))
+        .service(resource(REVOKE).route(web::post().to(revoke)))
+        .service(resource(INTROSPECT).route(web::post().to(introspect)))
+        .service(resource(METADATA).route(web::get().to(metadata)))
+        .service(resource(METADATA_BY_ISSUER).route(web::get().to(metadata)));
 }
 
 type OAuthAnswer = Result<HttpResponse, OAuthError>;
 
+// A required parameter that is absent reads as empty (`serde(default)`), and the handler
+// refuses it as missing once the client is authenticated.
+
 /// The form of the token endpoint.
-#[derive(ToSchema)]
-#[allow(dead_code)] // documents the form that `Form` reads
+#[derive(Deserialize, ToSchema)]
 struct TokenForm {
     /// Only `refresh_token`.
-    #[schema(example = "refresh_token")]
+    #[serde(default)]
+    #[schema(required = true, example = "refresh_token")]
     grant_type: String,
     /// The refresh token.
+    #[serde(default)]
+    #[schema(required = true)]
     refresh_token: String,
     /// Refused when not empty: keygate has no scopes.
     scope: Option<String>,
@@ -60,17 +66,39 @@ struct TokenForm {
 }
 
 /// The form of the revocation and introspection endpoints.
-#[derive(ToSchema)]
-#[allow(dead_code)] // documents the form that `Form` reads
+#[derive(Deserialize, ToSchema)]
 struct TokenHintForm {
     /// An auth (access) or refresh token of this app.
+    #[serde(default)]
+    #[schema(required = true)]
     token: String,
     /// `access_token` or `refresh_token`; both kinds are looked for whatever it says.
+    #[expect(dead_code, reason = "a hint the server may ignore (RFC 7009 §2.1)")]
     token_type_hint: Option<String>,
     /// The app id, with `client_secret` (`client_secret_post`).
     client_id: Option<String>,
     /// The app key (`client_secret_post`).
     client_secret: Option<String>,
+}
+
+impl ClientForm for TokenForm {
+    fn client_id(&self) -> Option<&str> {
+        present(&self.client_id)
+    }
+
+    fn client_secret(&self) -> Option<&str> {
+        present(&self.client_secret)
+    }
+}
+
+impl ClientForm for TokenHintForm {
+    fn client_id(&self) -> Option<&str> {
+        present(&self.client_id)
+    }
+
+    fn client_secret(&self) -> Option<&str> {
+        present(&self.client_secret)
+    }
 }
 
 /// An RFC 6749 §5.1 token response.
@@ -92,7 +120,7 @@ struct TokenResponse {
 /// `reuse_grace` from the same `User-Agent`, and any other spent one is reuse, which
 /// revokes the session. The renew's `ip` is the caller's address, its `useragent` the
 /// request's `User-Agent`.
-#[utoipa::path(post, path = "/app/{app_id}/oauth/token", tag = "oauth",
+#[utoipa::path(post, path = TOKEN, tag = "oauth",
     params(("app_id" = AppId, Path, description = "The app's id: the client id.")),
     security(("client_secret_basic" = []), ()),
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
@@ -101,13 +129,17 @@ struct TokenResponse {
             headers(("Cache-Control" = String, description = "`no-store`"))),
         OAuthErrors,
     ))]
-async fn token(services: web::Data<Services>, request: HttpRequest, form: Form) -> OAuthAnswer {
+async fn token(
+    services: web::Data<Services>,
+    request: HttpRequest,
+    Form(form): Form<TokenForm>,
+) -> OAuthAnswer {
     let app = authenticate(&request, &services, &form).await?;
-    if form.require("grant_type")? != "refresh_token" {
+    if required("grant_type", &form.grant_type)? != "refresh_token" {
         return Err(OAuthError::UnsupportedGrantType);
     }
-    let refresh_token = form.require("refresh_token")?.to_owned();
-    if form.get("scope").is_some() {
+    let refresh_token = required("refresh_token", &form.refresh_token)?.to_owned();
+    if present(&form.scope).is_some() {
         return Err(OAuthError::InvalidScope);
     }
     // Only the refresh token comes from the client; the address and user agent are ours.
@@ -136,7 +168,7 @@ async fn token(services: web::Data<Services>, request: HttpRequest, form: Form) 
 ///
 /// An unknown, malformed, expired or other app's token is answered 200 too, and changes
 /// nothing (§2.2).
-#[utoipa::path(post, path = "/app/{app_id}/oauth/revoke", tag = "oauth",
+#[utoipa::path(post, path = REVOKE, tag = "oauth",
     params(("app_id" = AppId, Path, description = "The app's id: the client id.")),
     security(("client_secret_basic" = []), ()),
     request_body(content = TokenHintForm, content_type = "application/x-www-form-urlencoded"),
@@ -144,9 +176,13 @@ async fn token(services: web::Data<Services>, request: HttpRequest, form: Form) 
         (status = 200, description = "Done; the body is empty."),
         OAuthErrors,
     ))]
-async fn revoke(services: web::Data<Services>, request: HttpRequest, form: Form) -> OAuthAnswer {
+async fn revoke(
+    services: web::Data<Services>,
+    request: HttpRequest,
+    Form(form): Form<TokenHintForm>,
+) -> OAuthAnswer {
     let app = authenticate(&request, &services, &form).await?;
-    let token = form.require("token")?;
+    let token = required("token", &form.token)?;
     let revoked = services.sessions.revoke_token(&app.app, token, clock::now()).await?;
     services.metrics.sessions_revoked(RevokeReason::Logout, revoked);
     Ok(no_store(HttpResponse::Ok()).finish())
@@ -192,7 +228,7 @@ struct Introspection {
 /// Active: an auth token of this app within its lifetime whose session is live, or the
 /// current refresh token of a live session. Anything else, including a token of another
 /// app, is `{"active": false}`. Nothing changes: no rotation, no reuse detection.
-#[utoipa::path(post, path = "/app/{app_id}/oauth/introspect", tag = "oauth",
+#[utoipa::path(post, path = INTROSPECT, tag = "oauth",
     params(("app_id" = AppId, Path, description = "The app's id: the client id.")),
     security(("client_secret_basic" = []), ()),
     request_body(content = TokenHintForm, content_type = "application/x-www-form-urlencoded"),
@@ -203,10 +239,10 @@ struct Introspection {
 async fn introspect(
     services: web::Data<Services>,
     request: HttpRequest,
-    form: Form,
+    Form(form): Form<TokenHintForm>,
 ) -> OAuthAnswer {
     let app = authenticate(&request, &services, &form).await?;
-    let token = form.require("token")?;
+    let token = required("token", &form.token)?;
     let client_id = Some(app.app.app_id.to_string());
     let answer = match services.sessions.introspect(&app.app, token, clock::now()).await? {
         None => Introspection::default(),
@@ -266,7 +302,7 @@ struct Metadata {
 /// `/.well-known/oauth-authorization-server/app/{app_id}`, the URL that RFC 8414 §3.1
 /// derives from the issuer. The URLs are built on the gateway's `public_url` setting,
 /// without which there is no metadata (404).
-#[utoipa::path(get, path = "/app/{app_id}/.well-known/oauth-authorization-server",
+#[utoipa::path(get, path = METADATA,
     operation_id = "metadata", tag = "oauth",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     responses(
@@ -276,7 +312,7 @@ struct Metadata {
             gateway has no `public_url`.", body = ErrorBody),
         ServerErrors,
     ))]
-#[utoipa::path(get, path = "/.well-known/oauth-authorization-server/app/{app_id}",
+#[utoipa::path(get, path = METADATA_BY_ISSUER,
     operation_id = "metadata_by_issuer", tag = "oauth", impl_for = MetadataByIssuer,
     description = "The same document, at the URL that RFC 8414 §3.1 derives from the issuer.",
     params(("app_id" = AppId, Path, description = "The app's id.")),
@@ -287,14 +323,14 @@ struct Metadata {
             gateway has no `public_url`.", body = ErrorBody),
         ServerErrors,
     ))]
-async fn metadata(services: web::Data<Services>, path: web::Path<String>) -> Answer {
+async fn metadata(services: web::Data<Services>, PathOf(app_id): PathOf<Option<AppId>>) -> Answer {
     let Some(public_url) = &services.public_url else {
         return Err(ApiError::NotFound(
             "no OAuth metadata: the gateway's public_url is not set".into(),
         ));
     };
     let unknown = || ApiError::NotFound("no such app".into());
-    let app_id: AppId = path.parse().map_err(|_| unknown())?;
+    let app_id = app_id.ok_or_else(unknown)?;
     services.tenants.app(app_id).await?.ok_or_else(unknown)?;
     let base = format!("{public_url}/app/{app_id}");
     let document = Metadata {

@@ -17,6 +17,9 @@ use super::{events, health, metrics, oauth, published, root, sessions};
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::resource::{resource, Answer};
 
+// The path of the route, named once: in `configure` and in the OpenAPI document.
+const OPENAPI: &str = "/openapi.json";
+
 /// The security scheme of the tenant endpoints (`security(("app_key" = []))`).
 const APP_KEY: &str = "app_key";
 /// The security scheme of the root endpoints (`security(("root_key" = []))`).
@@ -192,13 +195,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     if let Err(e) = &*DOCUMENT {
         tracing::error!(error = %e, "the OpenAPI document could not be built");
     }
-    cfg.service(resource("/openapi.json").route(web::get().to(serve)));
+    cfg.service(resource(OPENAPI).route(web::get().to(serve)));
 }
 
 /// This document.
 #[utoipa::path(
     get,
-    path = "/openapi.json",
+    path = OPENAPI,
     tag = "operations",
     responses(
         (status = 200, description = "The OpenAPI 3.1 description of this API.",

@@ -9,15 +9,20 @@ use utoipa::ToSchema;
 
 use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::AppAuth;
+use crate::http::extract::{AppAuth, PathOf};
 use crate::http::resource::{resource, Answer};
 use crate::http::schema::{AppKeyErrors, ServerErrors};
 use crate::usecases::UseCaseError;
 
+// The paths of the routes, each named once: in `configure` and in the OpenAPI document.
+const JWKS: &str = "/app/{app_id}/jwks.json";
+const PUB_KEYS: &str = "/app/{app_id}/pub-keys";
+const APP: &str = "/app/{app_id}";
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/app/{app_id}/jwks.json").route(web::get().to(jwks)))
-        .service(resource("/app/{app_id}/pub-keys").route(web::get().to(pub_keys)))
-        .service(resource("/app/{app_id}").route(web::get().to(app_settings)));
+    cfg.service(resource(JWKS).route(web::get().to(jwks)))
+        .service(resource(PUB_KEYS).route(web::get().to(pub_keys)))
+        .service(resource(APP).route(web::get().to(app_settings)));
 }
 
 /// The app's published keys (`next`, `active`, `retired`).
@@ -29,7 +34,7 @@ struct PublishedKeys<'a> {
 /// The app's published keys as an RFC 7517 key set; public, and cacheable.
 ///
 /// The keys in states `next`, `active` and `retired`; never `revoked` ones.
-#[utoipa::path(get, path = "/app/{app_id}/jwks.json", tag = "app",
+#[utoipa::path(get, path = JWKS, tag = "app",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     responses(
         (status = 200, description = "An RFC 7517 JWKS.", body = Jwks,
@@ -38,9 +43,9 @@ struct PublishedKeys<'a> {
             body = ErrorBody),
         ServerErrors,
     ))]
-async fn jwks(services: web::Data<Services>, path: web::Path<String>) -> Answer {
+async fn jwks(services: web::Data<Services>, PathOf(app_id): PathOf<Option<AppId>>) -> Answer {
     let unknown = || ApiError::NotFound("no such app".into());
-    let app_id: AppId = path.parse().map_err(|_| unknown())?;
+    let app_id = app_id.ok_or_else(unknown)?;
     services.tenants.app(app_id).await?.ok_or_else(unknown)?;
     let keys = services.keyring.keys(app_id).await.map_err(UseCaseError::from)?;
     Ok(HttpResponse::Ok()
@@ -52,7 +57,7 @@ async fn jwks(services: web::Data<Services>, path: web::Path<String>) -> Answer 
 }
 
 /// The app's published keys, as base64 of their SubjectPublicKeyInfo PEM.
-#[utoipa::path(get, path = "/app/{app_id}/pub-keys", tag = "app",
+#[utoipa::path(get, path = PUB_KEYS, tag = "app",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
     responses(
@@ -65,7 +70,7 @@ async fn pub_keys(services: web::Data<Services>, auth: AppAuth) -> Answer {
 }
 
 /// The app's settings, without secrets.
-#[utoipa::path(get, path = "/app/{app_id}", tag = "app",
+#[utoipa::path(get, path = APP, tag = "app",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
     responses(

@@ -1,6 +1,6 @@
 //! The root API (root key): apps, their app keys, signing keys and sessions.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, Resource};
 use keygate_keyring::{KeyId, Revocation, Rotation};
 use keygate_tenants::{App, AppId, SettingsPatch};
 use serde::{Deserialize, Serialize};
@@ -9,61 +9,64 @@ use utoipa::ToSchema;
 use super::sessions::{RevokeRequest, SessionList, SubjectQuery};
 use crate::bootstrap::Services;
 use crate::clock;
-use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{JsonBody, OptionalJsonBody, RootAuth};
-use crate::http::resource::Answer;
+use crate::http::error::ErrorBody;
+use crate::http::extract::{JsonBody, OptionalJsonBody, RootAuth, RootPath};
+use crate::http::resource::{resource, resource_as, Answer};
 use crate::http::schema::{AppNotFound, BodyErrors, RevokedCount, RootKeyErrors};
 use crate::usecases::admin::{self, Actor, CreatedApp, KeyView, RotatedAppKey};
 
-/// The root API's resources, each made by `$res!(PATH)` from its path under `/root`.
-macro_rules! routes {
-    ($cfg:expr, $res:ident) => {
-        $cfg.service(
-            $res!("/apps").route(web::get().to(list_apps)).route(web::post().to(create_app)),
-        )
-        .service($res!("/live-sessions").route(web::get().to(live_sessions)))
+// The paths of the routes, each named once: in `configure` and in the OpenAPI document.
+const APPS: &str = "/root/apps";
+const LIVE_SESSIONS: &str = "/root/live-sessions";
+const APP: &str = "/root/apps/{app_id}";
+const APP_SESSIONS: &str = "/root/apps/{app_id}/sessions";
+const REVOKE_SESSIONS: &str = "/root/apps/{app_id}/sessions/revoke";
+const ROTATE_APP_KEY: &str = "/root/apps/{app_id}/rotate-app-key";
+const KEYS: &str = "/root/apps/{app_id}/keys";
+const ROTATE_KEYS: &str = "/root/apps/{app_id}/keys/rotate";
+const REVOKE_KEY: &str = "/root/apps/{app_id}/keys/{key_id}/revoke";
+
+/// The root API's resources, each made by `res` from its path.
+fn routes(cfg: &mut web::ServiceConfig, res: fn(&'static str) -> Resource) {
+    cfg.service(res(APPS).route(web::get().to(list_apps)).route(web::post().to(create_app)))
+        .service(res(LIVE_SESSIONS).route(web::get().to(live_sessions)))
         .service(
-            $res!("/apps/{app_id}")
+            res(APP)
                 .route(web::get().to(get_app))
                 .route(web::patch().to(update_app))
                 .route(web::delete().to(delete_app)),
         )
         .service(
-            $res!("/apps/{app_id}/sessions")
+            res(APP_SESSIONS)
                 .route(web::get().to(list_sessions))
                 .route(web::delete().to(revoke_sessions)),
         )
-        .service($res!("/apps/{app_id}/sessions/revoke").route(web::post().to(revoke_some)))
-        .service($res!("/apps/{app_id}/rotate-app-key").route(web::post().to(rotate_app_key)))
-        .service($res!("/apps/{app_id}/keys").route(web::get().to(list_keys)))
-        .service($res!("/apps/{app_id}/keys/rotate").route(web::post().to(rotate_keys)))
-        .service($res!("/apps/{app_id}/keys/{key_id}/revoke").route(web::post().to(revoke_key)))
-    };
+        .service(res(REVOKE_SESSIONS).route(web::post().to(revoke_some)))
+        .service(res(ROTATE_APP_KEY).route(web::post().to(rotate_app_key)))
+        .service(res(KEYS).route(web::get().to(list_keys)))
+        .service(res(ROTATE_KEYS).route(web::post().to(rotate_keys)))
+        .service(res(REVOKE_KEY).route(web::post().to(revoke_key)));
 }
 
-macro_rules! under_root {
-    ($path:literal) => {
-        crate::http::resource::resource(concat!("/root", $path))
-    };
+/// The resource of a root route at its path, `/root/…`.
+pub(super) fn under_root(path: &'static str) -> Resource {
+    resource(path)
 }
-pub(super) use under_root;
 
-/// Inside the `/console` scope, as `/console/api/…`.
-macro_rules! under_console {
-    ($path:literal) => {
-        crate::http::resource::resource_as(concat!("/api", $path), concat!("/console/api", $path))
-    };
+/// The resource of a root route inside the `/console` scope, as `/console/api/…`.
+pub(super) fn under_console(path: &'static str) -> Resource {
+    let within_root = path.strip_prefix("/root").unwrap_or(path);
+    resource_as(format!("/api{within_root}"), format!("/console/api{within_root}"))
 }
-pub(super) use under_console;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    routes!(cfg, under_root);
+    routes(cfg, under_root);
 }
 
 /// The same API for the console, inside its scope: the handlers' [`RootAuth`] then takes a
 /// console session (see `http::console`).
 pub fn configure_console(cfg: &mut web::ServiceConfig) {
-    routes!(cfg, under_console);
+    routes(cfg, under_console);
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -102,13 +105,8 @@ struct KeyList {
     keys: Vec<KeyView>,
 }
 
-/// The app id of a root route's path; a malformed one is an unknown app (404).
-pub(super) fn app_id(raw: &str) -> Result<AppId, ApiError> {
-    raw.parse().map_err(|_| ApiError::NotFound(format!("app {raw:?} not found")))
-}
-
 /// Every app.
-#[utoipa::path(get, path = "/root/apps", tag = "root",
+#[utoipa::path(get, path = APPS, tag = "root",
     security(("root_key" = [])),
     responses((status = 200, description = "Every app.", body = AppList), RootKeyErrors))]
 async fn list_apps(_: RootAuth, services: web::Data<Services>) -> Answer {
@@ -117,7 +115,7 @@ async fn list_apps(_: RootAuth, services: web::Data<Services>) -> Answer {
 
 /// How many live sessions each app has. One scan of the live sessions: for a console or a
 /// dashboard, not for every request.
-#[utoipa::path(get, path = "/root/live-sessions", tag = "root",
+#[utoipa::path(get, path = LIVE_SESSIONS, tag = "root",
     security(("root_key" = [])),
     responses((status = 200, description = "Live sessions by app.", body = LiveSessions),
         RootKeyErrors))]
@@ -127,7 +125,7 @@ async fn live_sessions(_: RootAuth, services: web::Data<Services>) -> Answer {
 }
 
 /// Creates an app with its active and next signing keys. The app key is shown only here.
-#[utoipa::path(post, path = "/root/apps", tag = "root",
+#[utoipa::path(post, path = APPS, tag = "root",
     security(("root_key" = [])),
     request_body(content = SettingsPatch, description = "A name, which is required here, and \
         any other settings (absent ones take their default)."),
@@ -147,7 +145,7 @@ async fn create_app(
 }
 
 /// An app's settings.
-#[utoipa::path(get, path = "/root/apps/{app_id}", tag = "root",
+#[utoipa::path(get, path = APP, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("root_key" = [])),
     responses(
@@ -155,13 +153,13 @@ async fn create_app(
         AppNotFound,
         RootKeyErrors,
     ))]
-async fn get_app(_: RootAuth, services: web::Data<Services>, path: web::Path<String>) -> Answer {
-    let record = admin::get_app(&services, app_id(&path)?).await?;
+async fn get_app(RootPath(app_id): RootPath<AppId>, services: web::Data<Services>) -> Answer {
+    let record = admin::get_app(&services, app_id).await?;
     Ok(HttpResponse::Ok().json(record.app))
 }
 
 /// Changes an app's settings; absent fields keep their value.
-#[utoipa::path(patch, path = "/root/apps/{app_id}", tag = "root",
+#[utoipa::path(patch, path = APP, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("root_key" = [])),
     request_body = SettingsPatch,
@@ -172,18 +170,16 @@ async fn get_app(_: RootAuth, services: web::Data<Services>, path: web::Path<Str
         RootKeyErrors,
     ))]
 async fn update_app(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     body: JsonBody<SettingsPatch>,
 ) -> Answer {
-    let app =
-        admin::update_app(&services, app_id(&path)?, &body.0, Actor::Root, clock::now()).await?;
+    let app = admin::update_app(&services, app_id, &body.0, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(app))
 }
 
 /// Deletes an app, with its keys and sessions.
-#[utoipa::path(delete, path = "/root/apps/{app_id}", tag = "root",
+#[utoipa::path(delete, path = APP, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("root_key" = [])),
     responses(
@@ -191,14 +187,13 @@ async fn update_app(
         AppNotFound,
         RootKeyErrors,
     ))]
-async fn delete_app(_: RootAuth, services: web::Data<Services>, path: web::Path<String>) -> Answer {
-    let app_id = app_id(&path)?;
+async fn delete_app(RootPath(app_id): RootPath<AppId>, services: web::Data<Services>) -> Answer {
     admin::delete_app(&services, app_id, Actor::Root).await?;
     Ok(HttpResponse::Ok().json(Deleted { deleted: app_id }))
 }
 
 /// Replaces an app's app key; with a `grace`, the previous one keeps working that long.
-#[utoipa::path(post, path = "/root/apps/{app_id}/rotate-app-key", tag = "root",
+#[utoipa::path(post, path = ROTATE_APP_KEY, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("root_key" = [])),
     request_body(content = Option<RotateAppKeyRequest>, description = "Optional: an empty \
@@ -210,19 +205,18 @@ async fn delete_app(_: RootAuth, services: web::Data<Services>, path: web::Path<
         RootKeyErrors,
     ))]
 async fn rotate_app_key(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     body: OptionalJsonBody<RotateAppKeyRequest>,
 ) -> Answer {
     let grace = body.0.unwrap_or_default().grace;
     let rotated =
-        admin::rotate_app_key(&services, app_id(&path)?, grace, Actor::Root, clock::now()).await?;
+        admin::rotate_app_key(&services, app_id, grace, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(rotated))
 }
 
 /// Every signing key of an app, in every state.
-#[utoipa::path(get, path = "/root/apps/{app_id}/keys", tag = "root",
+#[utoipa::path(get, path = KEYS, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("root_key" = [])),
     responses(
@@ -230,14 +224,14 @@ async fn rotate_app_key(
         AppNotFound,
         RootKeyErrors,
     ))]
-async fn list_keys(_: RootAuth, services: web::Data<Services>, path: web::Path<String>) -> Answer {
-    let keys = admin::list_keys(&services, app_id(&path)?).await?;
+async fn list_keys(RootPath(app_id): RootPath<AppId>, services: web::Data<Services>) -> Answer {
+    let keys = admin::list_keys(&services, app_id).await?;
     Ok(HttpResponse::Ok().json(KeyList { keys }))
 }
 
 /// A planned rotation: promotes the next key, retires the active one, publishes a new next
 /// key.
-#[utoipa::path(post, path = "/root/apps/{app_id}/keys/rotate", tag = "root",
+#[utoipa::path(post, path = ROTATE_KEYS, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("root_key" = [])),
     responses(
@@ -245,17 +239,13 @@ async fn list_keys(_: RootAuth, services: web::Data<Services>, path: web::Path<S
         AppNotFound,
         RootKeyErrors,
     ))]
-async fn rotate_keys(
-    _: RootAuth,
-    services: web::Data<Services>,
-    path: web::Path<String>,
-) -> Answer {
-    let rotation = admin::rotate_keys(&services, app_id(&path)?, Actor::Root, clock::now()).await?;
+async fn rotate_keys(RootPath(app_id): RootPath<AppId>, services: web::Data<Services>) -> Answer {
+    let rotation = admin::rotate_keys(&services, app_id, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(rotation))
 }
 
 /// Revokes a signing key at once; revoking the active key promotes the published next key.
-#[utoipa::path(post, path = "/root/apps/{app_id}/keys/{key_id}/revoke", tag = "root",
+#[utoipa::path(post, path = REVOKE_KEY, tag = "root",
     params(
         ("app_id" = AppId, Path, description = "The app's id."),
         ("key_id" = KeyId, Path, description = "The signing key's id."),
@@ -270,20 +260,16 @@ async fn rotate_keys(
         RootKeyErrors,
     ))]
 async fn revoke_key(
-    _: RootAuth,
+    RootPath((app_id, key_id)): RootPath<(AppId, KeyId)>,
     services: web::Data<Services>,
-    path: web::Path<(String, String)>,
 ) -> Answer {
-    let (raw_app, raw_key) = path.into_inner();
-    let key_id: KeyId =
-        raw_key.parse().map_err(|_| ApiError::NotFound(format!("key {raw_key:?} not found")))?;
     let revocation =
-        admin::revoke_key(&services, app_id(&raw_app)?, key_id, Actor::Root, clock::now()).await?;
+        admin::revoke_key(&services, app_id, key_id, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(revocation))
 }
 
 /// Revokes every live session of an app.
-#[utoipa::path(delete, path = "/root/apps/{app_id}/sessions", tag = "root",
+#[utoipa::path(delete, path = APP_SESSIONS, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("root_key" = [])),
     responses(
@@ -292,18 +278,17 @@ async fn revoke_key(
         RootKeyErrors,
     ))]
 async fn revoke_sessions(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
 ) -> Answer {
     let revoked =
-        admin::revoke_sessions(&services, app_id(&path)?, None, Actor::Root, clock::now()).await?;
+        admin::revoke_sessions(&services, app_id, None, Actor::Root, clock::now()).await?;
     Ok(HttpResponse::Ok().json(RevokedCount { revoked }))
 }
 
 /// A subject's live sessions in an app, oldest first: `?sub=` (required, the only
 /// parameter).
-#[utoipa::path(get, path = "/root/apps/{app_id}/sessions", tag = "root",
+#[utoipa::path(get, path = APP_SESSIONS, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id."), SubjectQuery),
     security(("root_key" = [])),
     responses(
@@ -314,12 +299,10 @@ async fn revoke_sessions(
         RootKeyErrors,
     ))]
 async fn list_sessions(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     request: HttpRequest,
 ) -> Answer {
-    let app_id = app_id(&path)?;
     let sub = SubjectQuery::of(&request)?;
     let sessions = admin::list_sessions(&services, app_id, &sub, clock::now()).await?;
     Ok(HttpResponse::Ok().json(SessionList { sessions }))
@@ -327,7 +310,7 @@ async fn list_sessions(
 
 /// Revokes one session of an app (`session_id`), or every session of one of its subjects
 /// (`sub`): exactly one of the two.
-#[utoipa::path(post, path = "/root/apps/{app_id}/sessions/revoke", tag = "root",
+#[utoipa::path(post, path = REVOKE_SESSIONS, tag = "root",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("root_key" = [])),
     request_body = RevokeRequest,
@@ -338,12 +321,10 @@ async fn list_sessions(
         RootKeyErrors,
     ))]
 async fn revoke_some(
-    _: RootAuth,
+    RootPath(app_id): RootPath<AppId>,
     services: web::Data<Services>,
-    path: web::Path<String>,
     body: JsonBody<RevokeRequest>,
 ) -> Answer {
-    let app_id = app_id(&path)?;
     let target = body.0.target()?;
     let revoked =
         admin::revoke_sessions(&services, app_id, Some(target), Actor::Root, clock::now()).await?;

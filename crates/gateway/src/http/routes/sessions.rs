@@ -17,14 +17,23 @@ use crate::http::schema::{AppKeyErrors, BodyErrors, RevokedCount};
 use crate::metrics::{RenewCount, RevokeReason};
 use crate::usecases::admin::{self, Actor, SessionTarget};
 
+// The paths of the routes, each named once: in `configure` and in the OpenAPI document.
+const SIGN: &str = "/app/{app_id}/sign";
+const RENEW: &str = "/app/{app_id}/renew";
+const VERIFY: &str = "/app/{app_id}/verify";
+const LOGOUT: &str = "/app/{app_id}/logout";
+const REVOKE: &str = "/app/{app_id}/revoke";
+const GET_SESSION: &str = "/app/{app_id}/get-session";
+const SESSIONS: &str = "/app/{app_id}/sessions";
+
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/app/{app_id}/sign").route(web::post().to(sign)))
-        .service(resource("/app/{app_id}/renew").route(web::post().to(renew)))
-        .service(resource("/app/{app_id}/verify").route(web::post().to(verify)))
-        .service(resource("/app/{app_id}/logout").route(web::post().to(logout)))
-        .service(resource("/app/{app_id}/revoke").route(web::post().to(revoke)))
-        .service(resource("/app/{app_id}/get-session").route(web::post().to(get_session)))
-        .service(resource("/app/{app_id}/sessions").route(web::get().to(list_sessions)));
+    cfg.service(resource(SIGN).route(web::post().to(sign)))
+        .service(resource(RENEW).route(web::post().to(renew)))
+        .service(resource(VERIFY).route(web::post().to(verify)))
+        .service(resource(LOGOUT).route(web::post().to(logout)))
+        .service(resource(REVOKE).route(web::post().to(revoke)))
+        .service(resource(GET_SESSION).route(web::post().to(get_session)))
+        .service(resource(SESSIONS).route(web::get().to(list_sessions)));
 }
 
 type Body = JsonBody<Map<String, Value>>;
@@ -64,7 +73,7 @@ pub(super) struct SessionList {
 ///
 /// With `max_sessions_per_sub` > 0, opening one session too many revokes the subject's
 /// oldest.
-#[utoipa::path(post, path = "/app/{app_id}/sign", tag = "tokens",
+#[utoipa::path(post, path = SIGN, tag = "tokens",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
     request_body = SignInput,
@@ -86,7 +95,7 @@ async fn sign(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answe
 /// The previous refresh token, again within `reuse_grace` seconds and from the same
 /// `useragent`, is answered as a retry with the session's current tokens; any other
 /// earlier token of the session is reuse, and revokes it.
-#[utoipa::path(post, path = "/app/{app_id}/renew", tag = "tokens",
+#[utoipa::path(post, path = RENEW, tag = "tokens",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
     request_body = RenewInput,
@@ -107,7 +116,7 @@ async fn renew(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answ
 }
 
 /// Verifies an auth token of this app, and that its session is live.
-#[utoipa::path(post, path = "/app/{app_id}/verify", tag = "tokens",
+#[utoipa::path(post, path = VERIFY, tag = "tokens",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
     request_body = TokenRequest,
@@ -124,7 +133,7 @@ async fn verify(services: web::Data<Services>, auth: AppAuth, body: Body) -> Ans
 }
 
 /// Revokes the session of a token (an auth or a refresh token of this app, even expired).
-#[utoipa::path(post, path = "/app/{app_id}/logout", tag = "tokens",
+#[utoipa::path(post, path = LOGOUT, tag = "tokens",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
     request_body = TokenRequest,
@@ -174,7 +183,7 @@ impl RevokeRequest {
 }
 
 /// Revokes one session, or every session of a subject.
-#[utoipa::path(post, path = "/app/{app_id}/revoke", tag = "tokens",
+#[utoipa::path(post, path = REVOKE, tag = "tokens",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
     request_body = RevokeRequest,
@@ -235,7 +244,7 @@ async fn sessions_of(services: &Services, auth: &AppAuth, sub: &str) -> Answer {
 }
 
 /// The subject's live sessions, oldest first.
-#[utoipa::path(post, path = "/app/{app_id}/get-session", tag = "tokens",
+#[utoipa::path(post, path = GET_SESSION, tag = "tokens",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
     request_body = SubjectQuery,
@@ -253,7 +262,7 @@ async fn get_session(
 }
 
 /// The subject's live sessions, oldest first.
-#[utoipa::path(get, path = "/app/{app_id}/sessions", tag = "tokens",
+#[utoipa::path(get, path = SESSIONS, tag = "tokens",
     params(("app_id" = AppId, Path, description = "The app's id."), SubjectQuery),
     security(("app_key" = [])),
     responses(
