@@ -7,7 +7,6 @@ use serde_json::json;
 use super::key::print_keys;
 use super::output::{format_secs, format_time, print_json_or, table};
 use crate::bootstrap::Services;
-use crate::clock;
 use crate::usecases::admin::{self, Actor};
 
 #[derive(Debug, Subcommand)]
@@ -143,7 +142,7 @@ pub(super) fn parse_duration(value: &str) -> Result<i64, String> {
 }
 
 pub async fn run(services: &Services, command: AppCommand, json: bool) -> anyhow::Result<()> {
-    let now = clock::now();
+    let now = services.clock.now();
     match command {
         AppCommand::Create { name, settings } => {
             let created =

@@ -6,7 +6,6 @@ use serde_json::json;
 
 use super::output::{format_time, print_json_or, table};
 use crate::bootstrap::Services;
-use crate::clock;
 use crate::usecases::admin::{self, Actor, KeyView};
 use crate::usecases::UseCaseError;
 
@@ -21,7 +20,7 @@ pub enum KeysCommand {
 }
 
 pub async fn run(services: &Services, command: KeysCommand, json: bool) -> anyhow::Result<()> {
-    let now = clock::now();
+    let now = services.clock.now();
     match command {
         KeysCommand::List { app } => {
             let app_id = admin::find_app(services, &app).await?.app.app_id;

@@ -5,7 +5,6 @@ use serde_json::json;
 
 use super::output::{format_time, print_json_or, table};
 use crate::bootstrap::Services;
-use crate::clock;
 use crate::usecases::admin::{self, Actor};
 use crate::usecases::UseCaseError;
 
@@ -41,7 +40,7 @@ pub struct RevokeTarget {
 }
 
 pub async fn run(services: &Services, command: SessionsCommand, json: bool) -> anyhow::Result<()> {
-    let now = clock::now();
+    let now = services.clock.now();
     match command {
         SessionsCommand::List { app, sub } => {
             let app_id = admin::find_app(services, &app).await?.app.app_id;

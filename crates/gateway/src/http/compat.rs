@@ -16,7 +16,7 @@ use crate::http::error::{chain, ApiError};
 use crate::http::extract::{direct_renew_input, parse, read_body, JSON};
 use crate::http::routes;
 use crate::metrics::RenewCount;
-use crate::{clock, Services};
+use crate::Services;
 
 /// Registers every route, each answering 405 to other methods.
 pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<CompatRoute>]) {
@@ -100,7 +100,7 @@ async fn renew(
         return Err(ErrorKind::InvalidToken.into());
     }
     let app = find_app(services, route, &refresh_token).await?;
-    let now = clock::now();
+    let now = services.clock.now();
     let presented =
         services.sessions.verify_refresh(&app, &refresh_token, now).await.inspect_err(|err| {
             services.metrics.renew(app.app_id, RenewCount::of_error(err), now);

@@ -26,7 +26,6 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::bootstrap::Services;
-use crate::clock;
 use crate::http::error::ApiError;
 use crate::http::extract::JsonBody;
 use crate::http::rate_limit::Attempt;
@@ -313,7 +312,7 @@ async fn activity(
         .ok_or_else(|| {
             ApiError::invalid("limit", format!("takes only limit, 1 to {MAX_ACTIVITY_APPS}"))
         })?;
-    let now = clock::now();
+    let now = services.clock.now();
     let apps = admin::list_apps(&services).await?;
     let activity = services.metrics.activity();
     let (live_sampled_at, live) = activity

@@ -15,7 +15,6 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::bootstrap::Services;
-use crate::clock;
 use crate::http::error::ApiError;
 use crate::http::rate_limit::Attempt;
 
@@ -284,7 +283,7 @@ impl FromRequest for AppAuth {
             let admit = || attempt.admitted();
             let outcome = services
                 .tenants
-                .authenticate_app_admitted(&app_id, key.as_deref(), clock::now(), &admit)
+                .authenticate_app_admitted(&app_id, key.as_deref(), services.clock.now(), &admit)
                 .await;
             Ok(AppAuth(attempt.settle(outcome, ApiError::InvalidClient)?))
         })

@@ -17,7 +17,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::bootstrap::Services;
-use crate::clock;
 use crate::http::error::{internal, rate_limited, unavailable, ApiError};
 use crate::http::extract::{read_body, FORM};
 use crate::http::rate_limit::Attempt;
@@ -329,7 +328,7 @@ pub async fn authenticate(
     let outcome = if id == path_id {
         services
             .tenants
-            .authenticate_app_admitted(path_id, Some(secret), clock::now(), &admit)
+            .authenticate_app_admitted(path_id, Some(secret), services.clock.now(), &admit)
             .await
     } else {
         Err(AuthError::Denied)

@@ -12,7 +12,6 @@ use std::time::Duration;
 use super::admin::{self, Actor};
 use super::{chain, UseCaseError};
 use crate::bootstrap::Services;
-use crate::clock;
 
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -100,7 +99,7 @@ pub async fn run_every(services: Arc<Services>, interval: Duration) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        match run_elected(&services, clock::now()).await {
+        match run_elected(&services, services.clock.now()).await {
             Ok(Some(report)) if report.sessions + report.keys > 0 => {
                 tracing::info!(
                     sessions = report.sessions,

@@ -26,7 +26,6 @@ use zeroize::Zeroizing;
 
 use super::{admin, chain, expose_secret, UseCaseError};
 use crate::bootstrap::Services;
-use crate::clock;
 use crate::config::Settings;
 
 /// The header that carries the signature.
@@ -110,7 +109,7 @@ pub async fn set(
         url: url.clone(),
         sealed_secret,
         master_key_id,
-        created_at: clock::now(),
+        created_at: services.clock.now(),
     };
     services.audit.store().set_webhook(&webhook).await.map_err(|e| match e {
         StoreError::NotFound => UseCaseError::NotFound(format!("app {app_id} not found")),
@@ -232,7 +231,7 @@ impl Deliverer {
         let webhook = match services.audit.store().webhook(app_id).await {
             Ok(Some(webhook)) => webhook,
             Ok(None) => return Delivery::Dropped,
-            Err(err) => return self.failed(item, &format!("reading the webhook: {err}")),
+            Err(err) => return self.failed(services, item, &format!("reading the webhook: {err}")),
         };
         let secret = match services.keyring.open_secret(
             &context(app_id),
@@ -240,18 +239,20 @@ impl Deliverer {
             &webhook.sealed_secret,
         ) {
             Ok(secret) => secret,
-            Err(err) => return self.failed(item, &format!("opening the webhook secret: {err}")),
+            Err(err) => {
+                return self.failed(services, item, &format!("opening the webhook secret: {err}"))
+            }
         };
         let body = match serde_json::to_vec(event) {
             Ok(body) => body,
-            Err(err) => return self.failed(item, &format!("encoding the event: {err}")),
+            Err(err) => return self.failed(services, item, &format!("encoding the event: {err}")),
         };
         let sent = self
             .client
             .post(&webhook.url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(EVENT_ID_HEADER, &event.event_id)
-            .header(SIGNATURE_HEADER, signature(&secret, clock::now(), &body))
+            .header(SIGNATURE_HEADER, signature(&secret, services.clock.now(), &body))
             .body(body)
             .send()
             .await;
@@ -261,13 +262,13 @@ impl Deliverer {
                 Delivery::Delivered
             }
             Ok(response) => {
-                self.failed(item, &format!("the receiver answered {}", response.status()))
+                self.failed(services, item, &format!("the receiver answered {}", response.status()))
             }
-            Err(err) => self.failed(item, without_url(&err)),
+            Err(err) => self.failed(services, item, without_url(&err)),
         }
     }
 
-    fn failed(&self, item: &Claimed, why: &str) -> Delivery {
+    fn failed(&self, services: &Services, item: &Claimed, why: &str) -> Delivery {
         let event_id = &item.event.event_id;
         if item.attempts >= self.max_attempts {
             tracing::warn!(%event_id, attempts = item.attempts, why, "webhook delivery failed for good");
@@ -276,7 +277,7 @@ impl Deliverer {
         let wait = self.retry_after(item.attempts);
         tracing::info!(%event_id, attempts = item.attempts, retry_in_ms = wait.as_millis() as u64, why, "webhook delivery failed; will retry");
         let wait = i64::try_from(wait.as_secs()).unwrap_or(i64::MAX).max(0);
-        Delivery::RetryAt(clock::now().saturating_add(wait))
+        Delivery::RetryAt(services.clock.now().saturating_add(wait))
     }
 }
 
@@ -302,7 +303,7 @@ pub async fn deliver(services: Arc<Services>, deliverer: Deliverer, poll: Durati
             () = services.audit.recorded() => {}
         }
         loop {
-            match deliverer.deliver_due(&services, clock::now()).await {
+            match deliverer.deliver_due(&services, services.clock.now()).await {
                 // A full batch: more may be waiting.
                 Ok(n) if n as i64 == BATCH => continue,
                 Ok(_) => break,

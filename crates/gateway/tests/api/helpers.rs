@@ -1,5 +1,6 @@
 use std::sync::Arc;
 
+use keygate_gateway::clock::Clock;
 use keygate_gateway::{Application, Services, Settings};
 use keygate_store::testing;
 use keygate_tenants::Tenants;
@@ -21,6 +22,8 @@ pub struct TestApp {
     /// The database this gateway runs on.
     pub database_url: String,
     pub client: reqwest::Client,
+    /// The gateway's clock: move it ahead instead of sleeping.
+    pub clock: Clock,
     _data_dir: tempfile::TempDir,
 }
 
@@ -60,7 +63,8 @@ pub async fn spawn_app_with(
     };
     let mut settings = settings;
     adjust(&mut settings);
-    let (services, bootstrap) = Services::open(&settings).await.unwrap();
+    let clock = Clock::adjustable();
+    let (services, bootstrap) = Services::open_with_clock(&settings, clock.clone()).await.unwrap();
     assert!(bootstrap.new_root_key.is_none(), "a supplied root key is never printed");
     let tenants = services.tenants.clone();
     let app = Application::build(&settings, services).unwrap();
@@ -72,6 +76,7 @@ pub async fn spawn_app_with(
         tenants,
         database_url: settings.database_url(),
         client: reqwest::Client::new(),
+        clock,
         _data_dir: data_dir,
     })
 }

@@ -19,7 +19,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         content_type = "text/plain", body = String)))]
 async fn metrics(services: web::Data<Services>) -> HttpResponse {
     // One count over the apps table; a failure leaves the last count.
-    match services.tenants.key_hash_forms(crate::clock::now()).await {
+    match services.tenants.key_hash_forms(services.clock.now()).await {
         Ok(forms) => services.metrics.key_hash_forms(forms),
         Err(err) => tracing::warn!(error = %err, "metrics: the key hashes could not be counted"),
     }

@@ -13,7 +13,6 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::bootstrap::Services;
-use crate::clock;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{direct_renew_input, PathOf};
 use crate::http::oauth::{authenticate, no_store, present, required, ClientForm, Form, OAuthError};
@@ -151,7 +150,7 @@ async fn token(
             OAuthError::Internal(format!("the renew input: {}", errors.join("; ")).into())
         }
     })?;
-    let now = clock::now();
+    let now = services.clock.now();
     let renewed = services.sessions.renew(&app.app, input, now).await;
     services.metrics.renew(app.app.app_id, RenewCount::of(&renewed), now);
     let issued = renewed?.issued;
@@ -183,7 +182,7 @@ async fn revoke(
 ) -> OAuthAnswer {
     let app = authenticate(&request, &services, &form).await?;
     let token = required("token", &form.token)?;
-    let revoked = services.sessions.revoke_token(&app.app, token, clock::now()).await?;
+    let revoked = services.sessions.revoke_token(&app.app, token, services.clock.now()).await?;
     services.metrics.sessions_revoked(RevokeReason::Logout, revoked);
     Ok(no_store(HttpResponse::Ok()).finish())
 }
@@ -244,7 +243,7 @@ async fn introspect(
     let app = authenticate(&request, &services, &form).await?;
     let token = required("token", &form.token)?;
     let client_id = Some(app.app.app_id.to_string());
-    let answer = match services.sessions.introspect(&app.app, token, clock::now()).await? {
+    let answer = match services.sessions.introspect(&app.app, token, services.clock.now()).await? {
         None => Introspection::default(),
         Some(Introspected::Auth(claims)) => Introspection {
             active: true,

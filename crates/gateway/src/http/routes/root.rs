@@ -8,7 +8,6 @@ use utoipa::ToSchema;
 
 use super::sessions::{RevokeRequest, SessionList, SubjectQuery};
 use crate::bootstrap::Services;
-use crate::clock;
 use crate::http::error::ErrorBody;
 use crate::http::extract::{JsonBody, OptionalJsonBody, RootAuth, RootPath};
 use crate::http::resource::{resource, resource_as, Answer};
@@ -120,7 +119,7 @@ async fn list_apps(_: RootAuth, services: web::Data<Services>) -> Answer {
     responses((status = 200, description = "Live sessions by app.", body = LiveSessions),
         RootKeyErrors))]
 async fn live_sessions(_: RootAuth, services: web::Data<Services>) -> Answer {
-    let live_sessions = admin::live_session_counts(&services, clock::now()).await?;
+    let live_sessions = admin::live_session_counts(&services, services.clock.now()).await?;
     Ok(HttpResponse::Ok().json(LiveSessions { live_sessions }))
 }
 
@@ -140,7 +139,7 @@ async fn create_app(
     services: web::Data<Services>,
     body: JsonBody<SettingsPatch>,
 ) -> Answer {
-    let created = admin::create_app(&services, &body.0, Actor::Root, clock::now()).await?;
+    let created = admin::create_app(&services, &body.0, Actor::Root, services.clock.now()).await?;
     Ok(HttpResponse::Created().json(created))
 }
 
@@ -174,7 +173,8 @@ async fn update_app(
     services: web::Data<Services>,
     body: JsonBody<SettingsPatch>,
 ) -> Answer {
-    let app = admin::update_app(&services, app_id, &body.0, Actor::Root, clock::now()).await?;
+    let app =
+        admin::update_app(&services, app_id, &body.0, Actor::Root, services.clock.now()).await?;
     Ok(HttpResponse::Ok().json(app))
 }
 
@@ -211,7 +211,7 @@ async fn rotate_app_key(
 ) -> Answer {
     let grace = body.0.unwrap_or_default().grace;
     let rotated =
-        admin::rotate_app_key(&services, app_id, grace, Actor::Root, clock::now()).await?;
+        admin::rotate_app_key(&services, app_id, grace, Actor::Root, services.clock.now()).await?;
     Ok(HttpResponse::Ok().json(rotated))
 }
 
@@ -240,7 +240,7 @@ async fn list_keys(RootPath(app_id): RootPath<AppId>, services: web::Data<Servic
         RootKeyErrors,
     ))]
 async fn rotate_keys(RootPath(app_id): RootPath<AppId>, services: web::Data<Services>) -> Answer {
-    let rotation = admin::rotate_keys(&services, app_id, Actor::Root, clock::now()).await?;
+    let rotation = admin::rotate_keys(&services, app_id, Actor::Root, services.clock.now()).await?;
     Ok(HttpResponse::Ok().json(rotation))
 }
 
@@ -264,7 +264,7 @@ async fn revoke_key(
     services: web::Data<Services>,
 ) -> Answer {
     let revocation =
-        admin::revoke_key(&services, app_id, key_id, Actor::Root, clock::now()).await?;
+        admin::revoke_key(&services, app_id, key_id, Actor::Root, services.clock.now()).await?;
     Ok(HttpResponse::Ok().json(revocation))
 }
 
@@ -282,7 +282,7 @@ async fn revoke_sessions(
     services: web::Data<Services>,
 ) -> Answer {
     let revoked =
-        admin::revoke_sessions(&services, app_id, None, Actor::Root, clock::now()).await?;
+        admin::revoke_sessions(&services, app_id, None, Actor::Root, services.clock.now()).await?;
     Ok(HttpResponse::Ok().json(RevokedCount { revoked }))
 }
 
@@ -304,7 +304,7 @@ async fn list_sessions(
     request: HttpRequest,
 ) -> Answer {
     let sub = SubjectQuery::of(&request)?;
-    let sessions = admin::list_sessions(&services, app_id, &sub, clock::now()).await?;
+    let sessions = admin::list_sessions(&services, app_id, &sub, services.clock.now()).await?;
     Ok(HttpResponse::Ok().json(SessionList { sessions }))
 }
 
@@ -327,6 +327,7 @@ async fn revoke_some(
 ) -> Answer {
     let target = body.0.target()?;
     let revoked =
-        admin::revoke_sessions(&services, app_id, Some(target), Actor::Root, clock::now()).await?;
+        admin::revoke_sessions(&services, app_id, Some(target), Actor::Root, services.clock.now())
+            .await?;
     Ok(HttpResponse::Ok().json(RevokedCount { revoked }))
 }

@@ -9,7 +9,6 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::bootstrap::Services;
-use crate::clock;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppAuth, JsonBody};
 use crate::http::resource::{resource, Answer};
@@ -84,7 +83,7 @@ pub(super) struct SessionList {
     ))]
 async fn sign(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
     let input = SignInput::parse(body.0).map_err(ApiError::Invalid)?;
-    let issued = services.sessions.sign(&auth.0.app, input, clock::now()).await?;
+    let issued = services.sessions.sign(&auth.0.app, input, services.clock.now()).await?;
     services.metrics.session_opened();
     Ok(HttpResponse::Ok().json(issued))
 }
@@ -109,7 +108,7 @@ async fn sign(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answe
     ))]
 async fn renew(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
     let input = RenewInput::parse(&body.0).map_err(ApiError::Invalid)?;
-    let now = clock::now();
+    let now = services.clock.now();
     let renewed = services.sessions.renew(&auth.0.app, input, now).await;
     services.metrics.renew(auth.0.app.app_id, RenewCount::of(&renewed), now);
     Ok(HttpResponse::Ok().json(renewed?.issued))
@@ -128,7 +127,7 @@ async fn renew(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answ
     ))]
 async fn verify(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
     let TokenRequest { token } = TokenRequest::parse(&body.0)?;
-    let verified = services.sessions.verify(&auth.0.app, &token, clock::now()).await?;
+    let verified = services.sessions.verify(&auth.0.app, &token, services.clock.now()).await?;
     Ok(HttpResponse::Ok().json(verified))
 }
 
@@ -147,9 +146,11 @@ async fn verify(services: web::Data<Services>, auth: AppAuth, body: Body) -> Ans
 async fn logout(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
     let TokenRequest { token } = TokenRequest::parse(&body.0)?;
     let revoked =
-        services.sessions.logout(&auth.0.app, &token, clock::now()).await.map_err(|e| match e {
-            SessionError::Rejected(_) => ApiError::InvalidToken,
-            other => other.into(),
+        services.sessions.logout(&auth.0.app, &token, services.clock.now()).await.map_err(|e| {
+            match e {
+                SessionError::Rejected(_) => ApiError::InvalidToken,
+                other => other.into(),
+            }
         })?;
     services.metrics.sessions_revoked(RevokeReason::Logout, revoked);
     Ok(HttpResponse::Ok().json(LogoutAnswer { revoked, status: "ok" }))
@@ -200,7 +201,7 @@ async fn revoke(
     let scope = RevokeScope::from(body.0.target()?);
     let app_id = auth.0.app.app_id;
     let revoked =
-        services.sessions.revoke(app_id, scope, "revoked by the app", clock::now()).await?;
+        services.sessions.revoke(app_id, scope, "revoked by the app", services.clock.now()).await?;
     services.metrics.sessions_revoked(RevokeReason::App, revoked);
     admin::sessions_revoked(&services, app_id, scope, revoked, Actor::App).await;
     Ok(HttpResponse::Ok().json(RevokedCount { revoked }))
@@ -239,7 +240,8 @@ impl SubjectQuery {
 
 /// The live sessions of `sub`, a checked subject.
 async fn sessions_of(services: &Services, auth: &AppAuth, sub: &str) -> Answer {
-    let sessions = services.sessions.list(auth.0.app.app_id, Some(sub), clock::now()).await?;
+    let sessions =
+        services.sessions.list(auth.0.app.app_id, Some(sub), services.clock.now()).await?;
     Ok(HttpResponse::Ok().json(SessionList { sessions }))
 }
 
