@@ -21,6 +21,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Arguments, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
 
+use crate::database_url::redact_url;
 use crate::hosts::{Follower, Targets};
 use crate::{in_doubt, StoreError};
 
@@ -639,56 +640,9 @@ impl WriteTx {
     }
 }
 
-/// The URL with any password replaced, fit for messages and logs: in the user part of
-/// `scheme://user:password@host…` (also with a host list, which the `url` crate refuses)
-/// and in a `password=` query parameter.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{hosts}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some(("password", _)) => "password=***".to_owned(),
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(redact_url("postgres://u:hunter2@db:5432/x"), "postgres://u:***@db:5432/x");
-        assert_eq!(redact_url("sqlite://./a.db"), "sqlite://./a.db");
-        assert_eq!(
-            redact_url("postgres://u:hunter2@a:1,b:2/x?target_session_attrs=read-write"),
-            "postgres://u:***@a:1,b:2/x?target_session_attrs=read-write"
-        );
-        assert_eq!(
-            redact_url("postgres://u@a/x?sslmode=disable&password=hunter2"),
-            "postgres://u@a/x?sslmode=disable&password=***"
-        );
-        assert_eq!(redact_url("postgres://p%40ss:h%3Aunter2@db/x"), "postgres://p%40ss:***@db/x");
-        let err = DbError::Scheme(redact_url("mysql://u:hunter2@db/x"));
-        assert!(!err.to_string().contains("hunter2"));
-    }
 
     #[test]
     fn bound_values_never_reach_debug() {

@@ -192,9 +192,7 @@ async fn cut(shared: &Shared) {
 
 /// `host:port` of a database URL (5432 when it names no port).
 fn authority(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let host = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = crate::database_url::split(url).map_or(url, |parts| parts.hosts);
     if host.contains(':') {
         host.to_owned()
     } else {
