@@ -21,7 +21,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Postgres, Sqlite, Transaction};
 
-use crate::database_url::redact_url;
+use crate::database_url::DatabaseUrl;
 use crate::hosts::{Follower, Targets};
 use crate::{in_doubt, StoreError};
 
@@ -140,7 +140,7 @@ pub struct PoolStats {
 }
 
 impl Backend {
-    pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, DbError> {
+    pub async fn connect(url: &DatabaseUrl, options: &PoolOptions) -> Result<Self, DbError> {
         let (pools, follower) = Self::open(url, options).await?;
         Ok(Self {
             pools,
@@ -152,11 +152,12 @@ impl Backend {
     }
 
     async fn open(
-        url: &str,
+        url: &DatabaseUrl,
         options: &PoolOptions,
     ) -> Result<(Pools, Option<Arc<Follower>>), DbError> {
-        if url.starts_with("sqlite:") {
-            let connect = SqliteConnectOptions::from_str(url)
+        let raw = url.expose();
+        if raw.starts_with("sqlite:") {
+            let connect = SqliteConnectOptions::from_str(raw)
                 .map_err(DbError::Connect)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
@@ -178,7 +179,7 @@ impl Backend {
                 .await
                 .map_err(DbError::Connect)?;
             Ok((Pools::Sqlite { writer, reader }, None))
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
             let lock_timeout = format!("{}ms", options.busy_timeout.as_millis());
             let session = |connect: PgConnectOptions| {
                 connect.options([("lock_timeout", lock_timeout.as_str())])
@@ -186,8 +187,8 @@ impl Backend {
             let pool = PgPoolOptions::new()
                 .max_connections(options.postgres_connections.max(1))
                 .acquire_timeout(options.busy_timeout);
-            let Some(targets) = Targets::parse(url)? else {
-                let connect = session(PgConnectOptions::from_str(url).map_err(DbError::Connect)?);
+            let Some(targets) = Targets::parse(raw)? else {
+                let connect = session(PgConnectOptions::from_str(raw).map_err(DbError::Connect)?);
                 let pool = pool.connect_with(connect).await.map_err(DbError::Connect)?;
                 return Ok((Pools::Postgres(pool), None));
             };
@@ -209,7 +210,7 @@ impl Backend {
             tokio::spawn(follower.clone().follow(pool.clone(), watch));
             Ok((Pools::Postgres(pool), Some(follower)))
         } else {
-            Err(DbError::Scheme(redact_url(url)))
+            Err(DbError::Scheme(url.to_string()))
         }
     }
 

@@ -1,8 +1,47 @@
 //! Database URLs: split into their parts by hand, because the `url` crate refuses the host
 //! list of a Postgres multi-host URL (`postgres://u:p@a:1,b:2/x?target_session_attrs=…`),
-//! and shown with any password replaced.
+//! and held in a [`DatabaseUrl`], which shows itself with any password replaced.
 
 use std::fmt;
+
+/// A database URL that cannot leak its password: `Debug` and `Display` show it with any
+/// password replaced by `***` (in the user part and in a `password=` parameter), so it can
+/// go into messages, logs and settings dumps as it is. Only [`DatabaseUrl::expose`] gives
+/// the URL whole, for making the connection.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// The URL as written, password included: for connecting, never for showing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for DatabaseUrl {
+    fn from(url: String) -> Self {
+        Self(url)
+    }
+}
+
+impl From<&str> for DatabaseUrl {
+    fn from(url: &str) -> Self {
+        Self(url.to_owned())
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_redacted(&self.0, f)
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    // Quoted like a string, as settings printed it before it had a type of its own.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact_url(&self.0), f)
+    }
+}
 
 /// The parts of `scheme://userinfo@hosts/path?query#fragment`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,10 +106,8 @@ fn write_redacted(url: &str, out: &mut impl fmt::Write) -> fmt::Result {
     Ok(())
 }
 
-/// The URL with any password replaced, fit for messages and logs: in the user part of
-/// `scheme://user:password@host…` (also with a host list, which the `url` crate refuses)
-/// and in a `password=` query parameter.
-pub fn redact_url(url: &str) -> String {
+/// The URL with any password replaced, as [`DatabaseUrl`] shows it.
+fn redact_url(url: &str) -> String {
     let mut shown = String::with_capacity(url.len());
     // Writing to a String cannot fail.
     let _ = write_redacted(url, &mut shown);
@@ -97,6 +134,20 @@ mod tests {
         assert_eq!(redact_url("postgres://p%40ss:h%3Aunter2@db/x"), "postgres://p%40ss:***@db/x");
         let err = DbError::Scheme(redact_url("mysql://u:hunter2@db/x"));
         assert!(!err.to_string().contains("hunter2"));
+    }
+
+    #[test]
+    fn a_database_url_shows_no_password_but_gives_it_to_the_connection() {
+        let raw = "postgres://u:hunter2@a:1,b:2/x?sslmode=disable&password=hunter3";
+        let url = DatabaseUrl::from(raw);
+        let redacted = "postgres://u:***@a:1,b:2/x?sslmode=disable&password=***";
+        assert_eq!(url.to_string(), redacted);
+        assert_eq!(format!("{url:?}"), format!("{redacted:?}"));
+        assert_eq!(format!("{:?}", Some(&url)), format!("Some({redacted:?})"));
+        assert_eq!(url.expose(), raw);
+        assert_eq!(DatabaseUrl::from(raw.to_owned()), url);
+        let sqlite = DatabaseUrl::from("sqlite://./keygate-data/keygate.db");
+        assert_eq!(sqlite.to_string(), sqlite.expose());
     }
 
     #[test]

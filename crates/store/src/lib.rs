@@ -22,5 +22,5 @@ pub use backend::{
     Arg, Backend, DbError, Kind, PoolOptions, PoolStats, Row, Sql, BUSY_TIMEOUT, CHANGES_CHANNEL,
     IN_DOUBT_TIMEOUT,
 };
-pub use database_url::redact_url;
+pub use database_url::DatabaseUrl;
 pub use error::{chain, StoreError};

@@ -4,7 +4,7 @@
 
 use sqlx::postgres::PgPoolOptions;
 
-use crate::{redact_url, Backend, PoolOptions, Row, Sql};
+use crate::{Backend, DatabaseUrl, PoolOptions, Row, Sql};
 
 #[derive(Debug)]
 pub struct TestDb {
@@ -60,9 +60,10 @@ pub async fn postgres_through(proxy: &FaultProxy) -> Option<TestDb> {
 }
 
 async fn open(url: &str) -> Backend {
-    let db = Backend::connect(url, &PoolOptions::default())
+    let url = DatabaseUrl::from(url);
+    let db = Backend::connect(&url, &PoolOptions::default())
         .await
-        .unwrap_or_else(|e| panic!("connect {}: {e}", redact_url(url)));
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
     db.migrate().await.unwrap_or_else(|e| panic!("migrate: {e}"));
     db
 }
