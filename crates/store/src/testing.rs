@@ -68,6 +68,41 @@ async fn open(url: &str) -> Backend {
     db
 }
 
+/// Generates, for every case `name` (an `async fn name(db: Backend)` where the macro is
+/// called), a module `name` with a `sqlite` and a `postgres` test, each on a fresh
+/// database. The Postgres test is ignored unless the calling crate is built with
+/// `cfg(postgres_tests)` (its build.rs sets it when `TEST_DATABASE_URL` is set then), and
+/// returns early when `TEST_DATABASE_URL` is not set when it runs. With `multi_thread;`
+/// first, each test runs on four worker threads, so that concurrent cases really run in
+/// parallel.
+#[macro_export]
+macro_rules! store_cases {
+    (multi_thread; $($case:ident),* $(,)?) => {
+        $crate::store_cases!(@runtime (flavor = "multi_thread", worker_threads = 4) $($case),*);
+    };
+    (@runtime $runtime:tt $($case:ident),*) => {$(
+        mod $case {
+            #[tokio::test $runtime]
+            async fn sqlite() {
+                let test_db = $crate::testing::sqlite().await;
+                super::$case(test_db.db.clone()).await;
+                test_db.db.close().await;
+            }
+
+            #[cfg_attr(not(postgres_tests), ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)")]
+            #[tokio::test $runtime]
+            async fn postgres() {
+                let Some(test_db) = $crate::testing::postgres().await else { return };
+                super::$case(test_db.db.clone()).await;
+                test_db.db.close().await;
+            }
+        }
+    )*};
+    ($($case:ident),* $(,)?) => {
+        $crate::store_cases!(@runtime () $($case),*);
+    };
+}
+
 /// Runs a raw statement on the writer; returns how many rows it changed.
 pub async fn execute(db: &Backend, sql: Sql) -> u64 {
     db.write(sql).execute().await.unwrap_or_else(|e| panic!("raw statement: {e}"))
