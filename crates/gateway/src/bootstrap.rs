@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use keygate_keyring::{key_store, Keyring, KeyringConfig, MasterKey};
 use keygate_sessions::{session_store, Sessions};
-use keygate_store::{redact_url, Backend, PoolOptions};
+use keygate_store::{Backend, DatabaseUrl, PoolOptions};
 use keygate_tenants::events::event_store;
 use keygate_tenants::{
     app_store, AppStore, KeyHashKey, RootKey, TenantError, Tenants, TenantsConfig,
@@ -70,7 +70,7 @@ impl Services {
         if settings.uses_embedded_database() {
             create_private_dir(&settings.data_dir)?;
         }
-        let url = settings.database_url();
+        let url = DatabaseUrl::from(settings.database_url());
         let pool_options = PoolOptions {
             postgres_connections: settings.postgres_max_connections,
             busy_timeout: Duration::from_millis(settings.database_busy_timeout_ms.max(1)),
@@ -79,8 +79,8 @@ impl Services {
         };
         let db = Backend::connect(&url, &pool_options)
             .await
-            .with_context(|| format!("database {}", redact_url(&url)))?;
-        db.migrate().await.with_context(|| format!("database {}", redact_url(&url)))?;
+            .with_context(|| format!("database {url}"))?;
+        db.migrate().await.with_context(|| format!("database {url}"))?;
 
         let master = load_master_key(settings)?;
         let previous = settings

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use keygate_store::redact_url;
+use keygate_store::DatabaseUrl;
 use secrecy::SecretString;
 use serde::{Deserialize, Deserializer};
 
@@ -150,7 +150,7 @@ impl Default for Settings {
 impl fmt::Debug for Settings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Settings")
-            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("database_url", &self.database_url.as_deref().map(DatabaseUrl::from))
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
             .field("master_key", &self.master_key)
@@ -258,7 +258,7 @@ impl Settings {
             return Ok(None);
         };
         // A password in it stays out of the message.
-        let shown = redact_url(raw);
+        let shown = DatabaseUrl::from(raw);
         let invalid = |why: &str| ConfigError::PublicUrl(format!("{shown:?} {why}"));
         let url = url::Url::parse(raw).map_err(|e| invalid(&format!("is not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || !url.has_host() {

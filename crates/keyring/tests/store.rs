@@ -29,30 +29,7 @@ use serde::{Deserialize, Serialize};
 /// because `jsonwebtoken` checks `exp` and `nbf` against it.
 const NOW: i64 = 1_700_000_000;
 
-/// Generates, for every case `name`, a module `name` with a `sqlite` and a `postgres`
-/// test. The Postgres variant returns early when `TEST_DATABASE_URL` is not set.
-macro_rules! store_cases {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test]
-            async fn sqlite() {
-                let test_db = keygate_store::testing::sqlite().await;
-                super::$case(test_db.db.clone()).await;
-                test_db.db.close().await;
-            }
-
-            #[cfg_attr(not(postgres_tests), ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)")]
-            #[tokio::test]
-            async fn postgres() {
-                let Some(test_db) = keygate_store::testing::postgres().await else { return };
-                super::$case(test_db.db.clone()).await;
-                test_db.db.close().await;
-            }
-        }
-    )*};
-}
-
-store_cases!(
+keygate_store::store_cases!(
     warm_fills_the_cache_with_every_app_s_keys_in_one_read,
     a_failed_reload_keeps_the_keys_that_verify,
     a_new_app_has_one_active_and_one_next_key,

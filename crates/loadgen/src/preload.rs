@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use keygate_sessions::{session_store, Jid, Session, SessionId};
-use keygate_store::{redact_url, Backend, PoolOptions};
+use keygate_store::{Backend, DatabaseUrl, PoolOptions};
 use keygate_tenants::AppId;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -38,9 +38,10 @@ pub async fn run(args: &PreloadArgs) -> anyhow::Result<()> {
     if args.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let db = Backend::connect(&args.database_url, &PoolOptions::default())
+    let url = DatabaseUrl::from(args.database_url.as_str());
+    let db = Backend::connect(&url, &PoolOptions::default())
         .await
-        .with_context(|| format!("database {}", redact_url(&args.database_url)))?;
+        .with_context(|| format!("database {url}"))?;
     db.migrate().await?;
     let store = session_store(&db);
     let started = Instant::now();

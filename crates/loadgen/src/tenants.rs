@@ -434,7 +434,8 @@ async fn wrong_keys(client: &reqwest::Client, url: &str, app_id: &str, pid: u32)
 async fn wrong_key_check_cost(dir: &std::path::Path) -> anyhow::Result<Value> {
     use keygate_tenants::{hash_secret, AppKey, AppKeyHashes, KeyHashKey, Tenants, TenantsConfig};
     let url = format!("sqlite://{}", dir.join("check.db").display());
-    let db = keygate_store::Backend::connect(&url, &keygate_store::PoolOptions::default()).await?;
+    let db = keygate_store::Backend::connect(&url.into(), &keygate_store::PoolOptions::default())
+        .await?;
     db.migrate().await?;
     let tenants =
         Tenants::new(keygate_tenants::app_store(&db), TenantsConfig::new(KeyHashKey::generate()));

@@ -33,31 +33,8 @@ use serde_json::{json, Map, Value};
 /// code under test.
 const NOW: i64 = 1_700_000_000;
 
-/// Generates, for every case `name`, a module `name` with a `sqlite` and a `postgres`
-/// test. The Postgres variant returns early when `TEST_DATABASE_URL` is not set. The
-/// runtime has several workers so that concurrent cases really run in parallel.
-macro_rules! store_cases {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn sqlite() {
-                let test_db = keygate_store::testing::sqlite().await;
-                super::$case(test_db.db.clone()).await;
-                test_db.db.close().await;
-            }
-
-            #[cfg_attr(not(postgres_tests), ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)")]
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn postgres() {
-                let Some(test_db) = keygate_store::testing::postgres().await else { return };
-                super::$case(test_db.db.clone()).await;
-                test_db.db.close().await;
-            }
-        }
-    )*};
-}
-
-store_cases!(
+keygate_store::store_cases!(
+    multi_thread;
     create_and_get_round_trip_every_field,
     rotate_is_a_compare_and_swap,
     rotate_with_a_digest_needs_the_current_token_byte_for_byte,

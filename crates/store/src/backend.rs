@@ -14,15 +14,21 @@ use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
-    SqliteRow, SqliteSynchronous,
+    SqliteSynchronous,
 };
-use sqlx::{Arguments, Encode, FromRow, Postgres, Sqlite, Transaction, Type};
+use sqlx::{Postgres, Sqlite, Transaction};
 
+use crate::database_url::DatabaseUrl;
 use crate::hosts::{Follower, Targets};
 use crate::{in_doubt, StoreError};
+
+mod sql;
+
+use sql::arguments;
+pub use sql::{Arg, Row, Sql};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -134,7 +140,7 @@ pub struct PoolStats {
 }
 
 impl Backend {
-    pub async fn connect(url: &str, options: &PoolOptions) -> Result<Self, DbError> {
+    pub async fn connect(url: &DatabaseUrl, options: &PoolOptions) -> Result<Self, DbError> {
         let (pools, follower) = Self::open(url, options).await?;
         Ok(Self {
             pools,
@@ -146,11 +152,12 @@ impl Backend {
     }
 
     async fn open(
-        url: &str,
+        url: &DatabaseUrl,
         options: &PoolOptions,
     ) -> Result<(Pools, Option<Arc<Follower>>), DbError> {
-        if url.starts_with("sqlite:") {
-            let connect = SqliteConnectOptions::from_str(url)
+        let raw = url.expose();
+        if raw.starts_with("sqlite:") {
+            let connect = SqliteConnectOptions::from_str(raw)
                 .map_err(DbError::Connect)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
@@ -172,7 +179,7 @@ impl Backend {
                 .await
                 .map_err(DbError::Connect)?;
             Ok((Pools::Sqlite { writer, reader }, None))
-        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
             let lock_timeout = format!("{}ms", options.busy_timeout.as_millis());
             let session = |connect: PgConnectOptions| {
                 connect.options([("lock_timeout", lock_timeout.as_str())])
@@ -180,8 +187,8 @@ impl Backend {
             let pool = PgPoolOptions::new()
                 .max_connections(options.postgres_connections.max(1))
                 .acquire_timeout(options.busy_timeout);
-            let Some(targets) = Targets::parse(url)? else {
-                let connect = session(PgConnectOptions::from_str(url).map_err(DbError::Connect)?);
+            let Some(targets) = Targets::parse(raw)? else {
+                let connect = session(PgConnectOptions::from_str(raw).map_err(DbError::Connect)?);
                 let pool = pool.connect_with(connect).await.map_err(DbError::Connect)?;
                 return Ok((Pools::Postgres(pool), None));
             };
@@ -203,7 +210,7 @@ impl Backend {
             tokio::spawn(follower.clone().follow(pool.clone(), watch));
             Ok((Pools::Postgres(pool), Some(follower)))
         } else {
-            Err(DbError::Scheme(redact_url(url)))
+            Err(DbError::Scheme(url.to_string()))
         }
     }
 
@@ -340,104 +347,6 @@ impl Backend {
         }
     }
 }
-
-/// A value bound to a statement placeholder. Both backends encode each of these the same
-/// way as they did when bound directly.
-#[derive(Clone)]
-pub enum Arg {
-    Text(Option<String>),
-    Int(Option<i64>),
-    Bool(bool),
-    Bytes(Option<Vec<u8>>),
-}
-
-/// `From` for each Rust type a statement binds, into the [`Arg`] that carries it.
-macro_rules! args_from {
-    ($($from:ty => |$v:ident| $arg:expr;)*) => {
-        $(impl From<$from> for Arg {
-            fn from($v: $from) -> Self {
-                $arg
-            }
-        })*
-    };
-}
-
-args_from! {
-    String => |v| Self::Text(Some(v));
-    &str => |v| Self::Text(Some(v.to_owned()));
-    &String => |v| Self::Text(Some(v.clone()));
-    Option<String> => |v| Self::Text(v);
-    Option<&str> => |v| Self::Text(v.map(str::to_owned));
-    &Option<String> => |v| Self::Text(v.clone());
-    i64 => |v| Self::Int(Some(v));
-    Option<i64> => |v| Self::Int(v);
-    bool => |v| Self::Bool(v);
-    Vec<u8> => |v| Self::Bytes(Some(v));
-    &[u8] => |v| Self::Bytes(Some(v.to_vec()));
-    Option<Vec<u8>> => |v| Self::Bytes(v);
-}
-
-/// A statement and its arguments, in placeholder order. `Debug` shows the statement only:
-/// the arguments may be hashes, sealed keys or token digests.
-#[derive(Clone)]
-pub struct Sql {
-    text: std::borrow::Cow<'static, str>,
-    args: Vec<Arg>,
-}
-
-impl Sql {
-    pub fn new(text: impl Into<std::borrow::Cow<'static, str>>) -> Self {
-        Self { text: text.into(), args: Vec::new() }
-    }
-
-    /// Binds the next placeholder.
-    #[must_use]
-    pub fn bind(mut self, value: impl Into<Arg>) -> Self {
-        self.args.push(value.into());
-        self
-    }
-}
-
-impl fmt::Debug for Arg {
-    // The value may be a secret's hash, a sealed key or a token digest.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Arg(<redacted>)")
-    }
-}
-
-impl fmt::Debug for Sql {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sql").field("text", &self.text).field("args", &self.args.len()).finish()
-    }
-}
-
-/// Builds the arguments of either backend from [`Arg`]s: the one function that encodes.
-fn arguments<'q, DB: sqlx::Database>(args: Vec<Arg>) -> Result<DB::Arguments<'q>, sqlx::Error>
-where
-    Option<String>: Encode<'q, DB> + Type<DB>,
-    Option<i64>: Encode<'q, DB> + Type<DB>,
-    bool: Encode<'q, DB> + Type<DB>,
-    Option<Vec<u8>>: Encode<'q, DB> + Type<DB>,
-{
-    let mut out = DB::Arguments::default();
-    out.reserve(args.len(), 0);
-    for arg in args {
-        let added = match arg {
-            Arg::Text(v) => out.add(v),
-            Arg::Int(v) => out.add(v),
-            Arg::Bool(v) => out.add(v),
-            Arg::Bytes(v) => out.add(v),
-        };
-        added.map_err(sqlx::Error::Encode)?;
-    }
-    Ok(out)
-}
-
-/// A row type that both backends decode: derive `sqlx::FromRow` on a struct of plain
-/// fields, or use a tuple.
-pub trait Row: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
-impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
-{}
 
 /// A statement bound to the pool it runs on.
 pub(crate) struct Bound<'a> {
@@ -636,65 +545,5 @@ impl WriteTx {
             self.backend.after_commit(payload).await;
         }
         Ok(())
-    }
-}
-
-/// The URL with any password replaced, fit for messages and logs: in the user part of
-/// `scheme://user:password@host…` (also with a host list, which the `url` crate refuses)
-/// and in a `password=` query parameter.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => match userinfo.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{hosts}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|pair| match pair.split_once('=') {
-                    Some(("password", _)) => "password=***".to_owned(),
-                    _ => pair.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(redact_url("postgres://u:hunter2@db:5432/x"), "postgres://u:***@db:5432/x");
-        assert_eq!(redact_url("sqlite://./a.db"), "sqlite://./a.db");
-        assert_eq!(
-            redact_url("postgres://u:hunter2@a:1,b:2/x?target_session_attrs=read-write"),
-            "postgres://u:***@a:1,b:2/x?target_session_attrs=read-write"
-        );
-        assert_eq!(
-            redact_url("postgres://u@a/x?sslmode=disable&password=hunter2"),
-            "postgres://u@a/x?sslmode=disable&password=***"
-        );
-        assert_eq!(redact_url("postgres://p%40ss:h%3Aunter2@db/x"), "postgres://p%40ss:***@db/x");
-        let err = DbError::Scheme(redact_url("mysql://u:hunter2@db/x"));
-        assert!(!err.to_string().contains("hunter2"));
-    }
-
-    #[test]
-    fn bound_values_never_reach_debug() {
-        let sql = Sql::new("SELECT $1, $2").bind("hunter2").bind(vec![0x42u8; 32]);
-        let shown = format!("{sql:?} {:?}", Arg::from("hunter2"));
-        assert!(shown.contains("SELECT $1, $2") && shown.contains("args: 2"), "{shown}");
-        assert!(!shown.contains("hunter2") && !shown.contains("66"), "{shown}");
     }
 }

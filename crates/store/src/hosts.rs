@@ -25,6 +25,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool};
 use sqlx::{ConnectOptions, Connection};
 use tokio::sync::Notify;
 
+use crate::database_url::split;
 use crate::DbError;
 
 /// How often the follower checks, on a connection of its own, that the current host still
@@ -123,32 +124,6 @@ pub struct Targets {
     base: PgConnectOptions,
     pub hosts: Vec<Host>,
     pub attrs: SessionAttrs,
-}
-
-/// The parts of `scheme://userinfo@hosts/path?query#fragment` that matter here.
-struct Parts<'a> {
-    scheme: &'a str,
-    userinfo: Option<&'a str>,
-    hosts: &'a str,
-    path: &'a str,
-    query: Option<&'a str>,
-}
-
-/// Splits a URL without the `url` crate, which refuses a comma-separated host list.
-fn split(url: &str) -> Option<Parts<'_>> {
-    let (scheme, rest) = url.split_once("://")?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((userinfo, hosts)) => (Some(userinfo), hosts),
-        None => (None, authority),
-    };
-    let tail = tail.split_once('#').map_or(tail, |(before, _)| before);
-    let (path, query) = match tail.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (tail, None),
-    };
-    Some(Parts { scheme, userinfo, hosts, path, query })
 }
 
 /// `host[:port]` or `[v6]:port`; a missing port is `default_port`.

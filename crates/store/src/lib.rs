@@ -8,6 +8,7 @@ pub mod apps;
 pub mod audit;
 mod backend;
 pub mod changes;
+mod database_url;
 mod error;
 mod hosts;
 pub mod in_doubt;
@@ -18,7 +19,8 @@ pub mod signing_keys;
 pub mod testing;
 
 pub use backend::{
-    redact_url, Arg, Backend, DbError, Kind, PoolOptions, PoolStats, Row, Sql, BUSY_TIMEOUT,
-    CHANGES_CHANNEL, IN_DOUBT_TIMEOUT,
+    Arg, Backend, DbError, Kind, PoolOptions, PoolStats, Row, Sql, BUSY_TIMEOUT, CHANGES_CHANNEL,
+    IN_DOUBT_TIMEOUT,
 };
+pub use database_url::DatabaseUrl;
 pub use error::{chain, StoreError};

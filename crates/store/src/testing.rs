@@ -4,7 +4,7 @@
 
 use sqlx::postgres::PgPoolOptions;
 
-use crate::{redact_url, Backend, PoolOptions, Row, Sql};
+use crate::{Backend, DatabaseUrl, PoolOptions, Row, Sql};
 
 #[derive(Debug)]
 pub struct TestDb {
@@ -60,11 +60,47 @@ pub async fn postgres_through(proxy: &FaultProxy) -> Option<TestDb> {
 }
 
 async fn open(url: &str) -> Backend {
-    let db = Backend::connect(url, &PoolOptions::default())
+    let url = DatabaseUrl::from(url);
+    let db = Backend::connect(&url, &PoolOptions::default())
         .await
-        .unwrap_or_else(|e| panic!("connect {}: {e}", redact_url(url)));
+        .unwrap_or_else(|e| panic!("connect {url}: {e}"));
     db.migrate().await.unwrap_or_else(|e| panic!("migrate: {e}"));
     db
+}
+
+/// Generates, for every case `name` (an `async fn name(db: Backend)` where the macro is
+/// called), a module `name` with a `sqlite` and a `postgres` test, each on a fresh
+/// database. The Postgres test is ignored unless the calling crate is built with
+/// `cfg(postgres_tests)` (its build.rs sets it when `TEST_DATABASE_URL` is set then), and
+/// returns early when `TEST_DATABASE_URL` is not set when it runs. With `multi_thread;`
+/// first, each test runs on four worker threads, so that concurrent cases really run in
+/// parallel.
+#[macro_export]
+macro_rules! store_cases {
+    (multi_thread; $($case:ident),* $(,)?) => {
+        $crate::store_cases!(@runtime (flavor = "multi_thread", worker_threads = 4) $($case),*);
+    };
+    (@runtime $runtime:tt $($case:ident),*) => {$(
+        mod $case {
+            #[tokio::test $runtime]
+            async fn sqlite() {
+                let test_db = $crate::testing::sqlite().await;
+                super::$case(test_db.db.clone()).await;
+                test_db.db.close().await;
+            }
+
+            #[cfg_attr(not(postgres_tests), ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)")]
+            #[tokio::test $runtime]
+            async fn postgres() {
+                let Some(test_db) = $crate::testing::postgres().await else { return };
+                super::$case(test_db.db.clone()).await;
+                test_db.db.close().await;
+            }
+        }
+    )*};
+    ($($case:ident),* $(,)?) => {
+        $crate::store_cases!(@runtime () $($case),*);
+    };
 }
 
 /// Runs a raw statement on the writer; returns how many rows it changed.
@@ -192,9 +228,7 @@ async fn cut(shared: &Shared) {
 
 /// `host:port` of a database URL (5432 when it names no port).
 fn authority(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let host = rest.split(['/', '?']).next().unwrap_or(rest);
+    let host = crate::database_url::split(url).map_or(url, |parts| parts.hosts);
     if host.contains(':') {
         host.to_owned()
     } else {

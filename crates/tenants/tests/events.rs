@@ -10,28 +10,7 @@ use serde_json::json;
 
 const NOW: i64 = 1_700_000_000;
 
-macro_rules! store_cases {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test]
-            async fn sqlite() {
-                let test_db = keygate_store::testing::sqlite().await;
-                super::$case(test_db.db.clone()).await;
-                test_db.db.close().await;
-            }
-
-            #[cfg_attr(not(postgres_tests), ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)")]
-            #[tokio::test]
-            async fn postgres() {
-                let Some(test_db) = keygate_store::testing::postgres().await else { return };
-                super::$case(test_db.db.clone()).await;
-                test_db.db.close().await;
-            }
-        }
-    )*};
-}
-
-store_cases!(
+keygate_store::store_cases!(
     events_page_newest_first_per_app,
     only_events_of_an_app_with_a_webhook_are_queued,
     a_claim_holds_an_event_for_its_lease,

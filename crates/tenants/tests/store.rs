@@ -17,30 +17,7 @@ use keygate_tenants::{
 /// A fixed "now" (Unix seconds): time is a parameter, never read by the code under test.
 const NOW: i64 = 1_700_000_000;
 
-/// Generates, for every case `name`, a module `name` with a `sqlite` and a `postgres`
-/// test. The Postgres variant returns early when `TEST_DATABASE_URL` is not set.
-macro_rules! store_cases {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test]
-            async fn sqlite() {
-                let test_db = keygate_store::testing::sqlite().await;
-                super::$case(test_db.db.clone()).await;
-                test_db.db.close().await;
-            }
-
-            #[cfg_attr(not(postgres_tests), ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)")]
-            #[tokio::test]
-            async fn postgres() {
-                let Some(test_db) = keygate_store::testing::postgres().await else { return };
-                super::$case(test_db.db.clone()).await;
-                test_db.db.close().await;
-            }
-        }
-    )*};
-}
-
-store_cases!(
+keygate_store::store_cases!(
     apps_round_trip_through_the_store,
     unknown_apps_are_absent,
     a_taken_name_is_a_validation_error_naming_name,

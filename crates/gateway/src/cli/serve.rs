@@ -44,7 +44,7 @@ pub async fn serve(settings: Settings, log_format: LogFormat) -> anyhow::Result<
     }
     println!(
         "keygate listening on http://{shown} (database: {backend}, {})",
-        keygate_store::redact_url(&settings.database_url())
+        keygate_store::DatabaseUrl::from(settings.database_url())
     );
     app.run_until_stopped().await?;
     Ok(())

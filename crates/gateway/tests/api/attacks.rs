@@ -17,7 +17,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use keygate_keyring::jsonwebtoken::{self, Algorithm, EncodingKey, Header};
 use keygate_keyring::{key_store, KeyStore, MasterKey};
-use keygate_store::{Backend, PoolOptions};
+use keygate_store::{Backend, DatabaseUrl, PoolOptions};
 use keygate_tenants::AppId;
 use p256::ecdsa::signature::Signer as _;
 use p256::ecdsa::{Signature, SigningKey};
@@ -190,7 +190,8 @@ impl Vault {
     async fn open(app: &TestApp) -> Self {
         let options =
             PoolOptions { sqlite_readers: 1, postgres_connections: 1, ..Default::default() };
-        let db = Backend::connect(&app.database_url, &options).await.unwrap();
+        let url = DatabaseUrl::from(app.database_url.as_str());
+        let db = Backend::connect(&url, &options).await.unwrap();
         let encoded = std::fs::read_to_string(app.data_dir().join("master.key")).unwrap();
         let master = MasterKey::from_base64(&encoded).unwrap();
         Self { store: key_store(&db), master, _db: db }

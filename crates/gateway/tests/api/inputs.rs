@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use keygate_store::{Backend, PoolOptions, Sql};
+use keygate_store::{Backend, DatabaseUrl, PoolOptions, Sql};
 use reqwest::{Method, RequestBuilder};
 use serde_json::{json, Value};
 
@@ -224,7 +224,7 @@ async fn snapshot(database_url: &str) -> Vec<String> {
         "SELECT key_id || '|' || state FROM app_keys ORDER BY key_id",
     ];
     let options = PoolOptions { sqlite_readers: 1, postgres_connections: 1, ..Default::default() };
-    let db = Backend::connect(database_url, &options).await.unwrap();
+    let db = Backend::connect(&DatabaseUrl::from(database_url), &options).await.unwrap();
     let mut rows = Vec::new();
     for sql in QUERIES {
         let found: Vec<(String,)> = keygate_store::testing::fetch_all(&db, Sql::new(sql)).await;

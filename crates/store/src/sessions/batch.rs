@@ -9,7 +9,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{rotate_one, statements, RotationRow, SessionRow};
+use super::sql::statements;
+use super::{rotate_one, RotationRow, SessionRow};
 use crate::{Backend, Sql, StoreError};
 
 /// The most jobs one statement carries (11 bound values per rotation).

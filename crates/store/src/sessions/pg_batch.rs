@@ -17,7 +17,8 @@ use sqlx::{PgPool, Postgres};
 use tokio::sync::mpsc;
 
 use super::batch::{self, digest, InsertJob, RotateJob, QUEUE};
-use super::{statements, swap, SessionRow, COLUMNS, ROTATION};
+use super::sql::{statements, swap, COLUMNS, ROTATION};
+use super::SessionRow;
 use crate::Backend;
 
 /// The sending side; cloning it is cheap.

@@ -14,7 +14,8 @@ use sqlx::{Sqlite, SqlitePool};
 use tokio::sync::mpsc;
 
 use super::batch::{self, closed, digest, InsertJob, RotateJob, MAX_BATCH, QUEUE};
-use super::{statements, swap, SessionRow, COLUMNS, ROTATION};
+use super::sql::{statements, swap, COLUMNS, ROTATION};
+use super::SessionRow;
 use crate::{Backend, StoreError};
 
 pub(super) enum Job {

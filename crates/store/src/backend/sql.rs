@@ -1,0 +1,121 @@
+//! A statement and the values bound to it, which both backends take alike, and the rows
+//! both decode.
+
+use std::fmt;
+
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Arguments, Encode, FromRow, Type};
+
+/// A value bound to a statement placeholder. Both backends encode each of these the same
+/// way as they did when bound directly.
+#[derive(Clone)]
+pub enum Arg {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Bool(bool),
+    Bytes(Option<Vec<u8>>),
+}
+
+/// `From` for each Rust type a statement binds, into the [`Arg`] that carries it.
+macro_rules! args_from {
+    ($($from:ty => |$v:ident| $arg:expr;)*) => {
+        $(impl From<$from> for Arg {
+            fn from($v: $from) -> Self {
+                $arg
+            }
+        })*
+    };
+}
+
+args_from! {
+    String => |v| Self::Text(Some(v));
+    &str => |v| Self::Text(Some(v.to_owned()));
+    &String => |v| Self::Text(Some(v.clone()));
+    Option<String> => |v| Self::Text(v);
+    Option<&str> => |v| Self::Text(v.map(str::to_owned));
+    &Option<String> => |v| Self::Text(v.clone());
+    i64 => |v| Self::Int(Some(v));
+    Option<i64> => |v| Self::Int(v);
+    bool => |v| Self::Bool(v);
+    Vec<u8> => |v| Self::Bytes(Some(v));
+    &[u8] => |v| Self::Bytes(Some(v.to_vec()));
+    Option<Vec<u8>> => |v| Self::Bytes(v);
+}
+
+/// A statement and its arguments, in placeholder order. `Debug` shows the statement only:
+/// the arguments may be hashes, sealed keys or token digests.
+#[derive(Clone)]
+pub struct Sql {
+    pub(super) text: std::borrow::Cow<'static, str>,
+    pub(super) args: Vec<Arg>,
+}
+
+impl Sql {
+    pub fn new(text: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self { text: text.into(), args: Vec::new() }
+    }
+
+    /// Binds the next placeholder.
+    #[must_use]
+    pub fn bind(mut self, value: impl Into<Arg>) -> Self {
+        self.args.push(value.into());
+        self
+    }
+}
+
+impl fmt::Debug for Arg {
+    // The value may be a secret's hash, a sealed key or a token digest.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Arg(<redacted>)")
+    }
+}
+
+impl fmt::Debug for Sql {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sql").field("text", &self.text).field("args", &self.args.len()).finish()
+    }
+}
+
+/// Builds the arguments of either backend from [`Arg`]s: the one function that encodes.
+pub(super) fn arguments<'q, DB: sqlx::Database>(
+    args: Vec<Arg>,
+) -> Result<DB::Arguments<'q>, sqlx::Error>
+where
+    Option<String>: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
+    bool: Encode<'q, DB> + Type<DB>,
+    Option<Vec<u8>>: Encode<'q, DB> + Type<DB>,
+{
+    let mut out = DB::Arguments::default();
+    out.reserve(args.len(), 0);
+    for arg in args {
+        let added = match arg {
+            Arg::Text(v) => out.add(v),
+            Arg::Int(v) => out.add(v),
+            Arg::Bool(v) => out.add(v),
+            Arg::Bytes(v) => out.add(v),
+        };
+        added.map_err(sqlx::Error::Encode)?;
+    }
+    Ok(out)
+}
+
+/// A row type that both backends decode: derive `sqlx::FromRow` on a struct of plain
+/// fields, or use a tuple.
+pub trait Row: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin {}
+impl<T> Row for T where T: for<'r> FromRow<'r, SqliteRow> + for<'r> FromRow<'r, PgRow> + Send + Unpin
+{}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_values_never_reach_debug() {
+        let sql = Sql::new("SELECT $1, $2").bind("hunter2").bind(vec![0x42u8; 32]);
+        let shown = format!("{sql:?} {:?}", Arg::from("hunter2"));
+        assert!(shown.contains("SELECT $1, $2") && shown.contains("args: 2"), "{shown}");
+        assert!(!shown.contains("hunter2") && !shown.contains("66"), "{shown}");
+    }
+}
