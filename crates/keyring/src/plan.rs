@@ -5,11 +5,8 @@
 
 use crate::{KeyId, KeyRecord, KeyState, KeyringError};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyChange {
-    Transition { key_id: KeyId, from: KeyState, to: KeyState, at: i64 },
-    Insert(KeyRecord),
-}
+/// One step of a plan: a key's transition, or a new key.
+pub use keygate_store::signing_keys::KeyChange;
 
 fn the(keys: &[KeyRecord], state: KeyState) -> Result<&KeyRecord, KeyringError> {
     let mut matching = keys.iter().filter(|k| k.state == state);

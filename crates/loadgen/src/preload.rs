@@ -4,6 +4,7 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
+use keygate_kernel::KeyId;
 use keygate_sessions::{session_store, Jid, Session, SessionId};
 use keygate_store::{Backend, DatabaseUrl, PoolOptions};
 use keygate_tenants::AppId;
@@ -79,7 +80,8 @@ fn preloaded(app_id: AppId, n: u64, now: i64) -> Session {
         current_iat: now,
         current_exp: now + 30 * 86_400,
         current_digest: None,
-        key_id: "preloaded".into(),
+        // No token of a preloaded session was ever signed: an id that names no key.
+        key_id: KeyId::new(),
         prev_jid: None,
         rotated_at: None,
         ip: "192.0.2.1".into(),

@@ -1,4 +1,4 @@
-use keygate_kernel::AppId;
+use keygate_kernel::{AppId, KeyId};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -24,7 +24,7 @@ pub struct Session {
     /// from before digests were kept, or a rotation that was undone).
     pub current_digest: Option<TokenDigest>,
     /// The key that signed the current refresh token when it was issued.
-    pub key_id: String,
+    pub key_id: KeyId,
     pub prev_jid: Option<Jid>,
     pub rotated_at: Option<i64>,
     pub ip: String,
@@ -86,7 +86,7 @@ impl From<&Session> for SessionView {
             expires_at: s.expires_at,
             ip: s.ip.clone(),
             useragent: s.useragent.clone(),
-            key_id: s.key_id.clone(),
+            key_id: s.key_id.to_string(),
         }
     }
 }

@@ -97,7 +97,7 @@ impl Sessions {
             current_iat: now,
             current_exp: now.saturating_add(s.refresh_expire).min(expires_at),
             current_digest: None,
-            key_id: signer.key_id.to_string(),
+            key_id: signer.key_id,
             prev_jid: None,
             rotated_at: None,
             ip: input.ip,
@@ -193,11 +193,11 @@ impl Sessions {
         let uncapped = now.saturating_add(s.refresh_expire);
         let claims = refresh_claims(app, presented.sid, new_jid, now, uncapped);
         let refresh_token = signer.sign_typed(typs(app).1, &claims)?;
-        let key_id = signer.key_id.to_string();
+        let key_id = signer.key_id;
         let rotation = Rotation {
             new_jid,
             refresh_expire: s.refresh_expire,
-            key_id: &key_id,
+            key_id,
             ip: &input.ip,
             useragent: &input.useragent,
             presented: digest,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use keygate_kernel::AppId;
+use keygate_kernel::{AppId, KeyId};
 use keygate_store::sessions::{RotationRow, Scope, SessionRow, SessionTable};
 use keygate_store::Backend;
 use keygate_store::StoreError;
@@ -24,7 +24,7 @@ pub struct Rotation<'a> {
     /// The app's refresh lifetime: the new token expires at
     /// min(now + refresh_expire, the session's absolute expiry).
     pub refresh_expire: i64,
-    pub key_id: &'a str,
+    pub key_id: KeyId,
     pub ip: &'a str,
     pub useragent: &'a str,
     /// The digest the current refresh token must have, for a presented token whose
@@ -75,8 +75,7 @@ impl SessionStore {
         app_id: AppId,
         session_id: SessionId,
     ) -> Result<Option<Session>, StoreError> {
-        let row = self.table.get(&app_id.to_string(), &session_id.to_string()).await?;
-        row.map(Session::try_from).transpose()
+        self.table.get(app_id, session_id).await?.map(Session::try_from).transpose()
     }
 
     /// The compare-and-swap of a renew, as one statement: rotates only if `current_jid` is
@@ -92,15 +91,15 @@ impl SessionStore {
         now: i64,
     ) -> Result<Option<Session>, StoreError> {
         let row = RotationRow {
-            session_id: session_id.to_string(),
-            app_id: app_id.to_string(),
-            new_jid: rotation.new_jid.to_string(),
+            session_id,
+            app_id,
+            new_jid: rotation.new_jid,
             refresh_expire: rotation.refresh_expire,
-            key_id: rotation.key_id.to_owned(),
+            key_id: rotation.key_id,
             ip: rotation.ip.to_owned(),
             useragent: rotation.useragent.to_owned(),
             now,
-            expected: expected.to_string(),
+            expected,
             presented: rotation.presented.map(|d| d.0),
             digest: rotation.digest.map(|d| d.0),
         };
@@ -117,9 +116,8 @@ impl SessionStore {
         new_jid: Jid,
         restore: &Restore,
     ) -> Result<bool, StoreError> {
-        let (app_id, session_id) = (app_id.to_string(), session_id.to_string());
-        let (new_jid, jid) = (new_jid.to_string(), restore.jid.to_string());
-        self.table.unrotate(&app_id, &session_id, &new_jid, &jid, restore.iat, restore.exp).await
+        let jid = restore.jid;
+        self.table.unrotate(app_id, session_id, new_jid, jid, restore.iat, restore.exp).await
     }
 
     /// Records a renew of a non-rotating session. False if it is no longer live.
@@ -131,8 +129,7 @@ impl SessionStore {
         useragent: &str,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let (app_id, session_id) = (app_id.to_string(), session_id.to_string());
-        self.table.touch(&app_id, &session_id, ip, useragent, now).await
+        self.table.touch(app_id, session_id, ip, useragent, now).await
     }
 
     /// Revokes the live sessions in `scope`; returns how many.
@@ -143,16 +140,12 @@ impl SessionStore {
         reason: &str,
         now: i64,
     ) -> Result<u64, StoreError> {
-        let session_id;
         let scope = match scope {
-            RevokeScope::Session(id) => {
-                session_id = id.to_string();
-                Scope::Session(&session_id)
-            }
+            RevokeScope::Session(id) => Scope::Session(id),
             RevokeScope::Subject(sub) => Scope::Subject(sub),
             RevokeScope::App => Scope::App,
         };
-        self.table.revoke(&app_id.to_string(), scope, reason, now).await
+        self.table.revoke(app_id, scope, reason, now).await
     }
 
     /// Live sessions (not revoked, not past their absolute expiry), oldest first.
@@ -162,21 +155,17 @@ impl SessionStore {
         sub: Option<&str>,
         now: i64,
     ) -> Result<Vec<Session>, StoreError> {
-        let rows = self.table.list_live(&app_id.to_string(), sub, now).await?;
+        let rows = self.table.list_live(app_id, sub, now).await?;
         rows.into_iter().map(Session::try_from).collect()
     }
 
     /// How many live sessions each app has at `now` (apps without any are absent).
     pub async fn count_live_by_app(&self, now: i64) -> Result<Vec<(AppId, u64)>, StoreError> {
         let rows = self.table.count_live_by_app(now).await?;
-        rows.into_iter()
-            .map(|(app_id, count)| {
-                let app_id = app_id
-                    .parse()
-                    .map_err(|_| StoreError::Corrupt(format!("sessions.app_id {app_id:?}")))?;
-                Ok((app_id, u64::try_from(count).unwrap_or(0)))
-            })
-            .collect()
+        Ok(rows
+            .into_iter()
+            .map(|(app_id, count)| (app_id, u64::try_from(count).unwrap_or(0)))
+            .collect())
     }
 
     /// Deletes sessions that ended before `ended_before` (expired, or revoked). Returns how
@@ -188,17 +177,17 @@ impl SessionStore {
 
 fn row_of(s: &Session) -> Result<SessionRow, StoreError> {
     Ok(SessionRow {
-        session_id: s.session_id.to_string(),
-        app_id: s.app_id.to_string(),
+        session_id: s.session_id,
+        app_id: s.app_id,
         sub: s.sub.clone(),
         claims: serde_json::to_string(&s.claims).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         created_at: s.created_at,
         expires_at: s.expires_at,
-        current_jid: s.current_jid.to_string(),
+        current_jid: s.current_jid,
         current_iat: s.current_iat,
         current_exp: s.current_exp,
-        key_id: s.key_id.clone(),
-        prev_jid: s.prev_jid.map(|j| j.to_string()),
+        key_id: s.key_id,
+        prev_jid: s.prev_jid,
         rotated_at: s.rotated_at,
         ip: s.ip.clone(),
         useragent: s.useragent.clone(),
@@ -216,13 +205,13 @@ impl TryFrom<SessionRow> for Session {
         let corrupt = |what: &str| StoreError::Corrupt(format!("sessions.{what} is invalid"));
         let claims = serde_json::from_str(&row.claims).map_err(|_| corrupt("claims"))?;
         Ok(Session {
-            session_id: row.session_id.parse().map_err(|_| corrupt("session_id"))?,
-            app_id: row.app_id.parse().map_err(|_| corrupt("app_id"))?,
+            session_id: row.session_id,
+            app_id: row.app_id,
             sub: row.sub,
             claims,
             created_at: row.created_at,
             expires_at: row.expires_at,
-            current_jid: row.current_jid.parse().map_err(|_| corrupt("current_jid"))?,
+            current_jid: row.current_jid,
             current_iat: row.current_iat,
             current_exp: row.current_exp,
             current_digest: row
@@ -231,11 +220,7 @@ impl TryFrom<SessionRow> for Session {
                 .transpose()
                 .map_err(|_| corrupt("current_digest"))?,
             key_id: row.key_id,
-            prev_jid: row
-                .prev_jid
-                .map(|j| j.parse())
-                .transpose()
-                .map_err(|_| corrupt("prev_jid"))?,
+            prev_jid: row.prev_jid,
             rotated_at: row.rotated_at,
             ip: row.ip,
             useragent: row.useragent,

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use keygate_keyring::{key_store, Keyring, KeyringConfig, MasterKey};
+use keygate_keyring::{key_store, KeyId, Keyring, KeyringConfig, MasterKey};
 use keygate_sessions::{
     session_store, Introspected, Issued, Jid, Rejection, RenewInput, RenewMode, RenewOutcome,
     Restore, RevokeScope, Rotation, Session, SessionError, SessionId, SessionStore, Sessions,
@@ -60,7 +60,7 @@ struct Fixture {
     keyring: Keyring,
     store: Arc<SessionStore>,
     app_id: AppId,
-    key_id: String,
+    key_id: KeyId,
 }
 
 async fn fixture(db: Backend) -> Fixture {
@@ -72,7 +72,7 @@ async fn fixture(db: Backend) -> Fixture {
         keyring: Keyring::new(key_store(&db), MasterKey::generate(), KeyringConfig::default()),
         store: session_store(&db),
         app_id: AppId::new(),
-        key_id: String::new(),
+        key_id: KeyId::new(),
     };
     (f.app_id, f.key_id) = f.new_app("demo").await;
     f
@@ -80,17 +80,17 @@ async fn fixture(db: Backend) -> Fixture {
 
 impl Fixture {
     /// Sessions reference their app, so an app row (and its keys) must exist first.
-    async fn new_app(&self, name: &str) -> (AppId, String) {
+    async fn new_app(&self, name: &str) -> (AppId, KeyId) {
         let (record, _app_key) =
             self.tenants.create_app(name, &SettingsPatch::default(), NOW).await.unwrap();
         let keys = self.keyring.create_app_keys(record.app.app_id, NOW).await.unwrap();
-        (record.app.app_id, keys.signer().unwrap().key_id.to_string())
+        (record.app.app_id, keys.signer().unwrap().key_id)
     }
 
     /// A fresh, live session of `sub` in the fixture's app: one hour of absolute life, a
     /// refresh token valid for half of it.
     fn session(&self, sub: &str, created_at: i64) -> Session {
-        session_in(self.app_id, &self.key_id, sub, created_at)
+        session_in(self.app_id, self.key_id, sub, created_at)
     }
 
     async fn create(&self, session: &Session) {
@@ -109,7 +109,7 @@ impl Fixture {
         new_jid: Jid,
         now: i64,
     ) -> Option<Session> {
-        let r = rotation(new_jid, &self.key_id);
+        let r = rotation(new_jid, self.key_id);
         self.store.rotate(self.app_id, session_id, expected, &r, now).await.unwrap()
     }
 
@@ -119,7 +119,7 @@ impl Fixture {
     }
 }
 
-fn session_in(app_id: AppId, key_id: &str, sub: &str, created_at: i64) -> Session {
+fn session_in(app_id: AppId, key_id: KeyId, sub: &str, created_at: i64) -> Session {
     Session {
         session_id: SessionId::new(),
         app_id,
@@ -131,7 +131,7 @@ fn session_in(app_id: AppId, key_id: &str, sub: &str, created_at: i64) -> Sessio
         current_iat: created_at,
         current_exp: created_at + 1800,
         current_digest: Some(TokenDigest::of(&format!("token of {sub} at {created_at}"))),
-        key_id: key_id.to_owned(),
+        key_id,
         prev_jid: None,
         rotated_at: None,
         ip: "192.0.2.1".to_owned(),
@@ -145,7 +145,7 @@ fn session_in(app_id: AppId, key_id: &str, sub: &str, created_at: i64) -> Sessio
 /// The refresh lifetime of the store cases' rotations.
 const REFRESH: i64 = 1800;
 
-fn rotation(new_jid: Jid, key_id: &str) -> Rotation<'_> {
+fn rotation(new_jid: Jid, key_id: KeyId) -> Rotation<'static> {
     Rotation {
         new_jid,
         refresh_expire: REFRESH,
@@ -219,7 +219,7 @@ async fn rotate_with_a_digest_needs_the_current_token_byte_for_byte(db: Backend)
     let with = |presented: Option<TokenDigest>, new_jid| Rotation {
         presented,
         digest: Some(d1),
-        ..rotation(new_jid, &f.key_id)
+        ..rotation(new_jid, f.key_id)
     };
 
     // The right jid with another token's digest (a forged token that names the current
@@ -241,7 +241,7 @@ async fn rotate_with_a_digest_needs_the_current_token_byte_for_byte(db: Backend)
     // A token whose signature was verified swaps on the jid alone; without a new digest the
     // session keeps none, and then no digest matches it.
     let j2 = Jid::new();
-    let verified = Rotation { presented: None, digest: None, ..rotation(j2, &f.key_id) };
+    let verified = Rotation { presented: None, digest: None, ..rotation(j2, f.key_id) };
     let rotated = f.store.rotate(f.app_id, s.session_id, j1, &verified, now).await.unwrap();
     assert_eq!(rotated.map(|r| (r.current_jid, r.current_digest)), Some((j2, None)));
     let any = with(Some(d1), Jid::new());
@@ -269,14 +269,15 @@ async fn rotate_is_a_compare_and_swap(db: Backend) {
 
     let j1 = Jid::new();
     let now = NOW + 10;
-    let r1 = Rotation { key_id: "key-b", ..rotation(j1, &f.key_id) };
+    let key_b = KeyId::new();
+    let r1 = Rotation { key_id: key_b, ..rotation(j1, f.key_id) };
     let rotated = f.store.rotate(f.app_id, s.session_id, j0, &r1, now).await.unwrap();
     let expected = Session {
         current_jid: j1,
         current_iat: now,
         current_exp: now + REFRESH,
         current_digest: None,
-        key_id: "key-b".to_owned(),
+        key_id: key_b,
         prev_jid: Some(j0),
         rotated_at: Some(now),
         ip: "198.51.100.7".to_owned(),
@@ -291,7 +292,7 @@ async fn rotate_is_a_compare_and_swap(db: Backend) {
     let later = NOW + 20;
     assert_eq!(f.rotate(s.session_id, j0, Jid::new(), later).await, None);
     // So does the right jid under another app, or for an unknown session.
-    let stale = rotation(Jid::new(), &f.key_id);
+    let stale = rotation(Jid::new(), f.key_id);
     assert!(f.store.rotate(AppId::new(), s.session_id, j1, &stale, later).await.unwrap().is_none());
     assert!(f.store.rotate(f.app_id, SessionId::new(), j1, &stale, later).await.unwrap().is_none());
     assert_eq!(f.get(s.session_id).await, expected);
@@ -346,14 +347,14 @@ async fn a_rotated_token_never_outlives_its_session(db: Backend) {
 
     // A lifetime that ends before the session is not capped.
     let j2 = Jid::new();
-    let short = Rotation { refresh_expire: 60, ..rotation(j2, &f.key_id) };
+    let short = Rotation { refresh_expire: 60, ..rotation(j2, f.key_id) };
     let rotated = f.store.rotate(f.app_id, s.session_id, j1, &short, NOW + 20).await.unwrap();
     assert_eq!(rotated.map(|s| (s.current_iat, s.current_exp)), Some((NOW + 20, NOW + 80)));
     assert_eq!(f.get(s.session_id).await.current_exp, NOW + 80);
 
     // Exactly at the boundary: now + refresh_expire == expires_at.
     let j3 = Jid::new();
-    let exact = Rotation { refresh_expire: 900, ..rotation(j3, &f.key_id) };
+    let exact = Rotation { refresh_expire: 900, ..rotation(j3, f.key_id) };
     let rotated = f.store.rotate(f.app_id, s.session_id, j2, &exact, NOW + 100).await.unwrap();
     assert_eq!(rotated.map(|s| s.current_exp), Some(NOW + 1000));
 }
@@ -447,7 +448,7 @@ async fn revoke_counts_only_live_sessions_in_its_scope(db: Backend) {
     alice_expired.expires_at = t - 1;
     let capital_alice = f.session("Alice", NOW + 4);
     let bob = f.session("bob", NOW + 5);
-    let alice_elsewhere = session_in(other_app, &other_key, "alice", NOW);
+    let alice_elsewhere = session_in(other_app, other_key, "alice", NOW);
     for s in
         [&alice1, &alice2, &alice_revoked, &alice_expired, &capital_alice, &bob, &alice_elsewhere]
     {
@@ -540,7 +541,7 @@ async fn list_live_filters_by_subject_and_lists_oldest_first(db: Backend) {
     let mut a_revoked = f.session("alice", NOW + 5);
     a_revoked.revoked_at = Some(NOW + 6);
     a_revoked.revoked_reason = Some("logout".to_owned());
-    let elsewhere = session_in(other_app, &other_key, "alice", NOW + 1);
+    let elsewhere = session_in(other_app, other_key, "alice", NOW + 1);
     // Inserted out of order: the listing sorts.
     for s in [&a3, &a_revoked, &a1, &elsewhere, &b1, &a_expiring, &a2] {
         f.create(s).await;
@@ -622,9 +623,9 @@ async fn purge_deletes_sessions_that_ended_before_the_cutoff(db: Backend) {
     let mut revoked_after = f.session("bob", NOW);
     revoked_after.revoked_at = Some(cutoff + 500);
     let (other_app, other_key) = f.new_app("other").await;
-    let mut expired_elsewhere = session_in(other_app, &other_key, "carol", NOW - 5000);
+    let mut expired_elsewhere = session_in(other_app, other_key, "carol", NOW - 5000);
     expired_elsewhere.expires_at = cutoff - 1;
-    let mut live_elsewhere = session_in(other_app, &other_key, "carol", NOW);
+    let mut live_elsewhere = session_in(other_app, other_key, "carol", NOW);
     live_elsewhere.expires_at = cutoff + 10_000;
 
     let all = [
@@ -671,12 +672,12 @@ async fn of_fifty_concurrent_rotations_exactly_one_wins(db: Backend) {
         let start = Arc::new(tokio::sync::Barrier::new(TASKS));
         let tasks: Vec<_> = (0..TASKS)
             .map(|i| {
-                let (store, start, key_id) = (f.store.clone(), start.clone(), f.key_id.clone());
+                let (store, start, key_id) = (f.store.clone(), start.clone(), f.key_id);
                 let (app_id, session_id) = (f.app_id, s.session_id);
                 tokio::spawn(async move {
                     let new_jid = Jid::new();
                     let useragent = format!("agent/{i}");
-                    let r = Rotation { useragent: &useragent, ..rotation(new_jid, &key_id) };
+                    let r = Rotation { useragent: &useragent, ..rotation(new_jid, key_id) };
                     start.wait().await;
                     let rotated =
                         store.rotate(app_id, session_id, expected, &r, now).await.unwrap();
@@ -719,13 +720,13 @@ async fn concurrent_rotations_of_different_sessions_all_win(db: Backend) {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let (store, start, key_id) = (f.store.clone(), start.clone(), f.key_id.clone());
+            let (store, start, key_id) = (f.store.clone(), start.clone(), f.key_id);
             let (app_id, session_id, expected) = (f.app_id, s.session_id, s.current_jid);
             tokio::spawn(async move {
                 let new_jid = Jid::new();
                 // Different lifetimes, so that a row answered to the wrong job shows.
                 let refresh_expire = 100 + i64::try_from(i).unwrap();
-                let r = Rotation { refresh_expire, ..rotation(new_jid, &key_id) };
+                let r = Rotation { refresh_expire, ..rotation(new_jid, key_id) };
                 start.wait().await;
                 let rotated = store.rotate(app_id, session_id, expected, &r, NOW + 5).await;
                 (rotated.unwrap(), new_jid, refresh_expire)
@@ -1648,7 +1649,7 @@ async fn a_batch_of_rotations_in_doubt_is_resolved_job_by_job(
     let new_jids: Vec<Jid> = sessions.iter().map(|_| Jid::new()).collect();
     let f = &f;
     let renews = sessions.iter().zip(&new_jids).map(|(s, new_jid)| async move {
-        let r = rotation(*new_jid, &f.key_id);
+        let r = rotation(*new_jid, f.key_id);
         f.store.rotate(f.app_id, s.session_id, s.current_jid, &r, NOW + 1).await
     });
     let rotated = futures::future::join_all(renews).await;

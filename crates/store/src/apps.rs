@@ -1,13 +1,15 @@
 //! Apps (tenants), their app-key hashes, and the instance-wide settings (the root key's
 //! hash, the master key's id).
 
+use keygate_kernel::{AccessTokenProfile, AppId, Change, OnReuse};
+
 use crate::{Backend, Sql, StoreError};
 
 /// An app as stored: its settings, and the hashes of the app keys it accepts (the keyed
 /// form `hmac-sha256$…`, or an argon2id PHC string of a key made before it).
 #[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct AppRow {
-    pub app_id: String,
+    pub app_id: AppId,
     pub name: String,
     pub issuer: String,
     pub audience: String,
@@ -20,8 +22,8 @@ pub struct AppRow {
     pub rotation_period: i64,
     pub max_sessions_per_sub: i64,
     pub refresh_rotation: bool,
-    pub on_reuse: String,
-    pub access_token_profile: String,
+    pub on_reuse: OnReuse,
+    pub access_token_profile: AccessTokenProfile,
     pub app_key_hash: String,
     pub prev_app_key_hash: Option<String>,
     pub prev_app_key_expires_at: Option<i64>,
@@ -101,14 +103,9 @@ impl Backend {
     }
 }
 
-/// The announcement of a change to an app.
-fn changed(app_id: &str) -> String {
-    format!("app {app_id}")
-}
-
 /// The first 15 columns of [`INSERT_APP`] and of [`UPDATE_APP`], in order.
 fn with_settings(sql: Sql, app: &AppRow) -> Sql {
-    sql.bind(&app.app_id)
+    sql.bind(app.app_id)
         .bind(&app.name)
         .bind(&app.issuer)
         .bind(&app.audience)
@@ -121,8 +118,8 @@ fn with_settings(sql: Sql, app: &AppRow) -> Sql {
         .bind(app.rotation_period)
         .bind(app.max_sessions_per_sub)
         .bind(app.refresh_rotation)
-        .bind(&app.on_reuse)
-        .bind(&app.access_token_profile)
+        .bind(app.on_reuse)
+        .bind(app.access_token_profile)
 }
 
 impl Apps<'_> {
@@ -137,7 +134,7 @@ impl Apps<'_> {
         self.db.write(sql).execute().await.map(drop)
     }
 
-    pub async fn get(&self, app_id: &str) -> Result<Option<AppRow>, StoreError> {
+    pub async fn get(&self, app_id: AppId) -> Result<Option<AppRow>, StoreError> {
         let sql = Sql::new(format!("{SELECT_APP} WHERE app_id = $1")).bind(app_id);
         self.db.read(sql).fetch_optional().await
     }
@@ -159,7 +156,7 @@ impl Apps<'_> {
         if self.db.write(sql).execute().await? == 0 {
             return Err(StoreError::NotFound);
         }
-        self.db.after_commit(&changed(&app.app_id)).await;
+        self.db.after_commit(Change::App(app.app_id)).await;
         Ok(())
     }
 
@@ -167,7 +164,7 @@ impl Apps<'_> {
     /// `previous_expires_at`. `NotFound` if the app is gone.
     pub async fn set_key(
         &self,
-        app_id: &str,
+        app_id: AppId,
         current: &str,
         previous: Option<&str>,
         previous_expires_at: Option<i64>,
@@ -182,7 +179,7 @@ impl Apps<'_> {
         if self.db.write(sql).execute().await? == 0 {
             return Err(StoreError::NotFound);
         }
-        self.db.after_commit(&changed(app_id)).await;
+        self.db.after_commit(Change::App(app_id)).await;
         Ok(())
     }
 
@@ -190,14 +187,14 @@ impl Apps<'_> {
     /// form), and announces the change. False when the app no longer has that hash.
     pub async fn replace_key_hash(
         &self,
-        app_id: &str,
+        app_id: AppId,
         old: &str,
         new: &str,
     ) -> Result<bool, StoreError> {
         let sql = Sql::new(REPLACE_KEY_HASH).bind(app_id).bind(old).bind(new);
         let replaced = self.db.write(sql).execute().await? > 0;
         if replaced {
-            self.db.after_commit(&changed(app_id)).await;
+            self.db.after_commit(Change::App(app_id)).await;
         }
         Ok(replaced)
     }
@@ -210,9 +207,9 @@ impl Apps<'_> {
     }
 
     /// Deletes the app and, by cascade, everything it owns. False if there was no such app.
-    pub async fn delete(&self, app_id: &str) -> Result<bool, StoreError> {
+    pub async fn delete(&self, app_id: AppId) -> Result<bool, StoreError> {
         let deleted = self.db.write(Sql::new(DELETE_APP).bind(app_id)).execute().await?;
-        self.db.after_commit(&changed(app_id)).await;
+        self.db.after_commit(Change::App(app_id)).await;
         Ok(deleted > 0)
     }
 }
@@ -236,7 +233,7 @@ impl Settings<'_> {
         let sql = Sql::new(REPLACE_SETTING).bind(name).bind(old).bind(new);
         let replaced = self.db.write(sql).execute().await? > 0;
         if replaced {
-            self.db.after_commit("root").await;
+            self.db.after_commit(Change::Root).await;
         }
         Ok(replaced)
     }
@@ -244,7 +241,7 @@ impl Settings<'_> {
     /// Writes a setting, and announces it (the root key's hash is one).
     pub async fn put(&self, name: &str, value: &str) -> Result<(), StoreError> {
         self.db.write(Sql::new(PUT_SETTING).bind(name).bind(value)).execute().await?;
-        self.db.after_commit("root").await;
+        self.db.after_commit(Change::Root).await;
         Ok(())
     }
 }

@@ -1,6 +1,8 @@
 //! The audit trail: each app's security events, the outbox their webhook deliveries are
 //! drawn from, and each app's webhook.
 
+use keygate_kernel::AppId;
+
 use crate::{Backend, Sql, StoreError};
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -28,7 +30,7 @@ pub struct ClaimedRow {
 /// An app's webhook as stored.
 #[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct WebhookRow {
-    pub app_id: String,
+    pub app_id: AppId,
     pub url: String,
     /// The signing secret, sealed under the master key `master_key_id`.
     pub sealed_secret: Vec<u8>,
@@ -104,7 +106,7 @@ impl Audit<'_> {
     /// Newest first, older than `before` when it is given, of one `kind` when it is given.
     pub async fn list(
         &self,
-        app: &str,
+        app: AppId,
         before: Option<&str>,
         kind: Option<&str>,
         limit: i64,
@@ -140,7 +142,7 @@ impl Audit<'_> {
     /// `NotFound` if the app is gone.
     pub async fn set_webhook(&self, webhook: &WebhookRow) -> Result<()> {
         let sql = Sql::new(SET_WEBHOOK)
-            .bind(&webhook.app_id)
+            .bind(webhook.app_id)
             .bind(&webhook.url)
             .bind(webhook.sealed_secret.as_slice())
             .bind(&webhook.master_key_id)
@@ -148,7 +150,7 @@ impl Audit<'_> {
         (self.db.write(sql).execute().await? > 0).then_some(()).ok_or(StoreError::NotFound)
     }
 
-    pub async fn webhook(&self, app_id: &str) -> Result<Option<WebhookRow>> {
+    pub async fn webhook(&self, app_id: AppId) -> Result<Option<WebhookRow>> {
         let sql = Sql::new(format!("{SELECT_WEBHOOK} WHERE app_id = $1")).bind(app_id);
         self.db.read(sql).fetch_optional().await
     }
@@ -160,7 +162,7 @@ impl Audit<'_> {
     /// Replaces the sealed secret if it is still `old`; false if it changed.
     pub async fn reseal_webhook(
         &self,
-        app_id: &str,
+        app_id: AppId,
         old: &[u8],
         sealed_secret: &[u8],
         master_key_id: &str,
@@ -174,7 +176,7 @@ impl Audit<'_> {
     }
 
     /// False if the app had none.
-    pub async fn delete_webhook(&self, app_id: &str) -> Result<bool> {
+    pub async fn delete_webhook(&self, app_id: AppId) -> Result<bool> {
         let sql = Sql::new("DELETE FROM app_webhooks WHERE app_id = $1").bind(app_id);
         Ok(self.db.write(sql).execute().await? == 1)
     }

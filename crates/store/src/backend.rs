@@ -21,6 +21,8 @@ use sqlx::sqlite::{
 };
 use sqlx::{Postgres, Sqlite, Transaction};
 
+use keygate_kernel::Change;
+
 use crate::database_url::DatabaseUrl;
 use crate::hosts::{Follower, Targets};
 use crate::{in_doubt, StoreError};
@@ -321,11 +323,11 @@ impl Backend {
     /// Announces a committed change on [`CHANGES_CHANNEL`] (Postgres; SQLite has one
     /// process, which drops its own caches). Best effort: an announcement that is lost (the
     /// database went away just after the commit) is covered by the cache TTL.
-    pub async fn after_commit(&self, payload: &str) {
+    pub async fn after_commit(&self, change: Change) {
         let Pools::Postgres(pool) = &self.pools else { return };
         let sent = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANGES_CHANNEL)
-            .bind(payload)
+            .bind(change.to_string())
             .execute(pool)
             .await;
         if let Err(error) = sent {
@@ -475,7 +477,7 @@ where
 pub(crate) struct WriteTx {
     tx: On<Transaction<'static, Sqlite>, Transaction<'static, Postgres>>,
     backend: Backend,
-    announcements: Vec<String>,
+    announcements: Vec<Change>,
 }
 
 impl fmt::Debug for WriteTx {
@@ -529,8 +531,8 @@ impl WriteTx {
     }
 
     /// Announces `payload` on [`CHANGES_CHANNEL`] once the transaction has committed.
-    pub(crate) fn after_commit(&mut self, payload: String) {
-        self.announcements.push(payload);
+    pub(crate) fn after_commit(&mut self, change: Change) {
+        self.announcements.push(change);
     }
 
     pub(crate) async fn commit(self) -> Result<(), StoreError> {
@@ -541,8 +543,8 @@ impl WriteTx {
         // An error answered to COMMIT rolled the transaction back; a lost answer leaves it
         // in doubt.
         self.backend.noticed(committed.map_err(StoreError::after_sent))?;
-        for payload in &self.announcements {
-            self.backend.after_commit(payload).await;
+        for change in &self.announcements {
+            self.backend.after_commit(*change).await;
         }
         Ok(())
     }

@@ -38,6 +38,9 @@ impl From<sqlx::Error> for StoreError {
                     Self::Other(err)
                 }
             }
+            // A column that does not hold what its type says: an id that is not a ULID, a
+            // state that is not one of the states.
+            E::ColumnDecode { index, source } => Self::Corrupt(format!("column {index}: {source}")),
             _ => Self::Other(err),
         }
     }

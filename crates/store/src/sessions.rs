@@ -9,6 +9,7 @@ mod pg_batch;
 mod sql;
 mod sqlite_batch;
 
+use keygate_kernel::{AppId, Jid, KeyId, SessionId};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -28,18 +29,18 @@ const BULK_ROWS: usize = 500;
 /// A session as stored.
 #[derive(Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SessionRow {
-    pub session_id: String,
-    pub app_id: String,
+    pub session_id: SessionId,
+    pub app_id: AppId,
     pub sub: String,
     /// JSON.
     pub claims: String,
     pub created_at: i64,
     pub expires_at: i64,
-    pub current_jid: String,
+    pub current_jid: Jid,
     pub current_iat: i64,
     pub current_exp: i64,
-    pub key_id: String,
-    pub prev_jid: Option<String>,
+    pub key_id: KeyId,
+    pub prev_jid: Option<Jid>,
     pub rotated_at: Option<i64>,
     pub ip: String,
     pub useragent: String,
@@ -85,16 +86,16 @@ impl SessionRow {
 /// its current token if `expected` still is.
 #[derive(Clone)]
 pub struct RotationRow {
-    pub session_id: String,
-    pub app_id: String,
-    pub new_jid: String,
+    pub session_id: SessionId,
+    pub app_id: AppId,
+    pub new_jid: Jid,
     /// The app's refresh lifetime.
     pub refresh_expire: i64,
-    pub key_id: String,
+    pub key_id: KeyId,
     pub ip: String,
     pub useragent: String,
     pub now: i64,
-    pub expected: String,
+    pub expected: Jid,
     /// The digest the current token must have; `None`: not compared.
     pub presented: Option<[u8; 32]>,
     /// The digest of the new token.
@@ -128,7 +129,7 @@ impl RotationRow {
 /// Which live sessions of an app a revocation covers.
 #[derive(Debug, Clone, Copy)]
 pub enum Scope<'a> {
-    Session(&'a str),
+    Session(SessionId),
     Subject(&'a str),
     App,
 }
@@ -215,9 +216,9 @@ impl SessionTable {
                 // so that this transaction's commit waits for the synchronous standby too.
                 let mut tx = self.db.begin_write().await?;
                 let sql = Sql::new(for_update(CURRENT_JID, tx.kind()))
-                    .bind(&row.session_id)
-                    .bind(&row.app_id);
-                let jid: Option<(String,)> = tx.fetch_optional(sql).await?;
+                    .bind(row.session_id)
+                    .bind(row.app_id);
+                let jid: Option<(Jid,)> = tx.fetch_optional(sql).await?;
                 tx.commit().await?;
                 match jid {
                     Some((jid,)) if jid == row.current_jid => Ok(Found::new(Outcome::Committed, 0)),
@@ -265,8 +266,8 @@ impl SessionTable {
 
     pub async fn get(
         &self,
-        app_id: &str,
-        session_id: &str,
+        app_id: AppId,
+        session_id: SessionId,
     ) -> Result<Option<SessionRow>, StoreError> {
         let sql = Sql::new(statements().get.as_str()).bind(app_id).bind(session_id);
         self.db.read(sql).fetch_optional().await
@@ -298,10 +299,10 @@ impl SessionTable {
     /// token again if `new_jid` still is; false if the session moved on.
     pub async fn unrotate(
         &self,
-        app_id: &str,
-        session_id: &str,
-        new_jid: &str,
-        restore_jid: &str,
+        app_id: AppId,
+        session_id: SessionId,
+        new_jid: Jid,
+        restore_jid: Jid,
         restore_iat: i64,
         restore_exp: i64,
     ) -> Result<bool, StoreError> {
@@ -323,7 +324,7 @@ impl SessionTable {
                     }
                     let current =
                         Sql::new(for_update(CURRENT_JID, tx.kind())).bind(session_id).bind(app_id);
-                    let jid: Option<(String,)> = tx.fetch_optional(current).await?;
+                    let jid: Option<(Jid,)> = tx.fetch_optional(current).await?;
                     tx.commit().await?;
                     Ok(match jid {
                         Some((jid,)) if jid == restore_jid => Found::new(Outcome::Committed, true),
@@ -339,8 +340,8 @@ impl SessionTable {
     /// Records a renew without rotation; false if the session is no longer live.
     pub async fn touch(
         &self,
-        app_id: &str,
-        session_id: &str,
+        app_id: AppId,
+        session_id: SessionId,
         ip: &str,
         useragent: &str,
         now: i64,
@@ -363,7 +364,7 @@ impl SessionTable {
     /// Revokes the live sessions in `scope`; returns how many.
     pub async fn revoke(
         &self,
-        app_id: &str,
+        app_id: AppId,
         scope: Scope<'_>,
         reason: &str,
         now: i64,
@@ -390,7 +391,7 @@ impl SessionTable {
                     let mut tx = self.db.begin_write().await?;
                     let now_revoked = tx.execute(bound(revoke.into())).await?;
                     let sql = bound(for_update(revoked, tx.kind()));
-                    let all: Vec<(String,)> = tx.fetch_all(sql).await?;
+                    let all: Vec<(SessionId,)> = tx.fetch_all(sql).await?;
                     tx.commit().await?;
                     let outcome = match (now_revoked, all.len()) {
                         (0, 0) => Outcome::Superseded,
@@ -408,7 +409,7 @@ impl SessionTable {
     /// Live sessions (not revoked, not past their absolute expiry), oldest first.
     pub async fn list_live(
         &self,
-        app_id: &str,
+        app_id: AppId,
         sub: Option<&str>,
         now: i64,
     ) -> Result<Vec<SessionRow>, StoreError> {
@@ -423,7 +424,7 @@ impl SessionTable {
 
     /// How many live sessions each app has, at `now`: one scan of the live sessions (apps
     /// without any are absent).
-    pub async fn count_live_by_app(&self, now: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    pub async fn count_live_by_app(&self, now: i64) -> Result<Vec<(AppId, i64)>, StoreError> {
         self.db.read(Sql::new(LIVE_BY_APP).bind(now)).fetch_all().await
     }
 
@@ -456,7 +457,7 @@ async fn resolve_rotation(
         return Ok(Found::new(Outcome::Applied, Some(row)));
     }
     let get = for_update(statements().get.as_str(), tx.kind());
-    let sql = Sql::new(get).bind(&rotation.app_id).bind(&rotation.session_id);
+    let sql = Sql::new(get).bind(rotation.app_id).bind(rotation.session_id);
     let row: Option<SessionRow> = tx.fetch_optional(sql).await?;
     // On Postgres the lock gave this transaction an id, so its commit waits for the
     // synchronous standby: the rotation found is durable there before it is answered.
@@ -476,11 +477,11 @@ async fn evict_oldest(
     row: &SessionRow,
     max_per_sub: i64,
 ) -> Result<u64, StoreError> {
-    let sql = Sql::new(LIVE_OF_SUBJECT).bind(&row.app_id).bind(&row.sub).bind(row.created_at);
+    let sql = Sql::new(LIVE_OF_SUBJECT).bind(row.app_id).bind(&row.sub).bind(row.created_at);
     let live: Vec<(String,)> = tx.fetch_all(sql).await?;
     let mut evicted = 0;
     for (id,) in live.iter().take(evictions(live.len(), max_per_sub)) {
-        let sql = Sql::new(REVOKE_ONE).bind(&row.app_id).bind(id).bind(row.created_at);
+        let sql = Sql::new(REVOKE_ONE).bind(row.app_id).bind(id).bind(row.created_at);
         evicted += tx.execute(sql.bind("session limit")).await?;
     }
     Ok(evicted)

@@ -108,7 +108,7 @@ impl EventStore {
         limit: i64,
     ) -> Result<Vec<Event>> {
         let kind = kind.map(EventKind::as_str);
-        let rows = self.db.audit().list(&app.to_string(), before, kind, limit).await?;
+        let rows = self.db.audit().list(app, before, kind, limit).await?;
         rows.into_iter().map(event_of).collect()
     }
 
@@ -139,17 +139,16 @@ impl EventStore {
     /// Sets (or replaces) the app's webhook. `NotFound` if the app is gone.
     pub async fn set_webhook(&self, webhook: &Webhook) -> Result<()> {
         let Webhook { app_id, url, sealed_secret, master_key_id, created_at } = webhook.clone();
-        let app_id = app_id.to_string();
         let row = WebhookRow { app_id, url, sealed_secret, master_key_id, created_at };
         self.db.audit().set_webhook(&row).await
     }
 
     pub async fn webhook(&self, app_id: AppId) -> Result<Option<Webhook>> {
-        self.db.audit().webhook(&app_id.to_string()).await?.map(webhook_of).transpose()
+        Ok(self.db.audit().webhook(app_id).await?.map(webhook_of))
     }
 
     pub async fn webhooks(&self) -> Result<Vec<Webhook>> {
-        self.db.audit().webhooks().await?.into_iter().map(webhook_of).collect()
+        Ok(self.db.audit().webhooks().await?.into_iter().map(webhook_of).collect())
     }
 
     /// Replaces a webhook's sealed secret if it is still `old`; false if it changed.
@@ -160,13 +159,12 @@ impl EventStore {
         sealed_secret: &[u8],
         master_key_id: &str,
     ) -> Result<bool> {
-        let app_id = app_id.to_string();
-        self.db.audit().reseal_webhook(&app_id, old, sealed_secret, master_key_id).await
+        self.db.audit().reseal_webhook(app_id, old, sealed_secret, master_key_id).await
     }
 
     /// False if the app had none.
     pub async fn delete_webhook(&self, app_id: AppId) -> Result<bool> {
-        self.db.audit().delete_webhook(&app_id.to_string()).await
+        self.db.audit().delete_webhook(app_id).await
     }
 }
 
@@ -177,10 +175,7 @@ fn event_of(row: EventRow) -> Result<Event> {
     Ok(Event { event_id, app_id, kind, actor, detail, created_at })
 }
 
-fn webhook_of(row: WebhookRow) -> Result<Webhook> {
+fn webhook_of(row: WebhookRow) -> Webhook {
     let WebhookRow { app_id, url, sealed_secret, master_key_id, created_at } = row;
-    let app_id = app_id
-        .parse()
-        .map_err(|_| StoreError::Corrupt(format!("webhook of a bad app id {app_id:?}")))?;
-    Ok(Webhook { app_id, url, sealed_secret, master_key_id, created_at })
+    Webhook { app_id, url, sealed_secret, master_key_id, created_at }
 }

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use keygate_store::apps::AppRow;
 use keygate_store::Backend;
 
-use crate::{
-    AccessTokenProfile, App, AppId, AppKeyHashes, AppRecord, AppSettings, OnReuse, StoreError,
-};
+use crate::{App, AppId, AppKeyHashes, AppRecord, AppSettings, StoreError};
 
 /// Persistence of apps and instance-wide settings.
 #[derive(Debug, Clone)]
@@ -27,15 +25,15 @@ impl AppStore {
     }
 
     pub async fn get_app(&self, app_id: AppId) -> Result<Option<AppRecord>, StoreError> {
-        self.db.apps().get(&app_id.to_string()).await?.map(AppRecord::try_from).transpose()
+        Ok(self.db.apps().get(app_id).await?.map(AppRecord::from))
     }
 
     pub async fn find_app_by_name(&self, name: &str) -> Result<Option<AppRecord>, StoreError> {
-        self.db.apps().find_by_name(name).await?.map(AppRecord::try_from).transpose()
+        Ok(self.db.apps().find_by_name(name).await?.map(AppRecord::from))
     }
 
     pub async fn list_apps(&self) -> Result<Vec<AppRecord>, StoreError> {
-        self.db.apps().list().await?.into_iter().map(AppRecord::try_from).collect()
+        Ok(self.db.apps().list().await?.into_iter().map(AppRecord::from).collect())
     }
 
     /// Writes the name and settings. `NotFound` if the app is gone, `Conflict` when the new
@@ -51,14 +49,13 @@ impl AppStore {
         hashes: &AppKeyHashes,
         now: i64,
     ) -> Result<(), StoreError> {
-        let app_id = app_id.to_string();
         let (previous, until) = (hashes.previous.as_deref(), hashes.previous_expires_at);
-        self.db.apps().set_key(&app_id, &hashes.current, previous, until, now).await
+        self.db.apps().set_key(app_id, &hashes.current, previous, until, now).await
     }
 
     /// Deletes the app and, by cascade, everything it owns. False if there was no such app.
     pub async fn delete_app(&self, app_id: AppId) -> Result<bool, StoreError> {
-        self.db.apps().delete(&app_id.to_string()).await
+        self.db.apps().delete(app_id).await
     }
 
     /// Replaces the app-key hash `old` (current or previous) with `new`: the same key in
@@ -69,7 +66,7 @@ impl AppStore {
         old: &str,
         new: &str,
     ) -> Result<bool, StoreError> {
-        self.db.apps().replace_key_hash(&app_id.to_string(), old, new).await
+        self.db.apps().replace_key_hash(app_id, old, new).await
     }
 
     /// How many app-key hashes accepted at `now` are `(argon2id, keyed)`.
@@ -104,7 +101,7 @@ impl AppStore {
 fn row_of(app: &App, key: &AppKeyHashes) -> AppRow {
     let s = &app.settings;
     AppRow {
-        app_id: app.app_id.to_string(),
+        app_id: app.app_id,
         name: app.name.clone(),
         issuer: s.issuer.clone(),
         audience: s.audience.clone(),
@@ -117,8 +114,8 @@ fn row_of(app: &App, key: &AppKeyHashes) -> AppRow {
         rotation_period: s.rotation_period,
         max_sessions_per_sub: s.max_sessions_per_sub,
         refresh_rotation: s.refresh_rotation,
-        on_reuse: s.on_reuse.as_str().to_owned(),
-        access_token_profile: s.access_token_profile.as_str().to_owned(),
+        on_reuse: s.on_reuse,
+        access_token_profile: s.access_token_profile,
         app_key_hash: key.current.clone(),
         prev_app_key_hash: key.previous.clone(),
         prev_app_key_expires_at: key.previous_expires_at,
@@ -127,20 +124,11 @@ fn row_of(app: &App, key: &AppKeyHashes) -> AppRow {
     }
 }
 
-impl TryFrom<AppRow> for AppRecord {
-    type Error = StoreError;
-
-    fn try_from(row: AppRow) -> Result<Self, StoreError> {
-        let app_id = row
-            .app_id
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("app id {:?} is not a ULID", row.app_id)))?;
-        let on_reuse: OnReuse = row.on_reuse.parse().map_err(StoreError::Corrupt)?;
-        let access_token_profile: AccessTokenProfile =
-            row.access_token_profile.parse().map_err(StoreError::Corrupt)?;
-        Ok(AppRecord {
+impl From<AppRow> for AppRecord {
+    fn from(row: AppRow) -> Self {
+        AppRecord {
             app: App {
-                app_id,
+                app_id: row.app_id,
                 name: row.name,
                 settings: AppSettings {
                     issuer: row.issuer,
@@ -154,8 +142,8 @@ impl TryFrom<AppRow> for AppRecord {
                     rotation_period: row.rotation_period,
                     max_sessions_per_sub: row.max_sessions_per_sub,
                     refresh_rotation: row.refresh_rotation,
-                    on_reuse,
-                    access_token_profile,
+                    on_reuse: row.on_reuse,
+                    access_token_profile: row.access_token_profile,
                 },
                 created_at: row.created_at,
                 updated_at: row.updated_at,
@@ -165,6 +153,6 @@ impl TryFrom<AppRow> for AppRecord {
                 previous: row.prev_app_key_hash,
                 previous_expires_at: row.prev_app_key_expires_at,
             },
-        })
+        }
     }
 }

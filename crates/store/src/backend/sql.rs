@@ -3,6 +3,9 @@
 
 use std::fmt;
 
+use keygate_kernel::{
+    AccessTokenProfile, AppId, EventId, Jid, KeyId, KeyState, OnReuse, SessionId,
+};
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Arguments, Encode, FromRow, Type};
@@ -41,6 +44,25 @@ args_from! {
     Vec<u8> => |v| Self::Bytes(Some(v));
     &[u8] => |v| Self::Bytes(Some(v.to_vec()));
     Option<Vec<u8>> => |v| Self::Bytes(v);
+}
+
+/// The kernel's ids and states bind as their text form, as they are stored.
+macro_rules! text_args {
+    ($($ty:ty),* $(,)?) => {
+        $(args_from! {
+            $ty => |v| Self::Text(Some(v.to_string()));
+            &$ty => |v| Self::Text(Some(v.to_string()));
+            Option<$ty> => |v| Self::Text(v.map(|v| v.to_string()));
+        })*
+    };
+}
+
+text_args!(AppId, KeyId, SessionId, Jid, EventId);
+
+args_from! {
+    KeyState => |v| Self::Text(Some(v.as_str().to_owned()));
+    OnReuse => |v| Self::Text(Some(v.as_str().to_owned()));
+    AccessTokenProfile => |v| Self::Text(Some(v.as_str().to_owned()));
 }
 
 /// A statement and its arguments, in placeholder order. `Debug` shows the statement only:

@@ -256,8 +256,8 @@ pub(super) async fn settle_rotations(
 ) {
     match rows.map_err(failure) {
         Ok(rows) => {
-            let mut won: HashMap<String, SessionRow> =
-                rows.into_iter().map(|row| (row.current_jid.clone(), row)).collect();
+            let mut won: HashMap<keygate_kernel::Jid, SessionRow> =
+                rows.into_iter().map(|row| (row.current_jid, row)).collect();
             for job in jobs {
                 let _ = job.reply.send(Ok(won.remove(&job.rotation.new_jid)));
             }

@@ -76,17 +76,17 @@ fn insert_sql() -> &'static str {
 async fn insert_batch(db: &Backend, pool: &PgPool, mut jobs: Vec<InsertJob>) {
     let Some(mut conn) = batch::connect(&mut jobs, pool.acquire()).await else { return };
     let query = sqlx::query::<Postgres>(insert_sql())
-        .bind(column(&jobs, |j| j.row.session_id.as_str()))
-        .bind(column(&jobs, |j| j.row.app_id.as_str()))
+        .bind(column(&jobs, |j| j.row.session_id.to_string()))
+        .bind(column(&jobs, |j| j.row.app_id.to_string()))
         .bind(column(&jobs, |j| j.row.sub.as_str()))
         .bind(column(&jobs, |j| j.row.claims.as_str()))
         .bind(column(&jobs, |j| j.row.created_at))
         .bind(column(&jobs, |j| j.row.expires_at))
-        .bind(column(&jobs, |j| j.row.current_jid.as_str()))
+        .bind(column(&jobs, |j| j.row.current_jid.to_string()))
         .bind(column(&jobs, |j| j.row.current_iat))
         .bind(column(&jobs, |j| j.row.current_exp))
-        .bind(column(&jobs, |j| j.row.key_id.as_str()))
-        .bind(column(&jobs, |j| j.row.prev_jid.as_deref()))
+        .bind(column(&jobs, |j| j.row.key_id.to_string()))
+        .bind(column(&jobs, |j| j.row.prev_jid.map(|j| j.to_string())))
         .bind(column(&jobs, |j| j.row.rotated_at))
         .bind(column(&jobs, |j| j.row.ip.as_str()))
         .bind(column(&jobs, |j| j.row.useragent.as_str()))
@@ -113,15 +113,15 @@ fn rotate_sql() -> &'static str {
 async fn rotate_batch(db: &Backend, pool: &PgPool, mut jobs: Vec<RotateJob>) {
     let Some(mut conn) = batch::connect(&mut jobs, pool.acquire()).await else { return };
     let query = sqlx::query_as::<Postgres, SessionRow>(rotate_sql())
-        .bind(column(&jobs, |j| j.rotation.session_id.as_str()))
-        .bind(column(&jobs, |j| j.rotation.app_id.as_str()))
-        .bind(column(&jobs, |j| j.rotation.new_jid.as_str()))
+        .bind(column(&jobs, |j| j.rotation.session_id.to_string()))
+        .bind(column(&jobs, |j| j.rotation.app_id.to_string()))
+        .bind(column(&jobs, |j| j.rotation.new_jid.to_string()))
         .bind(column(&jobs, |j| j.rotation.refresh_expire))
-        .bind(column(&jobs, |j| j.rotation.key_id.as_str()))
+        .bind(column(&jobs, |j| j.rotation.key_id.to_string()))
         .bind(column(&jobs, |j| j.rotation.ip.as_str()))
         .bind(column(&jobs, |j| j.rotation.useragent.as_str()))
         .bind(column(&jobs, |j| j.rotation.now))
-        .bind(column(&jobs, |j| j.rotation.expected.as_str()))
+        .bind(column(&jobs, |j| j.rotation.expected.to_string()))
         .bind(column(&jobs, |j| digest(&j.rotation.presented)))
         .bind(column(&jobs, |j| digest(&j.rotation.digest)));
     let rows = query.fetch_all(&mut *conn).await;

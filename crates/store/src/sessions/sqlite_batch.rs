@@ -77,17 +77,17 @@ async fn insert_batch(db: &Backend, writer: &SqlitePool, mut jobs: Vec<InsertJob
     for job in &jobs {
         let r = &job.row;
         query = query
-            .bind(r.session_id.as_str())
-            .bind(r.app_id.as_str())
+            .bind(r.session_id.to_string())
+            .bind(r.app_id.to_string())
             .bind(r.sub.as_str())
             .bind(r.claims.as_str())
             .bind(r.created_at)
             .bind(r.expires_at)
-            .bind(r.current_jid.as_str())
+            .bind(r.current_jid.to_string())
             .bind(r.current_iat)
             .bind(r.current_exp)
-            .bind(r.key_id.as_str())
-            .bind(r.prev_jid.as_deref())
+            .bind(r.key_id.to_string())
+            .bind(r.prev_jid.map(|j| j.to_string()))
             .bind(r.rotated_at)
             .bind(r.ip.as_str())
             .bind(r.useragent.as_str())
@@ -126,15 +126,15 @@ async fn rotate_batch(db: &Backend, writer: &SqlitePool, mut jobs: Vec<RotateJob
     for job in &jobs {
         let r = &job.rotation;
         query = query
-            .bind(r.session_id.as_str())
-            .bind(r.app_id.as_str())
-            .bind(r.new_jid.as_str())
+            .bind(r.session_id.to_string())
+            .bind(r.app_id.to_string())
+            .bind(r.new_jid.to_string())
             .bind(r.refresh_expire)
-            .bind(r.key_id.as_str())
+            .bind(r.key_id.to_string())
             .bind(r.ip.as_str())
             .bind(r.useragent.as_str())
             .bind(r.now)
-            .bind(r.expected.as_str())
+            .bind(r.expected.to_string())
             .bind(digest(&r.presented))
             .bind(digest(&r.digest));
     }
