@@ -290,6 +290,16 @@ impl ServedBinary {
         Self { address, child, stderr: Some(stderr), _dir: dir }
     }
 
+    /// Stops it with SIGTERM and waits for it to exit: everything it had to write is
+    /// written. Returns its exit status and what it wrote to stderr.
+    pub fn terminate(mut self) -> (std::process::ExitStatus, Vec<u8>) {
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -TERM {pid}");
+        let status = self.child.wait().unwrap();
+        (status, self.stderr.take().map(|log| log.join().unwrap()).unwrap_or_default())
+    }
+
     /// Stops it; returns everything it wrote to stderr.
     pub fn stop(mut self) -> Vec<u8> {
         let _ = self.child.kill();

@@ -2,8 +2,6 @@
 //! every line written for a request carries its request id, which is answered in
 //! `X-Request-Id`. No token reaches the log.
 
-use std::time::Duration;
-
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -61,8 +59,10 @@ async fn json_logs_carry_the_request_id_and_no_token() {
     let replaced = odd.headers()["x-request-id"].to_str().unwrap().to_owned();
     assert!(replaced.parse::<ulid::Ulid>().is_ok(), "a malformed id is replaced: {replaced}");
 
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let log = String::from_utf8(served.stop()).unwrap();
+    // Stopped cleanly, it has written every line of those requests.
+    let (status, log) = served.terminate();
+    assert!(status.success(), "{status:?}");
+    let log = String::from_utf8(log).unwrap();
     let lines: Vec<Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))

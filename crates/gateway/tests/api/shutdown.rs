@@ -37,11 +37,6 @@ fn read_response(stream: &mut TcpStream) -> (u16, String) {
     }
 }
 
-fn sigterm(pid: u32) {
-    let status = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    assert!(status.unwrap().success(), "kill -TERM {pid}");
-}
-
 #[tokio::test]
 async fn sigterm_answers_the_request_in_flight_then_exits_0() {
     let root_key = format!("kgr_test_{}", ulid::Ulid::new());
@@ -82,7 +77,8 @@ async fn sigterm_answers_the_request_in_flight_then_exits_0() {
     .unwrap();
     stream.flush().unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    sigterm(served.child.id());
+    let pid = served.child.id().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
 
     // Still running, and waiting for that request: new connections are no longer served.
     tokio::time::sleep(Duration::from_millis(300)).await;
