@@ -92,8 +92,10 @@ impl FromStr for AccessTokenProfile {
     }
 }
 
-/// The settings of one app. Durations are whole seconds, as in the API.
+/// The settings of one app. Durations are whole seconds, as in the API. The store reads
+/// them from the apps table's columns of the same names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[cfg_attr(feature = "sqlx", derive(sqlx::FromRow))]
 pub struct AppSettings {
     pub issuer: String,
     pub audience: String,

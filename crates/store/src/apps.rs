@@ -1,7 +1,7 @@
 //! Apps (tenants), their app-key hashes, and the instance-wide settings (the root key's
 //! hash, the master key's id).
 
-use keygate_kernel::{AccessTokenProfile, AppId, Change, OnReuse};
+use keygate_kernel::{AppId, AppSettings, Change};
 
 use crate::{Backend, Sql, StoreError};
 
@@ -11,19 +11,8 @@ use crate::{Backend, Sql, StoreError};
 pub struct AppRow {
     pub app_id: AppId,
     pub name: String,
-    pub issuer: String,
-    pub audience: String,
-    pub token_expire: i64,
-    pub token_notbefore: i64,
-    pub refresh_expire: i64,
-    pub refresh_notbefore: i64,
-    pub session_max_age: i64,
-    pub reuse_grace: i64,
-    pub rotation_period: i64,
-    pub max_sessions_per_sub: i64,
-    pub refresh_rotation: bool,
-    pub on_reuse: OnReuse,
-    pub access_token_profile: AccessTokenProfile,
+    #[sqlx(flatten)]
+    pub settings: AppSettings,
     pub app_key_hash: String,
     pub prev_app_key_hash: Option<String>,
     pub prev_app_key_expires_at: Option<i64>,
@@ -105,21 +94,22 @@ impl Backend {
 
 /// The first 15 columns of [`INSERT_APP`] and of [`UPDATE_APP`], in order.
 fn with_settings(sql: Sql, app: &AppRow) -> Sql {
+    let s = &app.settings;
     sql.bind(app.app_id)
         .bind(&app.name)
-        .bind(&app.issuer)
-        .bind(&app.audience)
-        .bind(app.token_expire)
-        .bind(app.token_notbefore)
-        .bind(app.refresh_expire)
-        .bind(app.refresh_notbefore)
-        .bind(app.session_max_age)
-        .bind(app.reuse_grace)
-        .bind(app.rotation_period)
-        .bind(app.max_sessions_per_sub)
-        .bind(app.refresh_rotation)
-        .bind(app.on_reuse)
-        .bind(app.access_token_profile)
+        .bind(&s.issuer)
+        .bind(&s.audience)
+        .bind(s.token_expire)
+        .bind(s.token_notbefore)
+        .bind(s.refresh_expire)
+        .bind(s.refresh_notbefore)
+        .bind(s.session_max_age)
+        .bind(s.reuse_grace)
+        .bind(s.rotation_period)
+        .bind(s.max_sessions_per_sub)
+        .bind(s.refresh_rotation)
+        .bind(s.on_reuse)
+        .bind(s.access_token_profile)
 }
 
 impl Apps<'_> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use keygate_store::apps::AppRow;
 use keygate_store::Backend;
 
-use crate::{App, AppId, AppKeyHashes, AppRecord, AppSettings, StoreError};
+use crate::{App, AppId, AppKeyHashes, AppRecord, StoreError};
 
 /// Persistence of apps and instance-wide settings.
 #[derive(Debug, Clone)]
@@ -99,23 +99,10 @@ impl AppStore {
 }
 
 fn row_of(app: &App, key: &AppKeyHashes) -> AppRow {
-    let s = &app.settings;
     AppRow {
         app_id: app.app_id,
         name: app.name.clone(),
-        issuer: s.issuer.clone(),
-        audience: s.audience.clone(),
-        token_expire: s.token_expire,
-        token_notbefore: s.token_notbefore,
-        refresh_expire: s.refresh_expire,
-        refresh_notbefore: s.refresh_notbefore,
-        session_max_age: s.session_max_age,
-        reuse_grace: s.reuse_grace,
-        rotation_period: s.rotation_period,
-        max_sessions_per_sub: s.max_sessions_per_sub,
-        refresh_rotation: s.refresh_rotation,
-        on_reuse: s.on_reuse,
-        access_token_profile: s.access_token_profile,
+        settings: app.settings.clone(),
         app_key_hash: key.current.clone(),
         prev_app_key_hash: key.previous.clone(),
         prev_app_key_expires_at: key.previous_expires_at,
@@ -130,21 +117,7 @@ impl From<AppRow> for AppRecord {
             app: App {
                 app_id: row.app_id,
                 name: row.name,
-                settings: AppSettings {
-                    issuer: row.issuer,
-                    audience: row.audience,
-                    token_expire: row.token_expire,
-                    token_notbefore: row.token_notbefore,
-                    refresh_expire: row.refresh_expire,
-                    refresh_notbefore: row.refresh_notbefore,
-                    session_max_age: row.session_max_age,
-                    reuse_grace: row.reuse_grace,
-                    rotation_period: row.rotation_period,
-                    max_sessions_per_sub: row.max_sessions_per_sub,
-                    refresh_rotation: row.refresh_rotation,
-                    on_reuse: row.on_reuse,
-                    access_token_profile: row.access_token_profile,
-                },
+                settings: row.settings,
                 created_at: row.created_at,
                 updated_at: row.updated_at,
             },
