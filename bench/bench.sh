@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `just bench`: renew, oauth-refresh (renew through the OAuth token endpoint) and sign at
-# c = 1, 8, 32, 128 against a release keygate, first on
-# SQLite (synchronous=FULL), then on Postgres; one table at the end.
-#   BENCH_DURATION=10s BENCH_CONNS="1 8 32 128" BENCH_BACKENDS="sqlite postgres" bash bench/bench.sh
+# c = 1, 8, 32, 128 (closed loop), then renew at open-loop rates of 1,000, 3,000 and 6,000/s
+# (c = 32), against a release keygate, first on SQLite (synchronous=FULL), then on
+# Postgres; one table at the end, with the gateway's CPU per request in all and by thread.
+#   BENCH_DURATION=10s BENCH_CONNS="1 8 32 128" BENCH_RATES="1000 3000 6000" \
+#   BENCH_BACKENDS="sqlite postgres" bash bench/bench.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -23,6 +25,10 @@ for backend in ${BENCH_BACKENDS:-sqlite postgres}; do
             say "-- $backend $mode c=$conns"
             load "$mode" "$conns" "$backend" | tee -a "$results" >&2
         done
+    done
+    for rate in ${BENCH_RATES-1000 3000 6000}; do
+        say "-- $backend renew open loop at $rate/s, c=32"
+        load renew 32 "$backend" --rate "$rate" | tee -a "$results" >&2
     done
     stop_gateway
 done

@@ -220,8 +220,7 @@ async fn closed_loop(
     while let Some(result) = tasks.join_next().await {
         tally.merge(&result.context("a load task failed")?);
     }
-    let seconds = cpu.as_ref().and_then(CpuMeter::seconds);
-    Ok((tally, args.duration.as_secs_f64(), ServerCpu { percent, seconds }))
+    Ok((tally, args.duration.as_secs_f64(), ServerCpu::read(cpu.as_ref(), percent)))
 }
 
 /// Requests at a fixed rate; each one's latency counts from when it was due, so time spent
@@ -271,7 +270,7 @@ async fn open_loop(
     let cpu = cpu.flatten();
     let percent = cpu.as_ref().and_then(CpuMeter::percent);
     while tasks.join_next().await.is_some() {}
-    let seconds = cpu.as_ref().and_then(CpuMeter::seconds);
+    let server_cpu = ServerCpu::read(cpu.as_ref(), percent);
     let tally = tally.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    Ok((tally, args.duration.as_secs_f64(), ServerCpu { percent, seconds }))
+    Ok((tally, args.duration.as_secs_f64(), server_cpu))
 }

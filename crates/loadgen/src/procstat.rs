@@ -1,16 +1,39 @@
-//! The server's CPU time and peak RSS, read from /proc.
+//! The server's CPU time (in all, and by thread) and peak RSS, read from /proc.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-/// CPU seconds (user + system) used so far by `pid`.
-fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces; fields after it start past the last ')'.
+/// The name and the CPU seconds (user + system) of a `/proc/…/stat` file's process or
+/// thread.
+fn stat_seconds(path: &str, ticks_per_second: f64) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name may hold spaces and parentheses; it ends at the last ')'.
+    let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / ticks_per_second)
+    Some((name.to_owned(), (utime + stime) / ticks_per_second))
+}
+
+/// CPU seconds (user + system) used so far by `pid`.
+fn cpu_seconds(pid: u32, ticks_per_second: f64) -> Option<f64> {
+    stat_seconds(&format!("/proc/{pid}/stat"), ticks_per_second).map(|(_, seconds)| seconds)
+}
+
+/// The name and CPU seconds so far of each live thread of `pid`, by thread id.
+fn thread_seconds(pid: u32, ticks_per_second: f64) -> HashMap<u64, (String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid: u64 = task.file_name().to_str()?.parse().ok()?;
+            let stat = task.path().join("stat");
+            Some((tid, stat_seconds(stat.to_str()?, ticks_per_second)?))
+        })
+        .collect()
 }
 
 /// Peak resident set size in MiB (VmHWM).
@@ -37,13 +60,16 @@ pub struct CpuMeter {
     pid: u32,
     ticks: f64,
     start_cpu: f64,
+    start_threads: HashMap<u64, (String, f64)>,
     start: Instant,
 }
 
 impl CpuMeter {
     pub fn start(pid: u32) -> Option<Self> {
         let ticks = clock_ticks();
-        Some(Self { pid, ticks, start_cpu: cpu_seconds(pid, ticks)?, start: Instant::now() })
+        let start_threads = thread_seconds(pid, ticks);
+        let start_cpu = cpu_seconds(pid, ticks)?;
+        Some(Self { pid, ticks, start_cpu, start_threads, start: Instant::now() })
     }
 
     /// Percent of one core used since `start` (200% = both cores of a 2-core machine).
@@ -55,14 +81,72 @@ impl CpuMeter {
     pub fn seconds(&self) -> Option<f64> {
         Some(cpu_seconds(self.pid, self.ticks)? - self.start_cpu)
     }
+
+    /// CPU seconds used since `start` by the threads of each name (a thread pool's threads
+    /// share one): which part of the server the time went to. A thread that ended before
+    /// this call is not counted.
+    pub fn by_thread(&self) -> BTreeMap<String, f64> {
+        let mut used = BTreeMap::new();
+        for (tid, (name, now)) in thread_seconds(self.pid, self.ticks) {
+            let before = self.start_threads.get(&tid).map_or(0.0, |(_, seconds)| *seconds);
+            *used.entry(name).or_insert(0.0) += now - before;
+        }
+        used
+    }
 }
 
 /// What the server's process used over a measured run.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerCpu {
     /// Percent of one core over the measured interval.
     pub percent: Option<f64>,
     /// CPU seconds from the start of the measured interval until its last request was
     /// answered: the cost of the requests it counts, give or take one per connection.
     pub seconds: Option<f64>,
+    /// The same interval's CPU seconds by thread name (see [`CpuMeter::by_thread`]).
+    pub threads: BTreeMap<String, f64>,
+}
+
+impl ServerCpu {
+    /// What `meter` measured up to now; `percent` was read when the load stopped.
+    pub fn read(meter: Option<&CpuMeter>, percent: Option<f64>) -> Self {
+        Self {
+            percent,
+            seconds: meter.and_then(CpuMeter::seconds),
+            threads: meter.map(CpuMeter::by_thread).unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's threads are found by name, and a busy one is charged its CPU time.
+    #[test]
+    fn cpu_is_charged_to_the_thread_that_used_it() {
+        let meter = CpuMeter::start(std::process::id()).expect("this process's /proc");
+        let busy = std::thread::Builder::new()
+            .name("procstat-busy".into())
+            .spawn(|| {
+                let until = Instant::now() + std::time::Duration::from_millis(300);
+                let mut x = 0u64;
+                while Instant::now() < until {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+                // Still alive when it is measured: a thread that ended is not counted.
+                std::thread::park();
+                x
+            })
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let threads = meter.by_thread();
+        busy.thread().unpark();
+        busy.join().unwrap();
+        let used = threads.get("procstat-busy").copied().unwrap_or_default();
+        // 300 ms of spinning, measured in clock ticks (10 ms each); some of it may have
+        // waited for a core.
+        assert!(used >= 0.1, "{threads:?}");
+        assert!(used <= meter.seconds().unwrap() + 0.02, "{threads:?}");
+    }
 }

@@ -109,6 +109,14 @@ impl Report {
         (requests > 0).then(|| seconds * 1e6 / requests as f64)
     }
 
+    /// The server's CPU time per request by thread name, in microseconds, rounded to
+    /// tenths.
+    pub fn cpu_us_per_request_by_thread(&self) -> BTreeMap<String, f64> {
+        let requests = self.requests().max(1) as f64;
+        let per_request = |seconds: &f64| (seconds * 1e7 / requests).round() / 10.0;
+        self.server_cpu.threads.iter().map(|(name, s)| (name.clone(), per_request(s))).collect()
+    }
+
     fn quantile(&self, q: f64) -> f64 {
         ms(self.tally.latency.value_at_quantile(q))
     }
@@ -143,6 +151,7 @@ impl Report {
             "statuses": statuses,
             "server_cpu_pct": self.server_cpu.percent.map(|v| v.round()),
             "server_cpu_us_per_req": self.cpu_us_per_request().map(|v| (v * 10.0).round() / 10.0),
+            "server_cpu_us_per_req_by_thread": self.cpu_us_per_request_by_thread(),
             "server_peak_rss_mib": self.server_peak_rss_mib.map(|v| (v * 10.0).round() / 10.0),
             "target": match self.target {
                 Target::Keygate => "keygate",
@@ -250,7 +259,11 @@ mod tests {
             rate: None,
             seconds: 10.0,
             tally,
-            server_cpu: ServerCpu { percent: Some(50.0), seconds },
+            server_cpu: ServerCpu {
+                percent: Some(50.0),
+                seconds,
+                threads: [("worker".to_owned(), 0.3)].into(),
+            },
             server_peak_rss_mib: None,
         }
     }
@@ -261,6 +274,8 @@ mod tests {
         assert_eq!(r.cpu_us_per_request(), Some(50.0));
         let line: serde_json::Value = serde_json::from_str(&r.json_line()).unwrap();
         assert_eq!(line["server_cpu_us_per_req"], 50.0);
+        // 0.3 s over 400 requests.
+        assert_eq!(line["server_cpu_us_per_req_by_thread"]["worker"], 750.0);
         assert!(r.table().contains("µs/req"));
         assert_eq!(report(&[], Some(1.0)).cpu_us_per_request(), None, "no request, no figure");
         assert_eq!(report(&[(200, 5)], None).cpu_us_per_request(), None, "no pid, no figure");
