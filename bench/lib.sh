@@ -84,7 +84,7 @@ table() {
     python3 -c '
 import json, sys
 rows = [json.loads(l) for l in sys.stdin if l.strip().startswith("{")]
-head = ["backend", "mode", "conns", "rate", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "gateway CPU %", "gateway CPU µs/req", "of which, by thread", "peak RSS MiB"]
+head = ["backend", "mode", "conns", "rate", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "gateway CPU %", "gateway CPU µs/req", "of which, by thread", "database CPU µs/req", "peak RSS MiB"]
 def threads(r):
     by = r.get("server_cpu_us_per_req_by_thread") or {}
     busy = sorted(((us, name) for name, us in by.items() if us >= 0.5), reverse=True)
@@ -98,6 +98,7 @@ for r in rows:
         r["server_cpu_pct"] if r["server_cpu_pct"] is not None else "-",
         r.get("server_cpu_us_per_req") if r.get("server_cpu_us_per_req") is not None else "-",
         threads(r),
+        r.get("db_cpu_us_per_req") if r.get("db_cpu_us_per_req") is not None else "-",
         r["server_peak_rss_mib"] if r["server_peak_rss_mib"] is not None else "-"]) + " |")
 '
 }

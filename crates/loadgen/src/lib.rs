@@ -125,6 +125,10 @@ pub struct RunArgs {
     /// The server's PID, to report its CPU use and peak RSS.
     #[arg(long)]
     pid: Option<u32>,
+    /// The command name of the database's processes (for example `postgres`), to report
+    /// their CPU use per request too (they must run on this machine).
+    #[arg(long)]
+    db_process: Option<String>,
     /// A label for the report (for example the database).
     #[arg(long, default_value = "")]
     label: String,

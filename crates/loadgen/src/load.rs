@@ -8,7 +8,7 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 
 use crate::client::{Chain, Client, OidcChains, OidcClient, Status};
-use crate::procstat::{peak_rss_mib, CpuMeter, ServerCpu};
+use crate::procstat::{peak_rss_mib, CpuMeter, NamedMeter, ServerCpu};
 use crate::report::{Report, Tally};
 use crate::{Mode, RunArgs, Target};
 
@@ -214,13 +214,18 @@ async fn closed_loop(
     }
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu = args.pid.and_then(CpuMeter::start);
+    let database = args.db_process.as_deref().map(NamedMeter::start);
     tokio::time::sleep_until(end.into()).await;
     let percent = cpu.as_ref().and_then(CpuMeter::percent);
     let mut tally = Tally::default();
     while let Some(result) = tasks.join_next().await {
         tally.merge(&result.context("a load task failed")?);
     }
-    Ok((tally, args.duration.as_secs_f64(), ServerCpu::read(cpu.as_ref(), percent)))
+    Ok((
+        tally,
+        args.duration.as_secs_f64(),
+        ServerCpu::read(cpu.as_ref(), database.as_ref(), percent),
+    ))
 }
 
 /// Requests at a fixed rate; each one's latency counts from when it was due, so time spent
@@ -242,6 +247,7 @@ async fn open_loop(
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
     let mut cpu = None;
+    let mut database = None;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0u32.. {
         let due = start + interval * i;
@@ -250,6 +256,7 @@ async fn open_loop(
         }
         if cpu.is_none() && due >= measure_from {
             cpu = Some(args.pid.and_then(CpuMeter::start));
+            database = args.db_process.as_deref().map(NamedMeter::start);
         }
         tokio::time::sleep_until(due.into()).await;
         let (driver, pool, slots, tally, mode) =
@@ -270,7 +277,7 @@ async fn open_loop(
     let cpu = cpu.flatten();
     let percent = cpu.as_ref().and_then(CpuMeter::percent);
     while tasks.join_next().await.is_some() {}
-    let server_cpu = ServerCpu::read(cpu.as_ref(), percent);
+    let server_cpu = ServerCpu::read(cpu.as_ref(), database.as_ref(), percent);
     let tally = tally.lock().unwrap_or_else(|p| p.into_inner()).clone();
     Ok((tally, args.duration.as_secs_f64(), server_cpu))
 }

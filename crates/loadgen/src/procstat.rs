@@ -95,6 +95,44 @@ impl CpuMeter {
     }
 }
 
+/// The CPU seconds so far of every process whose command name is `name`, by PID.
+fn processes_named(name: &str, ticks_per_second: f64) -> HashMap<u32, f64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return HashMap::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let (comm, seconds) = stat_seconds(&format!("/proc/{pid}/stat"), ticks_per_second)?;
+            (comm == name).then_some((pid, seconds))
+        })
+        .collect()
+}
+
+/// CPU use, over an interval, of every process of one name: a database server's processes
+/// (Postgres forks one per connection). A process that started during the interval counts
+/// from zero; one that ended before [`NamedMeter::seconds`] is not counted.
+#[derive(Debug)]
+pub struct NamedMeter {
+    name: String,
+    ticks: f64,
+    start: HashMap<u32, f64>,
+}
+
+impl NamedMeter {
+    pub fn start(name: &str) -> Self {
+        let ticks = clock_ticks();
+        Self { name: name.to_owned(), ticks, start: processes_named(name, ticks) }
+    }
+
+    /// CPU seconds (user + system) used since `start`.
+    pub fn seconds(&self) -> f64 {
+        processes_named(&self.name, self.ticks)
+            .into_iter()
+            .map(|(pid, now)| now - self.start.get(&pid).copied().unwrap_or(0.0))
+            .sum()
+    }
+}
+
 /// What the server's process used over a measured run.
 #[derive(Debug, Clone, Default)]
 pub struct ServerCpu {
@@ -105,15 +143,22 @@ pub struct ServerCpu {
     pub seconds: Option<f64>,
     /// The same interval's CPU seconds by thread name (see [`CpuMeter::by_thread`]).
     pub threads: BTreeMap<String, f64>,
+    /// The same interval's CPU seconds of the database's processes (`--db-process`).
+    pub database: Option<f64>,
 }
 
 impl ServerCpu {
-    /// What `meter` measured up to now; `percent` was read when the load stopped.
-    pub fn read(meter: Option<&CpuMeter>, percent: Option<f64>) -> Self {
+    /// What the meters measured up to now; `percent` was read when the load stopped.
+    pub fn read(
+        meter: Option<&CpuMeter>,
+        database: Option<&NamedMeter>,
+        percent: Option<f64>,
+    ) -> Self {
         Self {
             percent,
             seconds: meter.and_then(CpuMeter::seconds),
             threads: meter.map(CpuMeter::by_thread).unwrap_or_default(),
+            database: database.map(NamedMeter::seconds),
         }
     }
 }
@@ -148,5 +193,30 @@ mod tests {
         // waited for a core.
         assert!(used >= 0.1, "{threads:?}");
         assert!(used <= meter.seconds().unwrap() + 0.02, "{threads:?}");
+    }
+
+    /// Processes are found by command name, a busy one is charged, and other names are not.
+    #[test]
+    fn cpu_of_the_processes_of_one_name_is_summed() {
+        use std::io::Write;
+        let meter = NamedMeter::start("sh");
+        let others = NamedMeter::start("no-such-process-name");
+        // A shell that counts (CPU in the shell itself), then waits on its standard input.
+        let mut shell = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); done; read _")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let until = Instant::now() + std::time::Duration::from_secs(30);
+        let mut used = meter.seconds();
+        while used < 0.05 && Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            used = meter.seconds();
+        }
+        let _ = shell.stdin.take().unwrap().write_all(b"\n");
+        shell.wait().unwrap();
+        assert!(used >= 0.05, "{used}");
+        assert_eq!(others.seconds(), 0.0);
     }
 }

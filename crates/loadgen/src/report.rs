@@ -117,6 +117,13 @@ impl Report {
         self.server_cpu.threads.iter().map(|(name, s)| (name.clone(), per_request(s))).collect()
     }
 
+    /// The database's CPU time per request answered, in microseconds, rounded to tenths.
+    pub fn db_cpu_us_per_request(&self) -> Option<f64> {
+        let requests = self.requests();
+        let seconds = self.server_cpu.database?;
+        (requests > 0).then(|| (seconds * 1e7 / requests as f64).round() / 10.0)
+    }
+
     fn quantile(&self, q: f64) -> f64 {
         ms(self.tally.latency.value_at_quantile(q))
     }
@@ -152,6 +159,7 @@ impl Report {
             "server_cpu_pct": self.server_cpu.percent.map(|v| v.round()),
             "server_cpu_us_per_req": self.cpu_us_per_request().map(|v| (v * 10.0).round() / 10.0),
             "server_cpu_us_per_req_by_thread": self.cpu_us_per_request_by_thread(),
+            "db_cpu_us_per_req": self.db_cpu_us_per_request(),
             "server_peak_rss_mib": self.server_peak_rss_mib.map(|v| (v * 10.0).round() / 10.0),
             "target": match self.target {
                 Target::Keygate => "keygate",
@@ -263,6 +271,7 @@ mod tests {
                 percent: Some(50.0),
                 seconds,
                 threads: [("worker".to_owned(), 0.3)].into(),
+                database: seconds.map(|s| s / 2.0),
             },
             server_peak_rss_mib: None,
         }
@@ -276,6 +285,7 @@ mod tests {
         assert_eq!(line["server_cpu_us_per_req"], 50.0);
         // 0.3 s over 400 requests.
         assert_eq!(line["server_cpu_us_per_req_by_thread"]["worker"], 750.0);
+        assert_eq!(line["db_cpu_us_per_req"], 25.0);
         assert!(r.table().contains("µs/req"));
         assert_eq!(report(&[], Some(1.0)).cpu_us_per_request(), None, "no request, no figure");
         assert_eq!(report(&[(200, 5)], None).cpu_us_per_request(), None, "no pid, no figure");

@@ -1696,3 +1696,24 @@ async fn a_batch_of_rotations_that_never_arrived_is_resolved_job_by_job() {
     use keygate_store::testing::Fault;
     a_batch_of_rotations_in_doubt_is_resolved_job_by_job(Fault::Swallow, Outcome::Applied).await;
 }
+
+/// Postgres plans every statement for its values (`plan_cache_mode`), on every connection
+/// of the pool: a generic plan cached while `sessions` was small made each batched
+/// rotation scan the whole table once it had grown (docs/benchmarks.md).
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
+#[tokio::test]
+async fn every_postgres_connection_plans_each_statement_for_its_values() {
+    use keygate_store::testing::{fetch_all, postgres};
+    use keygate_store::Sql;
+    let Some(test_db) = postgres().await else { return };
+    // Several at once, so that the pool opens more than one connection.
+    let shows =
+        (0..4).map(|_| fetch_all::<(String,)>(&test_db.db, Sql::new("SHOW plan_cache_mode")));
+    for rows in futures::future::join_all(shows).await {
+        assert_eq!(rows, vec![("force_custom_plan".to_owned(),)]);
+    }
+    test_db.db.close().await;
+}

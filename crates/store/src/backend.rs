@@ -183,8 +183,15 @@ impl Backend {
             Ok((Pools::Sqlite { writer, reader }, None))
         } else if raw.starts_with("postgres:") || raw.starts_with("postgresql:") {
             let lock_timeout = format!("{}ms", options.busy_timeout.as_millis());
+            // Every statement is planned for the values it runs with, never from a generic
+            // plan cached when a table was small: a batched rotation prepared while
+            // `sessions` held a few rows kept scanning the whole table once it held many
+            // (docs/benchmarks.md, "A plan cached on a small table").
             let session = |connect: PgConnectOptions| {
-                connect.options([("lock_timeout", lock_timeout.as_str())])
+                connect.options([
+                    ("lock_timeout", lock_timeout.as_str()),
+                    ("plan_cache_mode", "force_custom_plan"),
+                ])
             };
             let pool = PgPoolOptions::new()
                 .max_connections(options.postgres_connections.max(1))
