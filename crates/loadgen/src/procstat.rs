@@ -8,8 +8,9 @@ use std::time::Instant;
 fn stat_seconds(path: &str, ticks_per_second: f64) -> Option<(String, f64)> {
     let stat = std::fs::read_to_string(path).ok()?;
     // The command name may hold spaces and parentheses; it ends at the last ')'.
-    let name = &stat[stat.find('(')? + 1..stat.rfind(')')?];
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let end = stat.rfind(')')?;
+    let name = &stat[stat.find('(')? + 1..end];
+    let rest = &stat[end + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;

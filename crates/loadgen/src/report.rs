@@ -79,6 +79,11 @@ pub struct Report {
     pub server_peak_rss_mib: Option<f64>,
 }
 
+/// Rounded to tenths, for the JSON line.
+fn tenths(v: f64) -> f64 {
+    (v * 10.0).round() / 10.0
+}
+
 fn ms(micros: u64) -> f64 {
     micros as f64 / 1000.0
 }
@@ -102,26 +107,27 @@ impl Report {
         ok as f64 / self.seconds.max(f64::EPSILON)
     }
 
-    /// The server's CPU time per request answered (any status), in microseconds.
-    pub fn cpu_us_per_request(&self) -> Option<f64> {
+    /// `seconds` of CPU per request answered (any status), in microseconds; `None`
+    /// without a request.
+    fn us_per_request(&self, seconds: f64) -> Option<f64> {
         let requests = self.requests();
-        let seconds = self.server_cpu.seconds?;
         (requests > 0).then(|| seconds * 1e6 / requests as f64)
     }
 
-    /// The server's CPU time per request by thread name, in microseconds, rounded to
-    /// tenths.
-    pub fn cpu_us_per_request_by_thread(&self) -> BTreeMap<String, f64> {
-        let requests = self.requests().max(1) as f64;
-        let per_request = |seconds: &f64| (seconds * 1e7 / requests).round() / 10.0;
-        self.server_cpu.threads.iter().map(|(name, s)| (name.clone(), per_request(s))).collect()
+    /// The server's CPU time per request answered (any status), in microseconds.
+    pub fn cpu_us_per_request(&self) -> Option<f64> {
+        self.us_per_request(self.server_cpu.seconds?)
     }
 
-    /// The database's CPU time per request answered, in microseconds, rounded to tenths.
+    /// The server's CPU time per request by thread name, in microseconds.
+    pub fn cpu_us_per_request_by_thread(&self) -> BTreeMap<String, f64> {
+        let threads = self.server_cpu.threads.iter();
+        threads.filter_map(|(name, s)| Some((name.clone(), self.us_per_request(*s)?))).collect()
+    }
+
+    /// The database's CPU time per request answered, in microseconds.
     pub fn db_cpu_us_per_request(&self) -> Option<f64> {
-        let requests = self.requests();
-        let seconds = self.server_cpu.database?;
-        (requests > 0).then(|| (seconds * 1e7 / requests as f64).round() / 10.0)
+        self.us_per_request(self.server_cpu.database?)
     }
 
     fn quantile(&self, q: f64) -> f64 {
@@ -157,10 +163,13 @@ impl Report {
             "max_ms": ms(self.tally.latency.max()),
             "statuses": statuses,
             "server_cpu_pct": self.server_cpu.percent.map(|v| v.round()),
-            "server_cpu_us_per_req": self.cpu_us_per_request().map(|v| (v * 10.0).round() / 10.0),
-            "server_cpu_us_per_req_by_thread": self.cpu_us_per_request_by_thread(),
-            "db_cpu_us_per_req": self.db_cpu_us_per_request(),
-            "server_peak_rss_mib": self.server_peak_rss_mib.map(|v| (v * 10.0).round() / 10.0),
+            "server_cpu_us_per_req": self.cpu_us_per_request().map(tenths),
+            "server_cpu_us_per_req_by_thread": self.cpu_us_per_request_by_thread()
+                .into_iter()
+                .map(|(name, us)| (name, tenths(us)))
+                .collect::<BTreeMap<_, _>>(),
+            "db_cpu_us_per_req": self.db_cpu_us_per_request().map(tenths),
+            "server_peak_rss_mib": self.server_peak_rss_mib.map(tenths),
             "target": match self.target {
                 Target::Keygate => "keygate",
                 Target::Oidc => "oidc",
