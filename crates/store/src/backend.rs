@@ -170,10 +170,14 @@ impl Backend {
                 // sessions' pages stay in memory instead of being read again.
                 .pragma("cache_size", "-16384")
                 .busy_timeout(options.busy_timeout);
+            // An idle SQLite connection is not pinged before it is lent out (sqlx pings by
+            // default): it lives in this process and cannot have been hung up, and each ping
+            // is a round trip to the connection's worker thread, a wake-up per statement.
             let pool = |max_connections| {
                 SqlitePoolOptions::new()
                     .max_connections(max_connections)
                     .acquire_timeout(options.busy_timeout)
+                    .test_before_acquire(false)
             };
             let writer = pool(1).connect_with(connect.clone()).await.map_err(DbError::Connect)?;
             let reader = pool(options.sqlite_readers.max(1))

@@ -8,6 +8,7 @@ mod batch;
 mod pg_batch;
 mod sql;
 mod sqlite_batch;
+mod sqlite_conn;
 
 use keygate_kernel::{AppId, Jid, KeyId, SessionId};
 use tokio::sync::oneshot;

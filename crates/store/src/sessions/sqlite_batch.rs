@@ -3,21 +3,34 @@
 //!
 //! A single task owns the batching, on a thread of its own (`keygate-commit`) with a
 //! single-threaded runtime: a job wakes that one thread, instead of a worker of the shared
-//! multi-threaded runtime that may wake a second one to look for work (the CPU per renew
-//! it saves is in docs/benchmarks.md). It takes every job that is waiting, writes all inserts
-//! as one multi-row INSERT and all rotations as one `UPDATE … FROM (VALUES …) RETURNING`,
-//! each a statement of its own in autocommit: the write lock is held only while SQLite runs
-//! that statement, never across other work. Each rotation keeps compare-and-swap semantics:
-//! a row updates only if its `current_jid` is still the expected one, and when several
-//! renews of one token share a batch, exactly one of them wins.
+//! multi-threaded runtime that may wake a second one to look for work. It takes every job
+//! that is waiting, writes all inserts as one multi-row INSERT and all rotations as one
+//! `UPDATE … FROM (VALUES …) RETURNING`, each a statement of its own in autocommit: the
+//! write lock is held only while SQLite runs that statement, never across other work. Each
+//! rotation keeps compare-and-swap semantics: a row updates only if its `current_jid` is
+//! still the expected one, and when several renews of one token share a batch, exactly one
+//! of them wins.
+//!
+//! The batcher runs its statements itself, on a connection of its own ([`conn`]), instead
+//! of handing them to a pooled sqlx connection, whose statements run on a worker thread of
+//! their own: each handoff there, and each row and result sent back, was a wake-up of one
+//! thread by another (about 13 context switches per renew at 1,000 renews/s; the CPU it
+//! saves is in docs/benchmarks.md). The batcher's writes and the pool's (revocations, signs
+//! under a session limit, key changes) take turns on SQLite's write lock, within the busy
+//! timeout. A statement blocks the batcher's thread while it runs, which is all that thread
+//! does; jobs queue meanwhile and form the next batch.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::time::Duration;
 
-use sqlx::{Sqlite, SqlitePool};
+use rusqlite::params_from_iter;
+use rusqlite::types::Value;
 use tokio::sync::mpsc;
 
-use super::batch::{self, closed, digest, InsertJob, RotateJob, MAX_BATCH, QUEUE};
+use super::batch::{self, closed, InsertJob, RotateJob, MAX_BATCH, QUEUE};
 use super::sql::{statements, swap, COLUMNS, ROTATION};
+use super::sqlite_conn as conn;
 use super::SessionRow;
 use crate::{Backend, StoreError};
 
@@ -34,10 +47,15 @@ pub(super) struct GroupCommit {
 
 impl GroupCommit {
     /// Starts the batcher on a thread of its own; `None` outside a Tokio runtime (as for
-    /// Postgres, whose batchers are tasks on it) or if the thread cannot start.
+    /// Postgres, whose batchers are tasks on it), for an in-memory database (which a second
+    /// connection cannot open by name), or if the thread cannot start.
     pub(super) fn start(db: &Backend) -> Option<Self> {
         tokio::runtime::Handle::try_current().ok()?;
-        let writer = db.sqlite_writer()?.clone();
+        let path = db.sqlite_writer()?.connect_options().get_filename().to_path_buf();
+        if !path.is_file() {
+            return None;
+        }
+        let writer = Writer { path, busy_timeout: db.busy_timeout(), conn: None };
         let (jobs, queue) = mpsc::channel(QUEUE);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
         let db = db.clone();
@@ -53,7 +71,23 @@ impl GroupCommit {
     }
 }
 
-async fn run(db: Backend, writer: SqlitePool, mut queue: mpsc::Receiver<Job>) {
+/// The batcher's own connection, opened at its first batch.
+struct Writer {
+    path: PathBuf,
+    busy_timeout: Duration,
+    conn: Option<rusqlite::Connection>,
+}
+
+impl Writer {
+    fn connection(&mut self) -> Result<&mut rusqlite::Connection, sqlx::Error> {
+        Ok(match self.conn.take() {
+            Some(conn) => self.conn.insert(conn),
+            None => self.conn.insert(conn::open(&self.path, self.busy_timeout)?),
+        })
+    }
+}
+
+async fn run(db: Backend, mut writer: Writer, mut queue: mpsc::Receiver<Job>) {
     while let Some(jobs) = batch::next(&mut queue).await {
         let (mut rotations, mut inserts) = (Vec::new(), Vec::new());
         for job in jobs {
@@ -63,10 +97,10 @@ async fn run(db: Backend, writer: SqlitePool, mut queue: mpsc::Receiver<Job>) {
             }
         }
         if !inserts.is_empty() {
-            insert_batch(&db, &writer, inserts).await;
+            insert_batch(&db, &mut writer, inserts).await;
         }
         if !rotations.is_empty() {
-            rotate_batch(&db, &writer, rotations).await;
+            rotate_batch(&db, &mut writer, rotations).await;
         }
     }
 }
@@ -79,42 +113,43 @@ fn positional(rows: usize, width: usize) -> String {
     vec![tuple.as_str(); rows].join(", ")
 }
 
-async fn insert_batch(db: &Backend, writer: &SqlitePool, mut jobs: Vec<InsertJob>) {
-    let Some(mut conn) = batch::connect(&mut jobs, writer.acquire()).await else { return };
+async fn insert_batch(db: &Backend, writer: &mut Writer, mut jobs: Vec<InsertJob>) {
+    let Some(conn) = batch::connect(&mut jobs, async { writer.connection() }).await else {
+        return;
+    };
     let sql = format!("{}{}", statements().insert_into, positional(jobs.len(), COLUMNS.len()));
-    let mut query = sqlx::query::<Sqlite>(&sql);
+    let mut values = Vec::with_capacity(jobs.len() * COLUMNS.len());
     for job in &jobs {
         let r = &job.row;
-        query = query
-            .bind(r.session_id.to_string())
-            .bind(r.app_id.to_string())
-            .bind(r.sub.as_str())
-            .bind(r.claims.as_str())
-            .bind(r.created_at)
-            .bind(r.expires_at)
-            .bind(r.current_jid.to_string())
-            .bind(r.current_iat)
-            .bind(r.current_exp)
-            .bind(r.key_id.to_string())
-            .bind(r.prev_jid.map(|j| j.to_string()))
-            .bind(r.rotated_at)
-            .bind(r.ip.as_str())
-            .bind(r.useragent.as_str())
-            .bind(r.last_renewed_at)
-            .bind(r.revoked_at)
-            .bind(r.revoked_reason.as_deref())
-            .bind(r.current_digest.as_deref());
+        values.extend([
+            Value::Text(r.session_id.to_string()),
+            Value::Text(r.app_id.to_string()),
+            Value::Text(r.sub.clone()),
+            Value::Text(r.claims.clone()),
+            Value::Integer(r.created_at),
+            Value::Integer(r.expires_at),
+            Value::Text(r.current_jid.to_string()),
+            Value::Integer(r.current_iat),
+            Value::Integer(r.current_exp),
+            Value::Text(r.key_id.to_string()),
+            r.prev_jid.map_or(Value::Null, |jid| Value::Text(jid.to_string())),
+            r.rotated_at.map_or(Value::Null, Value::Integer),
+            Value::Text(r.ip.clone()),
+            Value::Text(r.useragent.clone()),
+            Value::Integer(r.last_renewed_at),
+            r.revoked_at.map_or(Value::Null, Value::Integer),
+            r.revoked_reason.clone().map_or(Value::Null, Value::Text),
+            r.current_digest.clone().map_or(Value::Null, Value::Blob),
+        ]);
     }
     // Batches differ in size, so their statements are not worth keeping prepared.
-    let done = query.persistent(false).execute(&mut *conn).await.map(drop);
-    // The job-by-job retry takes the writer's one connection.
-    drop(conn);
+    let done = conn.execute(&sql, params_from_iter(values)).map(drop).map_err(conn::error);
     batch::settle_inserts(db, jobs, done).await;
 }
 
 /// The batched compare-and-swap for `rows` rotations (a power of two up to [`MAX_BATCH`]).
 /// A batch is padded to the next power of two with rows that match no session, so that
-/// only a handful of statements exist and each stays prepared on the writer connection:
+/// only a handful of statements exist and each stays prepared on the batcher's connection:
 /// parsing and planning a new statement for every batch cost more than the padding.
 fn rotate_batch_sql(rows: usize) -> &'static str {
     const SIZES: usize = MAX_BATCH.trailing_zeros() as usize + 1;
@@ -129,40 +164,46 @@ fn rotate_batch_sql(rows: usize) -> &'static str {
     })
 }
 
-async fn rotate_batch(db: &Backend, writer: &SqlitePool, mut jobs: Vec<RotateJob>) {
-    let Some(mut conn) = batch::connect(&mut jobs, writer.acquire()).await else { return };
-    let mut query = sqlx::query_as::<Sqlite, SessionRow>(rotate_batch_sql(jobs.len()));
+async fn rotate_batch(db: &Backend, writer: &mut Writer, mut jobs: Vec<RotateJob>) {
+    let Some(conn) = batch::connect(&mut jobs, async { writer.connection() }).await else {
+        return;
+    };
+    let blob = |digest: &Option<[u8; 32]>| digest.map_or(Value::Null, |d| Value::Blob(d.to_vec()));
+    let size = jobs.len().next_power_of_two();
+    let mut values = Vec::with_capacity(size * ROTATION.len());
     for job in &jobs {
         let r = &job.rotation;
-        query = query
-            .bind(r.session_id.to_string())
-            .bind(r.app_id.to_string())
-            .bind(r.new_jid.to_string())
-            .bind(r.refresh_expire)
-            .bind(r.key_id.to_string())
-            .bind(r.ip.as_str())
-            .bind(r.useragent.as_str())
-            .bind(r.now)
-            .bind(r.expected.to_string())
-            .bind(digest(&r.presented))
-            .bind(digest(&r.digest));
+        values.extend([
+            Value::Text(r.session_id.to_string()),
+            Value::Text(r.app_id.to_string()),
+            Value::Text(r.new_jid.to_string()),
+            Value::Integer(r.refresh_expire),
+            Value::Text(r.key_id.to_string()),
+            Value::Text(r.ip.clone()),
+            Value::Text(r.useragent.clone()),
+            Value::Integer(r.now),
+            Value::Text(r.expected.to_string()),
+            blob(&r.presented),
+            blob(&r.digest),
+        ]);
     }
     // Padding: an empty session id matches no session.
-    for _ in jobs.len()..jobs.len().next_power_of_two() {
-        query = query
-            .bind("")
-            .bind("")
-            .bind("")
-            .bind(0i64)
-            .bind("")
-            .bind("")
-            .bind("")
-            .bind(0i64)
-            .bind("")
-            .bind(None::<&[u8]>)
-            .bind(None::<&[u8]>);
+    for _ in jobs.len()..size {
+        let empty = || Value::Text(String::new());
+        values.extend([empty(), empty(), empty(), Value::Integer(0), empty(), empty(), empty()]);
+        values.extend([Value::Integer(0), empty(), Value::Null, Value::Null]);
     }
-    let rows = query.fetch_all(&mut *conn).await;
-    drop(conn);
+    let rows = rotate(conn, rotate_batch_sql(jobs.len()), values).map_err(conn::error);
     batch::settle_rotations(db, jobs, rows).await;
+}
+
+/// Runs a batched rotation to its end, which commits it, and returns the rows it updated.
+fn rotate(
+    conn: &rusqlite::Connection,
+    sql: &str,
+    values: Vec<Value>,
+) -> rusqlite::Result<Vec<SessionRow>> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let rows = statement.query_map(params_from_iter(values), conn::session)?;
+    rows.collect()
 }
