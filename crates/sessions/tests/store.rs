@@ -1697,6 +1697,51 @@ async fn a_batch_of_rotations_that_never_arrived_is_resolved_job_by_job() {
     a_batch_of_rotations_in_doubt_is_resolved_job_by_job(Fault::Swallow, Outcome::Applied).await;
 }
 
+/// The Postgres batcher keeps its connection from one batch to the next. When that
+/// connection is dropped while idle (here by a proxy between the gateway and Postgres; in
+/// production a restart, a failover, a network cut), the next renew still rotates, exactly
+/// once: its batch fails on the dead connection, is resolved as in doubt, and the batcher
+/// takes a new connection for the batches after it. And the pool still closes while the
+/// batcher holds a connection (closing waits for every connection lent).
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
+#[tokio::test]
+async fn a_renew_after_the_batchers_connection_dropped_while_idle_rotates_once() {
+    use keygate_store::testing::FaultProxy;
+    let Ok(base) = std::env::var("TEST_DATABASE_URL") else { return };
+    let proxy = FaultProxy::start(&base).await;
+    let test_db = keygate_store::testing::postgres_through(&proxy).await.unwrap();
+    let f = fixture(test_db.db.clone()).await;
+    let session = f.session("idle", NOW);
+    f.create(&session).await;
+    let first = Jid::new();
+    let rotated = f.rotate(session.session_id, session.current_jid, first, NOW + 1).await;
+    assert_eq!(
+        rotated.map(|row| row.current_jid),
+        Some(first),
+        "the batcher now holds a connection"
+    );
+
+    proxy.cut().await;
+    proxy.restore().await;
+    let second = Jid::new();
+    let rotated = f.rotate(session.session_id, first, second, NOW + 2).await;
+    assert_eq!(rotated.map(|row| row.current_jid), Some(second));
+    assert!(f.rotate(session.session_id, first, Jid::new(), NOW + 3).await.is_none(), "once");
+    let in_doubt = |db: &Backend| db.in_doubt_counts().iter().map(|c| c.count).sum::<u64>();
+    let after_cut = in_doubt(&test_db.db);
+    assert!(after_cut <= 1, "at most the batch on the dead connection: {after_cut}");
+
+    // The batches after it run on a new connection: nothing more in doubt.
+    let third = Jid::new();
+    let rotated = f.rotate(session.session_id, second, third, NOW + 4).await;
+    assert_eq!(rotated.map(|row| row.current_jid), Some(third));
+    assert_eq!(in_doubt(&test_db.db), after_cut);
+    test_db.db.close().await;
+}
+
 /// Postgres plans every statement for its values (`plan_cache_mode`), on every connection
 /// of the pool: a generic plan cached while `sessions` was small made each batched
 /// rotation scan the whole table once it had grown (docs/benchmarks.md).

@@ -353,6 +353,12 @@ impl Backend {
         }
     }
 
+    /// Which of the URL's hosts the gateway writes to now (0 with a single host): a
+    /// connection taken on another one is no longer used.
+    pub(crate) fn host(&self) -> usize {
+        self.follower.as_ref().map_or(0, |follower| follower.current())
+    }
+
     pub(crate) fn postgres(&self) -> Option<&PgPool> {
         match &self.pools {
             Pools::Postgres(pool) => Some(pool),

@@ -228,7 +228,8 @@ impl Follower {
         Self { targets, current: Mutex::new(0), wake: Notify::new() }
     }
 
-    fn current(&self) -> usize {
+    /// The index, in the URL's hosts, of the host the pool connects to now.
+    pub(crate) fn current(&self) -> usize {
         *self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 

@@ -10,9 +10,18 @@
 //! [`super::sqlite_batch`]): a row updates only if its `current_jid` (and, for an
 //! unverified token, its digest) is still the expected one, and when several renews of one
 //! token share a batch, exactly one of them wins.
+//!
+//! Each batcher keeps the pooled connection it writes on from one batch to the next
+//! ([`Held`]) instead of borrowing one for each batch: sqlx pings a connection when it
+//! returns to the pool and again when it is lent out, two more round trips to the server
+//! per batch, which at low load is per renew. A held connection goes back after any failed
+//! statement (a connection that broke while idle fails its next batch, which is then in
+//! doubt and resolved like any other) and when the gateway has moved to another host.
 
 use std::sync::OnceLock;
 
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Postgres};
 use tokio::sync::mpsc;
 
@@ -35,18 +44,68 @@ impl PgBatch {
         let pool = db.postgres()?.clone();
         let (rotations, mut rotation_queue) = mpsc::channel(QUEUE);
         let (inserts, mut insert_queue) = mpsc::channel(QUEUE);
-        let (db, insert_db, insert_pool) = (db.clone(), db.clone(), pool.clone());
+        let (mut rotator, mut inserter) = (Held::new(db, pool.clone()), Held::new(db, pool));
         runtime.spawn(async move {
-            while let Some(jobs) = batch::next(&mut rotation_queue).await {
-                rotate_batch(&db, &pool, jobs).await;
+            while let Some(jobs) = rotator.next(&mut rotation_queue).await {
+                rotate_batch(&mut rotator, jobs).await;
             }
         });
         runtime.spawn(async move {
-            while let Some(jobs) = batch::next(&mut insert_queue).await {
-                insert_batch(&insert_db, &insert_pool, jobs).await;
+            while let Some(jobs) = inserter.next(&mut insert_queue).await {
+                insert_batch(&mut inserter, jobs).await;
             }
         });
         Some(Self { rotations, inserts })
+    }
+}
+
+/// A batcher's connection, taken from the pool at its first batch and kept while its
+/// statements succeed on the host the gateway is on.
+struct Held {
+    db: Backend,
+    pool: PgPool,
+    /// The connection, and the host it was taken on (see [`Backend::host`]).
+    conn: Option<(PoolConnection<Postgres>, usize)>,
+}
+
+impl Held {
+    fn new(db: &Backend, pool: PgPool) -> Self {
+        Self { db: db.clone(), pool, conn: None }
+    }
+
+    /// The next batch. While waiting for it, a held connection goes back to a pool that
+    /// closes: closing a pool waits for every connection it lent.
+    async fn next<J>(&mut self, queue: &mut mpsc::Receiver<J>) -> Option<Vec<J>> {
+        if self.conn.is_some() {
+            tokio::select! {
+                jobs = batch::next(queue) => return jobs,
+                () = self.pool.close_event() => self.conn = None,
+            }
+        }
+        batch::next(queue).await
+    }
+
+    /// The held connection, or a new one from the pool if there is none or the gateway
+    /// has moved to another host since it was taken.
+    async fn connection(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        let host = self.db.host();
+        if let Some((conn, on)) = self.conn.take() {
+            if on == host {
+                return Ok(&mut *self.conn.insert((conn, on)).0);
+            }
+            conn.close().await.ok();
+        }
+        let conn = self.pool.acquire().await?;
+        Ok(&mut *self.conn.insert((conn, host)).0)
+    }
+
+    /// After a statement: a failed one gives its connection back, closed.
+    async fn check<T>(&mut self, done: &Result<T, sqlx::Error>) {
+        if done.is_err() {
+            if let Some((conn, _)) = self.conn.take() {
+                conn.close().await.ok();
+            }
+        }
     }
 }
 
@@ -73,8 +132,8 @@ fn insert_sql() -> &'static str {
     })
 }
 
-async fn insert_batch(db: &Backend, pool: &PgPool, mut jobs: Vec<InsertJob>) {
-    let Some(mut conn) = batch::connect(&mut jobs, pool.acquire()).await else { return };
+async fn insert_batch(held: &mut Held, mut jobs: Vec<InsertJob>) {
+    let Some(conn) = batch::connect(&mut jobs, held.connection()).await else { return };
     let query = sqlx::query::<Postgres>(insert_sql())
         .bind(column(&jobs, |j| j.row.session_id.to_string()))
         .bind(column(&jobs, |j| j.row.app_id.to_string()))
@@ -95,8 +154,8 @@ async fn insert_batch(db: &Backend, pool: &PgPool, mut jobs: Vec<InsertJob>) {
         .bind(column(&jobs, |j| j.row.revoked_reason.as_deref()))
         .bind(column(&jobs, |j| j.row.current_digest.as_deref()));
     let done = query.execute(&mut *conn).await.map(drop);
-    drop(conn);
-    batch::settle_inserts(db, jobs, done).await;
+    held.check(&done).await;
+    batch::settle_inserts(&held.db, jobs, done).await;
 }
 
 /// The batched compare-and-swap; the arrays are in the order of [`ROTATION`].
@@ -110,8 +169,8 @@ fn rotate_sql() -> &'static str {
     })
 }
 
-async fn rotate_batch(db: &Backend, pool: &PgPool, mut jobs: Vec<RotateJob>) {
-    let Some(mut conn) = batch::connect(&mut jobs, pool.acquire()).await else { return };
+async fn rotate_batch(held: &mut Held, mut jobs: Vec<RotateJob>) {
+    let Some(conn) = batch::connect(&mut jobs, held.connection()).await else { return };
     let query = sqlx::query_as::<Postgres, SessionRow>(rotate_sql())
         .bind(column(&jobs, |j| j.rotation.session_id.to_string()))
         .bind(column(&jobs, |j| j.rotation.app_id.to_string()))
@@ -125,6 +184,6 @@ async fn rotate_batch(db: &Backend, pool: &PgPool, mut jobs: Vec<RotateJob>) {
         .bind(column(&jobs, |j| digest(&j.rotation.presented)))
         .bind(column(&jobs, |j| digest(&j.rotation.digest)));
     let rows = query.fetch_all(&mut *conn).await;
-    drop(conn);
-    batch::settle_rotations(db, jobs, rows).await;
+    held.check(&rows).await;
+    batch::settle_rotations(&held.db, jobs, rows).await;
 }
