@@ -16,7 +16,8 @@
 //! returns to the pool and again when it is lent out, two more round trips to the server
 //! per batch, which at low load is per renew. A held connection goes back after any failed
 //! statement (a connection that broke while idle fails its next batch, which is then in
-//! doubt and resolved like any other) and when the gateway has moved to another host.
+//! doubt and resolved like any other), when the gateway has moved to another host, and
+//! when the pool closes.
 
 use std::sync::OnceLock;
 
