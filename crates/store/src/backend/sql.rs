@@ -84,6 +84,23 @@ impl Sql {
         self.args.push(value.into());
         self
     }
+    /// The statement's text and its arguments, for a connection outside the pools.
+    pub(crate) fn into_parts(self) -> (std::borrow::Cow<'static, str>, Vec<Arg>) {
+        (self.text, self.args)
+    }
+}
+
+/// The same values on the SQLite group commit's own connection (rusqlite), encoded as sqlx
+/// encodes them for SQLite (a bool as 0 or 1).
+impl rusqlite::ToSql for Arg {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            Self::Text(v) => v.to_sql(),
+            Self::Int(v) => v.to_sql(),
+            Self::Bool(v) => v.to_sql(),
+            Self::Bytes(v) => v.to_sql(),
+        }
+    }
 }
 
 impl fmt::Debug for Arg {

@@ -25,14 +25,13 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use rusqlite::params_from_iter;
-use rusqlite::types::Value;
 use tokio::sync::mpsc;
 
 use super::batch::{self, closed, InsertJob, RotateJob, MAX_BATCH, QUEUE};
 use super::sql::{statements, swap, COLUMNS, ROTATION};
 use super::sqlite_conn as conn;
 use super::SessionRow;
-use crate::{Backend, StoreError};
+use crate::{Backend, Sql, StoreError};
 
 pub(super) enum Job {
     Rotate(RotateJob),
@@ -117,33 +116,11 @@ async fn insert_batch(db: &Backend, writer: &mut Writer, mut jobs: Vec<InsertJob
     let Some(conn) = batch::connect(&mut jobs, async { writer.connection() }).await else {
         return;
     };
-    let sql = format!("{}{}", statements().insert_into, positional(jobs.len(), COLUMNS.len()));
-    let mut values = Vec::with_capacity(jobs.len() * COLUMNS.len());
-    for job in &jobs {
-        let r = &job.row;
-        values.extend([
-            Value::Text(r.session_id.to_string()),
-            Value::Text(r.app_id.to_string()),
-            Value::Text(r.sub.clone()),
-            Value::Text(r.claims.clone()),
-            Value::Integer(r.created_at),
-            Value::Integer(r.expires_at),
-            Value::Text(r.current_jid.to_string()),
-            Value::Integer(r.current_iat),
-            Value::Integer(r.current_exp),
-            Value::Text(r.key_id.to_string()),
-            r.prev_jid.map_or(Value::Null, |jid| Value::Text(jid.to_string())),
-            r.rotated_at.map_or(Value::Null, Value::Integer),
-            Value::Text(r.ip.clone()),
-            Value::Text(r.useragent.clone()),
-            Value::Integer(r.last_renewed_at),
-            r.revoked_at.map_or(Value::Null, Value::Integer),
-            r.revoked_reason.clone().map_or(Value::Null, Value::Text),
-            r.current_digest.clone().map_or(Value::Null, Value::Blob),
-        ]);
-    }
+    let insert = format!("{}{}", statements().insert_into, positional(jobs.len(), COLUMNS.len()));
+    let sql = jobs.iter().fold(Sql::new(insert), |sql, job| job.row.clone().bind(sql));
     // Batches differ in size, so their statements are not worth keeping prepared.
-    let done = conn.execute(&sql, params_from_iter(values)).map(drop).map_err(conn::error);
+    let (text, args) = sql.into_parts();
+    let done = conn.execute(&text, params_from_iter(args)).map(drop).map_err(conn::error);
     batch::settle_inserts(db, jobs, done).await;
 }
 
@@ -168,42 +145,21 @@ async fn rotate_batch(db: &Backend, writer: &mut Writer, mut jobs: Vec<RotateJob
     let Some(conn) = batch::connect(&mut jobs, async { writer.connection() }).await else {
         return;
     };
-    let blob = |digest: &Option<[u8; 32]>| digest.map_or(Value::Null, |d| Value::Blob(d.to_vec()));
-    let size = jobs.len().next_power_of_two();
-    let mut values = Vec::with_capacity(size * ROTATION.len());
-    for job in &jobs {
-        let r = &job.rotation;
-        values.extend([
-            Value::Text(r.session_id.to_string()),
-            Value::Text(r.app_id.to_string()),
-            Value::Text(r.new_jid.to_string()),
-            Value::Integer(r.refresh_expire),
-            Value::Text(r.key_id.to_string()),
-            Value::Text(r.ip.clone()),
-            Value::Text(r.useragent.clone()),
-            Value::Integer(r.now),
-            Value::Text(r.expected.to_string()),
-            blob(&r.presented),
-            blob(&r.digest),
-        ]);
-    }
+    let rotate_sql = Sql::new(rotate_batch_sql(jobs.len()));
+    let mut sql = jobs.iter().fold(rotate_sql, |sql, job| job.rotation.clone().bind(sql));
     // Padding: an empty session id matches no session.
-    for _ in jobs.len()..size {
-        let empty = || Value::Text(String::new());
-        values.extend([empty(), empty(), empty(), Value::Integer(0), empty(), empty(), empty()]);
-        values.extend([Value::Integer(0), empty(), Value::Null, Value::Null]);
+    for _ in jobs.len()..jobs.len().next_power_of_two() {
+        sql = sql.bind("").bind("").bind("").bind(0i64).bind("").bind("").bind("");
+        sql = sql.bind(0i64).bind("").bind(None::<Vec<u8>>).bind(None::<Vec<u8>>);
     }
-    let rows = rotate(conn, rotate_batch_sql(jobs.len()), values).map_err(conn::error);
+    let rows = rotate(conn, sql).map_err(conn::error);
     batch::settle_rotations(db, jobs, rows).await;
 }
 
 /// Runs a batched rotation to its end, which commits it, and returns the rows it updated.
-fn rotate(
-    conn: &rusqlite::Connection,
-    sql: &str,
-    values: Vec<Value>,
-) -> rusqlite::Result<Vec<SessionRow>> {
-    let mut statement = conn.prepare_cached(sql)?;
-    let rows = statement.query_map(params_from_iter(values), conn::session)?;
+fn rotate(conn: &rusqlite::Connection, sql: Sql) -> rusqlite::Result<Vec<SessionRow>> {
+    let (text, args) = sql.into_parts();
+    let mut statement = conn.prepare_cached(&text)?;
+    let rows = statement.query_map(params_from_iter(args), conn::session)?;
     rows.collect()
 }

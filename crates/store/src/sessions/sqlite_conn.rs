@@ -3,7 +3,7 @@
 //! failed batch is classified exactly as a statement on the pool's connections.
 
 use std::borrow::Cow;
-use std::path::PathBuf;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use super::SessionRow;
 
 /// Opens the database at `path` as the pool's connections are: WAL (the file already is),
 /// `synchronous=FULL`, foreign keys, a 16 MiB page cache and the busy timeout.
-pub(super) fn open(path: &PathBuf, busy_timeout: Duration) -> Result<Connection, sqlx::Error> {
+pub(super) fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, sqlx::Error> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|err| {
         sqlx::Error::Io(std::io::Error::other(format!("cannot open {}: {err}", path.display())))
