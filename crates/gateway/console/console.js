@@ -200,6 +200,8 @@ const SETTINGS = [
   ["refresh_rotation", "Rotate refresh tokens", "checkbox"],
   ["on_reuse", "On reuse", "select", ["revoke_session", "revoke_subject"]],
   ["access_token_profile", "Token profile", "select", ["keygate", "rfc9068"]],
+  ["requests_per_second", "Requests per second, per gateway (0: no limit)", "number"],
+  ["requests_burst", "Request burst (0: one second's worth)", "number"],
 ];
 
 // The app's pages: [route suffix, tab label].

@@ -19,6 +19,7 @@ use keygate_tenants::{
 };
 use secrecy::ExposeSecret;
 
+use crate::admission::Admission;
 use crate::audit::Audit;
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -45,6 +46,8 @@ pub struct Services {
     pub public_url: Option<String>,
     /// The time of every request and job; tests move it ahead instead of sleeping.
     pub clock: Clock,
+    /// Each app's request quota, and fair admission of app requests under load.
+    pub admission: Arc<Admission>,
 }
 
 /// What bootstrapping did that the operator must hear about.
@@ -132,6 +135,7 @@ impl Services {
                 .unwrap_or(i64::MAX),
             public_url,
             clock,
+            admission: Arc::new(Admission::new(settings.admission_limits())),
         };
         Ok((services, Bootstrap { new_root_key }))
     }

@@ -67,6 +67,17 @@ pub struct Settings {
     /// Failed attempts one client address may make at once before the per-minute rate
     /// applies.
     pub auth_failure_burst: u32,
+    /// App requests (those an app key or an app's client credentials authenticate) worked
+    /// on at once; beyond them a request waits in its app's queue, and the apps that wait
+    /// take turns. 0 turns fair admission off.
+    pub admission_in_flight: usize,
+    /// Requests one app may have waiting for their turn; a request beyond them is
+    /// answered 503 with `Retry-After` (nothing changed).
+    pub admission_queue: usize,
+    /// Milliseconds a request waits for its turn at most before it is answered 503 with
+    /// `Retry-After` (nothing changed).
+    #[serde(deserialize_with = "duration::milliseconds")]
+    pub admission_wait_ms: u64,
     /// Proxies (IP addresses or CIDR networks) whose `X-Forwarded-For` names the client.
     /// A list in TOML; a comma-separated list in `KEYGATE_TRUSTED_PROXIES`.
     #[serde(deserialize_with = "string_or_list")]
@@ -130,6 +141,9 @@ impl Default for Settings {
             compat: CompatSettings::default(),
             auth_failures_per_minute: 10,
             auth_failure_burst: 10,
+            admission_in_flight: 32,
+            admission_queue: 256,
+            admission_wait_ms: 1000,
             trusted_proxies: Vec::new(),
             previous_master_keys: Vec::new(),
             client_request_timeout_ms: 5000,
@@ -167,6 +181,9 @@ impl fmt::Debug for Settings {
             .field("compat_routes", &self.compat.routes.len())
             .field("auth_failures_per_minute", &self.auth_failures_per_minute)
             .field("auth_failure_burst", &self.auth_failure_burst)
+            .field("admission_in_flight", &self.admission_in_flight)
+            .field("admission_queue", &self.admission_queue)
+            .field("admission_wait_ms", &self.admission_wait_ms)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("client_request_timeout_ms", &self.client_request_timeout_ms)
             .field("client_disconnect_timeout_ms", &self.client_disconnect_timeout_ms)
@@ -222,6 +239,16 @@ impl Settings {
         settings.public_url()?;
         settings.console_session()?;
         Ok(settings)
+    }
+
+    /// How app requests are admitted: `admission_in_flight`, `admission_queue`,
+    /// `admission_wait_ms`.
+    pub fn admission_limits(&self) -> crate::admission::Limits {
+        crate::admission::Limits {
+            in_flight: self.admission_in_flight,
+            queue: self.admission_queue,
+            max_wait: std::time::Duration::from_millis(self.admission_wait_ms),
+        }
     }
 
     /// How long a console sign-in lasts, checked: 1 minute to 12 hours.

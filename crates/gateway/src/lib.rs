@@ -7,6 +7,7 @@
 //! - [`bootstrap`]: the [`Services`] of one process, over [`audit`] and [`metrics`].
 
 pub mod activity;
+pub mod admission;
 pub mod audit;
 pub mod bootstrap;
 pub mod cache_coherence;

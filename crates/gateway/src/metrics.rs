@@ -9,6 +9,7 @@ use keygate_store::Backend;
 use keygate_tenants::{AppId, Tenants};
 
 use crate::activity::Activity;
+use crate::admission::Admission;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -107,6 +108,9 @@ pub struct Metrics {
     db_in_doubt: IntCounterVec,
     events: IntCounterVec,
     webhook_deliveries: IntCounterVec,
+    app_requests: IntCounterVec,
+    app_waiting: IntGaugeVec,
+    admission: IntGaugeVec,
     activity: Activity,
 }
 
@@ -239,6 +243,31 @@ impl Metrics {
                 "Webhook delivery attempts, by result: delivered, retry, failed.",
                 &["result"],
             ),
+            app_requests: counter_vec(
+                &registry,
+                "keygate_app_requests_total",
+                "Requests authenticated as an app, by app id and result: admitted, \
+                 rate_limited (over the app's quota: 429), shed (the gateway was saturated \
+                 and its turn did not come: 503).",
+                &["app", "result"],
+            ),
+            app_waiting: {
+                let opts = Opts::new(
+                    "keygate_app_requests_waiting",
+                    "Requests of an app waiting for their turn, by app id (only apps with \
+                     requests waiting).",
+                );
+                register(&registry, built(IntGaugeVec::new(opts, &["app"])))
+            },
+            admission: {
+                let opts = Opts::new(
+                    "keygate_admission_requests",
+                    "App requests being worked on (in_flight), waiting for their turn \
+                     (waiting), and the most worked on at once (max: admission_in_flight, 0 \
+                     when fair admission is off).",
+                );
+                register(&registry, built(IntGaugeVec::new(opts, &["state"])))
+            },
             activity: Activity::default(),
             registry,
         }
@@ -299,12 +328,13 @@ impl Metrics {
 
     /// The text exposition of every metric, after reading the values kept elsewhere (the
     /// app-key cache's counts, the pools).
-    pub fn render(&self, tenants: &Tenants, db: &Backend) -> String {
+    pub fn render(&self, tenants: &Tenants, db: &Backend, admission: &Admission) -> String {
         let checks = tenants.key_check_counts();
         catch_up(&self.key_checks.with_label_values(&["keyed"]), checks.keyed);
         catch_up(&self.key_checks.with_label_values(&["cache"]), checks.cached);
         catch_up(&self.key_checks.with_label_values(&["argon2"]), checks.argon2);
         self.record_pools(db);
+        self.record_admission(admission);
         for count in db.in_doubt_counts() {
             let labels = [count.write.as_str(), count.outcome.as_str()];
             catch_up(&self.db_in_doubt.with_label_values(&labels), count.count);
@@ -314,6 +344,30 @@ impl Metrics {
             tracing::error!(error = %err, "could not encode the metrics");
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+
+    fn record_admission(&self, admission: &Admission) {
+        let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.app_waiting.reset();
+        for (app, counts) in admission.counts() {
+            let app = app.to_string();
+            for (result, total) in [
+                ("admitted", counts.admitted),
+                ("rate_limited", counts.rate_limited),
+                ("shed", counts.shed),
+            ] {
+                if total > 0 {
+                    catch_up(&self.app_requests.with_label_values(&[&app, result]), total);
+                }
+            }
+            if counts.waiting > 0 {
+                self.app_waiting.with_label_values(&[&app]).set(gauge(counts.waiting));
+            }
+        }
+        let (in_flight, waiting) = admission.occupancy();
+        self.admission.with_label_values(&["in_flight"]).set(gauge(in_flight));
+        self.admission.with_label_values(&["waiting"]).set(gauge(waiting));
+        self.admission.with_label_values(&["max"]).set(gauge(admission.limits().in_flight));
     }
 
     fn record_pools(&self, db: &Backend) {

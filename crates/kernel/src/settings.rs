@@ -110,13 +110,22 @@ pub struct AppSettings {
     pub refresh_rotation: bool,
     pub on_reuse: OnReuse,
     pub access_token_profile: AccessTokenProfile,
+    /// Requests a second the app may make, on average, on the endpoints its app key or
+    /// client credentials authenticate; 0: no limit. Counted per gateway.
+    pub requests_per_second: i64,
+    /// Requests the app may make at once before `requests_per_second` applies; 0: one
+    /// second's worth (`requests_per_second`).
+    pub requests_burst: i64,
 }
+
+/// The most `requests_per_second` and `requests_burst` accept.
+pub const MAX_REQUEST_RATE: i64 = 1_000_000;
 
 const MINUTE: i64 = 60;
 const HOUR: i64 = 60 * MINUTE;
 const DAY: i64 = 24 * HOUR;
 
-/// Inclusive ranges of every duration setting: (name, min, max).
+/// Inclusive ranges of every numeric setting: (name, min, max).
 const RANGES: &[(&str, i64, i64)] = &[
     ("token_expire", 10, DAY),
     ("token_notbefore", 0, HOUR),
@@ -126,6 +135,8 @@ const RANGES: &[(&str, i64, i64)] = &[
     ("reuse_grace", 0, 5 * MINUTE),
     ("rotation_period", HOUR, 2 * 365 * DAY),
     ("max_sessions_per_sub", 0, 100_000),
+    ("requests_per_second", 0, MAX_REQUEST_RATE),
+    ("requests_burst", 0, MAX_REQUEST_RATE),
 ];
 
 pub const MAX_NAME_LEN: usize = 100;
@@ -180,6 +191,14 @@ pub struct SettingsPatch {
     /// The profile of the app's tokens (default `keygate`); `rfc9068` types them for
     /// OAuth resource servers (docs/api.md).
     pub access_token_profile: Option<AccessTokenProfile>,
+    /// Requests a second the app may make on average (default 0: no limit); over it, 429
+    /// `rate_limited` with `Retry-After`. Counted per gateway (docs/operations.md).
+    #[schema(minimum = 0, maximum = 1000000)]
+    pub requests_per_second: Option<i64>,
+    /// Requests the app may make at once before `requests_per_second` applies (default 0:
+    /// one second's worth).
+    #[schema(minimum = 0, maximum = 1000000)]
+    pub requests_burst: Option<i64>,
 }
 
 impl AppSettings {
@@ -199,7 +218,16 @@ impl AppSettings {
             refresh_rotation: true,
             on_reuse: OnReuse::RevokeSession,
             access_token_profile: AccessTokenProfile::Keygate,
+            requests_per_second: 0,
+            requests_burst: 0,
         }
+    }
+
+    /// The app's request quota: `(per second, burst)`, or `None` without a limit.
+    pub fn request_quota(&self) -> Option<(u32, u32)> {
+        let rate = u32::try_from(self.requests_per_second).ok().filter(|&r| r > 0)?;
+        let burst = u32::try_from(self.requests_burst).unwrap_or(0);
+        Some((rate, if burst == 0 { rate } else { burst }))
     }
 
     fn duration(&self, name: &str) -> i64 {
@@ -212,6 +240,8 @@ impl AppSettings {
             "reuse_grace" => self.reuse_grace,
             "rotation_period" => self.rotation_period,
             "max_sessions_per_sub" => self.max_sessions_per_sub,
+            "requests_per_second" => self.requests_per_second,
+            "requests_burst" => self.requests_burst,
             _ => 0,
         }
     }
@@ -275,7 +305,9 @@ impl SettingsPatch {
             max_sessions_per_sub,
             refresh_rotation,
             on_reuse,
-            access_token_profile
+            access_token_profile,
+            requests_per_second,
+            requests_burst
         );
         let mut errors = s.validate();
         if let Some(name) = &self.name {
@@ -320,6 +352,20 @@ mod tests {
         }
         // name, issuer, audience, refresh_rotation, on_reuse, access_token_profile.
         assert_eq!(patch.properties.len(), RANGES.len() + 6, "every field is documented");
+    }
+
+    #[test]
+    fn a_quota_of_zero_is_no_limit_and_a_burst_of_zero_is_one_seconds_worth() {
+        let mut s = AppSettings::defaults_for("demo");
+        assert_eq!(s.request_quota(), None);
+        s.requests_per_second = 50;
+        assert_eq!(s.request_quota(), Some((50, 50)));
+        s.requests_burst = 5;
+        assert_eq!(s.request_quota(), Some((50, 5)));
+        let patch = SettingsPatch { requests_per_second: Some(-1), ..Default::default() };
+        assert_eq!(patch.apply(&s).unwrap_err()[0].field, "requests_per_second");
+        let patch = SettingsPatch { requests_burst: Some(1_000_001), ..Default::default() };
+        assert_eq!(patch.apply(&s).unwrap_err()[0].field, "requests_burst");
     }
 
     #[test]

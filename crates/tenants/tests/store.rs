@@ -70,6 +70,8 @@ fn record(name: &str) -> AppRecord {
                 refresh_rotation: false,
                 on_reuse: OnReuse::RevokeSubject,
                 access_token_profile: AccessTokenProfile::Rfc9068,
+                requests_per_second: 9,
+                requests_burst: 10,
             },
             created_at: NOW,
             updated_at: NOW + 1,

@@ -96,6 +96,13 @@ pub struct SettingsArgs {
     /// servers).
     #[arg(long)]
     access_token_profile: Option<AccessTokenProfile>,
+    /// Requests a second the app may make on average (per gateway); 0 = no limit.
+    #[arg(long)]
+    requests_per_second: Option<i64>,
+    /// Requests the app may make at once before the per-second rate applies; 0 = one
+    /// second's worth.
+    #[arg(long)]
+    requests_burst: Option<i64>,
 }
 
 impl SettingsArgs {
@@ -115,6 +122,8 @@ impl SettingsArgs {
             refresh_rotation: self.refresh_rotation,
             on_reuse: self.on_reuse,
             access_token_profile: self.access_token_profile,
+            requests_per_second: self.requests_per_second,
+            requests_burst: self.requests_burst,
         }
     }
 }
@@ -244,6 +253,8 @@ fn print_app(app: &App) {
         ("refresh_rotation", s.refresh_rotation.to_string()),
         ("on_reuse", s.on_reuse.as_str().to_owned()),
         ("access_token_profile", s.access_token_profile.as_str().to_owned()),
+        ("requests_per_second", s.requests_per_second.to_string()),
+        ("requests_burst", s.requests_burst.to_string()),
         ("created_at", format_time(app.created_at)),
         ("updated_at", format_time(app.updated_at)),
     ];

@@ -81,19 +81,21 @@ pub enum ErrorKind {
     MissingBearer,
     InvalidBearer,
     BadRequest,
+    RateLimited,
     Unavailable,
     Internal,
 }
 
 impl ErrorKind {
     /// In declaration order, so that `kind as usize` is the place of `kind`.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::MissingToken,
         Self::InvalidToken,
         Self::ReuseDetected,
         Self::MissingBearer,
         Self::InvalidBearer,
         Self::BadRequest,
+        Self::RateLimited,
         Self::Unavailable,
         Self::Internal,
     ];
@@ -106,6 +108,7 @@ impl ErrorKind {
             Self::MissingBearer => "missing_bearer",
             Self::InvalidBearer => "invalid_bearer",
             Self::BadRequest => "bad_request",
+            Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
         }
@@ -116,6 +119,7 @@ impl ErrorKind {
             Self::MissingToken | Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::InvalidToken | Self::ReuseDetected => StatusCode::UNAUTHORIZED,
             Self::MissingBearer | Self::InvalidBearer => StatusCode::UNAUTHORIZED,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -129,6 +133,7 @@ impl ErrorKind {
             Self::MissingBearer => "a bearer auth token is required",
             Self::InvalidBearer => "the bearer token does not belong to this session",
             Self::BadRequest => "the request could not be read",
+            Self::RateLimited => "too many requests for this app, retry later",
             Self::Unavailable => "service unavailable, retry later",
             Self::Internal => "internal error",
         }
@@ -232,6 +237,7 @@ struct ErrorsConfig {
     missing_bearer: ErrorConfig,
     invalid_bearer: ErrorConfig,
     bad_request: ErrorConfig,
+    rate_limited: ErrorConfig,
     unavailable: ErrorConfig,
     internal: ErrorConfig,
 }
@@ -245,6 +251,7 @@ impl ErrorsConfig {
             ErrorKind::MissingBearer => &self.missing_bearer,
             ErrorKind::InvalidBearer => &self.invalid_bearer,
             ErrorKind::BadRequest => &self.bad_request,
+            ErrorKind::RateLimited => &self.rate_limited,
             ErrorKind::Unavailable => &self.unavailable,
             ErrorKind::Internal => &self.internal,
         }
@@ -390,9 +397,11 @@ fn error_specs(key: &str, errors: &ErrorsConfig) -> Result<Vec<ErrorSpec>, Confi
             let status = match spec.status {
                 None => kind.default_status(),
                 Some(n) => {
-                    // Never a 4xx for a failure of ours: clients would drop their token.
+                    // Never a 4xx for a failure of ours, nor one that a client takes for a
+                    // bad token where it should retry: clients would drop their token.
                     let lowest = match kind {
                         ErrorKind::Unavailable | ErrorKind::Internal => 500,
+                        ErrorKind::RateLimited => 429,
                         _ => 400,
                     };
                     u16::try_from(n)

@@ -11,6 +11,7 @@ use keygate_sessions::{Issued, Rejection, RenewInput, SessionError};
 use keygate_tenants::{App, StoreError};
 use serde_json::{Map, Value};
 
+use crate::admission::Refusal;
 use crate::compat::{AppSource, CompatRoute, ErrorKind, TokenSource};
 use crate::http::error::{chain, ApiError};
 use crate::http::extract::{direct_renew_input, parse, read_body, JSON};
@@ -30,15 +31,29 @@ pub fn configure(cfg: &mut web::ServiceConfig, routes: &[Arc<CompatRoute>]) {
     }
 }
 
-/// Why a request failed, and for the log, the cause when it is ours.
+/// Why a request failed, for the log the cause when it is ours, and the seconds to say in
+/// `Retry-After` when not the default.
 struct Failure {
     kind: ErrorKind,
     cause: Option<String>,
+    retry_after: Option<u64>,
 }
 
 impl From<ErrorKind> for Failure {
     fn from(kind: ErrorKind) -> Self {
-        Self { kind, cause: None }
+        Self { kind, cause: None, retry_after: None }
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::RateLimited(secs) => {
+                Self { kind: ErrorKind::RateLimited, cause: None, retry_after: Some(secs) }
+            }
+            // Logged by the admission, at most once a minute.
+            Refusal::Shed => ErrorKind::Unavailable.into(),
+        }
     }
 }
 
@@ -65,7 +80,7 @@ fn server_side(err: ApiError) -> Failure {
         ApiError::Unavailable(_) => ErrorKind::Unavailable,
         _ => ErrorKind::Internal,
     };
-    Failure { kind, cause: Some(chain(&err)) }
+    Failure { kind, cause: Some(chain(&err)), retry_after: None }
 }
 
 async fn handle(
@@ -105,6 +120,9 @@ async fn renew(
         services.sessions.verify_refresh(&app, &refresh_token, now).await.inspect_err(|err| {
             services.metrics.renew(app.app_id, RenewCount::of_error(err), now);
         })?;
+    // A token of the app, signed by its key, is what authenticates a compatibility route's
+    // caller: the app's quota and turn count from here, before anything is read or changed.
+    let _permit = services.admission.admit(&app).await?;
     if let Some(bearer) = bearer {
         if bearer.len() > MAX_TOKEN_LEN
             || !services.sessions.is_auth_token_of(&app, bearer, presented.sid).await?
@@ -214,7 +232,9 @@ fn fail(route: &CompatRoute, failure: Failure) -> HttpResponse {
         _ => Value::Null,
     });
     let mut response = HttpResponse::build(spec.status);
-    if failure.kind == ErrorKind::Unavailable {
+    if let Some(secs) = failure.retry_after {
+        crate::http::error::rate_limited(&mut response, secs);
+    } else if failure.kind == ErrorKind::Unavailable {
         response.insert_header((header::RETRY_AFTER, crate::http::error::RETRY_AFTER));
     }
     response.content_type("application/json").body(body)

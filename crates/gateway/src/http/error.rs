@@ -8,6 +8,7 @@ use keygate_tenants::{AuthError, FieldError, StoreError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::admission::Refusal;
 pub use crate::usecases::chain;
 use crate::usecases::{Cause, UseCaseError};
 
@@ -44,6 +45,14 @@ pub enum ApiError {
     /// many seconds.
     #[error("too many failed authentication attempts from this address; retry in {0} s")]
     TooManyRequests(u64),
+    /// The app is over its request quota (`requests_per_second`); retry after this many
+    /// seconds. Nothing was changed.
+    #[error("this app is over its request quota; retry in {0} s")]
+    QuotaExceeded(u64),
+    /// The gateway is saturated and the request's turn did not come in time (fair
+    /// admission shed it). Nothing was changed.
+    #[error("the gateway is saturated; retry later")]
+    Overloaded,
     #[error("service unavailable, retry later")]
     Unavailable(#[source] Cause),
     #[error("internal error")]
@@ -99,9 +108,11 @@ pub enum ErrorCode {
     PayloadTooLarge = 413,
     /// 415: a body without `Content-Type: application/json`.
     UnsupportedMediaType = 415,
-    /// 429: too many failed authentications from this address; see `Retry-After`.
+    /// 429: too many failed authentications from this address, or the app is over its
+    /// request quota; see `Retry-After`. Nothing was changed.
     RateLimited = 429,
-    /// 503: the database is down or overloaded; see `Retry-After`. Nothing was changed.
+    /// 503: the database is down or overloaded, or the gateway is saturated; see
+    /// `Retry-After`. Nothing was changed.
     Unavailable = 503,
     /// 500: an opaque failure; the cause is in the gateway's log.
     Internal = 500,
@@ -123,8 +134,8 @@ impl ApiError {
             Self::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
-            Self::TooManyRequests(_) => ErrorCode::RateLimited,
-            Self::Unavailable(_) => ErrorCode::Unavailable,
+            Self::TooManyRequests(_) | Self::QuotaExceeded(_) => ErrorCode::RateLimited,
+            Self::Unavailable(_) | Self::Overloaded => ErrorCode::Unavailable,
             Self::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -140,8 +151,14 @@ impl ResponseError for ApiError {
         let mut errors = None;
         match self {
             Self::Invalid(fields) => errors = Some(fields.iter().map(FieldEntry::from).collect()),
-            Self::TooManyRequests(secs) => rate_limited(&mut response, *secs),
+            Self::TooManyRequests(secs) | Self::QuotaExceeded(secs) => {
+                rate_limited(&mut response, *secs)
+            }
             Self::Unavailable(cause) => unavailable(&mut response, cause),
+            // Logged by the admission, at most once a minute, not once per request.
+            Self::Overloaded => {
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
+            }
             Self::Internal(cause) => internal(cause),
             _ => {}
         }
@@ -163,6 +180,15 @@ pub(crate) fn unavailable(response: &mut HttpResponseBuilder, cause: &Cause) {
 /// What a 500 does, in either contract: its cause goes to the log, never to the client.
 pub(crate) fn internal(cause: &Cause) {
     tracing::error!(error = %chain(cause.as_ref()), "internal error");
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::RateLimited(secs) => Self::QuotaExceeded(secs),
+            Refusal::Shed => Self::Overloaded,
+        }
+    }
 }
 
 impl From<UseCaseError> for ApiError {
@@ -223,6 +249,8 @@ mod tests {
             ApiError::PayloadTooLarge(1),
             ApiError::UnsupportedMediaType,
             ApiError::TooManyRequests(1),
+            ApiError::QuotaExceeded(1),
+            ApiError::Overloaded,
             ApiError::Unavailable("down".into()),
             ApiError::Internal("broken".into()),
         ];
@@ -240,6 +268,8 @@ mod tests {
                 | ApiError::PayloadTooLarge(_)
                 | ApiError::UnsupportedMediaType
                 | ApiError::TooManyRequests(_)
+                | ApiError::QuotaExceeded(_)
+                | ApiError::Overloaded
                 | ApiError::Unavailable(_)
                 | ApiError::Internal(_) => {}
             }

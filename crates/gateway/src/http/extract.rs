@@ -14,6 +14,7 @@ use keygate_tenants::{AppId, AppRecord, FieldError};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::admission::Permit;
 use crate::bootstrap::Services;
 use crate::http::error::ApiError;
 use crate::http::rate_limit::Attempt;
@@ -268,8 +269,36 @@ fn begin(req: &HttpRequest) -> Result<(Attempt, web::Data<Services>, Option<Stri
 /// An app authenticated by its app key. Wrong key, unknown app and malformed id are all
 /// the same 403. Each failure counts against the client address; an address that has
 /// failed too often gets 429 before its key is looked at ([`crate::http::rate_limit`]).
+///
+/// The app is reached through [`AppAuth::admit`] only, which the handler calls once the
+/// request has been read: over the app's quota it is refused 429 `rate_limited`, on a
+/// saturated gateway it may be shed with 503 ([`crate::admission`]). A client sending its
+/// body slowly therefore holds no slot while it does.
 #[derive(Debug)]
-pub struct AppAuth(pub Arc<AppRecord>);
+pub struct AppAuth(Arc<AppRecord>);
+
+impl AppAuth {
+    /// The app, admitted: the slot is held as long as the answer is.
+    pub async fn admit(self, services: &Services) -> Result<Admitted, ApiError> {
+        let slot = services.admission.admit(&self.0.app).await?;
+        Ok(Admitted { record: self.0, _slot: slot })
+    }
+}
+
+/// An authenticated app whose request was admitted; see [`AppAuth::admit`].
+#[derive(Debug)]
+pub struct Admitted {
+    pub record: Arc<AppRecord>,
+    _slot: Permit,
+}
+
+impl std::ops::Deref for Admitted {
+    type Target = AppRecord;
+
+    fn deref(&self) -> &AppRecord {
+        &self.record
+    }
+}
 
 impl FromRequest for AppAuth {
     type Error = ApiError;

@@ -16,8 +16,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::admission::Permit;
 use crate::bootstrap::Services;
-use crate::http::error::{internal, rate_limited, unavailable, ApiError};
+use crate::http::error::{internal, rate_limited, unavailable, ApiError, RETRY_AFTER};
 use crate::http::extract::{read_body, FORM};
 use crate::http::rate_limit::Attempt;
 use crate::usecases::Cause;
@@ -52,6 +53,12 @@ pub enum OAuthError {
     PayloadTooLarge(usize),
     #[error("too many failed authentication attempts from this address; retry in {0} s")]
     RateLimited(u64),
+    /// The app is over its request quota.
+    #[error("this client is over its request quota; retry in {0} s")]
+    QuotaExceeded(u64),
+    /// The gateway is saturated (fair admission shed the request).
+    #[error("the gateway is saturated; retry later")]
+    Overloaded,
     #[error("service unavailable, retry later")]
     Unavailable(#[source] Cause),
     #[error("internal error")]
@@ -81,8 +88,8 @@ impl OAuthError {
             Self::InvalidGrant => "invalid_grant",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope => "invalid_scope",
-            Self::RateLimited(_) => "rate_limited",
-            Self::Unavailable(_) => "temporarily_unavailable",
+            Self::RateLimited(_) | Self::QuotaExceeded(_) => "rate_limited",
+            Self::Unavailable(_) | Self::Overloaded => "temporarily_unavailable",
             Self::Internal(_) => "server_error",
         }
     }
@@ -102,8 +109,8 @@ impl ResponseError for OAuthError {
         match self {
             Self::InvalidClient { .. } => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited(_) | Self::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -115,8 +122,13 @@ impl ResponseError for OAuthError {
             Self::InvalidClient { challenge: true } => {
                 response.insert_header((header::WWW_AUTHENTICATE, CHALLENGE));
             }
-            Self::RateLimited(secs) => rate_limited(&mut response, *secs),
+            Self::RateLimited(secs) | Self::QuotaExceeded(secs) => {
+                rate_limited(&mut response, *secs)
+            }
             Self::Unavailable(cause) => unavailable(&mut response, cause),
+            Self::Overloaded => {
+                response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
+            }
             Self::Internal(cause) => internal(cause),
             _ => {}
         }
@@ -143,6 +155,8 @@ impl From<ApiError> for OAuthError {
                 Self::invalid(format!("the body must be {FORM} (RFC 6749, section 3.2)"))
             }
             ApiError::TooManyRequests(secs) => Self::RateLimited(secs),
+            ApiError::QuotaExceeded(secs) => Self::QuotaExceeded(secs),
+            ApiError::Overloaded => Self::Overloaded,
             ApiError::Unavailable(cause) => Self::Unavailable(cause),
             ApiError::Internal(cause) => Self::Internal(cause),
         }
@@ -302,12 +316,14 @@ fn basic(value: &[u8]) -> Option<(String, String)> {
 /// Authenticates the client of an OAuth request to the app of its path: the client id is
 /// the app id, the secret its app key. Failures count against the client address as on
 /// the app-key routes; an address that failed too often is refused before its credentials
-/// are looked at.
+/// are looked at. An authenticated client is then admitted ([`crate::admission`]): over its
+/// app's quota it is refused 429 `rate_limited`, on a saturated gateway maybe 503; the
+/// permit holds its slot while the request is worked on.
 pub async fn authenticate(
     req: &HttpRequest,
     services: &web::Data<Services>,
     form: &impl ClientForm,
-) -> Result<Arc<AppRecord>, OAuthError> {
+) -> Result<(Arc<AppRecord>, Permit), OAuthError> {
     let attempt = Attempt::of(req);
     attempt.admit()?;
     let credentials = match credentials(req, form) {
@@ -333,10 +349,12 @@ pub async fn authenticate(
     } else {
         Err(AuthError::Denied)
     };
-    attempt.settle(outcome, ApiError::InvalidClient).map_err(|err| match err {
+    let app = attempt.settle(outcome, ApiError::InvalidClient).map_err(|err| match err {
         ApiError::InvalidClient => OAuthError::InvalidClient { challenge },
         other => other.into(),
-    })
+    })?;
+    let permit = services.admission.admit(&app.app).await.map_err(ApiError::from)?;
+    Ok((app, permit))
 }
 
 #[cfg(test)]

@@ -67,7 +67,14 @@ async fn metrics_count_renew_outcomes_and_requests(app: TestApp) {
     let unmatched = r#"keygate_http_requests_total{method="GET",route="unmatched",status="404"}"#;
     assert_eq!(metric(&app, unmatched).await, 1.0);
     let text = app.request(Method::GET, "/metrics").send().await.unwrap().text().await.unwrap();
-    assert!(!text.contains(&created.app_id), "no app ids in labels");
+    // App ids label only the per-app request counts (one series per result, for apps that
+    // made an authenticated request), never the HTTP series.
+    for line in text.lines().filter(|line| line.contains(&created.app_id)) {
+        assert!(line.starts_with("keygate_app_requests_total{"), "{line}");
+    }
+    let admitted =
+        format!("keygate_app_requests_total{{app=\"{}\",result=\"admitted\"}}", created.app_id);
+    assert!(metric(&app, &admitted).await >= 4.0);
     assert!(text.contains("keygate_db_pool_connections{"), "{text}");
 }
 

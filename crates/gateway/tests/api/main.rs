@@ -17,6 +17,7 @@ mod failover;
 mod fuzz;
 mod in_doubt;
 mod inputs;
+mod isolation;
 mod keys;
 mod logs;
 mod maintenance;

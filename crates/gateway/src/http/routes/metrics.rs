@@ -25,5 +25,5 @@ async fn metrics(services: web::Data<Services>) -> HttpResponse {
     }
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, prometheus::TEXT_FORMAT))
-        .body(services.metrics.render(&services.tenants, &services.db))
+        .body(services.metrics.render(&services.tenants, &services.db, &services.admission))
 }

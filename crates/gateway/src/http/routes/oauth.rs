@@ -133,7 +133,7 @@ async fn token(
     request: HttpRequest,
     Form(form): Form<TokenForm>,
 ) -> OAuthAnswer {
-    let app = authenticate(&request, &services, &form).await?;
+    let (app, _permit) = authenticate(&request, &services, &form).await?;
     if required("grant_type", &form.grant_type)? != "refresh_token" {
         return Err(OAuthError::UnsupportedGrantType);
     }
@@ -180,7 +180,7 @@ async fn revoke(
     request: HttpRequest,
     Form(form): Form<TokenHintForm>,
 ) -> OAuthAnswer {
-    let app = authenticate(&request, &services, &form).await?;
+    let (app, _permit) = authenticate(&request, &services, &form).await?;
     let token = required("token", &form.token)?;
     let revoked = services.sessions.revoke_token(&app.app, token, services.clock.now()).await?;
     services.metrics.sessions_revoked(RevokeReason::Logout, revoked);
@@ -240,7 +240,7 @@ async fn introspect(
     request: HttpRequest,
     Form(form): Form<TokenHintForm>,
 ) -> OAuthAnswer {
-    let app = authenticate(&request, &services, &form).await?;
+    let (app, _permit) = authenticate(&request, &services, &form).await?;
     let token = required("token", &form.token)?;
     let client_id = Some(app.app.app_id.to_string());
     let answer = match services.sessions.introspect(&app.app, token, services.clock.now()).await? {

@@ -65,7 +65,8 @@ async fn jwks(services: web::Data<Services>, PathOf(app_id): PathOf<Option<AppId
         AppKeyErrors,
     ))]
 async fn pub_keys(services: web::Data<Services>, auth: AppAuth) -> Answer {
-    let keys = services.keyring.keys(auth.0.app.app_id).await.map_err(UseCaseError::from)?;
+    let app = auth.admit(&services).await?;
+    let keys = services.keyring.keys(app.app.app_id).await.map_err(UseCaseError::from)?;
     Ok(HttpResponse::Ok().json(PublishedKeys { keys: keys.published() }))
 }
 
@@ -77,6 +78,7 @@ async fn pub_keys(services: web::Data<Services>, auth: AppAuth) -> Answer {
         (status = 200, description = "The app's settings.", body = App),
         AppKeyErrors,
     ))]
-async fn app_settings(auth: AppAuth) -> HttpResponse {
-    HttpResponse::Ok().json(&auth.0.app)
+async fn app_settings(services: web::Data<Services>, auth: AppAuth) -> Answer {
+    let app = auth.admit(&services).await?;
+    Ok(HttpResponse::Ok().json(&app.app))
 }

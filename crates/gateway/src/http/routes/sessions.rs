@@ -82,8 +82,9 @@ pub(super) struct SessionList {
         AppKeyErrors,
     ))]
 async fn sign(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
+    let app = auth.admit(&services).await?;
     let input = SignInput::parse(body.0).map_err(ApiError::Invalid)?;
-    let issued = services.sessions.sign(&auth.0.app, input, services.clock.now()).await?;
+    let issued = services.sessions.sign(&app.app, input, services.clock.now()).await?;
     services.metrics.session_opened();
     Ok(HttpResponse::Ok().json(issued))
 }
@@ -107,10 +108,11 @@ async fn sign(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answe
         AppKeyErrors,
     ))]
 async fn renew(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
+    let app = auth.admit(&services).await?;
     let input = RenewInput::parse(&body.0).map_err(ApiError::Invalid)?;
     let now = services.clock.now();
-    let renewed = services.sessions.renew(&auth.0.app, input, now).await;
-    services.metrics.renew(auth.0.app.app_id, RenewCount::of(&renewed), now);
+    let renewed = services.sessions.renew(&app.app, input, now).await;
+    services.metrics.renew(app.app.app_id, RenewCount::of(&renewed), now);
     Ok(HttpResponse::Ok().json(renewed?.issued))
 }
 
@@ -126,8 +128,9 @@ async fn renew(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answ
         AppKeyErrors,
     ))]
 async fn verify(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
+    let app = auth.admit(&services).await?;
     let TokenRequest { token } = TokenRequest::parse(&body.0)?;
-    let verified = services.sessions.verify(&auth.0.app, &token, services.clock.now()).await?;
+    let verified = services.sessions.verify(&app.app, &token, services.clock.now()).await?;
     Ok(HttpResponse::Ok().json(verified))
 }
 
@@ -144,14 +147,14 @@ async fn verify(services: web::Data<Services>, auth: AppAuth, body: Body) -> Ans
         AppKeyErrors,
     ))]
 async fn logout(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
+    let app = auth.admit(&services).await?;
     let TokenRequest { token } = TokenRequest::parse(&body.0)?;
-    let revoked =
-        services.sessions.logout(&auth.0.app, &token, services.clock.now()).await.map_err(|e| {
-            match e {
-                SessionError::Rejected(_) => ApiError::InvalidToken,
-                other => other.into(),
-            }
-        })?;
+    let revoked = services.sessions.logout(&app.app, &token, services.clock.now()).await.map_err(
+        |e| match e {
+            SessionError::Rejected(_) => ApiError::InvalidToken,
+            other => other.into(),
+        },
+    )?;
     services.metrics.sessions_revoked(RevokeReason::Logout, revoked);
     Ok(HttpResponse::Ok().json(LogoutAnswer { revoked, status: "ok" }))
 }
@@ -198,8 +201,9 @@ async fn revoke(
     auth: AppAuth,
     body: JsonBody<RevokeRequest>,
 ) -> Answer {
+    let app = auth.admit(&services).await?;
     let scope = RevokeScope::from(body.0.target()?);
-    let app_id = auth.0.app.app_id;
+    let app_id = app.app.app_id;
     let revoked =
         services.sessions.revoke(app_id, scope, "revoked by the app", services.clock.now()).await?;
     services.metrics.sessions_revoked(RevokeReason::App, revoked);
@@ -239,9 +243,9 @@ impl SubjectQuery {
 }
 
 /// The live sessions of `sub`, a checked subject.
-async fn sessions_of(services: &Services, auth: &AppAuth, sub: &str) -> Answer {
-    let sessions =
-        services.sessions.list(auth.0.app.app_id, Some(sub), services.clock.now()).await?;
+async fn sessions_of(services: &Services, auth: AppAuth, sub: &str) -> Answer {
+    let app = auth.admit(services).await?;
+    let sessions = services.sessions.list(app.app.app_id, Some(sub), services.clock.now()).await?;
     Ok(HttpResponse::Ok().json(SessionList { sessions }))
 }
 
@@ -260,7 +264,7 @@ async fn get_session(
     auth: AppAuth,
     body: JsonBody<SubjectQuery>,
 ) -> Answer {
-    sessions_of(&services, &auth, checked_sub(&body.0.sub)?).await
+    sessions_of(&services, auth, checked_sub(&body.0.sub)?).await
 }
 
 /// The subject's live sessions, oldest first.
@@ -278,5 +282,5 @@ async fn list_sessions(
     auth: AppAuth,
     request: HttpRequest,
 ) -> Answer {
-    sessions_of(&services, &auth, &SubjectQuery::of(&request)?).await
+    sessions_of(&services, auth, &SubjectQuery::of(&request)?).await
 }
