@@ -223,10 +223,24 @@ fn admin_commands_print_json_and_tables() {
         "0",
         "--on-reuse",
         "revoke_subject",
+        "--requests-per-second",
+        "500",
+        "--requests-burst",
+        "50",
         "--json",
     ]));
     assert_eq!(updated["reuse_grace"], 0);
     assert_eq!(updated["on_reuse"], "revoke_subject");
+    assert_eq!(
+        (updated["requests_per_second"].as_i64(), updated["requests_burst"].as_i64()),
+        (Some(500), Some(50))
+    );
+    let shown = run(&["app", "show", &app_id]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.lines().any(|l| l.split_whitespace().eq(["requests_per_second", "500"])),
+        "{shown}"
+    );
 
     let root = json_of(&run(&["root-key", "rotate", "--json"]));
     assert!(root["root_key"].as_str().unwrap().starts_with("kgr_"));
@@ -328,6 +342,11 @@ fn bad_arguments_fail_clearly() {
     let bad = run(&["app", "create", "--name", "x", "--auth-ttl=-5", "--json"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("negative"));
+
+    let bad = run(&["app", "create", "--name", "x", "--requests-per-second", "2000000"]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("requests_per_second (--requests-per-second)"), "{stderr}");
 
     let bad = run(&["app", "create", "--name", "x", "--token-expire", "5", "--json"]);
     assert!(!bad.status.success(), "unknown flags are refused");
