@@ -72,6 +72,13 @@ bench-tenants:
     cargo build --release -p keygate-gateway -p keygate-loadgen
     target/release/keygate-bench tenants --keygate target/release/keygate --apps ${TENANTS_APPS:-10000} ${TENANTS_DATABASE_URL:+--database-url "$TENANTS_DATABASE_URL"}
 
+# Benchmark: tenant isolation. App B renews at 200/s alone, then beside app A flooding (64 chains)
+# under a quota of 2000 requests/s, then without one: B's p99 and errors, A's served rate, 429s
+# and 503s. SQLite, then Postgres (a fresh schema) when ISOLATION_DATABASE_URL or
+# TEST_DATABASE_URL is set; ISOLATION_DURATION, ISOLATION_ARGS (keygate-bench isolation --help).
+bench-isolation:
+    bash bench/isolation.sh
+
 # Benchmark: keygate against panva's oidc-provider, interleaved (ABBA).
 bench-peer:
     bash bench/peer.sh

@@ -2,9 +2,11 @@
 # `just bench`: renew, oauth-refresh (renew through the OAuth token endpoint) and sign at
 # c = 1, 8, 32, 128 (closed loop), then renew at open-loop rates of 1,000, 3,000 and 6,000/s
 # (c = 32), against a release keygate, first on SQLite (synchronous=FULL), then on
-# Postgres; one table at the end, with the gateway's CPU per request in all and by thread.
+# Postgres; one table at the end, with the gateway's CPU per request in all and by thread;
+# then the tenant-isolation run on each backend (`keygate-bench isolation`, its own table;
+# BENCH_ISOLATION=0 skips it, and an unexpected answer in it makes the script exit 2).
 #   BENCH_DURATION=10s BENCH_CONNS="1 8 32 128" BENCH_RATES="1000 3000 6000" \
-#   BENCH_BACKENDS="sqlite postgres" bash bench/bench.sh
+#   BENCH_BACKENDS="sqlite postgres" BENCH_ISOLATION=1 bash bench/bench.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -36,6 +38,32 @@ for backend in ${BENCH_BACKENDS:-sqlite postgres}; do
     stop_gateway
 done
 
+# Tenant isolation on each backend (keygate-bench isolation: B at 200/s alone, then beside A
+# flooding with a request quota, then without one); BENCH_ISOLATION=0 skips it.
+isolation="$work/isolation.txt"
+: >"$isolation"
+isolation_failed=""
+if [[ "${BENCH_ISOLATION:-1}" != 0 ]]; then
+    for backend in ${BENCH_BACKENDS:-sqlite postgres}; do
+        db=()
+        if [[ "$backend" == postgres ]]; then
+            url=$(fresh_pg_url)
+            db=(--database-url "$url")
+        fi
+        say "-- $backend isolation"
+        "$BENCH" isolation --keygate "$KEYGATE" "${db[@]}" -d "${BENCH_DURATION:-10s}" \
+            --warmup "${BENCH_WARMUP:-2s}" >>"$isolation" || isolation_failed+=" $backend"
+    done
+fi
+
 echo
 echo "keygate $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores"
 table <"$results"
+if [[ -s "$isolation" ]]; then
+    echo
+    grep -v '^{' "$isolation"
+fi
+if [[ -n "$isolation_failed" ]]; then
+    say "!!! isolation: unexpected results on$isolation_failed (see above)"
+    exit 2
+fi

@@ -31,6 +31,14 @@ fresh_pg_url() {
     printf '%s%soptions=-c%%20search_path%%3D%s\n' "$PG_BASE" "$sep" "$schema"
 }
 
+# drop_pg_schema URL: drops the one schema a URL from fresh_pg_url uses.
+drop_pg_schema() {
+    command -v psql >/dev/null || return 0
+    local schema="${1##*search_path%3D}"
+    [[ "$schema" =~ ^kgb_[0-9a-z_]+$ ]] || return 0
+    psql -q "$PG_BASE" -c "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null 2>&1 || true
+}
+
 drop_pg_schemas() {
     command -v psql >/dev/null || return 0
     psql -qAt "$PG_BASE" -c "SELECT 'DROP SCHEMA ' || nspname || ' CASCADE;' FROM pg_namespace WHERE nspname LIKE 'kgb\_%'" \

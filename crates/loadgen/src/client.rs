@@ -20,6 +20,25 @@ struct TokenResponse {
 /// The outcome of one request: its status (0 when the request never got an answer).
 pub type Status = u16;
 
+/// A renew's whole answer: what a run that must tell refusals apart (429, 503) needs.
+#[derive(Debug, Clone)]
+pub struct Renewal {
+    /// The status; 0 when no answer came, 298 for a 200 whose body is not a token response.
+    pub status: Status,
+    /// Whether the answer carried `Retry-After`.
+    pub retry_after: bool,
+    /// The `error` code of a JSON error body, if there was one.
+    pub error: Option<String>,
+    /// The renewed chain, on a 200.
+    pub next: Option<Chain>,
+}
+
+impl Renewal {
+    fn lost() -> Self {
+        Self { status: 0, retry_after: false, error: None, next: None }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -31,11 +50,23 @@ pub struct Client {
 
 impl Client {
     pub fn new(base: &str, app: &str, app_key: &str, connections: usize) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(connections.max(1))
-            .tcp_nodelay(true)
-            .build()
-            .context("building the HTTP client")?;
+        Self::with_timeout(base, app, app_key, connections, None)
+    }
+
+    /// A client whose requests give up after `timeout` (an answer of status 0), if given.
+    pub fn with_timeout(
+        base: &str,
+        app: &str,
+        app_key: &str,
+        connections: usize,
+        timeout: Option<std::time::Duration>,
+    ) -> anyhow::Result<Self> {
+        let mut builder =
+            reqwest::Client::builder().pool_max_idle_per_host(connections.max(1)).tcp_nodelay(true);
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        let http = builder.build().context("building the HTTP client")?;
         let base = base.trim_end_matches('/');
         Ok(Self {
             http,
@@ -76,6 +107,26 @@ impl Client {
         let body = json!({"refresh_token": current.refresh_token, "ip": "198.51.100.7", "useragent": "keygate-bench"});
         let (status, bytes) = self.post(&self.renew_url, &body).await?;
         chain(status, &bytes)
+    }
+
+    /// Renews like [`Client::renew`], with the whole answer: a refusal's `Retry-After` and
+    /// `error` code too. The chain's token is spent only when the answer is a 200.
+    pub async fn renew_answer(&self, current: &Chain) -> Renewal {
+        let body = json!({"refresh_token": current.refresh_token, "ip": "198.51.100.7", "useragent": "keygate-bench"});
+        let sent =
+            self.http.post(&self.renew_url).header("Authorization", &self.app_key).json(&body);
+        let Ok(response) = sent.send().await else { return Renewal::lost() };
+        let status = response.status().as_u16();
+        let retry_after = response.headers().contains_key(reqwest::header::RETRY_AFTER);
+        let Ok(bytes) = response.bytes().await else { return Renewal::lost() };
+        match chain(status, &bytes) {
+            Ok(next) => Renewal { status, retry_after, error: None, next: Some(next) },
+            Err(status) => {
+                let body: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+                let error = body.as_ref().and_then(|b| b["error"].as_str()).map(str::to_owned);
+                Renewal { status, retry_after, error, next: None }
+            }
+        }
     }
 
     pub async fn verify(&self, current: &Chain) -> Status {

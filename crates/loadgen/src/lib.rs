@@ -18,6 +18,7 @@ mod client;
 mod crash;
 mod failover;
 mod harness;
+mod isolation;
 mod load;
 mod preload;
 mod procstat;
@@ -56,6 +57,10 @@ enum Command {
     /// renew of every app, renews round-robin across them against one app, RSS, and the
     /// cost of wrong app keys.
     Tenants(tenants::TenantsArgs),
+    /// Tenant isolation: one app (B) renewing at a steady rate, alone, then beside another
+    /// app (A) flooding the gateway under a request quota, then without one; B's latency
+    /// and errors, A's served rate, 429s and 503s (exit 2 on an unexpected answer).
+    Isolation(isolation::IsolationArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -147,6 +152,8 @@ impl Cli {
             Command::Run(args) => args.threads.max(1),
             Command::Preload(_) | Command::Crash(_) | Command::Failover(_) => 2,
             Command::Tenants(_) => 2,
+            // A's flood; B has a thread and runtime of its own.
+            Command::Isolation(_) => 2,
         }
     }
 }
@@ -184,6 +191,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let report = tenants::run(&args).await?;
             print!("{}", tenants::table(&report));
             println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Isolation(args) => {
+            let outcome = isolation::run(&args).await?;
+            print!("{}", outcome.table);
+            for line in &outcome.lines {
+                println!("{line}");
+            }
+            if !outcome.unexpected.is_empty() {
+                eprintln!(
+                    "!!! ISOLATION: {} UNEXPECTED RESULTS:\n{} !!!",
+                    outcome.unexpected.len(),
+                    outcome.unexpected.join("\n")
+                );
+                return Ok(ExitCode::from(2));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Failover(args) => {
