@@ -15,6 +15,12 @@
 //!    whole queue. A request that finds its app's queue full (`admission_queue`), or that
 //!    waits longer than `admission_wait_ms`, is shed: 503 with `Retry-After`.
 //!
+//! A refusal that would be answered at once (over the quota, or a full queue) is held for
+//! half to all of `refusal_delay_ms` first (at random, so that the clients it slows come back
+//! spread out), holding nothing but a timer: a client in a retry loop that
+//! ignores `Retry-After` is slowed to one attempt per pause and connection, instead of
+//! making the gateway spend its CPU on refusals.
+//!
 //! A refused or shed request has changed nothing: the quota and the queue come before any
 //! token is read, so the client's refresh token is still good.
 //!
@@ -45,6 +51,11 @@ pub struct Limits {
     pub queue: usize,
     /// The longest a request waits for a slot before it is shed.
     pub max_wait: Duration,
+    /// How long a refusal that would otherwise be answered at once (over the quota, or a
+    /// full queue) is held first: a client that retries at once, whatever `Retry-After`
+    /// says, then makes one attempt per pause and connection instead of as many as the
+    /// gateway can refuse.
+    pub refusal_delay: Duration,
 }
 
 /// Why a request was not admitted.
@@ -174,6 +185,7 @@ impl Admission {
                         "app over its request quota: answering 429 (logged at most once a minute)"
                     );
                 }
+                self.hold_refusal().await;
                 return Err(Refusal::RateLimited(wait));
             }
         }
@@ -196,6 +208,15 @@ impl Admission {
         permit
     }
 
+    /// Holds a refusal for half to all of `refusal_delay`, at random: the clients it slows
+    /// come back spread out, not all at once.
+    async fn hold_refusal(&self) {
+        let delay = self.limits.refusal_delay;
+        if !delay.is_zero() {
+            tokio::time::sleep(delay.mul_f64(0.5 + rand::random::<f64>() / 2.0)).await;
+        }
+    }
+
     fn load_of(&self, app_id: AppId) -> Arc<AppLoad> {
         if let Some(load) = self.apps.read().unwrap_or_else(PoisonError::into_inner).get(&app_id) {
             return load.clone();
@@ -214,29 +235,13 @@ impl Admission {
         if self.limits.in_flight == 0 {
             return Ok(Permit { owner: None });
         }
-        let mut turn = {
-            let mut queue = self.lock_queue();
-            if queue.in_flight < self.limits.in_flight {
-                queue.in_flight += 1;
-                return Ok(Permit { owner: Some(self.clone()) });
+        let mut turn = match self.enqueue(app_id) {
+            Ok(Some(turn)) => turn,
+            Ok(None) => return Ok(Permit { owner: Some(self.clone()) }),
+            Err(full) => {
+                self.hold_refusal().await;
+                return Err(full);
             }
-            let Queue { waiting, turns, .. } = &mut *queue;
-            let mine = waiting.entry(app_id).or_default();
-            let listed = !mine.is_empty();
-            if mine.len() >= self.limits.queue {
-                // Requests that gave up leave their place behind; a full queue is full of
-                // live ones.
-                mine.retain(|waiter| !waiter.is_closed());
-                if mine.len() >= self.limits.queue {
-                    return Err(Refusal::Shed);
-                }
-            }
-            let (tx, rx) = oneshot::channel();
-            if !listed {
-                turns.push_back(app_id);
-            }
-            mine.push_back(tx);
-            rx
         };
         match tokio::time::timeout(self.limits.max_wait, &mut turn).await {
             Ok(Ok(permit)) => Ok(permit),
@@ -247,6 +252,33 @@ impl Admission {
                 turn.try_recv().map_err(|_| Refusal::Shed)
             }
         }
+    }
+
+    /// Takes a free slot (`None`: the caller holds it now), or a place in the app's queue
+    /// (the receiver of its turn); `Shed` when the app's queue is full.
+    fn enqueue(&self, app_id: AppId) -> Result<Option<oneshot::Receiver<Permit>>, Refusal> {
+        let mut queue = self.lock_queue();
+        if queue.in_flight < self.limits.in_flight {
+            queue.in_flight += 1;
+            return Ok(None);
+        }
+        let Queue { waiting, turns, .. } = &mut *queue;
+        let mine = waiting.entry(app_id).or_default();
+        let listed = !mine.is_empty();
+        if mine.len() >= self.limits.queue {
+            // Requests that gave up leave their place behind; a full queue is full of live
+            // ones.
+            mine.retain(|waiter| !waiter.is_closed());
+            if mine.len() >= self.limits.queue {
+                return Err(Refusal::Shed);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        if !listed {
+            turns.push_back(app_id);
+        }
+        mine.push_back(tx);
+        Ok(Some(rx))
     }
 
     /// Gives a freed slot to the next live waiting request, in the next app's turn; frees
@@ -298,11 +330,6 @@ impl Admission {
         let queue = self.lock_queue();
         (queue.in_flight, queue.waiting.values().map(VecDeque::len).sum())
     }
-
-    /// Forgets apps that no longer exist (their counts go with them).
-    pub fn retain(&self, exists: impl Fn(AppId) -> bool) {
-        self.apps.write().unwrap_or_else(PoisonError::into_inner).retain(|id, _| exists(*id));
-    }
 }
 
 impl AppLoad {
@@ -345,7 +372,8 @@ mod tests {
     }
 
     fn admission(in_flight: usize, queue: usize, max_wait: Duration) -> Arc<Admission> {
-        Arc::new(Admission::new(Limits { in_flight, queue, max_wait }))
+        let refusal_delay = Duration::ZERO;
+        Arc::new(Admission::new(Limits { in_flight, queue, max_wait, refusal_delay }))
     }
 
     #[tokio::test]

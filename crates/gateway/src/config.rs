@@ -69,8 +69,10 @@ pub struct Settings {
     pub auth_failure_burst: u32,
     /// App requests (those an app key or an app's client credentials authenticate) worked
     /// on at once; beyond them a request waits in its app's queue, and the apps that wait
-    /// take turns. 0 turns fair admission off.
-    pub admission_in_flight: usize,
+    /// take turns. 0 turns fair admission off. By default [`ADMISSION_IN_FLIGHT_SQLITE`]
+    /// on SQLite and [`ADMISSION_IN_FLIGHT_POSTGRES`] on Postgres, where more requests in
+    /// flight overlap the database's round trips.
+    pub admission_in_flight: Option<usize>,
     /// Requests one app may have waiting for their turn; a request beyond them is
     /// answered 503 with `Retry-After` (nothing changed).
     pub admission_queue: usize,
@@ -78,6 +80,11 @@ pub struct Settings {
     /// `Retry-After` (nothing changed).
     #[serde(deserialize_with = "duration::milliseconds")]
     pub admission_wait_ms: u64,
+    /// Milliseconds a refusal that would be answered at once (429 for an app over its
+    /// quota, 503 for an app whose queue is full) is held before it is answered, so that a
+    /// client retrying at once cannot turn refusals into load; 0 answers at once.
+    #[serde(deserialize_with = "duration::milliseconds")]
+    pub refusal_delay_ms: u64,
     /// Proxies (IP addresses or CIDR networks) whose `X-Forwarded-For` names the client.
     /// A list in TOML; a comma-separated list in `KEYGATE_TRUSTED_PROXIES`.
     #[serde(deserialize_with = "string_or_list")]
@@ -119,6 +126,12 @@ pub struct Settings {
     pub console_session_minutes: u64,
 }
 
+/// App requests worked on at once by default on SQLite: as many as saturate two cores
+/// with group commit (docs/operations.md, "Tenant isolation").
+pub const ADMISSION_IN_FLIGHT_SQLITE: usize = 16;
+/// The same on Postgres, where a renew also waits for a round trip to the database.
+pub const ADMISSION_IN_FLIGHT_POSTGRES: usize = 24;
+
 /// The longest a console sign-in may last, in minutes.
 pub const CONSOLE_SESSION_MAX_MINUTES: u64 = 12 * 60;
 
@@ -141,9 +154,10 @@ impl Default for Settings {
             compat: CompatSettings::default(),
             auth_failures_per_minute: 10,
             auth_failure_burst: 10,
-            admission_in_flight: 32,
+            admission_in_flight: None,
             admission_queue: 256,
             admission_wait_ms: 1000,
+            refusal_delay_ms: 250,
             trusted_proxies: Vec::new(),
             previous_master_keys: Vec::new(),
             client_request_timeout_ms: 5000,
@@ -184,6 +198,7 @@ impl fmt::Debug for Settings {
             .field("admission_in_flight", &self.admission_in_flight)
             .field("admission_queue", &self.admission_queue)
             .field("admission_wait_ms", &self.admission_wait_ms)
+            .field("refusal_delay_ms", &self.refusal_delay_ms)
             .field("trusted_proxies", &self.trusted_proxies)
             .field("client_request_timeout_ms", &self.client_request_timeout_ms)
             .field("client_disconnect_timeout_ms", &self.client_disconnect_timeout_ms)
@@ -244,10 +259,16 @@ impl Settings {
     /// How app requests are admitted: `admission_in_flight`, `admission_queue`,
     /// `admission_wait_ms`.
     pub fn admission_limits(&self) -> crate::admission::Limits {
+        let postgres = self.database_url().starts_with("postgres");
         crate::admission::Limits {
-            in_flight: self.admission_in_flight,
+            in_flight: self.admission_in_flight.unwrap_or(if postgres {
+                ADMISSION_IN_FLIGHT_POSTGRES
+            } else {
+                ADMISSION_IN_FLIGHT_SQLITE
+            }),
             queue: self.admission_queue,
             max_wait: std::time::Duration::from_millis(self.admission_wait_ms),
+            refusal_delay: std::time::Duration::from_millis(self.refusal_delay_ms),
         }
     }
 

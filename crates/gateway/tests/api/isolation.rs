@@ -29,13 +29,16 @@ with_settings!(
 );
 
 fn one_slot_one_waiter(settings: &mut Settings) {
-    settings.admission_in_flight = 1;
+    settings.admission_in_flight = Some(1);
     settings.admission_queue = 1;
     settings.admission_wait_ms = 200;
 }
 
 fn few_slots(settings: &mut Settings) {
-    settings.admission_in_flight = 4;
+    settings.admission_in_flight = Some(4);
+    // Refusals answered after 20 ms: the flood keeps asking, and its served count is
+    // measured against the quota.
+    settings.refusal_delay_ms = 20;
 }
 
 fn with_a_compat_route(settings: &mut Settings) {
@@ -86,8 +89,10 @@ async fn an_app_over_its_quota_is_refused_and_nothing_is_spent(app: TestApp) {
         assert_eq!(status, 200, "{body}");
         token = body["refresh_token"].clone();
     }
+    let asked = Instant::now();
     let (status, retry_after, body) = renew_raw(&app, &limited, &token).await;
     assert_error(status, &body, 429, "rate_limited");
+    assert!(asked.elapsed() >= Duration::from_millis(125), "held half to all of refusal_delay_ms");
     assert!(body["message"].as_str().unwrap().contains("request quota"), "{body}");
     assert_eq!(retry_after, Some(1), "one request a second: the next in at most a second");
     // Every endpoint the app key opens is counted, and refused alike.
@@ -339,7 +344,7 @@ async fn a_flooding_app_leaves_another_app_served(app: TestApp) {
         if quota.is_some() {
             // GCRA: the burst, then RATE a second; the loop outruns it many times over.
             let allowed = BURST as f64 + RATE as f64 * elapsed;
-            assert!(limited > served, "the flood was limited: {served} served, {limited} refused");
+            assert!(limited > 0, "the flood was limited: {served} served, {limited} refused");
             assert!(
                 (served as f64) <= allowed + 1.0 && (served as f64) >= 0.9 * allowed,
                 "served {served} in {elapsed:.2} s against a quota allowing {allowed:.0}"
