@@ -13,13 +13,15 @@ pub enum AppKeyErrors {
     /// or a malformed app id, all alike.
     #[response(status = 403)]
     Forbidden(ErrorBody<'static>),
-    /// `rate_limited`: too many failed authentications from this address.
+    /// `rate_limited`: too many failed authentications from this address, or the app is
+    /// over its request quota (`requests_per_second`); nothing was changed.
     #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     TooManyRequests(ErrorBody<'static>),
     /// `internal`: an opaque failure; the cause is in the gateway's log.
     #[response(status = 500)]
     Internal(ErrorBody<'static>),
-    /// `unavailable`: the database is down or overloaded; nothing was changed.
+    /// `unavailable`: the database is down or overloaded, or the gateway is saturated and
+    /// the request's turn did not come; nothing was changed.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     Unavailable(ErrorBody<'static>),
 }
@@ -100,13 +102,15 @@ pub enum OAuthErrors {
     /// `invalid_request`: a body over 16 KiB.
     #[response(status = 413)]
     TooLarge(OAuthErrorBody),
-    /// `rate_limited`: too many failed authentications from this address.
+    /// `rate_limited`: too many failed authentications from this address, or the app is
+    /// over its request quota; no token was spent.
     #[response(status = 429, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     TooManyRequests(OAuthErrorBody),
     /// `server_error`: an opaque failure; the cause is in the gateway's log.
     #[response(status = 500)]
     Internal(OAuthErrorBody),
-    /// `temporarily_unavailable`: the database is down or overloaded; nothing was changed.
+    /// `temporarily_unavailable`: the database is down or overloaded, or the gateway is
+    /// saturated; nothing was changed.
     #[response(status = 503, headers(("Retry-After" = u64, description = "Seconds to wait.")))]
     Unavailable(OAuthErrorBody),
 }
