@@ -541,13 +541,31 @@ fn next_subject() -> u64 {
     SUBJECTS.fetch_add(1, Ordering::Relaxed)
 }
 
-/// Opens `n` sessions of the client's app, `concurrency` at a time.
+/// Sessions opened at once: as a backend signs its users in, not all in one burst (a
+/// gateway with fair admission would shed the burst).
+const OPENING_AT_ONCE: usize = 8;
+
+/// Opens `n` sessions of the client's app, [`OPENING_AT_ONCE`] at a time; a sign refused
+/// with 429 or 503 (which opened nothing) is sent again after a moment.
 async fn open_chains(client: &Client, n: usize, who: &str) -> anyhow::Result<Vec<Chain>> {
     let mut chains = Vec::with_capacity(n);
     let mut tasks = tokio::task::JoinSet::new();
+    let at_once = Arc::new(tokio::sync::Semaphore::new(OPENING_AT_ONCE));
     for _ in 0..n {
-        let client = client.clone();
-        tasks.spawn(async move { client.sign(next_subject()).await });
+        let (client, at_once) = (client.clone(), at_once.clone());
+        tasks.spawn(async move {
+            let _turn = at_once.acquire_owned().await;
+            let mut tries = 0;
+            loop {
+                match client.sign(next_subject()).await {
+                    Err(429 | 503) if tries < 50 => {
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    other => return other,
+                }
+            }
+        });
     }
     while let Some(result) = tasks.join_next().await {
         match result.context("a sign task failed")? {
