@@ -22,7 +22,7 @@
 //! making the gateway spend its CPU on refusals.
 //!
 //! A refused or shed request has changed nothing: the quota and the queue come before any
-//! token is read, so the client's refresh token is still good.
+//! session is read or written, so the client's refresh token is still good.
 //!
 //! The counts per app (admitted, refused by quota, shed) are kept here, with atomics, and
 //! read by `/metrics` ([`crate::metrics`]).
@@ -194,8 +194,7 @@ impl Admission {
             Ok(_) => load.admitted.fetch_add(1, Ordering::Relaxed),
             Err(_) => {
                 if due(&self.shed_logged, self.seconds()) {
-                    let waiting =
-                        self.lock_queue().waiting.values().map(VecDeque::len).sum::<usize>();
+                    let waiting = self.lock_queue().waiting.values().map(live).sum::<usize>();
                     tracing::warn!(
                         in_flight = self.limits.in_flight,
                         waiting,
@@ -285,32 +284,33 @@ impl Admission {
     /// it when nobody waits.
     fn hand_over(self: &Arc<Self>) {
         let mut permit = Permit { owner: Some(self.clone()) };
-        let mut queue = self.lock_queue();
-        let Queue { waiting, turns, in_flight } = &mut *queue;
-        while let Some(app_id) = turns.pop_front() {
-            let Some(mine) = waiting.get_mut(&app_id) else { continue };
-            let next = mine.pop_front();
-            if mine.is_empty() {
-                waiting.remove(&app_id);
-            } else {
-                turns.push_back(app_id);
-            }
-            let Some(next) = next else { continue };
+        loop {
+            // Sent outside the lock; the slot stays taken while it is handed over.
+            let next = {
+                let mut queue = self.lock_queue();
+                match queue.next_waiter() {
+                    Some(next) => next,
+                    None => {
+                        // Nobody waits: the slot is free. Disarmed, so that dropping it
+                        // frees nothing more.
+                        queue.in_flight -= 1;
+                        permit.owner = None;
+                        return;
+                    }
+                }
+            };
             match next.send(permit) {
                 Ok(()) => return,
-                // That request gave up (timed out, or its client went away).
+                // That request gave up just now (timed out, or its client went away).
                 Err(returned) => permit = returned,
             }
         }
-        // Nobody waits: the slot is free. Disarmed, so that dropping it frees nothing more.
-        permit.owner = None;
-        *in_flight -= 1;
     }
 
     /// Each app's counts, for `/metrics`.
     pub fn counts(&self) -> Vec<(AppId, AppCounts)> {
         let waiting: HashMap<AppId, usize> =
-            self.lock_queue().waiting.iter().map(|(id, q)| (*id, q.len())).collect();
+            self.lock_queue().waiting.iter().map(|(id, q)| (*id, live(q))).collect();
         let apps = self.apps.read().unwrap_or_else(PoisonError::into_inner);
         apps.iter()
             .map(|(id, load)| {
@@ -328,7 +328,39 @@ impl Admission {
     /// Requests being worked on, and requests waiting for a slot.
     pub fn occupancy(&self) -> (usize, usize) {
         let queue = self.lock_queue();
-        (queue.in_flight, queue.waiting.values().map(VecDeque::len).sum())
+        (queue.in_flight, queue.waiting.values().map(live).sum())
+    }
+}
+
+/// The requests of a queue that still wait (not those that gave up).
+fn live(queue: &VecDeque<oneshot::Sender<Permit>>) -> usize {
+    queue.iter().filter(|waiter| !waiter.is_closed()).count()
+}
+
+impl Queue {
+    /// The first live waiting request of the next app in turn, which then goes to the back
+    /// of the round if more of its requests wait; requests that gave up are dropped on the
+    /// way, and do not cost their app its turn.
+    fn next_waiter(&mut self) -> Option<oneshot::Sender<Permit>> {
+        while let Some(app_id) = self.turns.pop_front() {
+            let Some(mine) = self.waiting.get_mut(&app_id) else { continue };
+            let mut next = None;
+            while let Some(waiter) = mine.pop_front() {
+                if !waiter.is_closed() {
+                    next = Some(waiter);
+                    break;
+                }
+            }
+            if mine.is_empty() {
+                self.waiting.remove(&app_id);
+            } else {
+                self.turns.push_back(app_id);
+            }
+            if next.is_some() {
+                return next;
+            }
+        }
+        None
     }
 }
 
@@ -443,7 +475,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_queue_or_a_long_wait_sheds_and_frees_nothing_twice() {
+    async fn a_full_queue_or_a_long_wait_sheds() {
         let gate = admission(1, 1, Duration::from_millis(50));
         let a = app(0, 0);
         let held = gate.admit(&a).await.unwrap();
@@ -456,18 +488,37 @@ mod tests {
         }
         assert_eq!(gate.admit(&a).await.unwrap_err(), Refusal::Shed, "the queue of 1 is full");
         assert_eq!(waiter.await.unwrap().unwrap_err(), Refusal::Shed, "waited 50 ms");
-        // The waiter that gave up left its place; the slot goes to the next live one.
-        let next = {
+        assert_eq!(gate.occupancy(), (1, 0), "a request that gave up no longer waits");
+        drop(held);
+        assert_eq!(gate.occupancy(), (0, 0), "the slot is free, once");
+        let counts: HashMap<_, _> = gate.counts().into_iter().collect();
+        assert_eq!((counts[&a.app_id].admitted, counts[&a.app_id].shed), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_skips_requests_that_gave_up() {
+        let gate = admission(1, 2, Duration::from_secs(10));
+        let a = app(0, 0);
+        let held = gate.admit(&a).await.unwrap();
+        let spawn = || {
             let (gate, a) = (gate.clone(), a.clone());
             tokio::spawn(async move { gate.admit(&a).await.map(drop) })
         };
+        let gave_up = spawn();
         while gate.occupancy().1 < 1 {
             tokio::task::yield_now().await;
         }
+        gave_up.abort();
+        while gate.occupancy().1 > 0 {
+            tokio::task::yield_now().await;
+        }
+        let next = spawn();
+        while gate.occupancy().1 < 1 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(gate.lock_queue().waiting[&a.app_id].len(), 2, "behind the one that gave up");
         drop(held);
-        next.await.unwrap().expect("the freed slot");
+        next.await.unwrap().expect("the freed slot went to the live request");
         assert_eq!(gate.occupancy(), (0, 0));
-        let counts: HashMap<_, _> = gate.counts().into_iter().collect();
-        assert_eq!((counts[&a.app_id].admitted, counts[&a.app_id].shed), (2, 2));
     }
 }
