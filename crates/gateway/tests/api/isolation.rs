@@ -191,13 +191,13 @@ async fn oauth_clients_over_the_quota_get_rfc_6749_errors(app: TestApp) {
         .await;
     let token = app.sign(&tenant, "carol").await["refresh_token"].clone();
     let form = [("grant_type", "refresh_token"), ("refresh_token", token.as_str().unwrap())];
-    let response = app
-        .request(Method::POST, &format!("/app/{}/oauth/token", tenant.app_id))
-        .basic_auth(&tenant.app_id, Some(&tenant.app_key))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let refresh = || {
+        app.request(Method::POST, &format!("/app/{}/oauth/token", tenant.app_id))
+            .basic_auth(&tenant.app_id, Some(&tenant.app_key))
+            .form(&form)
+            .send()
+    };
+    let response = refresh().await.unwrap();
     assert_eq!(response.status().as_u16(), 429);
     assert_eq!(response.headers()["retry-after"], "1");
     assert_eq!(response.headers()["cache-control"], "no-store");
@@ -206,13 +206,7 @@ async fn oauth_clients_over_the_quota_get_rfc_6749_errors(app: TestApp) {
     assert!(body["error_description"].as_str().unwrap().contains("quota"), "{body}");
     // Nothing was spent: the token refreshes once the quota allows it again.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let response = app
-        .request(Method::POST, &format!("/app/{}/oauth/token", tenant.app_id))
-        .basic_auth(&tenant.app_id, Some(&tenant.app_key))
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let response = refresh().await.unwrap();
     let (status, body) = parts(response).await;
     assert_eq!(status, 200, "{body}");
 }
@@ -222,23 +216,16 @@ async fn a_compat_route_counts_against_the_app_s_quota(app: TestApp) {
         .create_app(json!({"name": "compat-quota", "requests_per_second": 1, "requests_burst": 1}))
         .await;
     let token = app.sign(&tenant, "dave").await["refresh_token"].clone();
-    let response = app
-        .request(Method::POST, "/api/auth/refresh")
-        .json(&json!({"refreshToken": token}))
-        .send()
-        .await
-        .unwrap();
+    let refresh = || {
+        app.request(Method::POST, "/api/auth/refresh").json(&json!({"refreshToken": token})).send()
+    };
+    let response = refresh().await.unwrap();
     assert_eq!(response.status().as_u16(), 429);
     assert_eq!(response.headers()["retry-after"], "1");
     let (_, body) = parts(response).await;
     assert_eq!(body, json!({"error": "too many requests for this app, retry later"}));
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let response = app
-        .request(Method::POST, "/api/auth/refresh")
-        .json(&json!({"refreshToken": token}))
-        .send()
-        .await
-        .unwrap();
+    let response = refresh().await.unwrap();
     let (status, body) = parts(response).await;
     assert_eq!(status, 200, "the refused token was not consumed: {body}");
 }
