@@ -116,6 +116,16 @@ mutants:
 failover *ARGS:
     bash bench/failover.sh {{ARGS}}
 
+# The same on a Patroni cluster (Debian's patroni, etcd-server, haproxy; installed if missing):
+# 10 failovers (the leader's Patroni and PostgreSQL SIGKILLed) and 10 `patronictl switchover`s
+# in turn, at reuse_grace 0, through HAProxy and then through a multi-host URL.
+failover-patroni *ARGS:
+    bash bench/failover-patroni.sh {{ARGS}}
+
+# A Patroni cluster started, failed over and switched over once, each checked, then removed.
+patroni-selftest:
+    bash bench/patroni.sh selftest
+
 # Two gateways on a fresh Postgres schema behind HAProxy, without Docker (Ctrl-C stops).
 cluster:
     bash bench/cluster.sh

@@ -59,12 +59,17 @@ pub struct FailoverArgs {
     /// The gateway binary (a release build).
     #[arg(long, default_value = "target/release/keygate")]
     keygate: PathBuf,
-    /// The replicated Postgres script (start, failover, stop).
+    /// The replicated Postgres script (start, failover, stop; and switchover with
+    /// --switchovers): bench/pgpair.sh, or bench/patroni.sh for a Patroni cluster.
     #[arg(long, default_value = "bench/pgpair.sh")]
     pgpair: PathBuf,
     /// How many failovers.
     #[arg(long, default_value_t = 10)]
     failovers: u32,
+    /// How many planned switchovers (the script's `switchover` move), taken in turn with
+    /// the failovers: failover, switchover, failover, ...
+    #[arg(long, default_value_t = 0)]
+    switchovers: u32,
     /// Sessions opened, and renewed all along.
     #[arg(long, default_value_t = 128)]
     sessions: usize,
@@ -95,6 +100,11 @@ pub struct FailoverArgs {
     /// The pause before sending a parent again after a 503 or a lost answer.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
     retry_delay: Duration,
+    /// The gateways' `database_in_doubt_timeout_ms`: how long a write whose answer was lost
+    /// keeps trying to learn its outcome. It must outlast the time the cluster takes to
+    /// elect a new leader (Patroni: about its ttl); by default the gateway's own default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    in_doubt_timeout: Option<Duration>,
     /// A request without an answer after this long counts as lost (and is sent again).
     /// Above the gateway's longest hold (busy timeout plus in-doubt timeout: 10 s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
@@ -439,7 +449,12 @@ impl Moves {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             let err = std::fs::read_to_string(&log_path).unwrap_or_default();
-            bail!("bash pgpair.sh {} failed ({}): {stdout}{err}", args.join(" "), out.status);
+            bail!(
+                "bash {} {} failed ({}): {stdout}{err}",
+                self.script.display(),
+                args.join(" "),
+                out.status
+            );
         }
         Ok(stdout)
     }
@@ -538,10 +553,12 @@ async fn run_inner(args: &FailoverArgs) -> anyhow::Result<bool> {
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let work = std::fs::canonicalize(&work)?;
     println!(
-        "failover: {} failovers (primary stopped in {} mode), {} gateways, {} sessions, {} connections, reuse_grace {} s, warm-up {:?}, settle {:?}, seed {seed}, work dir {}",
+        "failover: {} failovers (primary stopped in {} mode), {} switchovers, {} gateways (in-doubt timeout {}), {} sessions, {} connections, reuse_grace {} s, warm-up {:?}, settle {:?}, seed {seed}, work dir {}",
         args.failovers,
         args.stop_mode.as_str(),
+        args.switchovers,
         args.gateways,
+        args.in_doubt_timeout.map_or("the gateway's default".to_owned(), |d| format!("{d:?}")),
         args.sessions,
         args.connections,
         args.grace,
@@ -597,12 +614,29 @@ fn master_key(keygate: &Path) -> anyhow::Result<String> {
 }
 
 /// What one failover did.
+/// One move of the script: a failover or a planned switchover.
 #[derive(Debug, Clone)]
 struct Failover {
+    kind: &'static str,
     started: Duration,
     took: Duration,
     primary: String,
     writable_after: Option<f64>,
+}
+
+/// The moves of a run in order: failovers and switchovers taken in turn, the rest of the
+/// more numerous kind at the end.
+fn schedule(failovers: u32, switchovers: u32) -> Vec<&'static str> {
+    let mut moves = Vec::new();
+    for i in 0..failovers.max(switchovers) {
+        if i < failovers {
+            moves.push("failover");
+        }
+        if i < switchovers {
+            moves.push("switchover");
+        }
+    }
+    moves
 }
 
 async fn drive_run(
@@ -616,7 +650,11 @@ async fn drive_run(
     let url = if args.single_host { first_host(&multi_host)? } else { multi_host };
     println!("failover: pair started; the gateways use {url}");
     let master = master_key(keygate)?;
-    let env = [("KEYGATE_MASTER_KEY", master.as_str()), ("KEYGATE_ROOT_KEY", ROOT_KEY)];
+    let in_doubt_ms = args.in_doubt_timeout.map(|d| d.as_millis().to_string());
+    let mut env = vec![("KEYGATE_MASTER_KEY", master.as_str()), ("KEYGATE_ROOT_KEY", ROOT_KEY)];
+    if let Some(ms) = &in_doubt_ms {
+        env.push(("KEYGATE_DATABASE_IN_DOUBT_TIMEOUT_MS", ms.as_str()));
+    }
     let db_env = [env[0], env[1], ("KEYGATE_DATABASE_URL", url.as_str())];
     migrate(keygate, work, &db_env)?;
     let mut fleet = Fleet::default();
@@ -674,17 +712,19 @@ async fn drive_run(
     let mut failovers: Vec<Failover> = Vec::new();
     let mut windows: Vec<Window> = Vec::new();
     let mut violations: Vec<String> = Vec::new();
-    for i in 1..=args.failovers {
+    let plan = schedule(args.failovers, args.switchovers);
+    let total = plan.len() as u32;
+    for (i, kind) in (1..).zip(plan) {
         let jitter = rng.gen_range(0..=args.jitter.as_millis() as u64);
         tokio::time::sleep(Duration::from_millis(jitter)).await;
         let started = clock.elapsed();
         let moves = pair.moves.clone();
-        let name = format!("failover-{i:02}");
-        let out =
-            tokio::task::spawn_blocking(move || moves.command(&["failover"], &name)).await??;
+        let name = format!("{kind}-{i:02}");
+        let out = tokio::task::spawn_blocking(move || moves.command(&[kind], &name)).await??;
         let took = clock.elapsed() - started;
         let line = out.lines().last().unwrap_or_default();
         let failover = Failover {
+            kind,
             started,
             took,
             primary: field(line, "primary").unwrap_or("?").to_owned(),
@@ -693,17 +733,17 @@ async fn drive_run(
         tokio::time::sleep(args.settle).await;
         let until = clock.elapsed();
         let (w, per_gateway) = windows_of(&lock(&journal), started, until, args.gateways);
-        println!("{}", progress(i, args.failovers, &failover, &w, &per_gateway));
+        println!("{}", progress(i, total, &failover, &w, &per_gateway));
         if w.span().is_none() {
             violations.push(format!(
-                "renews did not flow again within {:.1} s after failover {i}",
+                "renews did not flow again within {:.1} s after {kind} {i}",
                 (until - started).as_secs_f64()
             ));
         }
         failovers.push(failover);
         windows.push(w);
     }
-    if args.failovers == 0 {
+    if total == 0 {
         tokio::time::sleep(args.settle).await;
     }
 
@@ -739,22 +779,17 @@ async fn drive_run(
     let unrecovered = windows.iter().filter(|w| w.span().is_none()).count();
     let spans: Vec<f64> =
         windows.iter().filter_map(Window::span).map(|d| d.as_secs_f64()).collect();
-    let gaps: Vec<f64> = windows.iter().map(|w| w.longest_gap.as_secs_f64()).collect();
-    let writable: Vec<f64> = failovers.iter().filter_map(|f| f.writable_after).collect();
-    let commands: Vec<f64> = failovers.iter().map(|f| f.took.as_secs_f64()).collect();
     let slowest = journal.iter().map(|s| s.latency).max().unwrap_or_default();
+    for kind in ["failover", "switchover"] {
+        let of_kind: Vec<(&Failover, &Window)> =
+            failovers.iter().zip(&windows).filter(|(f, _)| f.kind == kind).collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        println!("{}", kind_summary(kind, &of_kind));
+    }
     println!(
-        "failover: writable_after per failover (s): {}; p50 {:.2} s, max {:.2} s; failover command p50 {:.2} s, max {:.2} s",
-        writable.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(" "),
-        percentile(&writable, 0.5),
-        percentile(&writable, 1.0),
-        percentile(&commands, 0.5),
-        percentile(&commands, 1.0),
-    );
-    println!(
-        "failover: longest time without a 200 p50 {:.2} s, max {:.2} s; slowest answer {:.2} s; checks passed {}",
-        percentile(&gaps, 0.5),
-        percentile(&gaps, 1.0),
+        "failover: slowest answer {:.2} s; checks passed {}",
         slowest.as_secs_f64(),
         checks.passed
     );
@@ -773,16 +808,17 @@ async fn drive_run(
     }
     let errors = journal.iter().filter(|s| !matches!(s.status, 0 | 200 | 503)).count()
         + journal.iter().filter(|s| s.status == 503 && !s.retry_after).count();
+    let switchovers = failovers.iter().filter(|f| f.kind == "switchover").count();
     println!(
-        "failover: {} failovers, {} renews journaled ({ok} 200, {unavailable} 503, {unknown} unknown, {other} other), {} lost, {} revived, {} doubled, {errors} other errors; 503 window p50 {:.2} s, max {}",
-        failovers.len(),
+        "failover: {} failovers, {switchovers} switchovers, {} renews journaled ({ok} 200, {unavailable} 503, {unknown} unknown, {other} other), {} lost, {} revived, {} doubled, {errors} other errors; 503 window p50 {:.2} s, max {}",
+        failovers.len() - switchovers,
         journal.len(),
         outcome.lost,
         outcome.revived,
         outcome.doubled,
         percentile(&spans, 0.5),
         if unrecovered > 0 {
-            format!("never ended ({unrecovered} failovers)")
+            format!("never ended ({unrecovered} moves)")
         } else {
             format!("{:.2} s", percentile(&spans, 1.0))
         },
@@ -792,6 +828,32 @@ async fn drive_run(
     pair.keep_logs = !passed;
     drop(pair);
     Ok(passed)
+}
+
+/// One line on the moves of one kind: per move and p50/max of the window of renews that
+/// did not succeed, of `writable_after`, of the longest time without a 200 and of the
+/// script's command.
+fn kind_summary(kind: &str, moves: &[(&Failover, &Window)]) -> String {
+    let spans: Vec<f64> =
+        moves.iter().filter_map(|(_, w)| w.span()).map(|d| d.as_secs_f64()).collect();
+    let writable: Vec<f64> = moves.iter().filter_map(|(f, _)| f.writable_after).collect();
+    let gaps: Vec<f64> = moves.iter().map(|(_, w)| w.longest_gap.as_secs_f64()).collect();
+    let commands: Vec<f64> = moves.iter().map(|(f, _)| f.took.as_secs_f64()).collect();
+    let list = |values: &[f64]| values.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>();
+    format!(
+        "failover: {} {kind}s: renews did not succeed p50 {:.2} s, max {:.2} s ({}); writable_after p50 {:.2} s, max {:.2} s ({}); longest without a 200 p50 {:.2} s, max {:.2} s; command p50 {:.2} s, max {:.2} s",
+        moves.len(),
+        percentile(&spans, 0.5),
+        percentile(&spans, 1.0),
+        list(&spans).join(" "),
+        percentile(&writable, 0.5),
+        percentile(&writable, 1.0),
+        list(&writable).join(" "),
+        percentile(&gaps, 0.5),
+        percentile(&gaps, 1.0),
+        percentile(&commands, 0.5),
+        percentile(&commands, 1.0),
+    )
 }
 
 /// The window of one failover, overall and per gateway.
@@ -843,7 +905,8 @@ fn progress(i: u32, n: u32, f: &Failover, w: &Window, per_gateway: &[Window]) ->
         ),
     };
     format!(
-        "failover {i:2}/{n} at {:.1} s: primary={} writable_after {} s, command {:.2} s; {failed}; {} x 503, {} no answer, {} other; longest without a 200 {:.2} s; {} x 200",
+        "{} {i:2}/{n} at {:.1} s: primary={} writable_after {} s, command {:.2} s; {failed}; {} x 503, {} no answer, {} other; longest without a 200 {:.2} s; {} x 200",
+        f.kind,
         f.started.as_secs_f64(),
         f.primary,
         f.writable_after.map_or("?".into(), |v| format!("{v:.2}")),
@@ -1212,6 +1275,14 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(digest, vec![(2, "WARN a: x id=*".to_string()), (1, "plain".into())]);
         assert!(log_digest(&dir.join("none")).is_empty());
+    }
+
+    #[test]
+    fn failovers_and_switchovers_are_taken_in_turn() {
+        assert_eq!(schedule(2, 2), ["failover", "switchover", "failover", "switchover"]);
+        assert_eq!(schedule(3, 1), ["failover", "switchover", "failover", "failover"]);
+        assert_eq!(schedule(0, 2), ["switchover", "switchover"]);
+        assert!(schedule(0, 0).is_empty());
     }
 
     #[test]
