@@ -29,6 +29,13 @@
 //! - during the load, no 401 (a token lost or a session revoked by our own failure), no
 //!   answer other than 200 and 503, and every 503 with `Retry-After`.
 //!
+//! The script can be another with the same moves: `bench/patroni.sh` runs a Patroni cluster
+//! (etcd, two nodes in `synchronous_mode`, HAProxy), whose `failover` kills the leader's
+//! Patroni and PostgreSQL with SIGKILL and waits for Patroni to promote the replica and the
+//! old node to rejoin, and whose `switchover` runs `patronictl switchover`. With
+//! `--switchovers N` the run takes failovers and switchovers in turn, and reports the
+//! windows of each kind apart (`just failover-patroni`).
+//!
 //! For each failover it reports pgpair's `writable_after` and the window during which
 //! renews did not succeed, overall and per gateway: from the first answer other than 200
 //! (or the start of the first stall, more than 0.5 s without a 200) after the failover

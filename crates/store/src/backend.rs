@@ -314,10 +314,40 @@ impl Backend {
             Pools::Sqlite { writer, .. } => {
                 writer.begin_with("BEGIN IMMEDIATE").await.map(On::Sqlite)
             }
-            Pools::Postgres(pool) => pool.begin().await.map(On::Postgres),
+            // What `pool.begin()` does, with the wait for a connection that starts again
+            // when the host is back: only that wait may be cut short, never a `BEGIN` in
+            // flight (a connection given back mid-`BEGIN` would hold an open transaction).
+            Pools::Postgres(pool) => match self.acquire(|| pool.acquire()).await {
+                Ok(conn) => Transaction::begin(conn, None).await.map(On::Postgres),
+                Err(error) => Err(error),
+            },
         };
         let tx = self.noticed(tx.map_err(StoreError::from))?;
         Ok(WriteTx { tx, backend: self.clone(), announcements: Vec::new() })
+    }
+
+    /// Takes a connection with `acquire` (the pool's `acquire` or `begin`), within the busy
+    /// timeout. sqlx's pool waits between two failed connects up to a fifth of that timeout
+    /// (1 s by default), doubling from 10 ms, so after a failover or switchover a request
+    /// could wait up to that long after the new primary took writes. With a host list or
+    /// `target_session_attrs`, the follower notices the new primary (it searches every
+    /// 0.2 s while none qualifies), and the wait starts again at once, on that host.
+    pub(crate) async fn acquire<T, F, Fut>(&self, mut acquire: F) -> Result<T, sqlx::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    {
+        let Some(follower) = &self.follower else { return acquire().await };
+        let deadline = tokio::time::Instant::now() + self.busy_timeout;
+        loop {
+            let found = follower.found();
+            let attempt = tokio::time::timeout_at(deadline, acquire());
+            tokio::select! {
+                biased;
+                result = attempt => return result.unwrap_or(Err(sqlx::Error::PoolTimedOut)),
+                () = found => {}
+            }
+        }
     }
 
     /// Passes a statement's result on; a failure that looks like a lost host (unavailable)
@@ -374,18 +404,59 @@ pub(crate) struct Bound<'a> {
     db: &'a Backend,
 }
 
-impl Bound<'_> {
+/// A pooled Postgres connection taken the way [`Backend::acquire`] takes it, or the SQLite
+/// pool, which takes its own.
+type Taken<'a> = On<&'a SqlitePool, PoolConnection<Postgres>>;
+
+impl<'a> Bound<'a> {
+    /// The connection the statement runs on: on Postgres taken here rather than by the
+    /// pool's executor, so that its wait starts again when the follower finds the host
+    /// (reads come first in most requests, and after a failover every cache is cold).
+    async fn take(&self) -> Result<Taken<'a>, sqlx::Error> {
+        Ok(match self.on {
+            On::Sqlite(pool) => On::Sqlite(pool),
+            On::Postgres(pool) => On::Postgres(self.db.acquire(|| pool.acquire()).await?),
+        })
+    }
+
     /// Runs the statement; returns how many rows it changed.
     pub(crate) async fn execute(self) -> Result<u64, StoreError> {
-        self.db.noticed(self.on.execute(self.sql).await.map_err(StoreError::from))
+        let result = match self.take().await {
+            Ok(On::Sqlite(pool)) => {
+                On::<_, &mut PgConnection>::Sqlite(pool).execute(self.sql).await
+            }
+            Ok(On::Postgres(mut conn)) => {
+                On::<&SqlitePool, _>::Postgres(&mut *conn).execute(self.sql).await
+            }
+            Err(error) => Err(error),
+        };
+        self.db.noticed(result.map_err(StoreError::from))
     }
 
     pub(crate) async fn fetch_optional<R: Row>(self) -> Result<Option<R>, StoreError> {
-        self.db.noticed(self.on.fetch_optional(self.sql).await.map_err(StoreError::from))
+        let result = match self.take().await {
+            Ok(On::Sqlite(pool)) => {
+                On::<_, &mut PgConnection>::Sqlite(pool).fetch_optional(self.sql).await
+            }
+            Ok(On::Postgres(mut conn)) => {
+                On::<&SqlitePool, _>::Postgres(&mut *conn).fetch_optional(self.sql).await
+            }
+            Err(error) => Err(error),
+        };
+        self.db.noticed(result.map_err(StoreError::from))
     }
 
     pub(crate) async fn fetch_all<R: Row>(self) -> Result<Vec<R>, StoreError> {
-        self.db.noticed(self.on.fetch_all(self.sql).await.map_err(StoreError::from))
+        let result = match self.take().await {
+            Ok(On::Sqlite(pool)) => {
+                On::<_, &mut PgConnection>::Sqlite(pool).fetch_all(self.sql).await
+            }
+            Ok(On::Postgres(mut conn)) => {
+                On::<&SqlitePool, _>::Postgres(&mut *conn).fetch_all(self.sql).await
+            }
+            Err(error) => Err(error),
+        };
+        self.db.noticed(result.map_err(StoreError::from))
     }
 }
 
@@ -416,7 +487,7 @@ impl Written<'_> {
     async fn conn(&self) -> Result<Conn, StoreError> {
         let conn = match &self.db.pools {
             Pools::Sqlite { writer, .. } => writer.acquire().await.map(Conn::Sqlite),
-            Pools::Postgres(pool) => pool.acquire().await.map(Conn::Postgres),
+            Pools::Postgres(pool) => self.db.acquire(|| pool.acquire()).await.map(Conn::Postgres),
         };
         self.db.noticed(conn.map_err(StoreError::from))
     }

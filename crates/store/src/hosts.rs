@@ -215,6 +215,8 @@ pub struct Follower {
     /// The index, in `targets.hosts`, of the host the pool connects to.
     current: Mutex<usize>,
     wake: Notify,
+    /// Told when a search finds a host after none qualified, or another host than before.
+    found: Notify,
 }
 
 impl fmt::Debug for Follower {
@@ -225,7 +227,7 @@ impl fmt::Debug for Follower {
 
 impl Follower {
     pub fn new(targets: Targets) -> Self {
-        Self { targets, current: Mutex::new(0), wake: Notify::new() }
+        Self { targets, current: Mutex::new(0), wake: Notify::new(), found: Notify::new() }
     }
 
     /// The index, in the URL's hosts, of the host the pool connects to now.
@@ -246,6 +248,13 @@ impl Follower {
     /// Asks for a search: a statement failed as if the host were gone.
     pub fn suspect(&self) {
         self.wake.notify_one();
+    }
+
+    /// Completes when a search next finds a writable host after none qualified, or moves
+    /// the pool to another host. Created before the wait it may cut short, it misses no such
+    /// moment.
+    pub(crate) fn found(&self) -> tokio::sync::futures::Notified<'_> {
+        self.found.notified()
     }
 
     /// The pool's check of each new connection: an error (the pool tries again, until its
@@ -329,6 +338,9 @@ impl Follower {
                         tracing::warn!(host = %self.targets.hosts[index], previous = %self.targets.hosts[before], "the database moved: connecting to the new host");
                     } else if lost {
                         tracing::warn!(host = %self.targets.hosts[index], "the database is back");
+                    }
+                    if index != before || lost {
+                        self.found.notify_waiters();
                     }
                     lost = false;
                 }

@@ -325,6 +325,57 @@ async fn postgres_cut_under_load() {
     outage_under_load(app, tenant, cut, restore, 503).await;
 }
 
+/// Postgres: a renew that waits for a connection while the database cannot be reached is
+/// answered as soon as the database is back. sqlx's pool waits between failed connects
+/// twice as long each time, up to a fifth of the busy timeout (4 s here), so left to the pool
+/// the renew would wait until its next connect, up to 4 s after the restore; the gateway's
+/// follower (the URL has `target_session_attrs`) notices the host is back within 0.2 s and the
+/// wait starts again at once. The restore comes 5.3 s into the outage, when the pool's next
+/// connect is nearly 4 s away: a bound of 2 s tells the two apart with room to spare.
+#[cfg_attr(
+    not(postgres_tests),
+    ignore = "Postgres: needs TEST_DATABASE_URL when built (just test-pg)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renew_waiting_for_the_database_goes_through_once_it_is_back() {
+    let Ok(base) = std::env::var("TEST_DATABASE_URL") else { return };
+    let proxy = Proxy::start(authority(&base)).await;
+    let proxy_addr = proxy.addr.to_string();
+    let Some(app) = spawn_app_with(Backend::Postgres, |s| {
+        s.database_busy_timeout_ms = 20_000;
+        s.database_in_doubt_timeout_ms = 30_000;
+        let real = s.database_url.take().unwrap();
+        let through = real.replacen(&authority(&real), &proxy_addr, 1);
+        let joint = if through.contains('?') { '&' } else { '?' };
+        s.database_url = Some(format!("{through}{joint}target_session_attrs=read-write"));
+    })
+    .await
+    else {
+        return;
+    };
+    let tenant = app.create_app(json!({"name": "outage-back", "reuse_grace": 0})).await;
+    let token = app.sign(&tenant, "back").await["refresh_token"].clone();
+
+    proxy.cut().await;
+    let restore = async {
+        tokio::time::sleep(Duration::from_millis(5_300)).await;
+        proxy.restore().await;
+        Instant::now()
+    };
+    let renew = async {
+        let answer = app.renew(&tenant, &token).await;
+        (answer, Instant::now())
+    };
+    let (restored_at, ((status, body), answered_at)) = tokio::join!(restore, renew);
+    assert_eq!(status, 200, "the renew waited for the database: {body}");
+    assert!(answered_at > restored_at, "answered only once the database was back");
+    let after = answered_at - restored_at;
+    eprintln!("answered {after:?} after the database was back");
+    assert!(after < Duration::from_secs(2), "answered {after:?} after the database was back");
+    let (status, body) = app.renew(&tenant, &body["refresh_token"]).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 /// `host:port` of a database URL.
 fn authority(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);

@@ -96,7 +96,8 @@ impl Held {
             }
             conn.close().await.ok();
         }
-        let conn = self.pool.acquire().await?;
+        let conn = self.db.acquire(|| self.pool.acquire()).await?;
+        let host = self.db.host();
         Ok(&mut *self.conn.insert((conn, host)).0)
     }
 
