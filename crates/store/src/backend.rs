@@ -404,56 +404,37 @@ pub(crate) struct Bound<'a> {
     db: &'a Backend,
 }
 
-/// A pooled Postgres connection taken the way [`Backend::acquire`] takes it, or the SQLite
-/// pool, which takes its own.
-type Taken<'a> = On<&'a SqlitePool, PoolConnection<Postgres>>;
-
-impl<'a> Bound<'a> {
-    /// The connection the statement runs on: on Postgres taken here rather than by the
-    /// pool's executor, so that its wait starts again when the follower finds the host
-    /// (reads come first in most requests, and after a failover every cache is cold).
-    async fn take(&self) -> Result<Taken<'a>, sqlx::Error> {
-        Ok(match self.on {
-            On::Sqlite(pool) => On::Sqlite(pool),
-            On::Postgres(pool) => On::Postgres(self.db.acquire(|| pool.acquire()).await?),
-        })
+impl Bound<'_> {
+    /// The connection the statement runs on, taken here rather than by the pool's
+    /// executor: on Postgres its wait starts again when the follower finds the host (reads
+    /// come first in most requests, and after a failover every cache is cold).
+    async fn conn(&self) -> Result<Conn, sqlx::Error> {
+        match self.on {
+            On::Sqlite(pool) => pool.acquire().await.map(Conn::Sqlite),
+            On::Postgres(pool) => self.db.acquire(|| pool.acquire()).await.map(Conn::Postgres),
+        }
     }
 
     /// Runs the statement; returns how many rows it changed.
     pub(crate) async fn execute(self) -> Result<u64, StoreError> {
-        let result = match self.take().await {
-            Ok(On::Sqlite(pool)) => {
-                On::<_, &mut PgConnection>::Sqlite(pool).execute(self.sql).await
-            }
-            Ok(On::Postgres(mut conn)) => {
-                On::<&SqlitePool, _>::Postgres(&mut *conn).execute(self.sql).await
-            }
+        let result = match self.conn().await {
+            Ok(mut conn) => conn.on().execute(self.sql).await,
             Err(error) => Err(error),
         };
         self.db.noticed(result.map_err(StoreError::from))
     }
 
     pub(crate) async fn fetch_optional<R: Row>(self) -> Result<Option<R>, StoreError> {
-        let result = match self.take().await {
-            Ok(On::Sqlite(pool)) => {
-                On::<_, &mut PgConnection>::Sqlite(pool).fetch_optional(self.sql).await
-            }
-            Ok(On::Postgres(mut conn)) => {
-                On::<&SqlitePool, _>::Postgres(&mut *conn).fetch_optional(self.sql).await
-            }
+        let result = match self.conn().await {
+            Ok(mut conn) => conn.on().fetch_optional(self.sql).await,
             Err(error) => Err(error),
         };
         self.db.noticed(result.map_err(StoreError::from))
     }
 
     pub(crate) async fn fetch_all<R: Row>(self) -> Result<Vec<R>, StoreError> {
-        let result = match self.take().await {
-            Ok(On::Sqlite(pool)) => {
-                On::<_, &mut PgConnection>::Sqlite(pool).fetch_all(self.sql).await
-            }
-            Ok(On::Postgres(mut conn)) => {
-                On::<&SqlitePool, _>::Postgres(&mut *conn).fetch_all(self.sql).await
-            }
+        let result = match self.conn().await {
+            Ok(mut conn) => conn.on().fetch_all(self.sql).await,
             Err(error) => Err(error),
         };
         self.db.noticed(result.map_err(StoreError::from))
