@@ -21,8 +21,6 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-BENCH="$ROOT/target/release/keygate-bench"
-KEYGATE="$ROOT/target/release/keygate"
 
 missing=()
 for tool in patroni etcd haproxy curl; do
@@ -36,25 +34,16 @@ if ((${#missing[@]} > 0)); then
     DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q patroni etcd-server haproxy curl >&2
 fi
 
-if [[ "${FAILOVER_NO_BUILD:-0}" != 1 ]]; then
-    printf 'failover-patroni: building release binaries (cargo build --release -p keygate-gateway -p keygate-loadgen)\n' >&2
-    (cd "$ROOT" && cargo build --release -p keygate-gateway -p keygate-loadgen) >&2
-fi
-for binary in "$BENCH" "$KEYGATE"; do
-    [[ -x "$binary" ]] || {
-        printf 'failover-patroni: %s is missing (build it, or unset FAILOVER_NO_BUILD)\n' "$binary" >&2
-        exit 1
-    }
-done
-
 # A write in doubt (its commit's answer lost when the leader died) can only be resolved
 # once Patroni has elected a new leader, about its ttl later: the gateways' in-doubt timeout
 # is twice the ttl, and a request counts as lost only after the busy timeout (5 s) plus that.
+# bench/failover.sh builds release (unless FAILOVER_NO_BUILD=1) and runs the harness; the
+# options here override its --pgpair, and those on the command line override these.
 ttl="${PATRONI_TTL:-10}"
 status=0
 for route in ${PATRONI_ROUTES:-haproxy multi-host}; do
     printf 'failover-patroni: route %s\n' "$route"
-    PATRONI_ROUTE="$route" "$BENCH" failover --keygate "$KEYGATE" --pgpair "$ROOT/bench/patroni.sh" \
+    PATRONI_ROUTE="$route" bash "$ROOT/bench/failover.sh" --pgpair "$ROOT/bench/patroni.sh" \
         --failovers 10 --switchovers 10 --in-doubt-timeout "$((2 * ttl))s" \
         --request-timeout "$((2 * ttl + 10))s" "$@" || status=1
 done

@@ -35,20 +35,9 @@
 pat_say() { printf 'patroni: %s\n' "$*" >&2; }
 pat_die() { printf 'patroni: %s\n' "$*" >&2; return 1; }
 
-PG_BIN="${PG_BIN:-$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin 2>/dev/null | sort -V | tail -n 1)}"
-
-# as_pg CMD...: runs CMD as the postgres user when we are root, else as ourselves.
-as_pg() {
-    if [[ $(id -u) -eq 0 ]]; then
-        runuser -u postgres -- "$@"
-    else
-        "$@"
-    fi
-}
-
-pat_free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# PG_BIN, as_pg (runs a command as the postgres user when we are root) and pair_free_port.
+# shellcheck source=bench/pgpair.sh
+source "$(dirname "${BASH_SOURCE[0]}")/pgpair.sh"
 
 pat_now() { date +%s.%N; }
 pat_since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$(pat_now)"; }
@@ -227,13 +216,13 @@ pat_start() {
         chmod o+x "$(dirname "$PAT_DIR")"
         chown postgres: "$PAT_DIR"
     fi
-    PAT_ETCD=$(pat_free_port)
-    PAT_ETCD_PEER=$(pat_free_port)
-    PAT_PG_A=$(pat_free_port)
-    PAT_PG_B=$(pat_free_port)
-    PAT_REST_A=$(pat_free_port)
-    PAT_REST_B=$(pat_free_port)
-    PAT_HAPROXY=$(pat_free_port)
+    PAT_ETCD=$(pair_free_port)
+    PAT_ETCD_PEER=$(pair_free_port)
+    PAT_PG_A=$(pair_free_port)
+    PAT_PG_B=$(pair_free_port)
+    PAT_REST_A=$(pair_free_port)
+    PAT_REST_B=$(pair_free_port)
+    PAT_HAPROXY=$(pair_free_port)
     pat_save
 
     as_pg nohup etcd --name etcd0 --data-dir "$PAT_DIR/etcd" \
