@@ -620,8 +620,7 @@ fn master_key(keygate: &Path) -> anyhow::Result<String> {
     Ok(String::from_utf8(out.stdout)?.trim().to_owned())
 }
 
-/// What one failover did.
-/// One move of the script: a failover or a planned switchover.
+/// What one move of the script did: a failover or a planned switchover.
 #[derive(Debug, Clone)]
 struct Failover {
     kind: &'static str,
