@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `just bench`: renew, oauth-refresh (renew through the OAuth token endpoint) and sign at
+# `just bench`: renew, oauth-refresh (renew through the OAuth token endpoint), dpop-renew
+# (renew of DPoP-bound sessions, each with a forwarded proof) and sign at
 # c = 1, 8, 32, 128 (closed loop), then renew at open-loop rates of 1,000, 3,000 and 6,000/s
 # (c = 32), against a release keygate, first on SQLite (synchronous=FULL), then on
 # Postgres; one table at the end, with the gateway's CPU per request in all and by thread;
@@ -25,7 +26,7 @@ for backend in ${BENCH_BACKENDS:-sqlite postgres}; do
     [[ "$backend" == postgres ]] && db=(--db-process postgres)
     create_app "bench-$backend"
     say "== $backend: gateway pid $GATEWAY_PID at $GATEWAY_URL"
-    for mode in ${BENCH_MODES:-renew oauth-refresh sign}; do
+    for mode in ${BENCH_MODES:-renew oauth-refresh dpop-renew sign}; do
         for conns in ${BENCH_CONNS:-1 8 32 128}; do
             say "-- $backend $mode c=$conns"
             load "$mode" "$conns" "$backend" "${db[@]}" | tee -a "$results" >&2

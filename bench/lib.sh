@@ -73,7 +73,8 @@ stop_gateway() {
 create_app() {
     local body
     body=$(curl -sf -X POST "$GATEWAY_URL/root/apps" -H "Authorization: $BENCH_ROOT_KEY" \
-        -H 'Content-Type: application/json' -d "{\"name\":\"$1\"}") || die "cannot create an app"
+        -H 'Content-Type: application/json' -d "{\"name\":\"$1\",\"dpop\":\"allowed\"}") \
+        || die "cannot create an app"
     APP_ID=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["app_id"])' <<<"$body")
     APP_KEY=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["app_key"])' <<<"$body")
 }

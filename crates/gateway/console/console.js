@@ -202,6 +202,9 @@ const SETTINGS = [
   ["access_token_profile", "Token profile", "select", ["keygate", "rfc9068"]],
   ["requests_per_second", "Requests per second, per gateway (0: no limit)", "number"],
   ["requests_burst", "Request burst (0: one second's worth)", "number"],
+  ["dpop", "DPoP binding of sessions", "select", ["off", "allowed", "required"]],
+  ["dpop_nonce", "DPoP proofs carry the gateway's nonce", "checkbox"],
+  ["oauth_public_clients", "Public OAuth clients (DPoP-bound sessions only)", "checkbox"],
 ];
 
 // The app's pages: [route suffix, tab label].

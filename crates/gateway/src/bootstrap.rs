@@ -11,11 +11,12 @@ use anyhow::{bail, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use keygate_keyring::{key_store, Keyring, KeyringConfig, MasterKey};
+use keygate_sessions::dpop::NonceKey;
 use keygate_sessions::{session_store, Sessions};
 use keygate_store::{Backend, DatabaseUrl, PoolOptions};
 use keygate_tenants::events::event_store;
 use keygate_tenants::{
-    app_store, AppStore, KeyHashKey, RootKey, TenantError, Tenants, TenantsConfig,
+    app_store, hmac_sha256, AppStore, KeyHashKey, RootKey, TenantError, Tenants, TenantsConfig,
 };
 use secrecy::ExposeSecret;
 
@@ -48,6 +49,8 @@ pub struct Services {
     pub clock: Clock,
     /// Each app's request quota, and fair admission of app requests under load.
     pub admission: Arc<Admission>,
+    /// The key of the DPoP nonces, the same in every gateway of the database.
+    pub dpop_nonces: NonceKey,
 }
 
 /// What bootstrapping did that the operator must hear about.
@@ -108,6 +111,8 @@ impl Services {
             .with_previous_master_keys(previous),
         );
         let key_hash_key = load_key_hash_key(apps.as_ref(), &keyring).await?;
+        let dpop_nonces =
+            NonceKey::new(hmac_sha256(key_hash_key.expose(), &[b"keygate dpop nonce key v1"]));
         let tenants = Arc::new(Tenants::new(apps, TenantsConfig { cache_ttl, key_hash_key }));
         let new_root_key = tenants
             .ensure_root_key(settings.root_key.as_ref().map(|key| key.expose_secret()))
@@ -136,6 +141,7 @@ impl Services {
             public_url,
             clock,
             admission: Arc::new(Admission::new(settings.admission_limits())),
+            dpop_nonces,
         };
         Ok((services, Bootstrap { new_root_key }))
     }

@@ -49,7 +49,9 @@ impl RenewCount {
     pub fn of_error(err: &SessionError) -> Self {
         match err {
             SessionError::Rejected(Rejection::ReuseDetected) => Self::ReuseDetected,
-            SessionError::Rejected(_) | SessionError::Invalid(_) => Self::Invalid,
+            SessionError::Rejected(_) | SessionError::Dpop(_) | SessionError::Invalid(_) => {
+                Self::Invalid
+            }
             SessionError::Store(_) | SessionError::Keyring(_) | SessionError::Corrupt(_) => {
                 Self::Unavailable
             }

@@ -30,10 +30,13 @@ pub enum EventKind {
     AppDeleted,
     /// The webhook was set, or its secret renewed (delivered to the new URL).
     WebhookSet,
+    /// A renew of a DPoP-bound session was refused for its proof (missing, by another key,
+    /// or used before): nothing rotated.
+    DpopRejected,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::ReuseDetected,
         Self::SessionRevoked,
         Self::SubjectRevoked,
@@ -45,6 +48,7 @@ impl EventKind {
         Self::AppUpdated,
         Self::AppDeleted,
         Self::WebhookSet,
+        Self::DpopRejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +64,7 @@ impl EventKind {
             Self::AppUpdated => "app_updated",
             Self::AppDeleted => "app_deleted",
             Self::WebhookSet => "webhook_set",
+            Self::DpopRejected => "dpop_rejected",
         }
     }
 }

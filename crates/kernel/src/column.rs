@@ -5,7 +5,9 @@
 use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Type};
 
-use crate::{AccessTokenProfile, AppId, EventId, Jid, KeyId, KeyState, OnReuse, SessionId};
+use crate::{
+    AccessTokenProfile, AppId, DpopMode, EventId, Jid, KeyId, KeyState, OnReuse, SessionId,
+};
 
 macro_rules! text_columns {
     ($($ty:ty),* $(,)?) => {$(
@@ -33,4 +35,14 @@ macro_rules! text_columns {
     )*};
 }
 
-text_columns!(AppId, KeyId, SessionId, Jid, EventId, KeyState, OnReuse, AccessTokenProfile);
+text_columns!(
+    AppId,
+    KeyId,
+    SessionId,
+    Jid,
+    EventId,
+    KeyState,
+    OnReuse,
+    AccessTokenProfile,
+    DpopMode
+);

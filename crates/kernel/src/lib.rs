@@ -28,4 +28,4 @@ pub use digest::hmac_sha256;
 pub(crate) use ids::__private;
 pub use ids::{AppId, EventId, Jid, KeyId, ParseIdError, SessionId};
 pub use key_state::{KeyState, UnknownState};
-pub use settings::{AccessTokenProfile, AppSettings, FieldError, OnReuse, SettingsPatch};
+pub use settings::{AccessTokenProfile, AppSettings, DpopMode, FieldError, OnReuse, SettingsPatch};

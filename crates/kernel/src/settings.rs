@@ -92,6 +92,43 @@ impl FromStr for AccessTokenProfile {
     }
 }
 
+/// Whether an app's sessions may be, or must be, bound to a key of the user's device with
+/// DPoP (RFC 9449; docs/api.md "DPoP").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DpopMode {
+    /// `/sign` refuses `dpop_jkt`: no session is bound.
+    #[default]
+    Off,
+    /// A session is bound when `/sign` names a key (`dpop_jkt`).
+    Allowed,
+    /// Every new session must be bound: `/sign` refuses a request without `dpop_jkt`.
+    Required,
+}
+
+impl DpopMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Allowed => "allowed",
+            Self::Required => "required",
+        }
+    }
+}
+
+impl FromStr for DpopMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            "allowed" => Ok(Self::Allowed),
+            "required" => Ok(Self::Required),
+            other => Err(format!("must be \"off\", \"allowed\" or \"required\", not {other:?}")),
+        }
+    }
+}
+
 /// The settings of one app. Durations are whole seconds, as in the API. The store reads
 /// them from the apps table's columns of the same names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
@@ -116,6 +153,13 @@ pub struct AppSettings {
     /// Requests the app may make at once before `requests_per_second` applies; 0: one
     /// second's worth (`requests_per_second`).
     pub requests_burst: i64,
+    /// Whether sessions may or must be bound to a device key with DPoP.
+    pub dpop: DpopMode,
+    /// Whether DPoP proofs must carry a nonce the gateway gave (RFC 9449 §8).
+    pub dpop_nonce: bool,
+    /// Whether the token endpoint takes `client_id` without a secret (auth method `none`),
+    /// to renew DPoP-bound sessions only.
+    pub oauth_public_clients: bool,
 }
 
 /// The most `requests_per_second` and `requests_burst` accept.
@@ -199,6 +243,16 @@ pub struct SettingsPatch {
     /// one second's worth).
     #[schema(minimum = 0, maximum = 1000000)]
     pub requests_burst: Option<i64>,
+    /// Whether sessions may (`allowed`) or must (`required`) be bound to a key of the
+    /// user's device with DPoP, RFC 9449 (default `off`): `/sign` takes `dpop_jkt`, and a
+    /// bound session renews only with a proof by that key.
+    pub dpop: Option<DpopMode>,
+    /// Whether DPoP proofs must carry a nonce from the gateway's `DPoP-Nonce` header
+    /// (default false).
+    pub dpop_nonce: Option<bool>,
+    /// Whether the token endpoint accepts `client_id` without a secret (auth method
+    /// `none`), for DPoP-bound sessions only (default false).
+    pub oauth_public_clients: Option<bool>,
 }
 
 impl AppSettings {
@@ -220,6 +274,9 @@ impl AppSettings {
             access_token_profile: AccessTokenProfile::Keygate,
             requests_per_second: 0,
             requests_burst: 0,
+            dpop: DpopMode::Off,
+            dpop_nonce: false,
+            oauth_public_clients: false,
         }
     }
 
@@ -307,7 +364,10 @@ impl SettingsPatch {
             on_reuse,
             access_token_profile,
             requests_per_second,
-            requests_burst
+            requests_burst,
+            dpop,
+            dpop_nonce,
+            oauth_public_clients
         );
         let mut errors = s.validate();
         if let Some(name) = &self.name {
@@ -350,8 +410,9 @@ mod tests {
             let o = field(name);
             assert_eq!((o.min_length, o.max_length), (Some(1), Some(max)), "{name}");
         }
-        // name, issuer, audience, refresh_rotation, on_reuse, access_token_profile.
-        assert_eq!(patch.properties.len(), RANGES.len() + 6, "every field is documented");
+        // name, issuer, audience, refresh_rotation, on_reuse, access_token_profile, dpop,
+        // dpop_nonce, oauth_public_clients.
+        assert_eq!(patch.properties.len(), RANGES.len() + 9, "every field is documented");
     }
 
     #[test]

@@ -4,6 +4,8 @@ use anyhow::Context;
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::dpop::DeviceKey;
+
 /// A session the load keeps renewing: its latest refresh token and auth token.
 #[derive(Debug, Clone)]
 pub struct Chain {
@@ -46,6 +48,9 @@ pub struct Client {
     renew_url: String,
     verify_url: String,
     app_key: String,
+    /// With a device key, sessions are DPoP-bound to it and renews forward its proofs for
+    /// this URL (the app's token endpoint).
+    dpop: Option<(std::sync::Arc<DeviceKey>, String)>,
 }
 
 impl Client {
@@ -74,7 +79,25 @@ impl Client {
             renew_url: format!("{base}/app/{app}/renew"),
             verify_url: format!("{base}/app/{app}/verify"),
             app_key: app_key.to_owned(),
+            dpop: None,
         })
+    }
+
+    /// This client with its sessions bound to `device` (DPoP): `/sign` names the key, and
+    /// each renew forwards a fresh proof for the app's token endpoint under `base`.
+    pub fn with_device(mut self, base: &str, app: &str, device: DeviceKey) -> Self {
+        let htu = format!("{}/app/{app}/oauth/token", base.trim_end_matches('/'));
+        self.dpop = Some((std::sync::Arc::new(device), htu));
+        self
+    }
+
+    /// A renew's body, with a proof when the sessions are bound.
+    fn renew_body(&self, current: &Chain) -> serde_json::Value {
+        let mut body = json!({"refresh_token": current.refresh_token, "ip": "198.51.100.7", "useragent": "keygate-bench"});
+        if let Some((device, htu)) = &self.dpop {
+            body["dpop"] = device.proof(htu).into();
+        }
+        body
     }
 
     async fn post(
@@ -97,14 +120,17 @@ impl Client {
 
     /// Opens a session; `n` makes the subject distinct.
     pub async fn sign(&self, n: u64) -> Result<Chain, Status> {
-        let body = json!({"sub": format!("bench-{n}"), "ip": "198.51.100.7", "useragent": "keygate-bench"});
+        let mut body = json!({"sub": format!("bench-{n}"), "ip": "198.51.100.7", "useragent": "keygate-bench"});
+        if let Some((device, _)) = &self.dpop {
+            body["dpop_jkt"] = device.jkt.clone().into();
+        }
         let (status, bytes) = self.post(&self.sign_url, &body).await?;
         chain(status, &bytes)
     }
 
     /// Renews the chain with its latest refresh token, which is then spent.
     pub async fn renew(&self, current: &Chain) -> Result<Chain, Status> {
-        let body = json!({"refresh_token": current.refresh_token, "ip": "198.51.100.7", "useragent": "keygate-bench"});
+        let body = self.renew_body(current);
         let (status, bytes) = self.post(&self.renew_url, &body).await?;
         chain(status, &bytes)
     }
@@ -112,7 +138,7 @@ impl Client {
     /// Renews like [`Client::renew`], with the whole answer: a refusal's `Retry-After` and
     /// `error` code too. The chain's token is spent only when the answer is a 200.
     pub async fn renew_answer(&self, current: &Chain) -> Renewal {
-        let body = json!({"refresh_token": current.refresh_token, "ip": "198.51.100.7", "useragent": "keygate-bench"});
+        let body = self.renew_body(current);
         let sent =
             self.http.post(&self.renew_url).header("Authorization", &self.app_key).json(&body);
         let Ok(response) = sent.send().await else { return Renewal::lost() };

@@ -16,6 +16,7 @@
 
 mod client;
 mod crash;
+mod dpop;
 mod failover;
 mod harness;
 mod isolation;
@@ -77,6 +78,10 @@ pub enum Mode {
     /// (`/app/{app}/oauth/token`, `grant_type=refresh_token`, HTTP Basic client
     /// authentication).
     OauthRefresh,
+    /// Renew like `renew`, for DPoP-bound sessions: each session is bound to a device key at
+    /// `/sign` (`dpop_jkt`), and each renew forwards a fresh ES256 proof by it (`dpop`). The
+    /// app needs `dpop` = `allowed` or `required`.
+    DpopRenew,
 }
 
 /// What the load drives.

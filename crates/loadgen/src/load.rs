@@ -8,6 +8,7 @@ use rand::Rng;
 use tokio::sync::Semaphore;
 
 use crate::client::{Chain, Client, OidcChains, OidcClient, Status};
+use crate::dpop::DeviceKey;
 use crate::procstat::{peak_rss_mib, CpuMeter, NamedMeter, ServerCpu};
 use crate::report::{Report, Tally};
 use crate::{Mode, RunArgs, Target};
@@ -67,8 +68,8 @@ async fn one(driver: &Driver, mode: Mode, driven: &mut Driven) -> Outcome {
             5..=8 => Mode::Verify,
             _ => Mode::Sign,
         },
-        // The driver is the token endpoint's client already.
-        Mode::OauthRefresh => Mode::Renew,
+        // The driver is the token endpoint's client, or binds its sessions, already.
+        Mode::OauthRefresh | Mode::DpopRenew => Mode::Renew,
         other => other,
     };
     if mode == Mode::Renew {
@@ -122,7 +123,10 @@ async fn connect(args: &RunArgs) -> anyhow::Result<(Driver, Vec<Chain>)> {
             let (Some(app), Some(app_key)) = (&args.app, &args.app_key) else {
                 bail!("the keygate target needs --app and --app-key");
             };
-            let client = Client::new(&args.url, app, app_key, args.connections)?;
+            let mut client = Client::new(&args.url, app, app_key, args.connections)?;
+            if args.mode == Mode::DpopRenew {
+                client = client.with_device(&args.url, app, DeviceKey::generate());
+            }
             let chains = open_chains(&client, args.connections).await?;
             if args.mode == Mode::OauthRefresh {
                 let oauth = OidcClient::keygate(&args.url, app, app_key, args.connections)?;

@@ -141,6 +141,7 @@ impl Report {
             Mode::Verify => "verify",
             Mode::Mixed => "mixed",
             Mode::OauthRefresh => "oauth-refresh",
+            Mode::DpopRenew => "dpop-renew",
         }
     }
 

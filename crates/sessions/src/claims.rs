@@ -23,7 +23,16 @@ pub const RESERVED_CLAIMS: &[&str] = &[
     "alg",
     "ip",
     "useragent",
+    "cnf",
 ];
+
+/// The confirmation claim of a session bound to a device key (RFC 7800 §3.1, RFC 9449
+/// §6.1): the key's RFC 7638 SHA-256 thumbprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cnf {
+    pub jkt: String,
+}
 
 /// The only value of a refresh token's `type` claim.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +54,9 @@ pub struct RefreshClaims {
     pub exp: i64,
     #[serde(rename = "type")]
     pub token_type: TokenType,
+    /// The key a DPoP-bound session's tokens are bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Cnf>,
 }
 
 /// The claims of an auth token: the reserved ones typed, the custom ones as given.
@@ -67,6 +79,9 @@ pub struct AuthClaims {
     /// `jid` again, under RFC 9068's name; like `client_id`.
     #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     pub jti: Option<Value>,
+    /// `{"jkt": …}` in the tokens of a DPoP-bound session.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Value>,
     #[serde(flatten)]
     pub custom: Map<String, Value>,
 }

@@ -12,6 +12,8 @@ pub enum Rejection {
     SessionGone,
     /// A refresh token that was already used: the session is now revoked.
     ReuseDetected,
+    /// An unbound session's token from a public client, which renews bound sessions only.
+    NotBound,
 }
 
 impl Rejection {
@@ -20,6 +22,7 @@ impl Rejection {
             Self::InvalidToken => "invalid token",
             Self::SessionGone => "session revoked or expired",
             Self::ReuseDetected => "refresh token reuse detected",
+            Self::NotBound => "a public client renews only sessions bound to a DPoP key",
         }
     }
 }
@@ -30,6 +33,10 @@ pub enum SessionError {
     Invalid(Vec<FieldError>),
     #[error("{}", .0.as_str())]
     Rejected(Rejection),
+    /// A token of a DPoP-bound session without a valid proof by its key (missing, invalid,
+    /// by another key, or used before); why, for the client. Nothing was written.
+    #[error("invalid DPoP proof: {0}")]
+    Dpop(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

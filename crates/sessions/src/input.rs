@@ -9,6 +9,7 @@ use utoipa::openapi::{ArrayBuilder, KnownFormat, ObjectBuilder, OneOfBuilder, Sc
 use utoipa::openapi::{SchemaFormat, Type};
 use utoipa::ToSchema;
 
+use crate::dpop::{is_thumbprint, Proof, ProofError, MAX_PROOF_LEN};
 use crate::RESERVED_CLAIMS;
 
 pub const MAX_SUB: usize = 255;
@@ -20,9 +21,9 @@ const MAX_AUDIENCES: usize = 16;
 /// A validated `/sign` request.
 #[derive(Debug, Clone, PartialEq, ToSchema)]
 #[schema(as = SignRequest, description = "The body of `/sign`. Every member other than `sub`, \
-    `ip`, `useragent` and `aud` is a custom claim of the auth tokens (at most 4 KiB in all): \
-    `personal`, `roles`, … The reserved names `iss sub aud exp nbf iat jid jti sid type kid typ \
-    alg ip useragent` are refused. No string may contain NUL.",
+    `ip`, `useragent`, `aud` and `dpop_jkt` is a custom claim of the auth tokens (at most 4 KiB \
+    in all): `personal`, `roles`, … The reserved names `iss sub aud exp nbf iat jid jti sid \
+    type kid typ alg ip useragent cnf` are refused. No string may contain NUL.",
     example = json!({"sub": "user-1", "ip": "203.0.113.7", "useragent": "Mozilla/5.0",
         "roles": ["admin"]}))]
 pub struct SignInput {
@@ -38,6 +39,11 @@ pub struct SignInput {
     /// A string or an array of strings; `None` for the app's default audience.
     #[schema(schema_with = audience_schema)]
     pub aud: Option<Value>,
+    /// Binds the session to a key of the user's device (DPoP, RFC 9449 §10): the key's RFC
+    /// 7638 SHA-256 thumbprint, base64url. Refused when the app's `dpop` is `off`, required
+    /// when it is `required`.
+    #[schema(min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
+    pub dpop_jkt: Option<String>,
     #[schema(ignore)]
     pub custom: Map<String, Value>,
 }
@@ -55,6 +61,17 @@ pub struct RenewInput {
     /// The client's user agent (at most 512 bytes).
     #[schema(max_length = 512)]
     pub useragent: String,
+    /// For a DPoP-bound session: a DPoP proof (RFC 9449) that the user's device made for
+    /// the app's token endpoint, `<public_url>/app/<app_id>/oauth/token`, forwarded as is.
+    #[schema(min_length = 1, max_length = 4096)]
+    pub dpop: Option<String>,
+    /// The proof of `dpop` (or of the token endpoint's `DPoP` header) as checked; an
+    /// invalid one refuses the renew of a bound session, and nothing else.
+    #[schema(ignore)]
+    pub proof: Option<Result<Proof, ProofError>>,
+    /// A public client of the token endpoint (no secret): it renews bound sessions only.
+    #[schema(ignore)]
+    pub public_client: bool,
 }
 
 /// The schema of `ip`: the forms that [`ip`] accepts.
@@ -95,7 +112,18 @@ impl SignInput {
         if let Some(aud) = &aud {
             check_audience(&mut errors, aud);
         }
-        for name in ["sub", "ip", "useragent", "aud"] {
+        let dpop_jkt = match body.get("dpop_jkt") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(jkt)) if is_thumbprint(jkt) => Some(jkt.clone()),
+            Some(_) => {
+                errors.push(FieldError::new(
+                    "dpop_jkt",
+                    "must be an RFC 7638 SHA-256 JWK thumbprint: 43 base64url characters",
+                ));
+                None
+            }
+        };
+        for name in ["sub", "ip", "useragent", "aud", "dpop_jkt"] {
             body.remove(name);
         }
         for (name, value) in &body {
@@ -118,7 +146,7 @@ impl SignInput {
         }
         match (sub, ip, useragent) {
             (Some(sub), Some(ip), Some(useragent)) if errors.is_empty() => {
-                Ok(Self { sub, ip, useragent, aud, custom: body })
+                Ok(Self { sub, ip, useragent, aud, dpop_jkt, custom: body })
             }
             _ => Err(errors),
         }
@@ -141,10 +169,14 @@ impl RenewInput {
         };
         let ip = ip(&mut errors, body);
         let useragent = text(&mut errors, body, "useragent", 0, MAX_USERAGENT);
-        unknown_fields(&mut errors, body, &["refresh_token", "ip", "useragent"]);
+        let dpop = match body.get("dpop") {
+            None | Some(Value::Null) => None,
+            Some(_) => text(&mut errors, body, "dpop", 1, MAX_PROOF_LEN),
+        };
+        unknown_fields(&mut errors, body, &["refresh_token", "ip", "useragent", "dpop"]);
         match (refresh_token, ip, useragent) {
             (Some(refresh_token), Some(ip), Some(useragent)) if errors.is_empty() => {
-                Ok(Self { refresh_token, ip, useragent })
+                Ok(Self { refresh_token, ip, useragent, dpop, proof: None, public_client: false })
             }
             _ => Err(errors),
         }
@@ -291,5 +323,40 @@ mod tests {
         assert_eq!(fields(&errors), ["refresh_token", "extra"]);
         let errors = RenewInput::parse(&map(json!({}))).unwrap_err();
         assert_eq!(fields(&errors), ["refresh_token", "ip", "useragent"]);
+        let errors = RenewInput::parse(&map(
+            json!({"refresh_token": "t", "ip": "1.1.1.1", "useragent": "ua", "dpop": 5}),
+        ))
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["dpop"]);
+        let ok = RenewInput::parse(&map(
+            json!({"refresh_token": "t", "ip": "1.1.1.1", "useragent": "ua", "dpop": "a.b.c"}),
+        ))
+        .unwrap();
+        assert_eq!(ok.dpop.as_deref(), Some("a.b.c"));
+    }
+
+    #[test]
+    fn sign_takes_a_thumbprint_to_bind_to_and_refuses_a_cnf_of_its_own() {
+        let jkt = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
+        let ok = SignInput::parse(map(
+            json!({"sub": "u", "ip": "1.1.1.1", "useragent": "", "dpop_jkt": jkt}),
+        ))
+        .unwrap();
+        assert_eq!(ok.dpop_jkt.as_deref(), Some(jkt));
+        assert!(ok.custom.is_empty(), "dpop_jkt is not a custom claim");
+        for bad in
+            [json!("short"), json!(5), json!(format!("{jkt}A")), json!(jkt.replace('0', "/"))]
+        {
+            let errors = SignInput::parse(map(
+                json!({"sub": "u", "ip": "1.1.1.1", "useragent": "", "dpop_jkt": bad}),
+            ))
+            .unwrap_err();
+            assert_eq!(fields(&errors), ["dpop_jkt"], "{bad}");
+        }
+        let errors = SignInput::parse(map(
+            json!({"sub": "u", "ip": "1.1.1.1", "useragent": "", "cnf": {"jkt": jkt}}),
+        ))
+        .unwrap_err();
+        assert_eq!(fields(&errors), ["cnf"]);
     }
 }

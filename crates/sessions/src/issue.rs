@@ -4,7 +4,7 @@ use keygate_kernel::{AccessTokenProfile, App};
 use keygate_keyring::{Signer, Typ};
 use serde_json::{Map, Value};
 
-use crate::claims::TokenType;
+use crate::claims::{Cnf, TokenType};
 
 use crate::{AuthClaims, Issued, Jid, RefreshClaims, Session, SessionError, SessionId};
 
@@ -14,6 +14,7 @@ pub(crate) fn refresh_claims(
     jid: Jid,
     iat: i64,
     exp: i64,
+    cnf: Option<Cnf>,
 ) -> RefreshClaims {
     RefreshClaims {
         iss: app.settings.issuer.clone(),
@@ -23,6 +24,7 @@ pub(crate) fn refresh_claims(
         nbf: iat.saturating_add(app.settings.refresh_notbefore),
         exp,
         token_type: TokenType::Refresh,
+        cnf,
     }
 }
 
@@ -36,6 +38,7 @@ pub(crate) fn auth_claims(
     let s = &app.settings;
     let mut custom: Map<String, Value> = session.claims.clone();
     let aud = custom.remove("aud").unwrap_or_else(|| Value::String(s.audience.clone()));
+    let cnf = custom.remove("cnf");
     let jid = Jid::new();
     let (client_id, jti) = match s.access_token_profile {
         // Custom claims of these names stay where they were: the tokens are byte for byte
@@ -61,6 +64,7 @@ pub(crate) fn auth_claims(
         useragent: useragent.to_owned(),
         client_id,
         jti,
+        cnf,
         custom,
     }
 }
@@ -103,7 +107,7 @@ pub(crate) fn issue_auth(
         refresh_token: String::new(),
         key_id: signer.key_id,
         public_key: signer.public_key.clone(),
-        token_type: "Bearer",
+        token_type: if session.binding().is_some() { "DPoP" } else { "Bearer" },
         expires_in: app.settings.token_expire,
         refresh_expires_in: 0,
         session_id: session.session_id,

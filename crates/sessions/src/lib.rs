@@ -13,6 +13,7 @@
 
 mod answers;
 mod claims;
+pub mod dpop;
 mod error;
 mod ids;
 mod input;
@@ -23,7 +24,7 @@ mod store;
 mod verdict;
 
 pub use answers::{Introspected, Issued, RenewMode, RenewOutcome, Renewed, Verified};
-pub use claims::{AuthClaims, RefreshClaims, RESERVED_CLAIMS};
+pub use claims::{AuthClaims, Cnf, RefreshClaims, RESERVED_CLAIMS};
 pub use error::{Rejection, SessionError};
 pub use ids::{Jid, SessionId};
 pub use input::{token_field, RenewInput, SignInput, MAX_CUSTOM_CLAIMS, MAX_SUB, MAX_USERAGENT};

@@ -36,6 +36,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// The thumbprint of the device key a DPoP-bound session is bound to (its `cnf.jkt`).
+    pub fn binding(&self) -> Option<&str> {
+        self.claims.get("cnf")?.get("jkt")?.as_str()
+    }
+
     /// Whether the session can still renew at `now`.
     pub fn is_live(&self, now: i64) -> bool {
         self.revoked_at.is_none() && now < self.expires_at

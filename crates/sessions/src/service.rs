@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use keygate_kernel::{Actor, App, AppId, AuditSink, EventKind, NewEvent, OnReuse};
+use keygate_kernel::{
+    Actor, App, AppId, AuditSink, DpopMode, EventKind, FieldError, NewEvent, OnReuse,
+};
 use keygate_keyring::{jsonwebtoken, Keyring, Signer, VerifyError};
 use keygate_store::StoreError;
 use serde_json::Value;
 
-use crate::claims::{lenient_validation, outside_lifetime, validation, AnyTokenClaims};
+use crate::claims::{lenient_validation, outside_lifetime, validation, AnyTokenClaims, Cnf};
 use crate::issue::{issue, issue_auth, refresh_claims, typs};
 use crate::verdict::{judge, reason, Verdict};
 use crate::{
@@ -80,9 +82,27 @@ impl Sessions {
         now: i64,
     ) -> Result<Issued, SessionError> {
         let s = &app.settings;
+        let cnf = match (s.dpop, input.dpop_jkt) {
+            (DpopMode::Off, Some(_)) => {
+                return Err(SessionError::Invalid(vec![FieldError::new(
+                    "dpop_jkt",
+                    "the app's dpop setting is off: its sessions are not bound to keys",
+                )]))
+            }
+            (DpopMode::Required, None) => {
+                return Err(SessionError::Invalid(vec![FieldError::new(
+                    "dpop_jkt",
+                    "is required: the app's dpop setting is required",
+                )]))
+            }
+            (_, jkt) => jkt.map(|jkt| Cnf { jkt }),
+        };
         let signer = self.signer(app.app_id).await?;
         let mut claims = input.custom;
         claims.insert("aud".into(), input.aud.unwrap_or_else(|| Value::String(s.audience.clone())));
+        if let Some(cnf) = &cnf {
+            claims.insert("cnf".into(), serde_json::json!({ "jkt": cnf.jkt }));
+        }
         let expires_at = now.saturating_add(s.session_max_age);
         let mut session = Session {
             // Sessions of one second are listed, and evicted by a session limit, in the
@@ -106,8 +126,14 @@ impl Sessions {
             revoked_at: None,
             revoked_reason: None,
         };
-        let refresh =
-            refresh_claims(app, session.session_id, session.current_jid, now, session.current_exp);
+        let refresh = refresh_claims(
+            app,
+            session.session_id,
+            session.current_jid,
+            now,
+            session.current_exp,
+            cnf,
+        );
         let issued = issue(app, &signer, &session, &session.ip, &session.useragent, &refresh, now)?;
         session.current_digest = Some(TokenDigest::of(&issued.refresh_token));
         let evicted = self.store.create(&session, s.max_sessions_per_sub).await?;
@@ -126,17 +152,23 @@ impl Sessions {
     /// digest inside the compare-and-swap that rotates and returns the session (see
     /// [`TokenDigest`]). Any other token is verified by signature first; only then is the
     /// session read, to tell a retry within the grace from reuse.
+    ///
+    /// A token of a DPoP-bound session (`cnf`) renews only with `input.proof`, a checked
+    /// proof by the session's key whose `jti` was not seen before. That costs one signature
+    /// verification more (the proof's) and no other: on the common path the token's `cnf`
+    /// is authenticated by the digest match of the swap, like the rest of the token.
     pub async fn renew(
         &self,
         app: &App,
         input: RenewInput,
         now: i64,
     ) -> Result<Renewed, SessionError> {
-        if let Some(renewed) = self.renew_current(app, &input, now).await? {
+        let mut spent = false;
+        if let Some(renewed) = self.renew_current(app, &input, &mut spent, now).await? {
             return Ok(renewed);
         }
         let presented = self.verify_refresh(app, &input.refresh_token, now).await?;
-        self.renew_presented(app, &presented, &input, RenewMode::FollowApp, now).await
+        self.renew_checked(app, &presented, &input, RenewMode::FollowApp, spent, now).await
     }
 
     /// The renew of a session's current refresh token, matched by its digest: every check
@@ -152,6 +184,7 @@ impl Sessions {
         &self,
         app: &App,
         input: &RenewInput,
+        spent: &mut bool,
         now: i64,
     ) -> Result<Option<Renewed>, SessionError> {
         if !app.settings.refresh_rotation {
@@ -166,6 +199,19 @@ impl Sessions {
             || outside_lifetime(claims.iat, claims.nbf, claims.exp, now).is_some()
         {
             return Ok(None);
+        }
+        // The token's `cnf` is not authenticated yet (the swap's digest match will): a
+        // binding that does not hold here is judged on the verified path.
+        match (&claims.cnf, &input.proof) {
+            (None, _) if !input.public_client => {}
+            (Some(cnf), Some(Ok(proof))) if proof.jkt == cnf.jkt => {
+                let until = proof.remember_until();
+                if !self.store.spend_proof(app.app_id, proof.jti_digest, until, now).await? {
+                    return Ok(None);
+                }
+                *spent = true;
+            }
+            _ => return Ok(None),
         }
         let signer = self.signer(app.app_id).await?;
         let digest = TokenDigest::of(&input.refresh_token);
@@ -191,7 +237,8 @@ impl Sessions {
         // the swap reads; near that end the token is signed again with the capped expiry,
         // and its digest (of the uncapped one) then makes its next renew a verified one.
         let uncapped = now.saturating_add(s.refresh_expire);
-        let claims = refresh_claims(app, presented.sid, new_jid, now, uncapped);
+        let cnf = presented.cnf.clone();
+        let claims = refresh_claims(app, presented.sid, new_jid, now, uncapped, cnf.clone());
         let refresh_token = signer.sign_typed(typs(app).1, &claims)?;
         let key_id = signer.key_id;
         let rotation = Rotation {
@@ -208,7 +255,8 @@ impl Sessions {
         else {
             return Ok(None);
         };
-        let refresh = refresh_claims(app, session.session_id, new_jid, now, session.current_exp);
+        let refresh =
+            refresh_claims(app, session.session_id, new_jid, now, session.current_exp, cnf);
         let issued = if session.current_exp == uncapped {
             issue_auth(app, signer, &session, &input.ip, &input.useragent, now).map(|mut issued| {
                 issued.refresh_token = refresh_token;
@@ -282,6 +330,21 @@ impl Sessions {
         mode: RenewMode,
         now: i64,
     ) -> Result<Renewed, SessionError> {
+        self.renew_checked(app, presented, input, mode, false, now).await
+    }
+
+    /// [`Self::renew_presented`], with `spent` telling whether this renew already spent its
+    /// DPoP proof.
+    async fn renew_checked(
+        &self,
+        app: &App,
+        presented: &RefreshClaims,
+        input: &RenewInput,
+        mode: RenewMode,
+        spent: bool,
+        now: i64,
+    ) -> Result<Renewed, SessionError> {
+        self.check_binding(app, presented, input, spent, now).await?;
         let signer = self.signer(app.app_id).await?;
         let rotating = app.settings.refresh_rotation && mode == RenewMode::FollowApp;
         if rotating {
@@ -305,6 +368,7 @@ impl Sessions {
                     session.current_jid,
                     session.current_iat,
                     session.current_exp,
+                    presented.cnf.clone(),
                 );
                 let issued =
                     issue(app, &signer, &session, &input.ip, &input.useragent, &current, now)?;
@@ -316,6 +380,53 @@ impl Sessions {
                 "the session changed during the renew".into(),
             ))),
         }
+    }
+
+    /// The DPoP binding of a verified token: a token of a bound session needs a proof by the
+    /// session's key, whose `jti` is spent here (unless `spent`: this renew already did); a
+    /// public client renews bound sessions only. A refused proof is reported to the audit
+    /// trail, with the app and the session; nothing is written to the session.
+    async fn check_binding(
+        &self,
+        app: &App,
+        presented: &RefreshClaims,
+        input: &RenewInput,
+        spent: bool,
+        now: i64,
+    ) -> Result<(), SessionError> {
+        let Some(cnf) = &presented.cnf else {
+            return match input.public_client {
+                true => Err(SessionError::Rejected(Rejection::NotBound)),
+                false => Ok(()),
+            };
+        };
+        let refused = match &input.proof {
+            None => "the session is bound to a DPoP key: a DPoP proof is required".to_owned(),
+            Some(Err(invalid)) => invalid.0.clone(),
+            Some(Ok(proof)) if proof.jkt != cnf.jkt => {
+                "the DPoP proof is signed by another key than the session's".to_owned()
+            }
+            Some(Ok(_)) if spent => return Ok(()),
+            Some(Ok(proof)) => {
+                let until = proof.remember_until();
+                if self.store.spend_proof(app.app_id, proof.jti_digest, until, now).await? {
+                    return Ok(());
+                }
+                "the DPoP proof was used before (its jti)".to_owned()
+            }
+        };
+        tracing::info!(app_id = %app.app_id, session_id = %presented.sid, reason = %refused, "DPoP proof refused");
+        if let Some(audit) = &self.audit {
+            let detail = serde_json::json!({ "session_id": presented.sid, "reason": refused });
+            let event = NewEvent {
+                app_id: app.app_id,
+                kind: EventKind::DpopRejected,
+                actor: Actor::Gateway,
+                detail,
+            };
+            audit.record(event).await;
+        }
+        Err(SessionError::Dpop(refused))
     }
 
     /// A new auth token for the session's current refresh token, which stays current.
@@ -536,8 +647,10 @@ impl Sessions {
         Ok(self.store.count_live_by_app(now).await?)
     }
 
-    /// Deletes sessions that ended more than [`JANITOR_REVOKED_RETENTION`] ago.
+    /// Deletes sessions that ended more than [`JANITOR_REVOKED_RETENTION`] ago, and forgets
+    /// the DPoP proofs past their window.
     pub async fn purge(&self, now: i64) -> Result<u64, SessionError> {
+        self.store.purge_proofs(now).await?;
         Ok(self.store.purge(now - JANITOR_REVOKED_RETENTION).await?)
     }
 }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use keygate_kernel::{AppId, KeyId};
+use keygate_store::proofs::ProofLedger;
 use keygate_store::sessions::{RotationRow, Scope, SessionRow, SessionTable};
 use keygate_store::Backend;
 use keygate_store::StoreError;
@@ -48,12 +49,16 @@ pub struct Restore {
 #[derive(Debug, Clone)]
 pub struct SessionStore {
     table: SessionTable,
+    proofs: Arc<ProofLedger>,
 }
 
 /// The session store of `db`. Inside a Tokio runtime this starts the group-commit tasks;
 /// outside one, every write commits on its own.
 pub fn session_store(db: &Backend) -> Arc<SessionStore> {
-    Arc::new(SessionStore { table: SessionTable::open(db) })
+    Arc::new(SessionStore {
+        table: SessionTable::open(db),
+        proofs: Arc::new(ProofLedger::open(db)),
+    })
 }
 
 impl SessionStore {
@@ -172,6 +177,23 @@ impl SessionStore {
     /// many.
     pub async fn purge(&self, ended_before: i64) -> Result<u64, StoreError> {
         self.table.purge(ended_before).await
+    }
+
+    /// Records an accepted DPoP proof of `app_id` by its `jti`'s digest until `expires_at`;
+    /// false when it was recorded before (a replay).
+    pub async fn spend_proof(
+        &self,
+        app_id: AppId,
+        jti_digest: [u8; 32],
+        expires_at: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        self.proofs.spend(app_id, jti_digest, expires_at, now).await
+    }
+
+    /// Forgets the DPoP proofs that expired at `now`.
+    pub async fn purge_proofs(&self, now: i64) -> Result<u64, StoreError> {
+        self.proofs.purge(now).await
     }
 }
 

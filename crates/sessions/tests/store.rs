@@ -1014,6 +1014,9 @@ impl Harness {
             refresh_token: token.to_owned(),
             ip: "192.0.2.10".to_owned(),
             useragent: agent.to_owned(),
+            dpop: None,
+            proof: None,
+            public_client: false,
         };
         match self.sessions.renew(&self.app, input, now).await {
             Ok(renewed) => {
@@ -1036,6 +1039,7 @@ fn sign_input(sub: &str, agent: &str) -> SignInput {
         ip: "192.0.2.10".to_owned(),
         useragent: agent.to_owned(),
         aud: None,
+        dpop_jkt: None,
         custom: Map::new(),
     }
 }
@@ -1322,6 +1326,9 @@ fn renew_input(token: &str, agent: &str) -> RenewInput {
         refresh_token: token.to_owned(),
         ip: "203.0.113.50".to_owned(),
         useragent: agent.to_owned(),
+        dpop: None,
+        proof: None,
+        public_client: false,
     }
 }
 

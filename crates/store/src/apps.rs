@@ -30,23 +30,23 @@ impl std::fmt::Debug for AppRow {
 const SELECT_APP: &str = "SELECT app_id, name, issuer, audience, token_expire, token_notbefore, \
     refresh_expire, refresh_notbefore, session_max_age, reuse_grace, rotation_period, \
     max_sessions_per_sub, refresh_rotation, on_reuse, access_token_profile, requests_per_second, \
-    requests_burst, app_key_hash, prev_app_key_hash, prev_app_key_expires_at, created_at, \
-    updated_at FROM apps";
+    requests_burst, dpop, dpop_nonce, oauth_public_clients, app_key_hash, prev_app_key_hash, \
+    prev_app_key_expires_at, created_at, updated_at FROM apps";
 
 const INSERT_APP: &str = "INSERT INTO apps (app_id, name, issuer, audience, token_expire, \
     token_notbefore, refresh_expire, refresh_notbefore, session_max_age, reuse_grace, \
     rotation_period, max_sessions_per_sub, refresh_rotation, on_reuse, access_token_profile, \
-    requests_per_second, requests_burst, app_key_hash, prev_app_key_hash, \
-    prev_app_key_expires_at, created_at, updated_at) \
+    requests_per_second, requests_burst, dpop, dpop_nonce, oauth_public_clients, app_key_hash, \
+    prev_app_key_hash, prev_app_key_expires_at, created_at, updated_at) \
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-    $20, $21, $22)";
+    $20, $21, $22, $23, $24, $25)";
 
 const UPDATE_APP: &str = "UPDATE apps SET name = $2, issuer = $3, audience = $4, \
     token_expire = $5, token_notbefore = $6, refresh_expire = $7, refresh_notbefore = $8, \
     session_max_age = $9, reuse_grace = $10, rotation_period = $11, \
     max_sessions_per_sub = $12, refresh_rotation = $13, on_reuse = $14, \
-    access_token_profile = $15, requests_per_second = $16, requests_burst = $17, \
-    updated_at = $18 WHERE app_id = $1";
+    access_token_profile = $15, requests_per_second = $16, requests_burst = $17, dpop = $18, \
+    dpop_nonce = $19, oauth_public_clients = $20, updated_at = $21 WHERE app_id = $1";
 
 const SET_APP_KEY: &str = "UPDATE apps SET app_key_hash = $2, prev_app_key_hash = $3, \
     prev_app_key_expires_at = $4, updated_at = $5 WHERE app_id = $1";
@@ -95,7 +95,7 @@ impl Backend {
     }
 }
 
-/// The first 17 columns of [`INSERT_APP`] and of [`UPDATE_APP`], in order.
+/// The first 20 columns of [`INSERT_APP`] and of [`UPDATE_APP`], in order.
 fn with_settings(sql: Sql, app: &AppRow) -> Sql {
     let s = &app.settings;
     sql.bind(app.app_id)
@@ -115,6 +115,9 @@ fn with_settings(sql: Sql, app: &AppRow) -> Sql {
         .bind(s.access_token_profile)
         .bind(s.requests_per_second)
         .bind(s.requests_burst)
+        .bind(s.dpop)
+        .bind(s.dpop_nonce)
+        .bind(s.oauth_public_clients)
 }
 
 impl Apps<'_> {

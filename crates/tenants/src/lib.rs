@@ -15,8 +15,8 @@ mod verified;
 
 pub use error::{StoreError, TenantError};
 pub use keygate_kernel::{
-    hmac_sha256, AccessTokenProfile, App, AppId, AppSettings, FieldError, OnReuse, ParseIdError,
-    SettingsPatch,
+    hmac_sha256, AccessTokenProfile, App, AppId, AppSettings, DpopMode, FieldError, OnReuse,
+    ParseIdError, SettingsPatch,
 };
 pub use model::{AppKeyHashes, AppRecord};
 pub use secret::{hash_secret, is_argon2_hash, AppKey, KeyHashKey, RootKey, Secret};

@@ -10,8 +10,8 @@ use keygate_store::testing::{execute, fetch_all};
 use keygate_store::{Backend, Sql};
 use keygate_tenants::{
     app_store, hash_secret, AccessTokenProfile, App, AppId, AppKey, AppKeyHashes, AppRecord,
-    AppSettings, AppStore, AuthError, KeyHashKey, OnReuse, SettingsPatch, StoreError, TenantError,
-    Tenants, TenantsConfig,
+    AppSettings, AppStore, AuthError, DpopMode, KeyHashKey, OnReuse, SettingsPatch, StoreError,
+    TenantError, Tenants, TenantsConfig,
 };
 
 /// A fixed "now" (Unix seconds): time is a parameter, never read by the code under test.
@@ -72,6 +72,9 @@ fn record(name: &str) -> AppRecord {
                 access_token_profile: AccessTokenProfile::Rfc9068,
                 requests_per_second: 9,
                 requests_burst: 10,
+                dpop: DpopMode::Required,
+                dpop_nonce: true,
+                oauth_public_clients: true,
             },
             created_at: NOW,
             updated_at: NOW + 1,

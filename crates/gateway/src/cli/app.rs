@@ -1,7 +1,7 @@
 //! `keygate app`: create, list, show, update and delete apps, and rotate their app keys.
 
 use clap::{Args, Subcommand};
-use keygate_tenants::{AccessTokenProfile, App, OnReuse, SettingsPatch};
+use keygate_tenants::{AccessTokenProfile, App, DpopMode, OnReuse, SettingsPatch};
 use serde_json::json;
 
 use super::key::print_keys;
@@ -103,6 +103,17 @@ pub struct SettingsArgs {
     /// second's worth.
     #[arg(long)]
     requests_burst: Option<i64>,
+    /// Bind sessions to a key of the user's device with DPoP: off, allowed (when /sign
+    /// names a key), or required (every session).
+    #[arg(long)]
+    dpop: Option<DpopMode>,
+    /// DPoP proofs must carry a nonce from the gateway's DPoP-Nonce header (true/false).
+    #[arg(long)]
+    dpop_nonce: Option<bool>,
+    /// The OAuth token endpoint takes public clients (client_id, no secret) for
+    /// DPoP-bound sessions (true/false).
+    #[arg(long)]
+    oauth_public_clients: Option<bool>,
 }
 
 impl SettingsArgs {
@@ -124,6 +135,9 @@ impl SettingsArgs {
             access_token_profile: self.access_token_profile,
             requests_per_second: self.requests_per_second,
             requests_burst: self.requests_burst,
+            dpop: self.dpop,
+            dpop_nonce: self.dpop_nonce,
+            oauth_public_clients: self.oauth_public_clients,
         }
     }
 }
@@ -255,6 +269,9 @@ fn print_app(app: &App) {
         ("access_token_profile", s.access_token_profile.as_str().to_owned()),
         ("requests_per_second", s.requests_per_second.to_string()),
         ("requests_burst", s.requests_burst.to_string()),
+        ("dpop", s.dpop.as_str().to_owned()),
+        ("dpop_nonce", s.dpop_nonce.to_string()),
+        ("oauth_public_clients", s.oauth_public_clients.to_string()),
         ("created_at", format_time(app.created_at)),
         ("updated_at", format_time(app.updated_at)),
     ];

@@ -61,7 +61,7 @@ impl From<SessionError> for Failure {
     fn from(err: SessionError) -> Self {
         match err {
             SessionError::Rejected(Rejection::ReuseDetected) => ErrorKind::ReuseDetected.into(),
-            SessionError::Rejected(_) => ErrorKind::InvalidToken.into(),
+            SessionError::Rejected(_) | SessionError::Dpop(_) => ErrorKind::InvalidToken.into(),
             SessionError::Invalid(_) => ErrorKind::BadRequest.into(),
             other => server_side(ApiError::from(other)),
         }

@@ -23,6 +23,13 @@ pub enum ApiError {
     InvalidGrant,
     #[error("invalid token")]
     InvalidToken,
+    /// `/renew` of a DPoP-bound session without a valid proof by its key; why.
+    #[error("invalid DPoP proof: {0}")]
+    InvalidDpopProof(String),
+    /// `/renew` with a DPoP proof that lacks the app's nonce; the nonce to use, sent in
+    /// `DPoP-Nonce`.
+    #[error("use_dpop_nonce: the DPoP proof must carry the nonce of the DPoP-Nonce header")]
+    UseDpopNonce(String),
     #[error("invalid app key or id")]
     InvalidClient,
     #[error("invalid root key")]
@@ -95,7 +102,9 @@ impl<'a> From<&'a FieldError> for FieldEntry<'a> {
 pub enum ErrorCode {
     /// 400: validation, malformed JSON.
     InvalidRequest = 400,
-    /// 401: a refresh token (`/renew`) or token (`/logout`) that is not accepted.
+    /// 401: a refresh token (`/renew`) or token (`/logout`) that is not accepted; at
+    /// `/renew`, also a missing or bad DPoP proof for a bound session (with `DPoP-Nonce` when
+    /// the proof must carry that nonce).
     InvalidGrant = 401,
     /// 403: bad app key, unknown app, malformed app id; bad root key; (console) no console
     /// session, or a change without its CSRF token.
@@ -126,7 +135,10 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Invalid(_) => ErrorCode::InvalidRequest,
-            Self::InvalidGrant | Self::InvalidToken => ErrorCode::InvalidGrant,
+            Self::InvalidGrant
+            | Self::InvalidToken
+            | Self::InvalidDpopProof(_)
+            | Self::UseDpopNonce(_) => ErrorCode::InvalidGrant,
             Self::InvalidClient | Self::InvalidRootKey | Self::ConsoleSignIn | Self::Csrf => {
                 ErrorCode::InvalidClient
             }
@@ -160,6 +172,9 @@ impl ResponseError for ApiError {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
             }
             Self::Internal(cause) => internal(cause),
+            Self::UseDpopNonce(nonce) => {
+                response.insert_header((crate::http::dpop::NONCE_HEADER, nonce.as_str()));
+            }
             _ => {}
         }
         response.json(ErrorBody { error: self.code(), message: self.to_string(), errors })
@@ -223,6 +238,7 @@ impl From<SessionError> for ApiError {
     /// [`ApiError::InvalidToken`] for a fitting message.
     fn from(err: SessionError) -> Self {
         match err {
+            SessionError::Dpop(why) => Self::InvalidDpopProof(why),
             SessionError::Rejected(_) => Self::InvalidGrant,
             other => UseCaseError::from(other).into(),
         }
@@ -240,6 +256,8 @@ mod tests {
             ApiError::invalid("field", "is wrong"),
             ApiError::InvalidGrant,
             ApiError::InvalidToken,
+            ApiError::InvalidDpopProof("bad".into()),
+            ApiError::UseDpopNonce("nonce".into()),
             ApiError::InvalidClient,
             ApiError::InvalidRootKey,
             ApiError::ConsoleSignIn,
@@ -259,6 +277,8 @@ mod tests {
                 ApiError::Invalid { .. }
                 | ApiError::InvalidGrant
                 | ApiError::InvalidToken
+                | ApiError::InvalidDpopProof(_)
+                | ApiError::UseDpopNonce(_)
                 | ApiError::InvalidClient
                 | ApiError::InvalidRootKey
                 | ApiError::ConsoleSignIn

@@ -5,6 +5,7 @@
 pub mod client_ip;
 pub mod compat;
 pub mod console;
+pub mod dpop;
 pub mod error;
 pub mod extract;
 pub mod metrics;

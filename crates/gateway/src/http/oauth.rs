@@ -45,6 +45,12 @@ pub enum OAuthError {
     InvalidClient { challenge: bool },
     #[error("invalid refresh token")]
     InvalidGrant,
+    /// A missing or bad DPoP proof (RFC 9449 §5); why.
+    #[error("{0}")]
+    InvalidDpopProof(String),
+    /// A DPoP proof without the app's nonce; the nonce to use (RFC 9449 §8).
+    #[error("the DPoP proof must carry the nonce of the DPoP-Nonce header")]
+    UseDpopNonce(String),
     #[error("only grant_type=refresh_token is supported")]
     UnsupportedGrantType,
     #[error("keygate has no scopes: a refresh keeps the session's grant, so scope must be absent")]
@@ -69,7 +75,8 @@ pub enum OAuthError {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OAuthErrorBody {
     /// `invalid_request`, `invalid_client`, `invalid_grant`, `unsupported_grant_type`,
-    /// `invalid_scope`, `rate_limited`, `temporarily_unavailable` or `server_error`.
+    /// `invalid_scope`, `invalid_dpop_proof`, `use_dpop_nonce`, `rate_limited`,
+    /// `temporarily_unavailable` or `server_error`.
     #[schema(example = "invalid_grant")]
     error: &'static str,
     /// For people, not for programs: match on `error`.
@@ -86,6 +93,8 @@ impl OAuthError {
             Self::InvalidRequest(_) | Self::PayloadTooLarge(_) => "invalid_request",
             Self::InvalidClient { .. } => "invalid_client",
             Self::InvalidGrant => "invalid_grant",
+            Self::InvalidDpopProof(_) => "invalid_dpop_proof",
+            Self::UseDpopNonce(_) => "use_dpop_nonce",
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope => "invalid_scope",
             Self::RateLimited(_) | Self::QuotaExceeded(_) => "rate_limited",
@@ -130,6 +139,9 @@ impl ResponseError for OAuthError {
                 response.insert_header((header::RETRY_AFTER, RETRY_AFTER));
             }
             Self::Internal(cause) => internal(cause),
+            Self::UseDpopNonce(nonce) => {
+                response.insert_header((crate::http::dpop::NONCE_HEADER, nonce.as_str()));
+            }
             _ => {}
         }
         response.json(OAuthErrorBody { error: self.code(), error_description: self.to_string() })
@@ -144,6 +156,8 @@ impl From<ApiError> for OAuthError {
                 Self::InvalidRequest(fields.join("; "))
             }
             ApiError::InvalidGrant | ApiError::InvalidToken => Self::InvalidGrant,
+            ApiError::InvalidDpopProof(why) => Self::InvalidDpopProof(why),
+            ApiError::UseDpopNonce(nonce) => Self::UseDpopNonce(nonce),
             ApiError::InvalidClient
             | ApiError::InvalidRootKey
             | ApiError::ConsoleSignIn
@@ -355,6 +369,47 @@ pub async fn authenticate(
     })?;
     let permit = services.admission.admit(&app.app).await.map_err(ApiError::from)?;
     Ok((app, permit))
+}
+
+/// Who asks the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// Authenticated by its secret, the app key.
+    Confidential,
+    /// `client_id` alone (auth method `none`), on an app with `oauth_public_clients`: it
+    /// renews DPoP-bound sessions only.
+    Public,
+}
+
+/// Authenticates the client of a token request: as [`authenticate`] does, or, when the
+/// request carries `client_id` and no credentials, as a public client of an app that takes
+/// them (RFC 6749 §2.1). A public client of an app that does not, or of another app, is
+/// refused 401 `invalid_client` and counts against the address, as a wrong secret does.
+pub async fn authenticate_token_client(
+    req: &HttpRequest,
+    services: &web::Data<Services>,
+    form: &impl ClientForm,
+) -> Result<(Arc<AppRecord>, Permit, Client), OAuthError> {
+    let public =
+        req.headers().get(header::AUTHORIZATION).is_none() && form.client_secret().is_none();
+    let Some(id) = form.client_id().filter(|_| public) else {
+        let (app, permit) = authenticate(req, services, form).await?;
+        return Ok((app, permit, Client::Confidential));
+    };
+    let attempt = Attempt::of(req);
+    attempt.admit()?;
+    let path_id = req.match_info().get("app_id").unwrap_or_default();
+    let app = match id.parse().ok().filter(|_| id == path_id) {
+        Some(app_id) => services.tenants.app(app_id).await.map_err(ApiError::from)?,
+        None => None,
+    };
+    let outcome = app.filter(|app| app.app.settings.oauth_public_clients).ok_or(AuthError::Denied);
+    let app = attempt.settle(outcome, ApiError::InvalidClient).map_err(|err| match err {
+        ApiError::InvalidClient => OAuthError::InvalidClient { challenge: false },
+        other => other.into(),
+    })?;
+    let permit = services.admission.admit(&app.app).await.map_err(ApiError::from)?;
+    Ok((app, permit, Client::Public))
 }
 
 #[cfg(test)]

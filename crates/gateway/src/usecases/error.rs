@@ -84,9 +84,9 @@ impl From<SessionError> for UseCaseError {
             SessionError::Invalid(errors) => Self::Invalid(errors),
             SessionError::Store(e) => e.into(),
             SessionError::Keyring(e) => e.into(),
-            other @ (SessionError::Rejected(_) | SessionError::Corrupt(_)) => {
-                Self::Internal(Box::new(other))
-            }
+            other @ (SessionError::Rejected(_)
+            | SessionError::Dpop(_)
+            | SessionError::Corrupt(_)) => Self::Internal(Box::new(other)),
         }
     }
 }

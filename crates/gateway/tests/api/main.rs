@@ -11,6 +11,7 @@ mod auth;
 mod cli;
 mod compat;
 mod console;
+mod dpop;
 mod errors;
 mod events;
 mod failover;

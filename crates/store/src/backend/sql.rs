@@ -4,7 +4,7 @@
 use std::fmt;
 
 use keygate_kernel::{
-    AccessTokenProfile, AppId, EventId, Jid, KeyId, KeyState, OnReuse, SessionId,
+    AccessTokenProfile, AppId, DpopMode, EventId, Jid, KeyId, KeyState, OnReuse, SessionId,
 };
 use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
@@ -63,6 +63,7 @@ args_from! {
     KeyState => |v| Self::Text(Some(v.as_str().to_owned()));
     OnReuse => |v| Self::Text(Some(v.as_str().to_owned()));
     AccessTokenProfile => |v| Self::Text(Some(v.as_str().to_owned()));
+    DpopMode => |v| Self::Text(Some(v.as_str().to_owned()));
 }
 
 /// A statement and its arguments, in placeholder order. `Debug` shows the statement only:

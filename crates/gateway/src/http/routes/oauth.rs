@@ -6,6 +6,7 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use keygate_sessions::dpop::PROOF_ALGS;
 use keygate_sessions::Introspected;
 use keygate_tenants::AppId;
 use serde::{Deserialize, Serialize};
@@ -13,9 +14,11 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::bootstrap::Services;
+use crate::http::dpop;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{direct_renew_input, PathOf};
-use crate::http::oauth::{authenticate, no_store, present, required, ClientForm, Form, OAuthError};
+use crate::http::oauth::{authenticate, authenticate_token_client, no_store, present, required};
+use crate::http::oauth::{Client, ClientForm, Form, OAuthError};
 use crate::http::resource::{resource, Answer};
 use crate::http::schema::{OAuthErrors, ServerErrors};
 use crate::metrics::{RenewCount, RevokeReason};
@@ -31,6 +34,9 @@ const METADATA_BY_ISSUER: &str = "/.well-known/oauth-authorization-server/app/{a
 const METADATA_MAX_AGE: &str = "public, max-age=300";
 /// The client authentication methods of every endpoint.
 const AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
+/// The token endpoint's methods of an app with `oauth_public_clients`.
+const TOKEN_AUTH_METHODS_WITH_PUBLIC: [&str; 3] =
+    ["client_secret_basic", "client_secret_post", "none"];
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(resource(TOKEN).route(web::post().to(token)))
@@ -58,7 +64,8 @@ struct TokenForm {
     refresh_token: String,
     /// Refused when not empty: keygate has no scopes.
     scope: Option<String>,
-    /// The app id, with `client_secret` (`client_secret_post`).
+    /// The app id: with `client_secret` (`client_secret_post`), or alone for a public client
+    /// (`none`) of an app with `oauth_public_clients`.
     client_id: Option<String>,
     /// The app key (`client_secret_post`).
     client_secret: Option<String>,
@@ -105,6 +112,7 @@ impl ClientForm for TokenHintForm {
 struct TokenResponse {
     /// keygate's auth token.
     access_token: String,
+    /// `DPoP` for a DPoP-bound session's tokens (RFC 9449 §5), else `Bearer`.
     #[schema(example = "Bearer")]
     token_type: &'static str,
     /// Seconds until the access token expires.
@@ -119,13 +127,22 @@ struct TokenResponse {
 /// `reuse_grace` from the same `User-Agent`, and any other spent one is reuse, which
 /// revokes the session. The renew's `ip` is the caller's address, its `useragent` the
 /// request's `User-Agent`.
+///
+/// A DPoP-bound session renews only with a `DPoP` header: a proof (RFC 9449) by the
+/// session's key, for this URL, not used before; its tokens stay bound (`token_type`
+/// `DPoP`). On an app with `oauth_public_clients`, a client may send `client_id` without a
+/// secret (auth method `none`) to renew bound sessions.
 #[utoipa::path(post, path = TOKEN, tag = "oauth",
-    params(("app_id" = AppId, Path, description = "The app's id: the client id.")),
+    params(("app_id" = AppId, Path, description = "The app's id: the client id."),
+        ("DPoP" = Option<String>, Header, description = "A DPoP proof (RFC 9449 §4) for \
+            `POST` to this URL; required for a DPoP-bound session.")),
     security(("client_secret_basic" = []), ()),
     request_body(content = TokenForm, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "The token response.", body = TokenResponse,
-            headers(("Cache-Control" = String, description = "`no-store`"))),
+            headers(("Cache-Control" = String, description = "`no-store`"),
+                ("DPoP-Nonce" = String, description = "On an app with `dpop_nonce`: the \
+                    nonce for the next proof."))),
         OAuthErrors,
     ))]
 async fn token(
@@ -133,7 +150,7 @@ async fn token(
     request: HttpRequest,
     Form(form): Form<TokenForm>,
 ) -> OAuthAnswer {
-    let (app, _permit) = authenticate(&request, &services, &form).await?;
+    let (app, _permit, client) = authenticate_token_client(&request, &services, &form).await?;
     if required("grant_type", &form.grant_type)? != "refresh_token" {
         return Err(OAuthError::UnsupportedGrantType);
     }
@@ -150,16 +167,38 @@ async fn token(
             OAuthError::Internal(format!("the renew input: {}", errors.join("; ")).into())
         }
     })?;
+    let mut input = input;
+    input.public_client = client == Client::Public;
     let now = services.clock.now();
+    let proof = dpop_header(&request)?;
+    dpop::attach(&services, &request, &app.app, proof, &mut input, now)
+        .map_err(OAuthError::UseDpopNonce)?;
     let renewed = services.sessions.renew(&app.app, input, now).await;
     services.metrics.renew(app.app.app_id, RenewCount::of(&renewed), now);
     let issued = renewed?.issued;
-    Ok(no_store(HttpResponse::Ok()).json(TokenResponse {
+    let mut response = no_store(HttpResponse::Ok());
+    dpop::offer_nonce(&services, &app.app, now, &mut response);
+    Ok(response.json(TokenResponse {
         access_token: issued.auth_token,
-        token_type: "Bearer",
+        token_type: issued.token_type,
         expires_in: issued.expires_in,
         refresh_token: issued.refresh_token,
     }))
+}
+
+/// The request's `DPoP` header: at most one, of visible ASCII (RFC 9449 §4.3).
+fn dpop_header(request: &HttpRequest) -> Result<Option<&str>, OAuthError> {
+    let mut values = request.headers().get_all(dpop::PROOF_HEADER);
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(OAuthError::InvalidDpopProof("send one DPoP header, not several".into()));
+    }
+    value
+        .to_str()
+        .map(Some)
+        .map_err(|_| OAuthError::InvalidDpopProof("the DPoP header is not a JWS".into()))
 }
 
 /// Revokes a token (RFC 7009): an auth or refresh token of this app, within its lifetime,
@@ -191,7 +230,8 @@ async fn revoke(
 #[derive(Default, Serialize, ToSchema)]
 struct Introspection {
     active: bool,
-    /// `Bearer` for an auth (access) token, `N_A` for a refresh token (RFC 8693 §2.2.1).
+    /// `Bearer` for an auth (access) token, `DPoP` for one of a DPoP-bound session (RFC 9449
+    /// §6.2), `N_A` for a refresh token (RFC 8693 §2.2.1).
     #[serde(skip_serializing_if = "Option::is_none")]
     token_type: Option<&'static str>,
     /// `access_token` or `refresh_token`.
@@ -220,6 +260,10 @@ struct Introspection {
     /// The session id.
     #[serde(skip_serializing_if = "Option::is_none")]
     sid: Option<String>,
+    /// A DPoP-bound session's key: `{"jkt": thumbprint}` (RFC 9449 §6.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    cnf: Option<Value>,
 }
 
 /// Tells whether a token is active (RFC 7662), and what it says.
@@ -247,7 +291,7 @@ async fn introspect(
         None => Introspection::default(),
         Some(Introspected::Auth(claims)) => Introspection {
             active: true,
-            token_type: Some("Bearer"),
+            token_type: Some(if claims.cnf.is_some() { "DPoP" } else { "Bearer" }),
             token_use: Some("access_token"),
             client_id,
             sub: Some(claims.sub),
@@ -258,6 +302,7 @@ async fn introspect(
             nbf: Some(claims.nbf),
             jti: Some(claims.jid.to_string()),
             sid: Some(claims.sid.to_string()),
+            cnf: claims.cnf,
         },
         Some(Introspected::Refresh { claims, sub }) => Introspection {
             active: true,
@@ -272,6 +317,7 @@ async fn introspect(
             nbf: Some(claims.nbf),
             jti: Some(claims.jid.to_string()),
             sid: Some(claims.sid.to_string()),
+            cnf: claims.cnf.map(|cnf| serde_json::json!({ "jkt": cnf.jkt })),
         },
     };
     Ok(no_store(HttpResponse::Ok()).json(answer))
@@ -290,9 +336,12 @@ struct Metadata {
     grant_types_supported: [&'static str; 1],
     /// Empty: keygate has no authorization endpoint.
     response_types_supported: [&'static str; 0],
-    token_endpoint_auth_methods_supported: [&'static str; 2],
+    /// With `none` on an app with `oauth_public_clients`.
+    token_endpoint_auth_methods_supported: &'static [&'static str],
     revocation_endpoint_auth_methods_supported: [&'static str; 2],
     introspection_endpoint_auth_methods_supported: [&'static str; 2],
+    /// The `alg` values of the DPoP proofs the token endpoint accepts (RFC 9449 §5.1).
+    dpop_signing_alg_values_supported: [&'static str; 3],
 }
 
 /// The app's OAuth 2.0 authorization server metadata (RFC 8414); public, and cacheable.
@@ -330,7 +379,7 @@ async fn metadata(services: web::Data<Services>, PathOf(app_id): PathOf<Option<A
     };
     let unknown = || ApiError::NotFound("no such app".into());
     let app_id = app_id.ok_or_else(unknown)?;
-    services.tenants.app(app_id).await?.ok_or_else(unknown)?;
+    let app = services.tenants.app(app_id).await?.ok_or_else(unknown)?;
     let base = format!("{public_url}/app/{app_id}");
     let document = Metadata {
         token_endpoint: format!("{base}/oauth/token"),
@@ -340,9 +389,13 @@ async fn metadata(services: web::Data<Services>, PathOf(app_id): PathOf<Option<A
         issuer: base,
         grant_types_supported: ["refresh_token"],
         response_types_supported: [],
-        token_endpoint_auth_methods_supported: AUTH_METHODS,
+        token_endpoint_auth_methods_supported: match app.app.settings.oauth_public_clients {
+            true => &TOKEN_AUTH_METHODS_WITH_PUBLIC,
+            false => &AUTH_METHODS,
+        },
         revocation_endpoint_auth_methods_supported: AUTH_METHODS,
         introspection_endpoint_auth_methods_supported: AUTH_METHODS,
+        dpop_signing_alg_values_supported: PROOF_ALGS,
     };
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, METADATA_MAX_AGE)).json(document))
 }

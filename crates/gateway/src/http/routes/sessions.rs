@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::bootstrap::Services;
+use crate::http::dpop;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppAuth, JsonBody};
 use crate::http::resource::{resource, Answer};
@@ -95,6 +96,9 @@ async fn sign(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answe
 /// The previous refresh token, again within `reuse_grace` seconds and from the same
 /// `useragent`, is answered as a retry with the session's current tokens; any other
 /// earlier token of the session is reuse, and revokes it.
+///
+/// A DPoP-bound session renews only with `dpop`: a proof its device made for the app's
+/// token endpoint, by the session's key, not used before.
 #[utoipa::path(post, path = RENEW, tag = "tokens",
     params(("app_id" = AppId, Path, description = "The app's id.")),
     security(("app_key" = [])),
@@ -103,17 +107,30 @@ async fn sign(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answe
         (status = 200, description = "The token response.", body = Issued),
         (status = 401, description = "`invalid_grant`, \"invalid refresh token\": any refresh \
             token that is not accepted (expired, not yet valid, revoked, reused, not this \
-            app's).", body = ErrorBody),
+            app's); for a DPoP-bound session, also a missing or bad `dpop` proof (\"invalid \
+            DPoP proof: …\"), or one without the app's nonce, which `DPoP-Nonce` then holds.",
+            body = ErrorBody,
+            headers(("DPoP-Nonce" = String, description = "The nonce the proof must carry."))),
         BodyErrors,
         AppKeyErrors,
     ))]
-async fn renew(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answer {
+async fn renew(
+    services: web::Data<Services>,
+    request: HttpRequest,
+    auth: AppAuth,
+    body: Body,
+) -> Answer {
     let app = auth.admit(&services).await?;
-    let input = RenewInput::parse(&body.0).map_err(ApiError::Invalid)?;
+    let mut input = RenewInput::parse(&body.0).map_err(ApiError::Invalid)?;
     let now = services.clock.now();
+    let proof = input.dpop.take();
+    dpop::attach(&services, &request, &app.app, proof.as_deref(), &mut input, now)
+        .map_err(ApiError::UseDpopNonce)?;
     let renewed = services.sessions.renew(&app.app, input, now).await;
     services.metrics.renew(app.app.app_id, RenewCount::of(&renewed), now);
-    Ok(HttpResponse::Ok().json(renewed?.issued))
+    let mut response = HttpResponse::Ok();
+    dpop::offer_nonce(&services, &app.app, now, &mut response);
+    Ok(response.json(renewed?.issued))
 }
 
 /// Verifies an auth token of this app, and that its session is live.
