@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # `just bench`: renew, oauth-refresh (renew through the OAuth token endpoint), dpop-renew
 # (renew of DPoP-bound sessions, each with a forwarded proof) and sign at
-# c = 1, 8, 32, 128 (closed loop), then renew at open-loop rates of 1,000, 3,000 and 6,000/s
-# (c = 32), against a release keygate, first on SQLite (synchronous=FULL), then on
+# c = 1, 8, 32, 128 (closed loop), then renew and dpop-renew at open-loop rates of 1,000,
+# 3,000 and 6,000/s (c = 32), against a release keygate, first on SQLite (synchronous=FULL), then on
 # Postgres; one table at the end, with the gateway's CPU per request in all and by thread;
 # then the tenant-isolation run on each backend (`keygate-bench isolation`, its own table;
 # BENCH_ISOLATION=0 skips it, and an unexpected answer in it makes the script exit 2).
 #   BENCH_DURATION=10s BENCH_CONNS="1 8 32 128" BENCH_RATES="1000 3000 6000" \
+#   BENCH_MODES="renew oauth-refresh dpop-renew sign" BENCH_RATE_MODES="renew dpop-renew" \
 #   BENCH_BACKENDS="sqlite postgres" BENCH_ISOLATION=1 bash bench/bench.sh
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -33,8 +34,10 @@ for backend in ${BENCH_BACKENDS:-sqlite postgres}; do
         done
     done
     for rate in ${BENCH_RATES-1000 3000 6000}; do
-        say "-- $backend renew open loop at $rate/s, c=32"
-        load renew 32 "$backend" --rate "$rate" "${db[@]}" | tee -a "$results" >&2
+        for mode in ${BENCH_RATE_MODES:-renew dpop-renew}; do
+            say "-- $backend $mode open loop at $rate/s, c=32"
+            load "$mode" 32 "$backend" --rate "$rate" "${db[@]}" | tee -a "$results" >&2
+        done
     done
     stop_gateway
 done

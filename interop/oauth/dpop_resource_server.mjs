@@ -1,4 +1,4 @@
-// What a resource server must do with a DPoP-bound access token of keygate (RFC 9449 §7.1,
+// What a resource server must do with a DPoP-bound access token of keygate (RFC 9449 §7,
 // with the proof checks of §4.3), with jose alone. interop/oauth/dpop_clients.mjs runs it
 // against the requests that oauth4webapi and openid-client send; docs/verifying-tokens.md
 // ("DPoP-bound access tokens") shows verifyDpopRequest as it is here.
@@ -39,7 +39,7 @@ const withoutQuery = (uri) => {
 //   seen:    a Map (jti -> iat) of the proofs already accepted, for the replay check
 // Returns the access token's claims; throws DpopRequestError.
 export async function verifyDpopRequest(request, { jwks, issuer, audience, seen, maxAge = 60 }) {
-  // §7.1: the token comes in `Authorization: DPoP <token>`, the proof in one DPoP header.
+  // §7.1: the token comes in `Authorization: DPoP <token>`; §4.3 step 1: one DPoP header.
   const [scheme, token, ...rest] = (request.headers.get('authorization') ?? '').split(' ');
   if (scheme.toLowerCase() !== 'dpop' || !token || rest.length) {
     refuse('invalid_token', 'the Authorization header must be "DPoP <access token>"');
@@ -54,8 +54,9 @@ export async function verifyDpopRequest(request, { jwks, issuer, audience, seen,
   const jkt = claims.cnf?.jkt;
   if (typeof jkt !== 'string') refuse('invalid_token', 'the access token is not DPoP-bound (no cnf.jkt)');
 
-  // §4.3 steps 2-7: a JWS, typ dpop+jwt, an asymmetric alg, signed by the public key of its
-  // own jwk header, with jti, htm, htu and iat, iat within maxAge seconds of now.
+  // §4.3 steps 2-7 and 11: a JWT, typ dpop+jwt, an asymmetric alg, signed by the public key
+  // of its own jwk header (not a private one), with jti, htm, htu and iat, iat within
+  // maxAge seconds of now.
   const { payload, protectedHeader } = await jwtVerify(proof, EmbeddedJWK, {
     typ: 'dpop+jwt',
     algorithms: ['ES256', 'EdDSA', 'Ed25519'],
@@ -72,7 +73,7 @@ export async function verifyDpopRequest(request, { jwks, issuer, audience, seen,
   const ath = base64url.encode(new Uint8Array(
     await crypto.subtle.digest('SHA-256', new TextEncoder().encode(token))));
   if (payload.ath !== ath) refuse('invalid_dpop_proof', 'the proof\'s ath is not the hash of this access token');
-  // §7.1 (and §6.1): signed by the key the access token is bound to.
+  // §4.3 step 12 and §6.1: signed by the key the access token is bound to.
   if (await calculateJwkThumbprint(protectedHeader.jwk, 'sha256') !== jkt) {
     refuse('invalid_dpop_proof', 'the proof is signed by another key than the access token\'s');
   }

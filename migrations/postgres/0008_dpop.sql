@@ -9,8 +9,11 @@ ALTER TABLE apps ADD COLUMN oauth_public_clients BOOLEAN NOT NULL DEFAULT FALSE;
 
 -- The DPoP proofs accepted, by the SHA-256 of their jti, until their iat window has passed:
 -- a proof seen by one gateway is refused as a replay by every other. The janitor deletes
--- rows past expires_at.
-CREATE TABLE dpop_proofs (
+-- rows past expires_at. Unlogged: its writes go to no WAL, so their commits wait for no
+-- disk flush and no synchronous standby; a crash or a failover of the database empties
+-- it, which forgets proofs at most a minute old (each still needs its session's current
+-- refresh token, which its first use spent).
+CREATE UNLOGGED TABLE dpop_proofs (
     app_id TEXT NOT NULL,
     jti_digest BYTEA NOT NULL,
     expires_at BIGINT NOT NULL,

@@ -125,7 +125,7 @@ async fn connect(args: &RunArgs) -> anyhow::Result<(Driver, Vec<Chain>)> {
             };
             let mut client = Client::new(&args.url, app, app_key, args.connections)?;
             if args.mode == Mode::DpopRenew {
-                client = client.with_device(&args.url, app, DeviceKey::generate());
+                client = client.with_device(&args.url, app, DeviceKey::generate()?);
             }
             let chains = open_chains(&client, args.connections).await?;
             if args.mode == Mode::OauthRefresh {

@@ -18,6 +18,7 @@ pub struct Issued {
     pub key_id: KeyId,
     /// base64 of that key's SubjectPublicKeyInfo PEM.
     pub public_key: String,
+    /// `Bearer`, or `DPoP` for a session bound to a device key (RFC 9449).
     #[schema(example = "Bearer")]
     pub token_type: &'static str,
     /// Seconds until the auth token expires.

@@ -3,7 +3,6 @@
 use std::sync::Arc;
 
 use keygate_kernel::{AppId, KeyId};
-use keygate_store::proofs::ProofLedger;
 use keygate_store::sessions::{RotationRow, Scope, SessionRow, SessionTable};
 use keygate_store::Backend;
 use keygate_store::StoreError;
@@ -49,16 +48,12 @@ pub struct Restore {
 #[derive(Debug, Clone)]
 pub struct SessionStore {
     table: SessionTable,
-    proofs: Arc<ProofLedger>,
 }
 
 /// The session store of `db`. Inside a Tokio runtime this starts the group-commit tasks;
 /// outside one, every write commits on its own.
 pub fn session_store(db: &Backend) -> Arc<SessionStore> {
-    Arc::new(SessionStore {
-        table: SessionTable::open(db),
-        proofs: Arc::new(ProofLedger::open(db)),
-    })
+    Arc::new(SessionStore { table: SessionTable::open(db) })
 }
 
 impl SessionStore {
@@ -188,12 +183,12 @@ impl SessionStore {
         expires_at: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        self.proofs.spend(app_id, jti_digest, expires_at, now).await
+        self.table.spend_proof(app_id, jti_digest, expires_at, now).await
     }
 
     /// Forgets the DPoP proofs that expired at `now`.
     pub async fn purge_proofs(&self, now: i64) -> Result<u64, StoreError> {
-        self.proofs.purge(now).await
+        self.table.purge_proofs(now).await
     }
 }
 

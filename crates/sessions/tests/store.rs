@@ -50,6 +50,7 @@ keygate_store::store_cases!(
     concurrent_rotations_of_different_sessions_all_win,
     concurrent_creates_land_and_a_duplicate_fails_alone,
     bulk_insert_stores_every_session,
+    a_dpop_proof_is_spent_once_even_by_concurrent_renews,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -1768,4 +1769,39 @@ async fn every_postgres_connection_plans_each_statement_for_its_values() {
         assert_eq!(rows, vec![("force_custom_plan".to_owned(),)]);
     }
     test_db.db.close().await;
+}
+
+/// Of many concurrent spends of one DPoP proof exactly one is new (they share a batch on
+/// Postgres); proofs of other apps or other `jti`s are their own; a proof is remembered until
+/// its time, then forgotten by the purge.
+async fn a_dpop_proof_is_spent_once_even_by_concurrent_renews(db: Backend) {
+    const SPENDS: usize = 30;
+    let f = fixture(db).await;
+    let (other_app, _) = f.new_app("other").await;
+    let proof = [7u8; 32];
+    let until = NOW + 61;
+    let start = Arc::new(tokio::sync::Barrier::new(SPENDS));
+    let tasks: Vec<_> = (0..SPENDS)
+        .map(|_| {
+            let (store, start, app_id) = (f.store.clone(), start.clone(), f.app_id);
+            tokio::spawn(async move {
+                start.wait().await;
+                store.spend_proof(app_id, proof, until, NOW).await.unwrap()
+            })
+        })
+        .collect();
+    let mut new = 0;
+    for task in tasks {
+        new += usize::from(task.await.unwrap());
+    }
+    assert_eq!(new, 1, "one of {SPENDS} concurrent spends of one proof is new");
+    assert!(!f.store.spend_proof(f.app_id, proof, until, NOW + 30).await.unwrap(), "a replay");
+    assert!(f.store.spend_proof(other_app, proof, until, NOW).await.unwrap(), "another app's");
+    assert!(f.store.spend_proof(f.app_id, [8u8; 32], until, NOW).await.unwrap(), "another jti");
+
+    // Past its time the purge forgets it; until then it stays.
+    f.store.purge_proofs(until - 1).await.unwrap();
+    assert!(!f.store.spend_proof(f.app_id, proof, until, NOW + 30).await.unwrap());
+    f.store.purge_proofs(until).await.unwrap();
+    assert!(f.store.spend_proof(f.app_id, proof, until + 100, until).await.unwrap());
 }

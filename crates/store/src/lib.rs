@@ -13,7 +13,7 @@ mod error;
 mod hosts;
 pub mod in_doubt;
 pub mod jobs;
-pub mod proofs;
+mod proofs;
 pub mod sessions;
 pub mod signing_keys;
 #[cfg(feature = "test-support")]

@@ -1,7 +1,10 @@
 //! The DPoP proofs accepted (RFC 9449 §11.1): each proof's `jti` is accepted once, until the
 //! proof is too old to be accepted anyway. On SQLite one gateway owns the database, so the
 //! ledger is that gateway's memory (no write, no fsync per proof); on PostgreSQL it is the
-//! table `dpop_proofs`, so that a proof one gateway accepted is a replay at every other.
+//! unlogged table `dpop_proofs`, so that a proof one gateway accepted is a replay at every
+//! other. Served renews spend their proofs through the Postgres batcher
+//! ([`crate::sessions::SessionTable::spend_proof`]); this statement is for a store without
+//! one.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,7 +22,7 @@ const SWEEP_EVERY: i64 = 10;
 
 /// Where accepted proofs are remembered.
 #[derive(Debug)]
-pub struct ProofLedger {
+pub(crate) struct ProofLedger {
     db: Backend,
     /// On SQLite: the proofs of this gateway, until their expiry.
     memory: Option<Mutex<Memory>>,

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::backend::WriteTx;
 use crate::in_doubt::{self, Found, Outcome, Write};
 use crate::{Backend, Kind, Sql, StoreError};
-use batch::{closed, InsertJob, RotateJob, Ticket};
+use batch::{closed, InsertJob, RotateJob, SpendJob, Ticket};
 use sql::{
     for_update, numbered, statements, COLUMNS, CURRENT_JID, LIVE_BY_APP, LIVE_OF_SUBJECT, PURGE,
     REVOKED_APP, REVOKED_ONE, REVOKED_SUBJECT, REVOKE_APP, REVOKE_ONE, REVOKE_SUBJECT, TOUCH,
@@ -141,6 +141,7 @@ pub enum Scope<'a> {
 pub struct SessionTable {
     db: Backend,
     batcher: Option<Batcher>,
+    proofs: std::sync::Arc<crate::proofs::ProofLedger>,
 }
 
 #[derive(Debug, Clone)]
@@ -173,7 +174,35 @@ impl SessionTable {
             Kind::Sqlite => sqlite_batch::GroupCommit::start(db).map(Batcher::Sqlite),
             Kind::Postgres => pg_batch::PgBatch::start(db).map(Batcher::Postgres),
         };
-        Self { db: db.clone(), batcher }
+        let proofs = std::sync::Arc::new(crate::proofs::ProofLedger::open(db));
+        Self { db: db.clone(), batcher, proofs }
+    }
+
+    /// Records an accepted DPoP proof of `app_id`, by the SHA-256 of its `jti`, until
+    /// `until`: false when it was recorded before (a replay). On SQLite the gateway's memory
+    /// holds them; on Postgres the table `dpop_proofs`, through the batcher.
+    pub async fn spend_proof(
+        &self,
+        app_id: AppId,
+        jti_digest: [u8; 32],
+        until: i64,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        match &self.batcher {
+            Some(Batcher::Postgres(batch)) => {
+                let ticket = self.ticket();
+                let (reply, answer) = oneshot::channel();
+                let job = SpendJob { app_id, jti_digest, until, reply, ticket: ticket.clone() };
+                let submit = async { batch.spends.send(job).await.map_err(|_| closed()) };
+                batch::submit_and_wait(ticket, answer, submit).await
+            }
+            _ => self.proofs.spend(app_id, jti_digest, until, now).await,
+        }
+    }
+
+    /// Forgets the DPoP proofs that expired at `now`.
+    pub async fn purge_proofs(&self, now: i64) -> Result<u64, StoreError> {
+        self.proofs.purge(now).await
     }
 
     /// A ticket for a write sent through a batcher: it must be sent within the busy timeout.

@@ -384,7 +384,8 @@ pub enum Client {
 /// Authenticates the client of a token request: as [`authenticate`] does, or, when the
 /// request carries `client_id` and no credentials, as a public client of an app that takes
 /// them (RFC 6749 §2.1). A public client of an app that does not, or of another app, is
-/// refused 401 `invalid_client` and counts against the address, as a wrong secret does.
+/// refused 401 `invalid_client` with the `Basic` challenge, and counts against the address,
+/// as a wrong secret does.
 pub async fn authenticate_token_client(
     req: &HttpRequest,
     services: &web::Data<Services>,
@@ -404,8 +405,10 @@ pub async fn authenticate_token_client(
         None => None,
     };
     let outcome = app.filter(|app| app.app.settings.oauth_public_clients).ok_or(AuthError::Denied);
+    // No credentials came: the refusal says how to authenticate, as for a confidential
+    // client that sent none.
     let app = attempt.settle(outcome, ApiError::InvalidClient).map_err(|err| match err {
-        ApiError::InvalidClient => OAuthError::InvalidClient { challenge: false },
+        ApiError::InvalidClient => OAuthError::InvalidClient { challenge: true },
         other => other.into(),
     })?;
     let permit = services.admission.admit(&app.app).await.map_err(ApiError::from)?;

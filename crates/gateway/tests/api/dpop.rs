@@ -333,21 +333,22 @@ async fn the_token_endpoint_takes_dpop_proofs_from_public_clients(gateway: TestA
     let (status, body, _) =
         refresh_grant(&gateway, &closed, &bound["refresh_token"], Some(&proof), true).await;
     assert_oauth_error(status, &body, 401, "invalid_client");
-    // Another app's id as a public client of this app's endpoint.
-    let mut foreign = app.clone();
-    foreign.app_id = closed.app_id.clone();
+    // Another app's id as a public client of this app's endpoint; no credentials came, so
+    // the refusal carries the challenge.
     let response = gateway
         .request(Method::POST, &format!("/app/{}/oauth/token", app.app_id))
         .form(&[
             ("grant_type", "refresh_token"),
             ("refresh_token", "x"),
-            ("client_id", &foreign.app_id),
+            ("client_id", &closed.app_id),
         ])
         .send()
         .await
         .unwrap();
+    let challenge = response.headers().get("WWW-Authenticate").cloned();
     let (status, body) = parts(response).await;
     assert_oauth_error(status, &body, 401, "invalid_client");
+    assert_eq!(challenge.unwrap(), r#"Basic realm="keygate""#);
 }
 
 async fn a_proof_must_carry_the_gateway_s_nonce_when_the_app_asks(gateway: TestApp) {
@@ -544,6 +545,8 @@ async fn introspection_and_metadata_describe_dpop(gateway: TestApp) {
         metadata(&confidential).await["token_endpoint_auth_methods_supported"],
         json!(["client_secret_basic", "client_secret_post"])
     );
+    let off = create(&gateway, "dpop-meta-off", json!({})).await;
+    assert!(metadata(&off).await.get("dpop_signing_alg_values_supported").is_none());
 }
 
 /// With two gateways on one Postgres, a proof one accepted is a replay at the other.

@@ -1422,7 +1422,6 @@ fn metadata(public_url: &str, app_id: &str) -> Value {
         "token_endpoint_auth_methods_supported": methods,
         "revocation_endpoint_auth_methods_supported": methods,
         "introspection_endpoint_auth_methods_supported": methods,
-        "dpop_signing_alg_values_supported": ["ES256", "EdDSA", "Ed25519"],
     })
 }
 

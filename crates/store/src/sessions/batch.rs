@@ -32,6 +32,15 @@ pub(super) struct InsertJob {
     pub(super) ticket: Ticket,
 }
 
+/// A DPoP proof to remember (Postgres): `reply` says whether it was new.
+pub(super) struct SpendJob {
+    pub(super) app_id: keygate_kernel::AppId,
+    pub(super) jti_digest: [u8; 32],
+    pub(super) until: i64,
+    pub(super) reply: Reply<bool>,
+    pub(super) ticket: Ticket,
+}
+
 /// A job's deadline for being sent, and who decided its fate: the batcher, which sends it
 /// to the database, or its caller, which gives up on it at the deadline and answers 503.
 /// Whichever comes first wins, so a job that was given up on is never sent, and the caller
@@ -75,6 +84,16 @@ pub(super) trait Job {
 }
 
 impl Job for RotateJob {
+    fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+
+    fn fail(self, err: StoreError) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+impl Job for SpendJob {
     fn ticket(&self) -> &Ticket {
         &self.ticket
     }

@@ -11,6 +11,10 @@
 //! unverified token, its digest) is still the expected one, and when several renews of one
 //! token share a batch, exactly one of them wins.
 //!
+//! The DPoP proofs that bound renews spend go the same way, on a third task: one
+//! `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING RETURNING` per batch into the
+//! unlogged table `dpop_proofs`, whose commits wait for no disk and no standby.
+//!
 //! Each batcher keeps the pooled connection it writes on from one batch to the next
 //! ([`Held`]) instead of borrowing one for each batch: sqlx pings a connection when it
 //! returns to the pool and again when it is lent out, two more round trips to the server
@@ -26,7 +30,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Postgres};
 use tokio::sync::mpsc;
 
-use super::batch::{self, digest, InsertJob, RotateJob, QUEUE};
+use super::batch::{self, digest, InsertJob, Job, RotateJob, SpendJob, QUEUE};
 use super::sql::{statements, swap, COLUMNS, ROTATION};
 use super::SessionRow;
 use crate::Backend;
@@ -36,6 +40,7 @@ use crate::Backend;
 pub(super) struct PgBatch {
     pub(super) rotations: mpsc::Sender<RotateJob>,
     pub(super) inserts: mpsc::Sender<InsertJob>,
+    pub(super) spends: mpsc::Sender<SpendJob>,
 }
 
 impl PgBatch {
@@ -45,6 +50,8 @@ impl PgBatch {
         let pool = db.postgres()?.clone();
         let (rotations, mut rotation_queue) = mpsc::channel(QUEUE);
         let (inserts, mut insert_queue) = mpsc::channel(QUEUE);
+        let (spends, mut spend_queue) = mpsc::channel(QUEUE);
+        let mut spender = Held::new(db, pool.clone());
         let (mut rotator, mut inserter) = (Held::new(db, pool.clone()), Held::new(db, pool));
         runtime.spawn(async move {
             while let Some(jobs) = rotator.next(&mut rotation_queue).await {
@@ -56,7 +63,12 @@ impl PgBatch {
                 insert_batch(&mut inserter, jobs).await;
             }
         });
-        Some(Self { rotations, inserts })
+        runtime.spawn(async move {
+            while let Some(jobs) = spender.next(&mut spend_queue).await {
+                spend_batch(&mut spender, jobs).await;
+            }
+        });
+        Some(Self { rotations, inserts, spends })
     }
 }
 
@@ -188,4 +200,37 @@ async fn rotate_batch(held: &mut Held, mut jobs: Vec<RotateJob>) {
     let rows = query.fetch_all(&mut *conn).await;
     held.check(&rows).await;
     batch::settle_rotations(&held.db, jobs, rows).await;
+}
+
+const SPEND: &str = "INSERT INTO dpop_proofs (app_id, jti_digest, expires_at) \
+    SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::int8[]) \
+    ON CONFLICT (app_id, jti_digest) DO NOTHING RETURNING app_id, jti_digest";
+
+/// The batched spend of DPoP proofs: each job learns whether its proof was new. Of jobs of
+/// one batch with the same proof (a replay racing itself), only the first can be.
+async fn spend_batch(held: &mut Held, mut jobs: Vec<SpendJob>) {
+    let Some(conn) = batch::connect(&mut jobs, held.connection()).await else { return };
+    let query = sqlx::query_as::<Postgres, (String, Vec<u8>)>(SPEND)
+        .bind(column(&jobs, |j| j.app_id.to_string()))
+        .bind(column(&jobs, |j| j.jti_digest.to_vec()))
+        .bind(column(&jobs, |j| j.until));
+    let rows = query.fetch_all(&mut *conn).await;
+    held.check(&rows).await;
+    match rows {
+        Ok(rows) => {
+            let mut new: std::collections::HashSet<(String, Vec<u8>)> = rows.into_iter().collect();
+            for job in jobs {
+                let first = new.remove(&(job.app_id.to_string(), job.jti_digest.to_vec()));
+                let _ = job.reply.send(Ok(first));
+            }
+        }
+        Err(err) => {
+            // Nothing to resolve: a proof in doubt is refused (503), and the client makes
+            // another one.
+            let err = crate::StoreError::from(err);
+            for job in jobs {
+                job.fail(err.clone());
+            }
+        }
+    }
 }

@@ -8,7 +8,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use keygate_sessions::dpop::PROOF_ALGS;
 use keygate_sessions::Introspected;
-use keygate_tenants::AppId;
+use keygate_tenants::{AppId, DpopMode};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -340,8 +340,10 @@ struct Metadata {
     token_endpoint_auth_methods_supported: &'static [&'static str],
     revocation_endpoint_auth_methods_supported: [&'static str; 2],
     introspection_endpoint_auth_methods_supported: [&'static str; 2],
-    /// The `alg` values of the DPoP proofs the token endpoint accepts (RFC 9449 §5.1).
-    dpop_signing_alg_values_supported: [&'static str; 3],
+    /// The `alg` values of the DPoP proofs the token endpoint accepts (RFC 9449 §5.1); only
+    /// on an app whose `dpop` setting is not `off`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dpop_signing_alg_values_supported: Option<[&'static str; 3]>,
 }
 
 /// The app's OAuth 2.0 authorization server metadata (RFC 8414); public, and cacheable.
@@ -395,7 +397,8 @@ async fn metadata(services: web::Data<Services>, PathOf(app_id): PathOf<Option<A
         },
         revocation_endpoint_auth_methods_supported: AUTH_METHODS,
         introspection_endpoint_auth_methods_supported: AUTH_METHODS,
-        dpop_signing_alg_values_supported: PROOF_ALGS,
+        dpop_signing_alg_values_supported: (app.app.settings.dpop != DpopMode::Off)
+            .then_some(PROOF_ALGS),
     };
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, METADATA_MAX_AGE)).json(document))
 }
