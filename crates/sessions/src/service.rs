@@ -46,6 +46,15 @@ impl AnyToken {
     }
 }
 
+/// What a renew of a token whose signature was not verified brings to its swap: the
+/// token's digest, which the session's current one must match, and the token's DPoP proof
+/// when the session is bound, which the swap spends.
+#[derive(Debug, Clone, Copy)]
+struct Unverified {
+    digest: TokenDigest,
+    proof: Option<([u8; 32], i64)>,
+}
+
 /// Sessions over a store, signing with the keyring.
 #[derive(Debug)]
 pub struct Sessions {
@@ -163,12 +172,11 @@ impl Sessions {
         input: RenewInput,
         now: i64,
     ) -> Result<Renewed, SessionError> {
-        let mut spent = false;
-        if let Some(renewed) = self.renew_current(app, &input, &mut spent, now).await? {
+        if let Some(renewed) = self.renew_current(app, &input, now).await? {
             return Ok(renewed);
         }
         let presented = self.verify_refresh(app, &input.refresh_token, now).await?;
-        self.renew_checked(app, &presented, &input, RenewMode::FollowApp, spent, now).await
+        self.renew_presented(app, &presented, &input, RenewMode::FollowApp, now).await
     }
 
     /// The renew of a session's current refresh token, matched by its digest: every check
@@ -184,7 +192,6 @@ impl Sessions {
         &self,
         app: &App,
         input: &RenewInput,
-        spent: &mut bool,
         now: i64,
     ) -> Result<Option<Renewed>, SessionError> {
         if !app.settings.refresh_rotation {
@@ -201,33 +208,32 @@ impl Sessions {
             return Ok(None);
         }
         // The token's `cnf` is not authenticated yet (the swap's digest match will): a
-        // binding that does not hold here is judged on the verified path.
-        match (&claims.cnf, &input.proof) {
-            (None, _) if !input.public_client => {}
+        // binding that does not hold here is judged on the verified path. A proof by the
+        // key it names is spent by the swap, exactly when the swap happens.
+        let proof = match (&claims.cnf, &input.proof) {
+            (None, _) if !input.public_client => None,
             (Some(cnf), Some(Ok(proof))) if proof.jkt == cnf.jkt => {
-                let until = proof.remember_until();
-                if !self.store.spend_proof(app.app_id, proof.jti_digest, until, now).await? {
-                    return Ok(None);
-                }
-                *spent = true;
+                Some((proof.jti_digest, proof.remember_until()))
             }
             _ => return Ok(None),
-        }
+        };
         let signer = self.signer(app.app_id).await?;
         let digest = TokenDigest::of(&input.refresh_token);
-        self.rotate_and_issue(app, &signer, &claims, Some(digest), input, now).await
+        let unverified = Unverified { digest, proof };
+        self.rotate_and_issue(app, &signer, &claims, Some(unverified), input, now).await
     }
 
     /// Rotates the session of `presented` and issues the new pair; `None` when the swap did
     /// not happen. The new refresh token is signed before the swap, so that the swap stores
-    /// its digest; a token whose signature was not verified must bring `digest`, which the
-    /// session's current token must match.
+    /// its digest; a token whose signature was not verified must bring its [`Unverified`]
+    /// digest, which the session's current token must match (and its DPoP proof, which the
+    /// swap spends).
     async fn rotate_and_issue(
         &self,
         app: &App,
         signer: &Signer,
         presented: &RefreshClaims,
-        digest: Option<TokenDigest>,
+        unverified: Option<Unverified>,
         input: &RenewInput,
         now: i64,
     ) -> Result<Option<Renewed>, SessionError> {
@@ -247,8 +253,9 @@ impl Sessions {
             key_id,
             ip: &input.ip,
             useragent: &input.useragent,
-            presented: digest,
+            presented: unverified.map(|u| u.digest),
             digest: Some(TokenDigest::of(&refresh_token)),
+            proof: unverified.and_then(|u| u.proof),
         };
         let Some(session) =
             self.store.rotate(app.app_id, presented.sid, presented.jid, &rotation, now).await?
@@ -330,21 +337,7 @@ impl Sessions {
         mode: RenewMode,
         now: i64,
     ) -> Result<Renewed, SessionError> {
-        self.renew_checked(app, presented, input, mode, false, now).await
-    }
-
-    /// [`Self::renew_presented`], with `spent` telling whether this renew already spent its
-    /// DPoP proof.
-    async fn renew_checked(
-        &self,
-        app: &App,
-        presented: &RefreshClaims,
-        input: &RenewInput,
-        mode: RenewMode,
-        spent: bool,
-        now: i64,
-    ) -> Result<Renewed, SessionError> {
-        self.check_binding(app, presented, input, spent, now).await?;
+        self.check_binding(app, presented, input, now).await?;
         let signer = self.signer(app.app_id).await?;
         let rotating = app.settings.refresh_rotation && mode == RenewMode::FollowApp;
         if rotating {
@@ -383,15 +376,13 @@ impl Sessions {
     }
 
     /// The DPoP binding of a verified token: a token of a bound session needs a proof by the
-    /// session's key, whose `jti` is spent here (unless `spent`: this renew already did); a
-    /// public client renews bound sessions only. A refused proof is reported to the audit
+    /// session's key, whose `jti` is spent here; a public client renews bound sessions only. A refused proof is reported to the audit
     /// trail, with the app and the session; nothing is written to the session.
     async fn check_binding(
         &self,
         app: &App,
         presented: &RefreshClaims,
         input: &RenewInput,
-        spent: bool,
         now: i64,
     ) -> Result<(), SessionError> {
         let Some(cnf) = &presented.cnf else {
@@ -406,7 +397,6 @@ impl Sessions {
             Some(Ok(proof)) if proof.jkt != cnf.jkt => {
                 "the DPoP proof is signed by another key than the session's".to_owned()
             }
-            Some(Ok(_)) if spent => return Ok(()),
             Some(Ok(proof)) => {
                 let until = proof.remember_until();
                 if self.store.spend_proof(app.app_id, proof.jti_digest, until, now).await? {

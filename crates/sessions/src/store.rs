@@ -33,6 +33,9 @@ pub struct Rotation<'a> {
     pub presented: Option<TokenDigest>,
     /// The digest of the new refresh token, when it was signed before the swap.
     pub digest: Option<TokenDigest>,
+    /// A DPoP proof (its `jti`'s digest, and until when it is remembered) that must be new
+    /// for the swap to happen, and is spent exactly when it does.
+    pub proof: Option<([u8; 32], i64)>,
 }
 
 /// The token a failed rotation gives back to the client.
@@ -102,6 +105,7 @@ impl SessionStore {
             expected,
             presented: rotation.presented.map(|d| d.0),
             digest: rotation.digest.map(|d| d.0),
+            proof: rotation.proof,
         };
         self.table.rotate(row).await?.map(Session::try_from).transpose()
     }

@@ -51,6 +51,7 @@ keygate_store::store_cases!(
     concurrent_creates_land_and_a_duplicate_fails_alone,
     bulk_insert_stores_every_session,
     a_dpop_proof_is_spent_once_even_by_concurrent_renews,
+    a_rotation_with_a_proof_swaps_only_if_the_proof_is_new_and_spends_it_only_if_it_swaps,
 );
 
 // ---------------------------------------------------------------- helpers
@@ -155,6 +156,7 @@ fn rotation(new_jid: Jid, key_id: KeyId) -> Rotation<'static> {
         useragent: "agent/2",
         presented: None,
         digest: None,
+        proof: None,
     }
 }
 
@@ -1804,4 +1806,63 @@ async fn a_dpop_proof_is_spent_once_even_by_concurrent_renews(db: Backend) {
     assert!(!f.store.spend_proof(f.app_id, proof, until, NOW + 30).await.unwrap());
     f.store.purge_proofs(until).await.unwrap();
     assert!(f.store.spend_proof(f.app_id, proof, until + 100, until).await.unwrap());
+}
+
+/// A rotation that carries a DPoP proof swaps only if the proof was never spent, and spends
+/// it exactly when it swaps (on Postgres in the batch's statement itself, on SQLite around
+/// it): a swap lost to a stale jid leaves the proof unspent, for the renew's verified path.
+async fn a_rotation_with_a_proof_swaps_only_if_the_proof_is_new_and_spends_it_only_if_it_swaps(
+    db: Backend,
+) {
+    let f = fixture(db).await;
+    let (a, b) = (f.session("alice", NOW), f.session("bob", NOW));
+    f.create(&a).await;
+    f.create(&b).await;
+    let until = NOW + 61;
+    let with_proof = |jti: u8, new_jid| Rotation {
+        proof: Some(([jti; 32], until)),
+        ..rotation(new_jid, f.key_id)
+    };
+
+    // A new proof: the swap happens and the proof is spent.
+    let j1 = Jid::new();
+    let rotated =
+        f.store.rotate(f.app_id, a.session_id, a.current_jid, &with_proof(1, j1), NOW).await;
+    assert_eq!(rotated.unwrap().map(|s| s.current_jid), Some(j1));
+    assert!(
+        !f.store.spend_proof(f.app_id, [1; 32], until, NOW).await.unwrap(),
+        "spent by the swap"
+    );
+
+    // The same proof again, for a swap that would otherwise happen: no swap.
+    let again = with_proof(1, Jid::new());
+    let r = f.store.rotate(f.app_id, b.session_id, b.current_jid, &again, NOW).await;
+    assert_eq!(r.unwrap(), None);
+    assert_eq!(f.get(b.session_id).await, b, "nothing changed");
+
+    // A new proof with a stale jid: no swap, and the proof is not spent.
+    let stale = with_proof(2, Jid::new());
+    let r = f.store.rotate(f.app_id, a.session_id, a.current_jid, &stale, NOW).await;
+    assert_eq!(r.unwrap(), None);
+    assert!(f.store.spend_proof(f.app_id, [2; 32], until, NOW).await.unwrap(), "not spent");
+
+    // Concurrent rotations of one session with one new proof: one swaps, the proof is spent.
+    let start = Arc::new(tokio::sync::Barrier::new(10));
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let (store, start, key_id) = (f.store.clone(), start.clone(), f.key_id);
+            let (app_id, session_id, expected) = (f.app_id, b.session_id, b.current_jid);
+            tokio::spawn(async move {
+                let r = Rotation { proof: Some(([3; 32], until)), ..rotation(Jid::new(), key_id) };
+                start.wait().await;
+                store.rotate(app_id, session_id, expected, &r, NOW).await.unwrap().is_some()
+            })
+        })
+        .collect();
+    let mut swapped = 0;
+    for task in tasks {
+        swapped += usize::from(task.await.unwrap());
+    }
+    assert_eq!(swapped, 1);
+    assert!(!f.store.spend_proof(f.app_id, [3; 32], until, NOW).await.unwrap(), "spent");
 }

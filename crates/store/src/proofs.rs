@@ -16,6 +16,12 @@ use crate::{Backend, Kind, Sql, StoreError};
 const SPEND: &str = "INSERT INTO dpop_proofs (app_id, jti_digest, expires_at) VALUES ($1, $2, $3) \
     ON CONFLICT (app_id, jti_digest) DO NOTHING";
 const PURGE: &str = "DELETE FROM dpop_proofs WHERE expires_at <= $1";
+const FORGET: &str = "DELETE FROM dpop_proofs WHERE app_id = $1 AND jti_digest = $2";
+
+/// The statement that records a proof on Postgres; it changes one row if the proof is new.
+pub(crate) fn spend_statement(app_id: AppId, jti_digest: [u8; 32], expires_at: i64) -> Sql {
+    Sql::new(SPEND).bind(app_id).bind(jti_digest.to_vec()).bind(expires_at)
+}
 
 /// Seconds between two sweeps of the in-memory ledger.
 const SWEEP_EVERY: i64 = 10;
@@ -63,8 +69,19 @@ impl ProofLedger {
                 }
             });
         }
-        let sql = Sql::new(SPEND).bind(app_id).bind(jti_digest.to_vec()).bind(expires_at);
+        let sql = spend_statement(app_id, jti_digest, expires_at);
         Ok(self.db.write(sql).execute().await? == 1)
+    }
+
+    /// Forgets one proof, spent for a swap that did not happen.
+    pub async fn forget(&self, app_id: AppId, jti_digest: [u8; 32]) -> Result<(), StoreError> {
+        if let Some(memory) = &self.memory {
+            let mut memory = memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            memory.seen.remove(&(app_id, jti_digest));
+            return Ok(());
+        }
+        let sql = Sql::new(FORGET).bind(app_id).bind(jti_digest.to_vec());
+        self.db.write(sql).execute().await.map(drop)
     }
 
     /// Forgets the proofs that expired at `now`; returns how many were in the table.

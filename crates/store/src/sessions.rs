@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::backend::WriteTx;
 use crate::in_doubt::{self, Found, Outcome, Write};
+use crate::proofs::{spend_statement, ProofLedger};
 use crate::{Backend, Kind, Sql, StoreError};
 use batch::{closed, InsertJob, RotateJob, SpendJob, Ticket};
 use sql::{
@@ -101,6 +102,10 @@ pub struct RotationRow {
     pub presented: Option<[u8; 32]>,
     /// The digest of the new token.
     pub digest: Option<[u8; 32]>,
+    /// A DPoP proof the swap spends: the SHA-256 of its `jti`, and until when it is
+    /// remembered. The swap happens only if the proof is new, and the proof is remembered
+    /// exactly when the swap happens (see [`SessionTable::rotate`]).
+    pub proof: Option<([u8; 32], i64)>,
 }
 
 impl std::fmt::Debug for RotationRow {
@@ -141,7 +146,7 @@ pub enum Scope<'a> {
 pub struct SessionTable {
     db: Backend,
     batcher: Option<Batcher>,
-    proofs: std::sync::Arc<crate::proofs::ProofLedger>,
+    proofs: std::sync::Arc<ProofLedger>,
 }
 
 #[derive(Debug, Clone)]
@@ -174,7 +179,7 @@ impl SessionTable {
             Kind::Sqlite => sqlite_batch::GroupCommit::start(db).map(Batcher::Sqlite),
             Kind::Postgres => pg_batch::PgBatch::start(db).map(Batcher::Postgres),
         };
-        let proofs = std::sync::Arc::new(crate::proofs::ProofLedger::open(db));
+        let proofs = std::sync::Arc::new(ProofLedger::open(db));
         Self { db: db.clone(), batcher, proofs }
     }
 
@@ -306,7 +311,34 @@ impl SessionTable {
     /// The compare-and-swap of a renew, as one statement (batched with concurrent ones):
     /// the session as rotated, or `None` when another renew (or a revoke, or expiry) came
     /// first. A rotation in doubt is resolved before this returns.
+    ///
+    /// With a DPoP proof, the Postgres batcher's statement checks and records it in the
+    /// swap itself (one statement, one round trip); every other way records it first and
+    /// forgets it again if the swap does not happen.
     pub async fn rotate(&self, rotation: RotationRow) -> Result<Option<SessionRow>, StoreError> {
+        let in_statement = matches!(self.batcher, Some(Batcher::Postgres(_)));
+        let first = rotation.proof.filter(|_| !in_statement);
+        if let Some((jti, until)) = first {
+            if !self.proofs.spend(rotation.app_id, jti, until, rotation.now).await? {
+                return Ok(None);
+            }
+        }
+        let mut rotation = rotation;
+        if first.is_some() {
+            rotation.proof = None;
+        }
+        let rotated = self.rotate_spending(rotation.clone()).await;
+        if let (Some((jti, _)), false) = (first, matches!(rotated, Ok(Some(_)))) {
+            self.proofs.forget(rotation.app_id, jti).await?;
+        }
+        rotated
+    }
+
+    /// [`Self::rotate`] once a proof not left to the statement is spent.
+    async fn rotate_spending(
+        &self,
+        rotation: RotationRow,
+    ) -> Result<Option<SessionRow>, StoreError> {
         let rotated = match &self.batcher {
             None => rotate_one(&self.db, rotation.clone()).await,
             Some(batcher) => {
@@ -469,7 +501,21 @@ impl SessionTable {
 /// database; the sessions suite always has a batcher, so its mutants are caught only by the
 /// gateway's API tests (not run per mutant).
 async fn rotate_one(db: &Backend, rotation: RotationRow) -> Result<Option<SessionRow>, StoreError> {
-    db.write(rotation.bind(Sql::new(statements().rotate.as_str()))).fetch_optional().await
+    // A proof comes this way only from a Postgres batch that failed (the batch statement
+    // spends proofs itself): it is recorded first, and forgotten if the swap does not happen.
+    let proof = rotation.proof.map(|(jti, until)| (ProofLedger::open(db), jti, until));
+    if let Some((ledger, jti, until)) = &proof {
+        if !ledger.spend(rotation.app_id, *jti, *until, rotation.now).await? {
+            return Ok(None);
+        }
+    }
+    let app_id = rotation.app_id;
+    let swap = rotation.bind(Sql::new(statements().rotate.as_str()));
+    let rotated = db.write(swap).fetch_optional().await;
+    if let (Some((ledger, jti, _)), false) = (&proof, matches!(rotated, Ok(Some(_)))) {
+        ledger.forget(app_id, *jti).await?;
+    }
+    rotated
 }
 
 /// A rotation in doubt, in one transaction: the same compare-and-swap again (a lost
@@ -483,6 +529,11 @@ async fn resolve_rotation(
     let mut tx = db.begin_write().await?;
     let swap = rotation.clone().bind(Sql::new(statements().rotate.as_str()));
     if let Some(row) = tx.fetch_optional::<SessionRow>(swap).await? {
+        // The lost statement did not commit, so its proof is not recorded: it is now, with
+        // the swap (a proof that some other renew recorded meanwhile stays as it is).
+        if let Some((jti, until)) = rotation.proof {
+            tx.execute(spend_statement(rotation.app_id, jti, until)).await?;
+        }
         tx.commit().await?;
         return Ok(Found::new(Outcome::Applied, Some(row)));
     }

@@ -26,6 +26,7 @@ with_settings!(
     ed25519_proofs_are_accepted_under_both_names: published,
     binding_follows_the_app_s_dpop_setting: published,
     introspection_and_metadata_describe_dpop: published,
+    a_retry_within_the_grace_needs_a_fresh_proof_too: published,
 );
 
 const PUBLIC_URL: &str = "https://auth.example.test";
@@ -493,6 +494,39 @@ async fn binding_follows_the_app_s_dpop_setting(gateway: TestApp) {
         (&json!("off"), &json!(false), &json!(false)),
         "{settings}"
     );
+}
+
+/// The previous token again within `reuse_grace` is a retry, with a fresh proof: the
+/// digest-matched swap it first tries fails, and must not have spent the proof that the
+/// verified path then spends.
+async fn a_retry_within_the_grace_needs_a_fresh_proof_too(gateway: TestApp) {
+    let body = json!({"name": "dpop-grace", "dpop": "allowed", "reuse_grace": 30});
+    let app = gateway.create_app(body).await;
+    let device = DeviceKey::es256();
+    let htu = token_endpoint(&app);
+    let now = gateway.clock.now();
+    let first = sign_bound(&gateway, &app, &device).await["refresh_token"].clone();
+    let (status, rotated) =
+        renew(&gateway, &app, &first, Some(&device.proof(&htu, now, None))).await;
+    assert_eq!(status, 200, "{rotated}");
+    let (status, retried) =
+        renew(&gateway, &app, &first, Some(&device.proof(&htu, now, None))).await;
+    assert_eq!(status, 200, "a retry within the grace: {retried}");
+    assert_eq!(
+        payload(&retried["refresh_token"])["jid"],
+        payload(&rotated["refresh_token"])["jid"]
+    );
+    assert_eq!(payload(&retried["auth_token"])["cnf"]["jkt"], device.jkt());
+    // Without a proof, or with another key's, the retry is refused and revokes nothing.
+    let (status, body) = renew(&gateway, &app, &first, None).await;
+    assert_error(status, &body, 401, "invalid_grant");
+    let other = DeviceKey::es256().proof(&htu, now, None);
+    let (status, body) = renew(&gateway, &app, &first, Some(&other)).await;
+    assert_error(status, &body, 401, "invalid_grant");
+    let (status, body) =
+        renew(&gateway, &app, &rotated["refresh_token"], Some(&device.proof(&htu, now, None)))
+            .await;
+    assert_eq!(status, 200, "the session is live: {body}");
 }
 
 async fn introspection_and_metadata_describe_dpop(gateway: TestApp) {

@@ -11,9 +11,11 @@
 //! unverified token, its digest) is still the expected one, and when several renews of one
 //! token share a batch, exactly one of them wins.
 //!
-//! The DPoP proofs that bound renews spend go the same way, on a third task: one
-//! `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING RETURNING` per batch into the
-//! unlogged table `dpop_proofs`, whose commits wait for no disk and no standby.
+//! A rotation of a DPoP-bound session carries its proof's `jti`: the same statement swaps
+//! only rotations whose proof is new, and records the proofs of the rows it swapped in the
+//! unlogged table `dpop_proofs`. The proofs that renews on the verified path spend go
+//! through a third task: one `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING
+//! RETURNING` per batch.
 //!
 //! Each batcher keeps the pooled connection it writes on from one batch to the next
 //! ([`Held`]) instead of borrowing one for each batch: sqlx pings a connection when it
@@ -133,6 +135,10 @@ fn unnest(fields: &[(&str, &str)]) -> String {
     format!("UNNEST({})", arrays.join(", "))
 }
 
+/// The DPoP proof of each rotation, after the arrays of [`ROTATION`]: its `jti`'s digest
+/// (null without a proof) and until when it is remembered.
+const PROOF: [(&str, &str); 2] = [("proof_jti", "bytea"), ("proof_until", "int8")];
+
 /// One column of a batch, as the array that fills it.
 fn column<'a, J, T>(jobs: &'a [J], value: impl Fn(&'a J) -> T) -> Vec<T> {
     jobs.iter().map(value).collect()
@@ -172,14 +178,32 @@ async fn insert_batch(held: &mut Held, mut jobs: Vec<InsertJob>) {
     batch::settle_inserts(&held.db, jobs, done).await;
 }
 
-/// The batched compare-and-swap; the arrays are in the order of [`ROTATION`].
+/// The batched compare-and-swap; the arrays are in the order of [`ROTATION`], then
+/// [`PROOF`]. A rotation with a DPoP proof takes part only if the proof is not recorded
+/// yet, and its proof is recorded by the same statement exactly when its row swaps: one
+/// round trip and one commit for both. (Two rotations of one batch with the same proof
+/// would be two renews of one session with one proof: the compare-and-swap lets one win.)
 fn rotate_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
-        let names = ROTATION.map(|(name, _)| name).join(", ");
-        let from = format!(" FROM {} AS b ({names})", unnest(&ROTATION));
+        let fields: Vec<(&str, &str)> = ROTATION.iter().chain(PROOF.iter()).copied().collect();
+        let names = fields.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(", ");
+        let from = format!(
+            " FROM (SELECT * FROM {} AS u ({names}) WHERE u.proof_jti IS NULL OR NOT EXISTS \
+             (SELECT 1 FROM dpop_proofs p WHERE p.app_id = u.app_id \
+             AND p.jti_digest = u.proof_jti)) AS b",
+            unnest(&fields)
+        );
+        let columns = COLUMNS.map(|(name, _)| name).join(", ");
         let returning = COLUMNS.map(|(name, _)| format!("sessions.{name}")).join(", ");
-        swap(|i| format!("b.{}", ROTATION[i].0), &from, &returning)
+        let returning = format!("{returning}, b.proof_jti, b.proof_until");
+        let swap = swap(|i| format!("b.{}", ROTATION[i].0), &from, &returning);
+        format!(
+            "WITH rotated AS ({swap}), spent AS (INSERT INTO dpop_proofs \
+             (app_id, jti_digest, expires_at) SELECT app_id, proof_jti, proof_until \
+             FROM rotated WHERE proof_jti IS NOT NULL \
+             ON CONFLICT (app_id, jti_digest) DO NOTHING) SELECT {columns} FROM rotated"
+        )
     })
 }
 
@@ -196,7 +220,9 @@ async fn rotate_batch(held: &mut Held, mut jobs: Vec<RotateJob>) {
         .bind(column(&jobs, |j| j.rotation.now))
         .bind(column(&jobs, |j| j.rotation.expected.to_string()))
         .bind(column(&jobs, |j| digest(&j.rotation.presented)))
-        .bind(column(&jobs, |j| digest(&j.rotation.digest)));
+        .bind(column(&jobs, |j| digest(&j.rotation.digest)))
+        .bind(column(&jobs, |j| j.rotation.proof.as_ref().map(|(jti, _)| jti.as_slice())))
+        .bind(column(&jobs, |j| j.rotation.proof.map(|(_, until)| until)));
     let rows = query.fetch_all(&mut *conn).await;
     held.check(&rows).await;
     batch::settle_rotations(&held.db, jobs, rows).await;
