@@ -328,7 +328,7 @@ impl SessionTable {
             rotation.proof = None;
         }
         let rotated = self.rotate_spending(rotation.clone()).await;
-        if let (Some((jti, _)), false) = (first, matches!(rotated, Ok(Some(_)))) {
+        if let (Some((jti, _)), true) = (first, did_not_swap(&rotated)) {
             self.proofs.forget(rotation.app_id, jti).await?;
         }
         rotated
@@ -512,10 +512,19 @@ async fn rotate_one(db: &Backend, rotation: RotationRow) -> Result<Option<Sessio
     let app_id = rotation.app_id;
     let swap = rotation.bind(Sql::new(statements().rotate.as_str()));
     let rotated = db.write(swap).fetch_optional().await;
-    if let (Some((ledger, jti, _)), false) = (&proof, matches!(rotated, Ok(Some(_)))) {
+    if let (Some((ledger, jti, _)), true) = (&proof, did_not_swap(&rotated)) {
         ledger.forget(app_id, *jti).await?;
     }
     rotated
+}
+
+/// Whether a swap surely did not happen: it answered that it did not, or failed without
+/// being in doubt. A swap in doubt may have committed, so its proof stays recorded.
+fn did_not_swap(rotated: &Result<Option<SessionRow>, StoreError>) -> bool {
+    match rotated {
+        Ok(row) => row.is_none(),
+        Err(err) => !err.is_in_doubt(),
+    }
 }
 
 /// A rotation in doubt, in one transaction: the same compare-and-swap again (a lost

@@ -386,10 +386,16 @@ pub enum Client {
 /// them (RFC 6749 §2.1). A public client of an app that does not, or of another app, is
 /// refused 401 `invalid_client` with the `Basic` challenge, and counts against the address,
 /// as a wrong secret does.
+///
+/// A public client has no secret to prove who it is, so the app's quota is not spent on its
+/// word: its refresh token (`refresh_token`) must be a valid one of the app, by signature,
+/// before the request is admitted; one that is not is 400 `invalid_grant` and counts
+/// against the address as a failed authentication does.
 pub async fn authenticate_token_client(
     req: &HttpRequest,
     services: &web::Data<Services>,
     form: &impl ClientForm,
+    refresh_token: &str,
 ) -> Result<(Arc<AppRecord>, Permit, Client), OAuthError> {
     let public =
         req.headers().get(header::AUTHORIZATION).is_none() && form.client_secret().is_none();
@@ -411,6 +417,13 @@ pub async fn authenticate_token_client(
         ApiError::InvalidClient => OAuthError::InvalidClient { challenge: true },
         other => other.into(),
     })?;
+    let now = services.clock.now();
+    let verified = match services.sessions.verify_refresh(&app.app, refresh_token, now).await {
+        Ok(_) => Ok(()),
+        Err(SessionError::Rejected(_)) => Err(AuthError::Denied),
+        Err(other) => return Err(other.into()),
+    };
+    attempt.settle(verified, ApiError::InvalidGrant)?;
     let permit = services.admission.admit(&app.app).await.map_err(ApiError::from)?;
     Ok((app, permit, Client::Public))
 }

@@ -91,8 +91,11 @@ pub struct NoWebhook(pub ErrorBody<'static>);
 pub enum OAuthErrors {
     /// `invalid_request` (a body that is not a form, a parameter given twice or missing,
     /// two client authentication methods), `invalid_grant` (a refresh token that is not
-    /// accepted), `unsupported_grant_type` or `invalid_scope`.
-    #[response(status = 400)]
+    /// accepted), `unsupported_grant_type`, `invalid_scope`, `invalid_dpop_proof` (a
+    /// DPoP-bound session's refresh without a valid proof by its key) or `use_dpop_nonce`
+    /// (the proof lacks the app's nonce, given in `DPoP-Nonce`).
+    #[response(status = 400, headers(("DPoP-Nonce" = String, description = "With \
+        `use_dpop_nonce`: the nonce the next proof must carry.")))]
     BadRequest(OAuthErrorBody),
     /// `invalid_client`: missing, malformed or wrong client credentials. With
     /// `WWW-Authenticate: Basic` when the `Authorization` header was used or no

@@ -27,6 +27,7 @@ with_settings!(
     binding_follows_the_app_s_dpop_setting: published,
     introspection_and_metadata_describe_dpop: published,
     a_retry_within_the_grace_needs_a_fresh_proof_too: published,
+    a_public_client_spends_no_quota_without_a_valid_refresh_token: published,
 );
 
 const PUBLIC_URL: &str = "https://auth.example.test";
@@ -527,6 +528,26 @@ async fn a_retry_within_the_grace_needs_a_fresh_proof_too(gateway: TestApp) {
         renew(&gateway, &app, &rotated["refresh_token"], Some(&device.proof(&htu, now, None)))
             .await;
     assert_eq!(status, 200, "the session is live: {body}");
+}
+
+/// A public client proves nothing by its `client_id`: requests with a token that is not a
+/// valid one of the app are refused before they count against the app's quota, and count
+/// against the sender's address instead.
+async fn a_public_client_spends_no_quota_without_a_valid_refresh_token(gateway: TestApp) {
+    let settings = json!({"dpop": "allowed", "oauth_public_clients": true,
+        "requests_per_second": 1, "requests_burst": 2});
+    let app = create(&gateway, "dpop-quota", settings).await;
+    for _ in 0..5 {
+        let (status, body, _) =
+            refresh_grant(&gateway, &app, &json!("not.a.token"), None, true).await;
+        assert_oauth_error(status, &body, 400, "invalid_grant");
+    }
+    // The app's own requests still have the whole burst.
+    let device = DeviceKey::es256();
+    let signed = sign_bound(&gateway, &app, &device).await;
+    let proof = device.proof(&token_endpoint(&app), gateway.clock.now(), None);
+    let (status, body) = renew(&gateway, &app, &signed["refresh_token"], Some(&proof)).await;
+    assert_eq!(status, 200, "the quota is untouched by the refused public requests: {body}");
 }
 
 async fn introspection_and_metadata_describe_dpop(gateway: TestApp) {

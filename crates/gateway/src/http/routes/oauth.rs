@@ -150,7 +150,8 @@ async fn token(
     request: HttpRequest,
     Form(form): Form<TokenForm>,
 ) -> OAuthAnswer {
-    let (app, _permit, client) = authenticate_token_client(&request, &services, &form).await?;
+    let (app, _permit, client) =
+        authenticate_token_client(&request, &services, &form, &form.refresh_token).await?;
     if required("grant_type", &form.grant_type)? != "refresh_token" {
         return Err(OAuthError::UnsupportedGrantType);
     }

@@ -104,7 +104,9 @@ async fn sign(services: web::Data<Services>, auth: AppAuth, body: Body) -> Answe
     security(("app_key" = [])),
     request_body = RenewInput,
     responses(
-        (status = 200, description = "The token response.", body = Issued),
+        (status = 200, description = "The token response.", body = Issued,
+            headers(("DPoP-Nonce" = String, description = "On an app with `dpop_nonce`: \
+                the nonce for the next proof."))),
         (status = 401, description = "`invalid_grant`, \"invalid refresh token\": any refresh \
             token that is not accepted (expired, not yet valid, revoked, reused, not this \
             app's); for a DPoP-bound session, also a missing or bad `dpop` proof (\"invalid \
