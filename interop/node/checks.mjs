@@ -7,6 +7,25 @@ export function expect(cond, message) {
   if (!cond) throw new CheckFailed(message);
 }
 
+export const show = (v) => JSON.stringify(v);
+
+export function expectEqual(actual, want, what) {
+  expect(show(actual) === show(want), `${what}: got ${show(actual)}, want ${show(want)}`);
+}
+
+// fn must reject with an error of class `errorType`; returns that error.
+export async function expectRejected(fn, errorType, what) {
+  let result;
+  try {
+    result = await fn();
+  } catch (e) {
+    if (e instanceof errorType) return e;
+    throw new CheckFailed(`${what}: expected ${errorType.name}, got ${e?.name ?? e}: ${e?.message ?? ''}` +
+      (e?.cause ? ` (cause: ${show(e.cause)})` : ''));
+  }
+  throw new CheckFailed(`${what}: was accepted${result && typeof result === 'object' ? `: {${Object.keys(result)}}` : ''}`);
+}
+
 // Runs named checks and counts them: `passed`, `failed`.
 export class Checks {
   constructor(verbose) {

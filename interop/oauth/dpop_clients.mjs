@@ -23,7 +23,7 @@ import { readFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
-import { CheckFailed, Checks, expect } from '../node/checks.mjs';
+import { CheckFailed, Checks, expect, expectEqual, expectRejected, show } from '../node/checks.mjs';
 import { DpopRequestError, verifyDpopRequest } from './dpop_resource_server.mjs';
 
 // The packages live in interop/node (one package.json and lock file for the interop
@@ -44,23 +44,6 @@ const SHORT_CHAIN = 3;   // with openid-client, through /renew, with Ed25519
 const ALGS = ['ES256', 'EdDSA', 'Ed25519'];
 const FORM = 'application/x-www-form-urlencoded';
 
-const show = (v) => JSON.stringify(v);
-function expectEqual(actual, want, what) {
-  expect(show(actual) === show(want), `${what}: got ${show(actual)}, want ${show(want)}`);
-}
-
-// fn must reject with an error of class `errorType`; returns that error.
-async function expectRejected(fn, errorType, what) {
-  let result;
-  try {
-    result = await fn();
-  } catch (e) {
-    if (e instanceof errorType) return e;
-    throw new CheckFailed(`${what}: expected ${errorType.name}, got ${e?.name ?? e}: ${e?.message ?? ''}` +
-      (e?.cause ? ` (cause: ${show(e.cause)})` : ''));
-  }
-  throw new CheckFailed(`${what}: was accepted${result && typeof result === 'object' ? `: {${Object.keys(result)}}` : ''}`);
-}
 
 // An OAuth error body as the library raised it (oauth4webapi's and openid-client's
 // ResponseBodyError): status, error, and words the description must contain.

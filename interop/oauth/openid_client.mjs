@@ -14,7 +14,7 @@
 // The last line is "<summary>: N passed, M failed"; the exit code is 0 only if M == 0.
 
 import { readFileSync } from 'node:fs';
-import { CheckFailed, Checks, expect } from '../node/checks.mjs';
+import { Checks, expect, expectEqual, expectRejected, show } from '../node/checks.mjs';
 import { createRequire } from 'node:module';
 import { pathToFileURL } from 'node:url';
 
@@ -39,24 +39,7 @@ const CHAIN = 5;
 const CHALLENGE = [{ scheme: 'basic', parameters: { realm: 'keygate' } }];
 
 
-const show = (v) => JSON.stringify(v);
-function expectEqual(actual, want, what) {
-  expect(show(actual) === show(want), `${what}: got ${show(actual)}, want ${show(want)}`);
-}
 const sortedKeys = (o) => Object.keys(o).sort();
-
-// fn must reject with an error of class `errorType`; returns that error.
-async function expectRejected(fn, errorType, what) {
-  let result;
-  try {
-    result = await fn();
-  } catch (e) {
-    if (e instanceof errorType) return e;
-    throw new CheckFailed(`${what}: expected ${errorType.name}, got ${e?.name ?? e}: ${e?.message ?? ''}` +
-      (e?.cause ? ` (cause: ${show(e.cause)})` : ''));
-  }
-  throw new CheckFailed(`${what}: was accepted${result && typeof result === 'object' ? `: {${Object.keys(result)}}` : ''}`);
-}
 
 // A refused refresh token: openid-client's own error type for an OAuth error body.
 async function expectOAuthError(fn, status, error, what) {

@@ -406,16 +406,8 @@ impl Sessions {
             }
         };
         tracing::info!(app_id = %app.app_id, session_id = %presented.sid, reason = %refused, "DPoP proof refused");
-        if let Some(audit) = &self.audit {
-            let detail = serde_json::json!({ "session_id": presented.sid, "reason": refused });
-            let event = NewEvent {
-                app_id: app.app_id,
-                kind: EventKind::DpopRejected,
-                actor: Actor::Gateway,
-                detail,
-            };
-            audit.record(event).await;
-        }
+        let detail = || serde_json::json!({ "session_id": presented.sid, "reason": refused });
+        self.report(app.app_id, EventKind::DpopRejected, detail).await;
         Err(SessionError::Dpop(refused))
     }
 
@@ -466,22 +458,25 @@ impl Sessions {
             revoked,
             "refresh token reuse detected"
         );
-        if let Some(audit) = &self.audit {
-            let detail = serde_json::json!({
+        let detail = || {
+            serde_json::json!({
                 "session_id": session.session_id,
                 "sub": session.sub,
                 "scope": scope_name,
                 "revoked": revoked,
-            });
-            let event = NewEvent {
-                app_id: app.app_id,
-                kind: EventKind::ReuseDetected,
-                actor: Actor::Gateway,
-                detail,
-            };
+            })
+        };
+        self.report(app.app_id, EventKind::ReuseDetected, detail).await;
+        Ok(SessionError::Rejected(Rejection::ReuseDetected))
+    }
+
+    /// Reports an event of the gateway to the audit trail, if there is one; `detail` is
+    /// made only then.
+    async fn report(&self, app_id: AppId, kind: EventKind, detail: impl FnOnce() -> Value) {
+        if let Some(audit) = &self.audit {
+            let event = NewEvent { app_id, kind, actor: Actor::Gateway, detail: detail() };
             audit.record(event).await;
         }
-        Ok(SessionError::Rejected(Rejection::ReuseDetected))
     }
 
     async fn verify_token<T: serde::de::DeserializeOwned>(

@@ -178,12 +178,24 @@ async fn insert_batch(held: &mut Held, mut jobs: Vec<InsertJob>) {
     batch::settle_inserts(&held.db, jobs, done).await;
 }
 
-/// The batched compare-and-swap; the arrays are in the order of [`ROTATION`], then
-/// [`PROOF`]. A rotation with a DPoP proof takes part only if the proof is not recorded
-/// yet, and its proof is recorded by the same statement exactly when its row swaps: one
-/// round trip and one commit for both. (Two rotations of one batch with the same proof
-/// would be two renews of one session with one proof: the compare-and-swap lets one win.)
+/// The batched compare-and-swap; the arrays are in the order of [`ROTATION`].
 fn rotate_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| {
+        let names = ROTATION.map(|(name, _)| name).join(", ");
+        let from = format!(" FROM {} AS b ({names})", unnest(&ROTATION));
+        let returning = COLUMNS.map(|(name, _)| format!("sessions.{name}")).join(", ");
+        swap(|i| format!("b.{}", ROTATION[i].0), &from, &returning)
+    })
+}
+
+/// The batched compare-and-swap of a batch with DPoP-bound renews; the arrays are in the
+/// order of [`ROTATION`], then [`PROOF`]. A rotation with a proof takes part only if the
+/// proof is not recorded yet, and its proof is recorded by the same statement exactly when
+/// its row swaps: one round trip and one commit for both. (Two rotations of one batch with
+/// the same proof would be two renews of one session with one proof: the compare-and-swap
+/// lets one win.) A batch without proofs keeps [`rotate_sql`], which reads no proofs.
+fn rotate_spending_sql() -> &'static str {
     static SQL: OnceLock<String> = OnceLock::new();
     SQL.get_or_init(|| {
         let fields: Vec<(&str, &str)> = ROTATION.iter().chain(PROOF.iter()).copied().collect();
@@ -209,7 +221,9 @@ fn rotate_sql() -> &'static str {
 
 async fn rotate_batch(held: &mut Held, mut jobs: Vec<RotateJob>) {
     let Some(conn) = batch::connect(&mut jobs, held.connection()).await else { return };
-    let query = sqlx::query_as::<Postgres, SessionRow>(rotate_sql())
+    let spending = jobs.iter().any(|j| j.rotation.proof.is_some());
+    let sql = if spending { rotate_spending_sql() } else { rotate_sql() };
+    let mut query = sqlx::query_as::<Postgres, SessionRow>(sql)
         .bind(column(&jobs, |j| j.rotation.session_id.to_string()))
         .bind(column(&jobs, |j| j.rotation.app_id.to_string()))
         .bind(column(&jobs, |j| j.rotation.new_jid.to_string()))
@@ -220,9 +234,12 @@ async fn rotate_batch(held: &mut Held, mut jobs: Vec<RotateJob>) {
         .bind(column(&jobs, |j| j.rotation.now))
         .bind(column(&jobs, |j| j.rotation.expected.to_string()))
         .bind(column(&jobs, |j| digest(&j.rotation.presented)))
-        .bind(column(&jobs, |j| digest(&j.rotation.digest)))
-        .bind(column(&jobs, |j| j.rotation.proof.as_ref().map(|(jti, _)| jti.as_slice())))
-        .bind(column(&jobs, |j| j.rotation.proof.map(|(_, until)| until)));
+        .bind(column(&jobs, |j| digest(&j.rotation.digest)));
+    if spending {
+        query = query
+            .bind(column(&jobs, |j| j.rotation.proof.as_ref().map(|(jti, _)| jti.as_slice())))
+            .bind(column(&jobs, |j| j.rotation.proof.map(|(_, until)| until)));
+    }
     let rows = query.fetch_all(&mut *conn).await;
     held.check(&rows).await;
     batch::settle_rotations(&held.db, jobs, rows).await;
