@@ -17,6 +17,8 @@ use crate::jobs::Jobs;
 use crate::usecases::{maintenance, webhooks};
 use crate::{cache_coherence, compat};
 
+/// The target of the access log's lines (actix-web's own).
+const ACCESS_LOG: &str = "actix_web::middleware::logger";
 /// How often the failed-authentication limiter forgets addresses that are back to fresh.
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
 /// How long a stopping gateway waits for the requests in flight to be answered.
@@ -87,6 +89,9 @@ impl Application {
             let poll = Duration::from_millis(settings.webhook_poll_ms);
             jobs.spawn("webhook delivery", webhooks::deliver(shared(), deliverer, poll));
         }
+        // The access log costs a copy of its format and a rendering of the request line for
+        // every request; without a subscriber that takes its lines it is not installed.
+        let access_log = tracing::enabled!(target: ACCESS_LOG, tracing::Level::INFO);
         let server = HttpServer::new(move || {
             let mut app = App::new().app_data(services.clone()).app_data(trusted_proxies.clone());
             if let Some(limiter) = &limiter {
@@ -95,7 +100,11 @@ impl Application {
             // The access log is outermost, so that it sees the request id answered.
             app.wrap(middleware::from_fn(metrics::middleware))
                 .wrap(middleware::from_fn(request_id::middleware))
-                .wrap(middleware::Logger::new(r#"%a "%r" %s %b %Dms request_id=%{x-request-id}o"#))
+                .wrap(middleware::Condition::new(
+                    access_log,
+                    middleware::Logger::new(r#"%a "%r" %s %b %Dms request_id=%{x-request-id}o"#)
+                        .log_target(ACCESS_LOG),
+                ))
                 .configure(routes::configure)
                 .configure(|cfg| {
                     if let Some(console) = &console {

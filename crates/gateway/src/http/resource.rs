@@ -26,6 +26,18 @@ pub fn resource(path: &'static str) -> actix_web::Resource {
     resource_as(path, path)
 }
 
+/// The scope of an app's routes: every path of the token API, the OAuth face and the
+/// published keys starts with it. The router matches this pattern (the one with a variable
+/// segment) once per request, and then the path inside it against plain strings, instead of
+/// a pattern per resource until one matches.
+pub const APP_SCOPE: &str = "/app/{app_id}";
+
+/// A resource of the app scope ([`APP_SCOPE`]): `path` is the whole pattern, as the OpenAPI
+/// document and the metrics name it, registered within the scope.
+pub fn app_resource(path: &'static str) -> actix_web::Resource {
+    resource_as(path.strip_prefix(APP_SCOPE).unwrap_or(path), path)
+}
+
 /// Like [`resource`], for a resource inside a scope: `path` within the scope, `label` the
 /// whole pattern.
 pub fn resource_as(

@@ -73,9 +73,24 @@ async fn malformed_json_gets_400_naming_the_field(app: TestApp) {
 }
 
 async fn unknown_routes_and_methods(app: TestApp) {
-    let (status, body) = parts(app.request(Method::GET, "/nope").send().await.unwrap()).await;
-    assert_error(status, &body, 404, "not_found");
+    // Inside the app scope too: a path under /app/{id} that names no route of it, or a
+    // route with something after it, is the same 404 as any unknown path.
+    for path in [
+        "/nope",
+        "/app",
+        "/app/",
+        "/app/01ARZ3NDEKTSV4RRFFQ69G5FAV/nope",
+        "/app/01ARZ3NDEKTSV4RRFFQ69G5FAV/renew/more",
+        "/app/01ARZ3NDEKTSV4RRFFQ69G5FAV/oauth",
+    ] {
+        let (status, body) = parts(app.request(Method::POST, path).send().await.unwrap()).await;
+        assert_error(status, &body, 404, "not_found");
+        assert_eq!(body["message"], "no such endpoint", "{path}");
+    }
     for (method, path) in [
+        (Method::GET, "/app/01ARZ3NDEKTSV4RRFFQ69G5FAV/renew"),
+        (Method::GET, "/app/01ARZ3NDEKTSV4RRFFQ69G5FAV/oauth/token"),
+        (Method::POST, "/app/01ARZ3NDEKTSV4RRFFQ69G5FAV"),
         (Method::POST, "/healthz"),
         (Method::DELETE, "/root/apps"),
         (Method::PUT, "/root/apps/01ARZ3NDEKTSV4RRFFQ69G5FAV"),

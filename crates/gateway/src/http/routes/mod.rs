@@ -2,7 +2,7 @@
 
 use actix_web::web;
 
-pub use crate::http::resource::{method_not_allowed, not_found};
+pub use crate::http::resource::{method_not_allowed, not_found, APP_SCOPE};
 
 mod events;
 mod health;
@@ -14,11 +14,17 @@ mod root;
 mod sessions;
 
 /// Every route of the API. Each resource answers 405 to methods it does not serve.
-/// The token endpoints come first: the router tries resources in this order.
+/// The app scope comes first, with the token endpoints first in it: the router tries
+/// services in this order. A path inside the scope that names no route of it is answered
+/// by the app's default service (404), as any other unknown path.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    sessions::configure(cfg);
+    cfg.service(
+        web::scope(APP_SCOPE)
+            .configure(sessions::configure)
+            .configure(oauth::configure_app)
+            .configure(published::configure),
+    );
     oauth::configure(cfg);
-    published::configure(cfg);
     health::configure(cfg);
     metrics::configure(cfg);
     openapi::configure(cfg);

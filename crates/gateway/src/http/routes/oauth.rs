@@ -19,7 +19,7 @@ use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{direct_renew_input, PathOf};
 use crate::http::oauth::{authenticate, authenticate_token_client, no_store, present, required};
 use crate::http::oauth::{Client, ClientForm, Form, OAuthError};
-use crate::http::resource::{resource, Answer};
+use crate::http::resource::{app_resource, resource, Answer};
 use crate::http::schema::{OAuthErrors, ServerErrors};
 use crate::metrics::{RenewCount, RevokeReason};
 
@@ -38,12 +38,17 @@ const AUTH_METHODS: [&str; 2] = ["client_secret_basic", "client_secret_post"];
 const TOKEN_AUTH_METHODS_WITH_PUBLIC: [&str; 3] =
     ["client_secret_basic", "client_secret_post", "none"];
 
+/// The routes inside the app scope ([`crate::http::resource::APP_SCOPE`]).
+pub fn configure_app(cfg: &mut web::ServiceConfig) {
+    cfg.service(app_resource(TOKEN).route(web::post().to(token)))
+        .service(app_resource(REVOKE).route(web::post().to(revoke)))
+        .service(app_resource(INTROSPECT).route(web::post().to(introspect)))
+        .service(app_resource(METADATA).route(web::get().to(metadata)));
+}
+
+/// The route outside it: the metadata at its RFC 8414 well-known path.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource(TOKEN).route(web::post().to(token)))
-        .service(resource(REVOKE).route(web::post().to(revoke)))
-        .service(resource(INTROSPECT).route(web::post().to(introspect)))
-        .service(resource(METADATA).route(web::get().to(metadata)))
-        .service(resource(METADATA_BY_ISSUER).route(web::get().to(metadata)));
+    cfg.service(resource(METADATA_BY_ISSUER).route(web::get().to(metadata)));
 }
 
 type OAuthAnswer = Result<HttpResponse, OAuthError>;

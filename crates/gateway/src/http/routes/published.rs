@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::bootstrap::Services;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::http::extract::{AppAuth, PathOf};
-use crate::http::resource::{resource, Answer};
+use crate::http::resource::{app_resource, Answer};
 use crate::http::schema::{AppKeyErrors, ServerErrors};
 use crate::usecases::UseCaseError;
 
@@ -19,10 +19,11 @@ const JWKS: &str = "/app/{app_id}/jwks.json";
 const PUB_KEYS: &str = "/app/{app_id}/pub-keys";
 const APP: &str = "/app/{app_id}";
 
+/// The routes, inside the app scope ([`crate::http::resource::APP_SCOPE`]).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource(JWKS).route(web::get().to(jwks)))
-        .service(resource(PUB_KEYS).route(web::get().to(pub_keys)))
-        .service(resource(APP).route(web::get().to(app_settings)));
+    cfg.service(app_resource(JWKS).route(web::get().to(jwks)))
+        .service(app_resource(PUB_KEYS).route(web::get().to(pub_keys)))
+        .service(app_resource(APP).route(web::get().to(app_settings)));
 }
 
 /// The app's published keys (`next`, `active`, `retired`).

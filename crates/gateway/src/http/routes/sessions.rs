@@ -11,8 +11,8 @@ use utoipa::{IntoParams, ToSchema};
 use crate::bootstrap::Services;
 use crate::http::dpop;
 use crate::http::error::{ApiError, ErrorBody};
-use crate::http::extract::{AppAuth, JsonBody};
-use crate::http::resource::{resource, Answer};
+use crate::http::extract::{AppAuth, JsonBody, JsonObject};
+use crate::http::resource::{app_resource, Answer};
 use crate::http::schema::{AppKeyErrors, BodyErrors, RevokedCount};
 use crate::metrics::{RenewCount, RevokeReason};
 use crate::usecases::admin::{self, Actor, SessionTarget};
@@ -26,17 +26,18 @@ const REVOKE: &str = "/app/{app_id}/revoke";
 const GET_SESSION: &str = "/app/{app_id}/get-session";
 const SESSIONS: &str = "/app/{app_id}/sessions";
 
+/// The routes, inside the app scope ([`crate::http::resource::APP_SCOPE`]).
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource(SIGN).route(web::post().to(sign)))
-        .service(resource(RENEW).route(web::post().to(renew)))
-        .service(resource(VERIFY).route(web::post().to(verify)))
-        .service(resource(LOGOUT).route(web::post().to(logout)))
-        .service(resource(REVOKE).route(web::post().to(revoke)))
-        .service(resource(GET_SESSION).route(web::post().to(get_session)))
-        .service(resource(SESSIONS).route(web::get().to(list_sessions)));
+    cfg.service(app_resource(RENEW).route(web::post().to(renew)))
+        .service(app_resource(SIGN).route(web::post().to(sign)))
+        .service(app_resource(VERIFY).route(web::post().to(verify)))
+        .service(app_resource(LOGOUT).route(web::post().to(logout)))
+        .service(app_resource(REVOKE).route(web::post().to(revoke)))
+        .service(app_resource(GET_SESSION).route(web::post().to(get_session)))
+        .service(app_resource(SESSIONS).route(web::get().to(list_sessions)));
 }
 
-type Body = JsonBody<Map<String, Value>>;
+type Body = JsonObject;
 
 /// The body of `/verify` and `/logout`.
 #[derive(ToSchema)]
