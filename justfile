@@ -63,6 +63,11 @@ openapi-check:
 bench:
     bash bench/bench.sh
 
+# The gateway's instructions per request under valgrind's callgrind (c = 1, SQLite): a count
+# that does not move with the machine's noise, to compare two builds (BENCH_KEYGATE).
+bench-instructions:
+    bash bench/instructions.sh
+
 # Benchmark: renew with 1M live sessions against 10k.
 bench-scale:
     bash bench/scale.sh

@@ -118,10 +118,25 @@ async fn insert_batch(db: &Backend, writer: &mut Writer, mut jobs: Vec<InsertJob
     };
     let insert = format!("{}{}", statements().insert_into, positional(jobs.len(), COLUMNS.len()));
     let sql = jobs.iter().fold(Sql::new(insert), |sql, job| job.row.clone().bind(sql));
-    // Batches differ in size, so their statements are not worth keeping prepared.
+    // Batches differ in size, so their statements are not worth keeping prepared, except
+    // the one of a lone insert: every sign at low load is one.
     let (text, args) = sql.into_parts();
-    let done = conn.execute(&text, params_from_iter(args)).map(drop).map_err(conn::error);
-    batch::settle_inserts(db, jobs, done).await;
+    let done = if jobs.len() == 1 {
+        conn.prepare_cached(&text)
+            .and_then(|mut statement| statement.execute(params_from_iter(args)))
+    } else {
+        conn.execute(&text, params_from_iter(args))
+    };
+    batch::settle_inserts(db, jobs, done.map(drop).map_err(conn::error)).await;
+}
+
+/// The compare-and-swap of a lone rotation, every renew's at low load: the statement
+/// `rotate_one` runs, with SQLite's numbered placeholders (`?N`, bound by position), so
+/// that SQLite updates the one row by its key without building the batch's table of values
+/// first.
+fn rotate_one_sql() -> &'static str {
+    static SQL: OnceLock<String> = OnceLock::new();
+    SQL.get_or_init(|| swap(|i| format!("?{}", i + 1), "", &statements().names))
 }
 
 /// The batched compare-and-swap for `rows` rotations (a power of two up to [`MAX_BATCH`]).
@@ -145,8 +160,11 @@ async fn rotate_batch(db: &Backend, writer: &mut Writer, mut jobs: Vec<RotateJob
     let Some(conn) = batch::connect(&mut jobs, async { writer.connection() }).await else {
         return;
     };
-    let rotate_sql = Sql::new(rotate_batch_sql(jobs.len()));
-    let mut sql = jobs.iter().fold(rotate_sql, |sql, job| job.rotation.clone().bind(sql));
+    let text = match jobs.len() {
+        1 => rotate_one_sql(),
+        rows => rotate_batch_sql(rows),
+    };
+    let mut sql = jobs.iter().fold(Sql::new(text), |sql, job| job.rotation.clone().bind(sql));
     // Padding: an empty session id matches no session.
     for _ in jobs.len()..jobs.len().next_power_of_two() {
         sql = sql.bind("").bind("").bind("").bind(0i64).bind("").bind("").bind("");
