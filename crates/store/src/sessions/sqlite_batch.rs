@@ -5,7 +5,8 @@
 //! single-threaded runtime: a job wakes that one thread, instead of a worker of the shared
 //! multi-threaded runtime that may wake a second one to look for work. It takes every job
 //! that is waiting, writes all inserts as one multi-row INSERT and all rotations as one
-//! `UPDATE … FROM (VALUES …) RETURNING`, each a statement of its own in autocommit: the
+//! `UPDATE … FROM (VALUES …) RETURNING` (a lone rotation, every renew's at low load, as the
+//! one-row `UPDATE … RETURNING`), each a statement of its own in autocommit: the
 //! write lock is held only while SQLite runs that statement, never across other work. Each
 //! rotation keeps compare-and-swap semantics: a row updates only if its `current_jid` is
 //! still the expected one, and when several renews of one token share a batch, exactly one
