@@ -2,7 +2,8 @@
 
 use actix_web::web;
 
-pub use crate::http::resource::{method_not_allowed, not_found, APP_SCOPE};
+use crate::http::resource::APP_SCOPE;
+pub use crate::http::resource::{method_not_allowed, not_found};
 
 mod events;
 mod health;
